@@ -1,0 +1,13 @@
+"""sklearn-panda: image anomaly detection with adapted pretrained features (PANDA).
+
+Scikit-learn outlier detectors that fine-tune an ImageNet-pretrained network
+on normal images (compactness loss with early stopping, EWC, sample-wise early
+stopping or outlier exposure) and score new images by their distance to the
+nearest normal features.
+"""
+
+from .scorers import CenterScorer, KMeansScorer, KNNScorer
+
+__version__ = "0.1.0"
+
+__all__ = ["CenterScorer", "KMeansScorer", "KNNScorer", "__version__"]

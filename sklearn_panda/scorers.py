@@ -1,0 +1,736 @@
+"""Anomaly scorers for feature matrices: k nearest neighbours, k-means, centre.
+
+Each scorer is a scikit-learn outlier detector on a 2-D feature matrix. They
+follow the scikit-learn outlier contract: ``score_samples`` is higher for more
+normal points (a negated distance), ``decision_function`` subtracts
+``offset_`` and ``predict`` returns +1 for inliers and -1 for outliers.
+
+This module never imports torch: the scorers work on any embedding, whichever
+model produced it.
+"""
+
+import numbers
+import pickle
+import warnings
+from abc import ABCMeta, abstractmethod
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.cluster import KMeans
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+__all__ = ["KNNScorer", "KMeansScorer", "CenterScorer"]
+
+METRICS = ("sqeuclidean", "euclidean", "cosine")
+
+# Distances have no natural scale to set a threshold from, so "auto" fixes a
+# small false-alarm rate on normal data instead.
+AUTO_CONTAMINATION = 0.01
+
+
+def _as_float32(X, copy=False):
+    # The fitted model keeps its own writable copy: a caller's later edits or a
+    # read-only memmap must not reach the index.
+    return np.array(X, dtype=np.float32, order="C", copy=True if copy else None)
+
+
+def _l2_normalize(X):
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    # An all-zero row has no direction; leave it at the origin rather than divide by zero.
+    norms[norms == 0] = 1.0
+    return X / norms
+
+
+def _finish_distance(squared, metric):
+    """Turn squared Euclidean distances into distances in ``metric``.
+
+    For ``"cosine"`` the rows were L2-normalised beforehand, so half the squared
+    Euclidean distance equals ``1 - cos``.
+    """
+    squared = np.maximum(squared, 0.0)
+    if metric == "euclidean":
+        return np.sqrt(squared)
+    if metric == "cosine":
+        return squared / 2.0
+    return squared
+
+
+def _rowwise_squared_distances(A, B):
+    """Squared Euclidean distance between row ``i`` of ``A`` and row ``i`` of ``B``."""
+    diff = A - B
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
+    """Shared outlier contract: validation, ``offset_``, scores and labels.
+
+    Subclasses implement ``_fit_distances(X)`` (fit and return the leave-one-out
+    distances of the training points) and ``_distances(X)`` (distances of new
+    points to the fitted model).
+    """
+
+    _parameter_constraints = {
+        "metric": [StrOptions(set(METRICS))],
+        "contamination": [
+            StrOptions({"auto"}),
+            Interval(numbers.Real, 0, 0.5, closed="right"),
+        ],
+    }
+
+    @abstractmethod
+    def __init__(self, *, metric="sqeuclidean", contamination="auto"):
+        self.metric = metric
+        self.contamination = contamination
+
+    def _prepare(self, X, copy=False):
+        X = _as_float32(X, copy=copy)
+        return _l2_normalize(X) if self.metric == "cosine" else X
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the scorer on the normal training features.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features of normal training samples.
+
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted scorer.
+        """
+        X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=1)
+        if X.shape[0] < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 samples to leave one out; "
+                f"got {X.shape[0]} sample."
+            )
+        loo_distances = self._fit_distances(self._prepare(X, copy=True))
+        self.training_scores_ = -loo_distances.astype(np.float64)
+        contamination = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
+        self.offset_ = float(np.percentile(self.training_scores_, 100.0 * contamination))
+        return self
+
+    def fit_predict(self, X, y=None):
+        """Fit on ``X`` and label each training point, leaving it out of its own model.
+
+        Unlike ``fit(X).predict(X)``, a training point is scored without
+        itself (``training_scores_``), so that ``contamination`` is the
+        fraction of training points flagged, as in
+        :class:`~sklearn.neighbors.LocalOutlierFactor`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training features.
+
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            +1 for inliers, -1 for outliers.
+        """
+        self.fit(X)
+        return np.where(self.training_scores_ < self.offset_, -1, 1)
+
+    def _validate_new(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        return self._prepare(X)
+
+    def score_samples(self, X):
+        """Negated anomaly distance: higher means more normal.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features to score.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+            Negated distance of each sample to the fitted normal data.
+        """
+        return -self._distances(self._validate_new(X)).astype(np.float64)
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for outliers.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features to score.
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,)
+            Shifted scores; below zero means outlier.
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """Label samples: +1 inlier, -1 outlier.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features to label.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            +1 for inliers, -1 for outliers.
+        """
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    @abstractmethod
+    def _fit_distances(self, X):
+        """Fit on prepared ``X``; return leave-one-out training distances."""
+
+    @abstractmethod
+    def _distances(self, X):
+        """Distances of prepared ``X`` to the fitted model."""
+
+
+# ---------------------------------------------------------------------------
+# k nearest neighbours
+# ---------------------------------------------------------------------------
+
+
+def _k_smallest(values, k):
+    """Indices of the ``k`` smallest entries of each row, in ascending order.
+
+    For small ``k`` repeated ``argmin`` (a vectorised pass) beats
+    ``argpartition`` several times over on wide rows; it overwrites ``values``.
+    """
+    n_rows = values.shape[0]
+    rows = np.arange(n_rows)
+    if k > 8:
+        idx = np.argpartition(values, k - 1, axis=1)[:, :k]
+        order = np.argsort(values[rows[:, None], idx], axis=1)
+        return idx[rows[:, None], order]
+    idx = np.empty((n_rows, k), dtype=np.intp)
+    for j in range(k):
+        idx[:, j] = np.argmin(values, axis=1)
+        values[rows, idx[:, j]] = np.inf
+    return idx
+
+
+def brute_force_kneighbors(queries, gallery, k, *, exclude_self=False, working_memory_mb=256):
+    """Exact k nearest neighbours by chunked float32 matrix products.
+
+    ``||q - g||^2 = ||q||^2 + ||g||^2 - 2 q.g``; the first term does not change
+    which ``g`` is nearest, so only ``||g||^2 / 2 - q.g`` is ranked. Queries are
+    processed in chunks so that one chunk's similarity block stays within
+    ``working_memory_mb``. The distances of the chosen neighbours are then
+    recomputed directly from the differences, which avoids the cancellation
+    error of the expanded form.
+
+    Parameters
+    ----------
+    queries, gallery : ndarray of float32, shapes (n_queries, d) and (n_gallery, d)
+    k : int
+    exclude_self : bool
+        ``queries`` is ``gallery``; row ``i`` may not return index ``i``.
+    working_memory_mb : float
+        Upper bound on the similarity block of one chunk.
+
+    Returns
+    -------
+    squared_distances : ndarray of shape (n_queries, k), ascending
+    indices : ndarray of shape (n_queries, k)
+    """
+    n_queries, n_gallery = queries.shape[0], gallery.shape[0]
+    half_norms = 0.5 * np.einsum("ij,ij->i", gallery, gallery)
+    chunk = max(1, min(n_queries, int(working_memory_mb * 2**20 // (4 * max(n_gallery, 1)))))
+    indices = np.empty((n_queries, k), dtype=np.intp)
+    block = np.empty((chunk, n_gallery), dtype=np.float32)
+    for start in range(0, n_queries, chunk):
+        stop = min(start + chunk, n_queries)
+        out = block[: stop - start]
+        np.matmul(queries[start:stop], gallery.T, out=out)
+        np.subtract(half_norms, out, out=out)
+        if exclude_self:
+            out[np.arange(stop - start), np.arange(start, stop)] = np.inf
+        indices[start:stop] = _k_smallest(out, k)
+    neighbours = gallery[indices.ravel()].reshape(n_queries, k, -1)
+    diff = neighbours - queries[:, None, :]
+    squared = np.einsum("qkd,qkd->qk", diff, diff)
+    # Recomputed distances may reorder near-ties; keep each row ascending.
+    order = np.argsort(squared, axis=1, kind="stable")
+    return np.take_along_axis(squared, order, 1), np.take_along_axis(indices, order, 1)
+
+
+def _faiss_available():
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class KNNScorer(_BaseScorer):
+    """Anomaly distance to the ``k`` nearest normal training features.
+
+    The PANDA paper scores a test image by its distance to its ``k = 2`` nearest
+    neighbours among the (adapted) features of the normal training images. The
+    anomaly distance is the mean of the ``k`` neighbour distances;
+    ``score_samples`` returns its negation, so higher means more normal.
+
+    Parameters
+    ----------
+    n_neighbors : int, default=2
+        Number of neighbours. The paper uses 2. If larger than the number of
+        training samples minus one, it is reduced (with a warning) and stored in
+        ``n_neighbors_``.
+
+    algorithm : {"auto", "brute", "faiss", "nndescent"}, default="auto"
+        Nearest-neighbour search:
+
+        - ``"brute"``: exact, chunked float32 matrix products with bounded memory.
+        - ``"faiss"``: exact, ``faiss.IndexFlat`` (needs the ``faiss`` extra).
+        - ``"nndescent"``: approximate, ``pynndescent``; may miss true neighbours.
+        - ``"auto"``: ``"faiss"`` when it is installed, else ``"brute"``. Both
+          are exact; approximate search is never chosen for you, because on
+          2048-d features it was both less accurate and, counting its index
+          build, slower than exact search (``benchmarks/knn_speed.py``).
+
+    metric : {"sqeuclidean", "euclidean", "cosine"}, default="sqeuclidean"
+        Distance between features. The default is the paper's: its code sums
+        squared L2 distances to the 2 neighbours (the mean used here ranks
+        identically). ``"cosine"`` compares L2-normalised features
+        (``1 - cos``), which often helps with pooled CNN features.
+
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Sets ``offset_``. A float: the fraction of training points to call
+        outliers, using each training point's leave-one-out score (it is not its
+        own neighbour). ``"auto"``: the same as ``0.01``; distances have no
+        natural scale to threshold, so "auto" fixes a small false-alarm rate:
+        about 1% of new normal data is flagged.
+
+    working_memory : float, default=256
+        Megabytes for one chunk of the brute-force distance block.
+
+    n_jobs : int, default=None
+        Threads for ``"nndescent"`` and ``"faiss"``; ``None`` leaves their defaults.
+        The brute-force search uses the BLAS thread pool (see ``threadpoolctl``).
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds ``"nndescent"``'s index construction.
+
+    Attributes
+    ----------
+    n_neighbors_ : int
+        Number of neighbours actually used.
+    offset_ : float
+        Threshold on ``score_samples``; see ``contamination``.
+    training_scores_ : ndarray of shape (n_samples,)
+        Leave-one-out ``score_samples`` of the training points.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    n_samples_fit_ : int
+        Number of training samples.
+
+    See Also
+    --------
+    KMeansScorer : Distance to the nearest of a few centroids; cheaper.
+    CenterScorer : Distance to the mean of the training features.
+    sklearn.neighbors.LocalOutlierFactor : Density-ratio outlier detection.
+
+    References
+    ----------
+    Reiss, Cohen, Bergman, Hoshen. "PANDA: Adapting Pretrained Features for
+    Anomaly Detection and Segmentation", CVPR 2021.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda import KNNScorer
+    >>> rng = np.random.default_rng(0)
+    >>> normal = rng.normal(size=(200, 8))
+    >>> scorer = KNNScorer(n_neighbors=2).fit(normal)
+    >>> scorer.predict(np.array([np.zeros(8), np.full(8, 10.0)]))
+    array([ 1, -1])
+    """
+
+    _parameter_constraints = {
+        **_BaseScorer._parameter_constraints,
+        "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
+        "algorithm": [StrOptions({"auto", "brute", "faiss", "nndescent"})],
+        "working_memory": [Interval(numbers.Real, 0, None, closed="neither")],
+        "n_jobs": [numbers.Integral, None],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        n_neighbors=2,
+        *,
+        algorithm="auto",
+        metric="sqeuclidean",
+        contamination="auto",
+        working_memory=256,
+        n_jobs=None,
+        random_state=None,
+    ):
+        super().__init__(metric=metric, contamination=contamination)
+        self.n_neighbors = n_neighbors
+        self.algorithm = algorithm
+        self.working_memory = working_memory
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def _fit_distances(self, X):
+        n_samples = X.shape[0]
+        if self.n_neighbors > n_samples - 1:
+            warnings.warn(
+                f"n_neighbors ({self.n_neighbors}) is greater than the number of "
+                f"training samples minus one ({n_samples - 1}); using "
+                f"n_neighbors={n_samples - 1}."
+            )
+        self.n_neighbors_ = min(self.n_neighbors, n_samples - 1)
+        self.n_samples_fit_ = n_samples
+        self._fit_X = X
+        self._algorithm = self._resolve_algorithm()
+        self._index = self._build_index(X)
+        squared, _ = self._search(None, self.n_neighbors_)
+        return _finish_distance(squared, self.metric).mean(axis=1)
+
+    def _resolve_algorithm(self):
+        if self.algorithm == "auto":
+            return "faiss" if _faiss_available() else "brute"
+        if self.algorithm == "faiss" and not _faiss_available():
+            raise ImportError(
+                "algorithm='faiss' needs faiss: pip install 'sklearn-panda[faiss]' "
+                "(or use algorithm='brute', which is also exact)."
+            )
+        return self.algorithm
+
+    def _build_index(self, X):
+        if self._algorithm == "faiss":
+            import faiss
+
+            if self.n_jobs is not None:
+                faiss.omp_set_num_threads(self.n_jobs)
+            index = faiss.IndexFlatL2(X.shape[1])
+            index.add(X)
+            return index
+        if self._algorithm == "nndescent":
+            from pynndescent import NNDescent
+
+            return NNDescent(
+                X,
+                metric="euclidean",
+                n_neighbors=max(30, self.n_neighbors_ + 1),
+                random_state=self.random_state,
+                n_jobs=self.n_jobs if self.n_jobs is not None else -1,
+                compressed=False,
+            )
+        return None
+
+    def _search(self, queries, k):
+        """Squared Euclidean distances and indices of the ``k`` nearest training rows.
+
+        ``queries=None`` searches for the training rows themselves, each left out.
+        """
+        exclude_self = queries is None
+        if exclude_self:
+            queries = self._fit_X
+        if self._algorithm == "brute":
+            return brute_force_kneighbors(
+                queries,
+                self._fit_X,
+                k,
+                exclude_self=exclude_self,
+                working_memory_mb=self.working_memory,
+            )
+        # Approximate and library searches ask for one extra neighbour, drop each
+        # point itself, then recompute exact distances for the indices kept.
+        extra = 1 if exclude_self else 0
+        if self._algorithm == "faiss":
+            _, indices = self._index.search(queries, k + extra)
+        else:
+            indices, _ = self._index.query(queries, k=k + extra, epsilon=0.3)
+        indices = indices.astype(np.intp)
+        if exclude_self:
+            indices = _drop_self(indices, k)
+        neighbours = self._fit_X[indices.ravel()].reshape(indices.shape[0], k, -1)
+        diff = neighbours - queries[:, None, :]
+        squared = np.einsum("qkd,qkd->qk", diff, diff)
+        order = np.argsort(squared, axis=1, kind="stable")
+        return np.take_along_axis(squared, order, 1), np.take_along_axis(indices, order, 1)
+
+    def _distances(self, X):
+        squared, _ = self._search(X, self.n_neighbors_)
+        return _finish_distance(squared, self.metric).mean(axis=1)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        algorithm = state.get("_algorithm")
+        if algorithm == "faiss":
+            # A faiss index does not pickle; it is only a copy of the training rows.
+            state["_index"] = None
+        elif algorithm == "nndescent":
+            # joblib may load arrays as read-only memmaps, which crash
+            # pynndescent's compiled search; as bytes, its arrays load writable.
+            state["_index"] = pickle.dumps(state["_index"])
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        algorithm = state.get("_algorithm")
+        if algorithm == "faiss":
+            self._index = self._build_index(self._fit_X)
+        elif algorithm == "nndescent":
+            self._index = pickle.loads(self._index)
+
+    def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
+        """Find the nearest training neighbours of each point.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_queries, n_features), default=None
+            Query points. ``None`` queries the training points, each of which is
+            then not counted as its own neighbour.
+
+        n_neighbors : int, default=None
+            Number of neighbours; defaults to ``n_neighbors_``.
+
+        return_distance : bool, default=True
+            Whether to return the distances (in ``metric``).
+
+        Returns
+        -------
+        neigh_dist : ndarray of shape (n_queries, n_neighbors)
+            Distances in ascending order; only when ``return_distance=True``.
+
+        neigh_ind : ndarray of shape (n_queries, n_neighbors)
+            Indices of the neighbours in the training set.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_panda import KNNScorer
+        >>> scorer = KNNScorer(n_neighbors=1).fit(np.array([[0.0], [1.0], [3.0]]))
+        >>> scorer.kneighbors()[1].ravel().tolist()
+        [1, 0, 1]
+        """
+        check_is_fitted(self)
+        n_neighbors = self.n_neighbors_ if n_neighbors is None else n_neighbors
+        if not isinstance(n_neighbors, numbers.Integral) or n_neighbors < 1:
+            raise ValueError(f"n_neighbors must be a positive integer; got {n_neighbors!r}.")
+        available = self.n_samples_fit_ - (1 if X is None else 0)
+        if n_neighbors > available:
+            raise ValueError(
+                f"Expected n_neighbors <= {available} (the training samples"
+                f"{' other than the query itself' if X is None else ''}); got {n_neighbors}."
+            )
+        queries = None if X is None else self._validate_new(X)
+        squared, indices = self._search(queries, n_neighbors)
+        if return_distance:
+            return _finish_distance(squared, self.metric), indices
+        return indices
+
+
+def _drop_self(indices, k):
+    """Remove each row's own index (row ``i`` holds ``i`` at most once).
+
+    When duplicates push a point out of its own candidate list, the farthest
+    candidate is dropped instead.
+    """
+    n_rows = indices.shape[0]
+    is_self = indices == np.arange(n_rows)[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), indices.shape[1] - 1)
+    keep = np.ones_like(indices, dtype=bool)
+    keep[np.arange(n_rows), drop] = False
+    return indices[keep].reshape(n_rows, -1)[:, :k]
+
+
+# ---------------------------------------------------------------------------
+# Centroid scorers
+# ---------------------------------------------------------------------------
+
+
+def _squared_to_centers(X, centers):
+    """Squared Euclidean distances of every row of ``X`` to every centre.
+
+    Computed in float64: there are only a few centres, and a row's result then
+    does not depend on which other rows share its matrix product.
+    """
+    X = X.astype(np.float64)
+    centers = centers.astype(np.float64)
+    squared = (
+        np.einsum("ij,ij->i", X, X)[:, None]
+        - 2.0 * X @ centers.T
+        + np.einsum("ij,ij->i", centers, centers)[None, :]
+    )
+    return np.maximum(squared, 0.0)
+
+
+class KMeansScorer(_BaseScorer):
+    """Anomaly distance to the nearest k-means centroid of the normal features.
+
+    Much cheaper than kNN at scoring time (``n_clusters`` distances per sample
+    instead of one per training sample); the paper reports about one ROC AUC
+    point below kNN with 10 means (CIFAR-10: 94.9 vs 96.2).
+
+    Parameters
+    ----------
+    n_clusters : int, default=10
+        Number of centroids; reduced (with a warning) to the number of training
+        samples minus one when larger.
+
+    metric : {"sqeuclidean", "euclidean", "cosine"}, default="sqeuclidean"
+        ``"cosine"`` clusters L2-normalised features and reports half the
+        squared Euclidean distance to the centroid (``1 - cos`` for unit-length
+        centroids).
+
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        As in :class:`KNNScorer`. Leave-one-out training distances are exact
+        for the centroid update: removing a point from its cluster of size
+        ``m`` moves that centroid away from it, scaling its distance by
+        ``m / (m - 1)``; Lloyd's assignment is not re-run.
+
+    n_init : "auto" or int, default="auto"
+        Passed to :class:`sklearn.cluster.KMeans`.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the k-means initialisation.
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters_, n_features)
+        Centroids (in the normalised space for ``metric="cosine"``).
+    n_clusters_ : int
+        Number of centroids used.
+    offset_ : float
+        Threshold on ``score_samples``.
+    training_scores_ : ndarray of shape (n_samples,)
+        Leave-one-out ``score_samples`` of the training points.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+
+    See Also
+    --------
+    KNNScorer : The paper's default scorer.
+    CenterScorer : A single centroid.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda import KMeansScorer
+    >>> rng = np.random.default_rng(0)
+    >>> normal = np.vstack([rng.normal(size=(100, 2)), rng.normal(size=(100, 2)) + 8])
+    >>> scorer = KMeansScorer(n_clusters=2, random_state=0).fit(normal)
+    >>> scorer.predict(np.array([[0.0, 0.0], [8.0, 8.0], [4.0, 4.0]]))
+    array([ 1,  1, -1])
+    """
+
+    _parameter_constraints = {
+        **_BaseScorer._parameter_constraints,
+        "n_clusters": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_init": [StrOptions({"auto"}), Interval(numbers.Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        n_clusters=10,
+        *,
+        metric="sqeuclidean",
+        contamination="auto",
+        n_init="auto",
+        random_state=None,
+    ):
+        super().__init__(metric=metric, contamination=contamination)
+        self.n_clusters = n_clusters
+        self.n_init = n_init
+        self.random_state = random_state
+
+    def _fit_distances(self, X):
+        n_samples = X.shape[0]
+        if self.n_clusters > n_samples - 1:
+            warnings.warn(
+                f"n_clusters ({self.n_clusters}) is greater than the number of "
+                f"training samples minus one ({n_samples - 1}); using "
+                f"n_clusters={n_samples - 1}."
+            )
+        self.n_clusters_ = min(self.n_clusters, n_samples - 1)
+        kmeans = KMeans(
+            n_clusters=self.n_clusters_, n_init=self.n_init, random_state=self.random_state
+        ).fit(X)
+        self.cluster_centers_ = kmeans.cluster_centers_.astype(np.float32)
+        squared = _squared_to_centers(X, self.cluster_centers_)
+        labels = kmeans.labels_
+        sizes = np.bincount(labels, minlength=self.n_clusters_).astype(np.float64)
+        rows = np.arange(n_samples)
+        own_size = sizes[labels]
+        with np.errstate(divide="ignore"):
+            # Leaving a point out of a cluster of one removes that centroid.
+            factor = np.where(own_size > 1, own_size / np.maximum(own_size - 1, 1), np.inf)
+        squared[rows, labels] = squared[rows, labels] * factor**2
+        return _finish_distance(squared.min(axis=1), self.metric)
+
+    def _distances(self, X):
+        return _finish_distance(_squared_to_centers(X, self.cluster_centers_).min(axis=1), self.metric)
+
+
+class CenterScorer(_BaseScorer):
+    """Anomaly distance to the mean of the normal training features.
+
+    The simplest scorer (and DeepSVDD's). The paper reports about 2 ROC AUC
+    points below kNN on CIFAR-10 (94.2 vs 96.2).
+
+    Parameters
+    ----------
+    metric : {"sqeuclidean", "euclidean", "cosine"}, default="sqeuclidean"
+        ``"cosine"`` averages L2-normalised features and reports half the
+        squared Euclidean distance to that mean.
+
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        As in :class:`KNNScorer`. Leaving a point out of the mean of ``n``
+        points scales its distance to the mean by ``n / (n - 1)`` exactly.
+
+    Attributes
+    ----------
+    center_ : ndarray of shape (n_features,)
+        Mean of the (prepared) training features.
+    offset_ : float
+        Threshold on ``score_samples``.
+    training_scores_ : ndarray of shape (n_samples,)
+        Leave-one-out ``score_samples`` of the training points.
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+
+    See Also
+    --------
+    KNNScorer : The paper's default scorer.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda import CenterScorer
+    >>> scorer = CenterScorer(metric="euclidean").fit(np.array([[0.0], [2.0]]))
+    >>> scorer.score_samples(np.array([[1.0], [4.0]])).tolist()
+    [-0.0, -3.0]
+    """
+
+    def __init__(self, *, metric="sqeuclidean", contamination="auto"):
+        super().__init__(metric=metric, contamination=contamination)
+
+    def _fit_distances(self, X):
+        n_samples = X.shape[0]
+        self.center_ = X.mean(axis=0, dtype=np.float64).astype(np.float32)
+        squared = _rowwise_squared_distances(X, self.center_[None, :])
+        squared = squared * (n_samples / (n_samples - 1)) ** 2
+        return _finish_distance(squared, self.metric)
+
+    def _distances(self, X):
+        return _finish_distance(_rowwise_squared_distances(X, self.center_[None, :]), self.metric)
