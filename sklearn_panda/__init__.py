@@ -6,8 +6,17 @@ stopping or outlier exposure) and score new images by their distance to the
 nearest normal features.
 """
 
+from ._detector import PandaDetector
+from .model_selection import NormalOnlySplit
 from .scorers import CenterScorer, KMeansScorer, KNNScorer
 
 __version__ = "0.1.0"
 
-__all__ = ["CenterScorer", "KMeansScorer", "KNNScorer", "__version__"]
+__all__ = [
+    "CenterScorer",
+    "KMeansScorer",
+    "KNNScorer",
+    "NormalOnlySplit",
+    "PandaDetector",
+    "__version__",
+]

@@ -672,10 +672,9 @@ class KMeansScorer(_BaseScorer):
         sizes = np.bincount(labels, minlength=self.n_clusters_).astype(np.float64)
         rows = np.arange(n_samples)
         own_size = sizes[labels]
-        with np.errstate(divide="ignore"):
-            # Leaving a point out of a cluster of one removes that centroid.
-            factor = np.where(own_size > 1, own_size / np.maximum(own_size - 1, 1), np.inf)
-        squared[rows, labels] = squared[rows, labels] * factor**2
+        own = squared[rows, labels] * (own_size / np.maximum(own_size - 1, 1)) ** 2
+        # Leaving a point out of a cluster of one removes that centroid.
+        squared[rows, labels] = np.where(own_size > 1, own, np.inf)
         return _finish_distance(squared.min(axis=1), self.metric)
 
     def _distances(self, X):

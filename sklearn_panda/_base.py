@@ -1,0 +1,357 @@
+"""The estimator skeleton every PANDA variant shares.
+
+``fit``: validate the input -> build the backbone -> ``_adapt`` (the variant's
+fine-tuning) -> embed the training set -> fit the scorer -> ``offset_``.
+Everything is built in local variables and assigned at the very end, so an
+exception or KeyboardInterrupt during ``fit`` leaves the estimator as it was.
+"""
+
+import io
+import numbers
+import os
+import warnings
+from abc import ABCMeta, abstractmethod
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context, clone
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._backbones import build_feature_net
+from ._data import Preprocessor
+from ._inference import cache_trunk_outputs, extract_features
+from ._validation import check_consistent, check_input
+from .scorers import CenterScorer, KMeansScorer, KNNScorer
+
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device):
+    """``"auto"`` -> CUDA when available, else CPU; refuse CUDA that is not there.
+
+    Examples
+    --------
+    >>> from sklearn_panda._base import resolve_device
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={str(device)!r} was requested but CUDA is not available here; "
+            "use device='cpu' or device='auto'."
+        )
+    return device
+
+
+class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
+    """Shared parameters, ``fit`` skeleton, scoring and persistence of PANDA estimators."""
+
+    _parameter_constraints = {
+        "backbone": [str, callable],
+        "weights": [str, os.PathLike, None],
+        "n_trainable_stages": [Interval(numbers.Integral, 1, None, closed="left")],
+        "resize": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "crop_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "normalize_features": ["boolean"],
+        "scorer": [StrOptions({"knn", "kmeans", "center"}), HasMethods(["fit", "score_samples"])],
+        "contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "precision": [StrOptions(set(PRECISIONS))],
+        "trunk_cache_mb": [Interval(numbers.Real, 0, None, closed="left")],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    @abstractmethod
+    def __init__(
+        self,
+        *,
+        backbone,
+        weights,
+        n_trainable_stages,
+        resize,
+        crop_size,
+        normalize_features,
+        scorer,
+        contamination,
+        batch_size,
+        precision,
+        trunk_cache_mb,
+        device,
+        random_state,
+        verbose,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.n_trainable_stages = n_trainable_stages
+        self.resize = resize
+        self.crop_size = crop_size
+        self.normalize_features = normalize_features
+        self.scorer = scorer
+        self.contamination = contamination
+        self.batch_size = batch_size
+        self.precision = precision
+        self.trunk_cache_mb = trunk_cache_mb
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Adapt the backbone to the normal images ``X`` and fit the scorer.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Normal training samples: images ``(n, H, W)``, ``(n, H, W, C)`` or
+            ``(n, C, H, W)`` (uint8 in [0, 255] or float in [0, 1]), a list of
+            image files / PIL images, or vectors ``(n, d)`` for a vector backbone.
+
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        return self._fit(X, y)
+
+    def _fit(self, X, y=None):
+        checked = self._check_fit_input(X)
+        device = resolve_device(self.device)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        preprocessor = self._preprocessor(checked, device)
+        net = self._build_net(seed, device, preprocessor)
+        if net.expects_images and checked.spec.kind == "vectors":
+            raise ValueError(
+                f"The backbone {self._backbone_name()} expects images of shape (n, H, W), "
+                f"(n, H, W, C) or (n, C, H, W); got a 2-D array of shape "
+                f"{np.shape(checked.data)}, which is read as vectors (n_samples, n_features)."
+            )
+        generator = torch.Generator().manual_seed(seed)
+        hidden = cache_trunk_outputs(
+            net.trunk,
+            preprocessor,
+            self.batch_size,
+            self.trunk_cache_mb,
+            lambda: self._autocast(device),
+            verbose=self.verbose,
+        )
+        fitted = self._adapt(net, preprocessor, hidden, generator, y)
+        features = self._embed(fitted["net_"], preprocessor, hidden)
+        fitted.update(self._fit_scorer(features, seed))
+        fitted.update(input_spec_=checked.spec, device_=device)
+        # Assign only now: an interrupted fit leaves the estimator untouched.
+        self._reset_input_attributes(checked)
+        for name, value in fitted.items():
+            setattr(self, name, value)
+        return self
+
+    def _check_fit_input(self, X):
+        checked = check_input(X)
+        if checked.spec.kind == "vectors":
+            validate_data(self, X, dtype=None, ensure_min_samples=1)
+        return checked
+
+    def _reset_input_attributes(self, checked):
+        if checked.spec.kind != "vectors":
+            for name in ("n_features_in_", "feature_names_in_"):
+                if name in self.__dict__:
+                    delattr(self, name)
+
+    def _backbone_name(self):
+        return repr(self.backbone) if isinstance(self.backbone, str) else "factory"
+
+    def _build_net(self, seed, device, preprocessor):
+        # Random initialisation (weights=None, lazy modules) is seeded without
+        # touching the global generator: fork_rng restores it afterwards.
+        devices = [device.index or 0] if device.type == "cuda" else []
+        example = None
+        if preprocessor.checked.spec.kind == "vectors":
+            example = preprocessor(np.arange(1)).cpu()
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            net = build_feature_net(self.backbone, self.weights, self.n_trainable_stages, example)
+        return net.to(device)
+
+    def _preprocessor(self, checked, device):
+        return Preprocessor(checked, resize=self.resize, crop_size=self.crop_size, device=device)
+
+    def _autocast(self, device):
+        dtype = PRECISIONS[self.precision]
+        return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+
+    def _project(self, features):
+        """Features as the scorer and the compactness loss see them."""
+        return F.normalize(features, dim=1) if self.normalize_features else features
+
+    def _embed(self, net, preprocessor, hidden=None, label="embedding"):
+        """Projected features of every sample; from cached trunk outputs ``hidden`` when given."""
+        device = preprocessor.device
+        module = net if hidden is None else net.stages
+        source = preprocessor if hidden is None else (lambda indices: hidden[torch.as_tensor(indices, device=device)])
+
+        def embed(batch):
+            with self._autocast(device):
+                return self._project(module(batch))
+
+        return extract_features(
+            embed, source, len(preprocessor), self.batch_size, verbose=self.verbose, label=label
+        )
+
+    def _make_scorer(self, seed):
+        if self.scorer == "knn":
+            scorer = KNNScorer(n_neighbors=2)
+        elif self.scorer == "kmeans":
+            scorer = KMeansScorer(n_clusters=10, random_state=seed)
+        elif self.scorer == "center":
+            scorer = CenterScorer()
+        else:
+            scorer = clone(self.scorer)
+        return scorer.set_params(contamination=self.contamination)
+
+    def _fit_scorer(self, features, seed):
+        scorer = self._make_scorer(seed).fit(features)
+        return {"scorer_": scorer, "offset_": scorer.offset_}
+
+    def _trunk_batch(self, net, preprocessor, hidden, indices):
+        """Trunk output for ``indices``: from the cache, or computed without a graph."""
+        if hidden is not None:
+            return hidden[torch.as_tensor(indices, device=preprocessor.device)]
+        with torch.no_grad(), self._autocast(preprocessor.device):
+            return net.trunk(preprocessor(indices))
+
+    @abstractmethod
+    def _adapt(self, net, preprocessor, hidden, generator, y):
+        """Fine-tune ``net`` in place; return a dict of fitted attributes including ``net_``.
+
+        ``hidden`` holds the trunk outputs of all training samples, or is
+        ``None`` when they did not fit in ``trunk_cache_mb``.
+        """
+
+    # -------------------------------------------------------------- scoring
+
+    def _check_new_input(self, X):
+        check_is_fitted(self)
+        checked = check_input(X)
+        if checked.spec.kind == self.input_spec_.kind == "vectors":
+            validate_data(self, X, dtype=None, reset=False)
+        check_consistent(checked.spec, self.input_spec_)
+        return checked
+
+    def extract_features(self, X):
+        """Adapted features of ``X``, as the scorer sees them.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Samples in the layout seen in ``fit``.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features_out)
+        """
+        checked = self._check_new_input(X)
+        return self._embed(self.net_, self._preprocessor(checked, self.device_))
+
+    def score_samples(self, X):
+        """Negated anomaly distance: higher means more normal.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Samples in the layout seen in ``fit``.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+        """
+        features = self.extract_features(X)
+        return self.scorer_.score_samples(features)
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for outliers.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,)
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """+1 for inliers, -1 for outliers.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def fit_predict(self, X, y=None):
+        """Fit, then label each training sample by its leave-one-out score.
+
+        A training sample is not its own neighbour here (``scorer_.training_scores_``),
+        so a float ``contamination`` is the fraction of training samples flagged.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        self.fit(X, y)
+        return np.where(self.scorer_.training_scores_ < self.offset_, -1, 1)
+
+    # ---------------------------------------------------------- persistence
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "net_" in state:
+            buffer = io.BytesIO()
+            torch.save(state["net_"], buffer)
+            state["net_"] = buffer.getvalue()
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state.get("net_"), bytes):
+            device = state["device_"]
+            if device.type == "cuda" and not torch.cuda.is_available():
+                warnings.warn(
+                    "This estimator was fitted on CUDA, which is not available here; "
+                    "its network is loaded on the CPU."
+                )
+                device = torch.device("cpu")
+            # The bytes come from the pickle being loaded, which is trusted
+            # already; weights_only=False adds no new risk (see README: never
+            # unpickle files from untrusted sources).
+            state["net_"] = torch.load(io.BytesIO(state["net_"]), map_location=device, weights_only=False)
+            state["device_"] = device
+        self.__dict__.update(state)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        tags.input_tags.allow_nan = False
+        return tags

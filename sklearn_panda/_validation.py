@@ -1,0 +1,164 @@
+"""Input checks shared by every estimator: what was given, and is it usable.
+
+Images come as numpy arrays ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``
+with ``C`` in {1, 3}, or as a list of file paths / PIL images. A 2-D array
+``(n, d)`` is a batch of vectors for a vector backbone. Everything here is
+numpy; no torch.
+"""
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.utils import check_array
+
+IMAGE_SHAPES = "(n, H, W), (n, H, W, C) or (n, C, H, W) with C in {1, 3}"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What kind of input an estimator was fitted on.
+
+    ``kind`` is ``"vectors"``, ``"array_images"`` or ``"file_images"``;
+    ``channels`` is the number of colour channels of array images (the
+    number of features for vectors; 3 for files, which are read as RGB).
+    """
+
+    kind: str
+    channels: int
+
+
+@dataclass(frozen=True)
+class CheckedInput:
+    """Validated input: the data in a known layout and its ``InputSpec``.
+
+    ``data`` is ``(n, d)`` for vectors, ``(n, H, W, C)`` (a view of the
+    caller's array, not a copy) for array images, and a list for files.
+    """
+
+    data: object
+    spec: InputSpec
+
+    def __len__(self):
+        return len(self.data)
+
+
+def _is_image_like(item):
+    return isinstance(item, (str, os.PathLike)) or hasattr(item, "convert")
+
+
+def check_input(X):
+    """Validate images or vectors and return them as a :class:`CheckedInput`.
+
+    Parameters
+    ----------
+    X : array-like or list of paths / PIL images
+        See the module docstring for the accepted layouts.
+
+    Returns
+    -------
+    checked : CheckedInput
+
+    Raises
+    ------
+    ValueError
+        With a message naming the problem: empty input, wrong rank, wrong
+        channel count, NaN or infinite values, float images outside [0, 1].
+
+    Examples
+    --------
+    >>> import numpy as np
+from sklearn.utils import check_array
+    >>> from sklearn_panda._validation import check_input
+    >>> check_input(np.zeros((2, 28, 28), dtype=np.uint8)).data.shape
+    (2, 28, 28, 1)
+    >>> check_input(np.zeros((2, 3, 8, 8))).spec
+    InputSpec(kind='array_images', channels=3)
+    """
+    if isinstance(X, (list, tuple)):
+        if len(X) == 0:
+            raise ValueError("Found an empty list of images; at least one image is required.")
+        if all(_is_image_like(item) for item in X):
+            return CheckedInput(list(X), InputSpec("file_images", 3))
+        X = np.asarray(X)
+    X = _as_numeric_array(X)
+    if X.ndim not in (2, 3, 4):
+        raise ValueError(
+            f"Expected images of shape {IMAGE_SHAPES}, or vectors of shape "
+            f"(n_samples, n_features); got an array with {X.ndim} dimension(s), "
+            f"shape {X.shape}."
+        )
+    if X.ndim == 2:
+        return CheckedInput(X, InputSpec("vectors", X.shape[1]))
+    images = _to_channels_last(X)
+    _check_pixel_range(images)
+    return CheckedInput(images, InputSpec("array_images", images.shape[-1]))
+
+
+def _as_numeric_array(X):
+    """scikit-learn's checks (sparse, complex, object, empty, NaN / inf), any rank."""
+    X_array = np.asarray(X) if not hasattr(X, "tocsr") else X
+    if getattr(X_array, "ndim", 2) < 2:
+        raise ValueError(
+            f"Expected images of shape {IMAGE_SHAPES}, or vectors of shape "
+            f"(n_samples, n_features); got an array with {X_array.ndim} dimension(s), "
+            f"shape {X_array.shape}. Reshape your data, e.g. X.reshape(-1, 1) for one "
+            "feature or X.reshape(1, -1) for one sample."
+        )
+    return check_array(X, dtype="numeric", allow_nd=True, ensure_min_features=1)
+
+
+def _to_channels_last(X):
+    if X.ndim == 3:
+        return X[..., None]
+    if X.shape[-1] in (1, 3):
+        return X
+    if X.shape[1] in (1, 3):
+        return np.moveaxis(X, 1, -1)
+    channel_hint = ""
+    if 4 in (X.shape[1], X.shape[-1]):
+        channel_hint = " An RGBA image has 4: drop the alpha channel first (X[..., :3])."
+    raise ValueError(
+        f"Expected images of shape {IMAGE_SHAPES}; got shape {X.shape}, whose "
+        f"channel axis (axis 1 or the last) is neither 1 nor 3.{channel_hint}"
+    )
+
+
+def _check_pixel_range(images):
+    if images.dtype == np.uint8:
+        return
+    low, high = images.min(), images.max()
+    if images.dtype.kind == "f":
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"Float images must hold values in [0, 1]; got values in "
+                f"[{low:.4g}, {high:.4g}]. Divide 0-255 images by 255, or pass them as uint8."
+            )
+        return
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"Integer images must hold values in [0, 255]; got values in [{low}, {high}]."
+        )
+
+
+def check_consistent(spec, fitted_spec):
+    """Raise if new input is of another kind than the input seen in ``fit``."""
+    if spec == fitted_spec:
+        return
+    if fitted_spec.kind == "vectors" or spec.kind == "vectors":
+        raise ValueError(
+            f"The estimator was fitted on {_describe(fitted_spec)}; got {_describe(spec)}."
+        )
+    if "array_images" == spec.kind == fitted_spec.kind:
+        raise ValueError(
+            f"The estimator was fitted on {fitted_spec.channels}-channel images; got "
+            f"{spec.channels}-channel images. Convert them to the training layout first."
+        )
+
+
+def _describe(spec):
+    if spec.kind == "vectors":
+        return f"vectors with {spec.channels} features"
+    if spec.kind == "array_images":
+        return f"{spec.channels}-channel images"
+    return "images from files or PIL"
