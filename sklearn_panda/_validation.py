@@ -68,7 +68,6 @@ def check_input(X):
     Examples
     --------
     >>> import numpy as np
-from sklearn.utils import check_array
     >>> from sklearn_panda._validation import check_input
     >>> check_input(np.zeros((2, 28, 28), dtype=np.uint8)).data.shape
     (2, 28, 28, 1)
