@@ -1,0 +1,86 @@
+"""Batched preprocessing against torchvision's per-image PIL pipeline, and batching."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sklearn_panda._data import Preprocessor, batch_indices, resize_and_crop, shuffled_batches
+from sklearn_panda._validation import check_input
+
+
+def _reference(image_uint8, resize, crop):
+    """The paper code's pipeline: PIL resize, centre crop, ToTensor, Normalize."""
+    from torchvision import transforms
+
+    pipeline = transforms.Compose(
+        [
+            transforms.Resize(resize),
+            transforms.CenterCrop(crop),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    return pipeline(Image.fromarray(image_uint8))
+
+
+def test_matches_the_per_image_pil_pipeline_closely():
+    rng = np.random.default_rng(0)
+    images = (rng.random((3, 40, 30, 3)) * 255).astype(np.uint8)
+    batch = Preprocessor(check_input(images), resize=64, crop_size=56, device=torch.device("cpu"))(np.arange(3))
+    reference = torch.stack([_reference(image, 64, 56) for image in images])
+    assert batch.shape == reference.shape == (3, 3, 56, 56)
+    # PIL resamples in uint8; tensors in float: small interpolation differences only.
+    assert (batch - reference).abs().mean() < 0.05
+
+
+def test_grayscale_is_repeated_to_three_channels():
+    gray = (np.arange(2 * 8 * 8) % 256).astype(np.uint8).reshape(2, 8, 8)
+    out = Preprocessor(check_input(gray), resize=None, crop_size=None, device=torch.device("cpu"), normalize=False)(
+        np.arange(2)
+    )
+    assert out.shape == (2, 3, 8, 8)
+    assert torch.equal(out[:, 0], out[:, 2])
+    np.testing.assert_allclose(out[:, 0].numpy(), gray / 255.0, rtol=1e-6)
+
+
+def test_files_of_mixed_sizes_and_pil_images(tmp_path):
+    paths = []
+    for i, size in enumerate([(30, 20), (50, 64)]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full(size + (3,), 100 * i, dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    items = paths + [Image.fromarray(np.zeros((12, 12), dtype=np.uint8))]
+    out = Preprocessor(check_input(items), resize=32, crop_size=32, device=torch.device("cpu"))(np.arange(3))
+    assert out.shape == (3, 3, 32, 32)
+
+
+def test_missing_and_corrupt_files_are_named(tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"not an image")
+    for path, error in ((tmp_path / "missing.png", FileNotFoundError), (corrupt, ValueError)):
+        with pytest.raises(error, match=path.name):
+            Preprocessor(check_input([str(path)]), resize=8, crop_size=8, device=torch.device("cpu"))(np.arange(1))
+
+
+def test_mixed_sizes_without_geometry_is_a_clear_error(tmp_path):
+    images = [Image.fromarray(np.zeros((8, 8, 3), np.uint8)), Image.fromarray(np.zeros((9, 9, 3), np.uint8))]
+    with pytest.raises(ValueError, match="different sizes"):
+        Preprocessor(check_input(images), resize=None, crop_size=None, device=torch.device("cpu"))(np.arange(2))
+
+
+def test_resize_and_crop_shapes():
+    assert resize_and_crop(torch.rand(1, 3, 28, 28), 256, 224).shape == (1, 3, 224, 224)
+    assert resize_and_crop(torch.rand(1, 3, 100, 50), 64, None).shape == (1, 3, 128, 64)
+    with pytest.raises(ValueError, match="larger than the resized image"):
+        resize_and_crop(torch.rand(1, 3, 10, 10), None, 12)
+
+
+def test_batches():
+    assert [b.tolist() for b in batch_indices(5, 2)] == [[0, 1], [2, 3], [4]]
+    stream = shuffled_batches(10, 4, torch.Generator().manual_seed(0))
+    first_epoch = [next(stream) for _ in range(2)]
+    assert all(len(batch) == 4 for batch in first_epoch)
+    assert len(set(np.concatenate(first_epoch).tolist())) == 8
+    again = shuffled_batches(10, 4, torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(next(again), first_epoch[0])
