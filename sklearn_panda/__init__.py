@@ -7,6 +7,7 @@ nearest normal features.
 """
 
 from ._detector import PandaDetector
+from ._ses import PandaSES
 from .model_selection import NormalOnlySplit
 from .scorers import CenterScorer, KMeansScorer, KNNScorer
 
@@ -18,5 +19,6 @@ __all__ = [
     "KNNScorer",
     "NormalOnlySplit",
     "PandaDetector",
+    "PandaSES",
     "__version__",
 ]

@@ -148,8 +148,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             verbose=self.verbose,
         )
         fitted = self._adapt(net, preprocessor, hidden, generator, y)
-        features = self._embed(fitted["net_"], preprocessor, hidden)
-        fitted.update(self._fit_scorer(features, seed))
+        fitted.update(self._fit_scoring(fitted, preprocessor, hidden, seed))
         fitted.update(input_spec_=checked.spec, device_=device)
         # Assign only now: an interrupted fit leaves the estimator untouched.
         self._reset_input_attributes(checked)
@@ -220,9 +219,17 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             scorer = clone(self.scorer)
         return scorer.set_params(contamination=self.contamination)
 
-    def _fit_scorer(self, features, seed):
+    def _fit_scoring(self, fitted, preprocessor, hidden, seed):
+        """Fit what scores new samples; return fitted attributes with ``offset_``
+        and ``training_scores_`` (leave-one-out scores of the training samples)."""
+        features = self._embed(fitted["net_"], preprocessor, hidden)
         scorer = self._make_scorer(seed).fit(features)
-        return {"scorer_": scorer, "offset_": scorer.offset_}
+        return {"scorer_": scorer, "offset_": scorer.offset_, "training_scores_": scorer.training_scores_}
+
+    def _score_checked(self, checked):
+        """``score_samples`` of validated input."""
+        features = self._embed(self.net_, self._preprocessor(checked, self.device_))
+        return self.scorer_.score_samples(features)
 
     def _trunk_batch(self, net, preprocessor, hidden, indices):
         """Trunk output for ``indices``: from the cache, or computed without a graph."""
@@ -276,8 +283,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         -------
         scores : ndarray of shape (n_samples,)
         """
-        features = self.extract_features(X)
-        return self.scorer_.score_samples(features)
+        return self._score_checked(self._check_new_input(X))
 
     def decision_function(self, X):
         """``score_samples(X) - offset_``: negative for outliers.
@@ -308,7 +314,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     def fit_predict(self, X, y=None):
         """Fit, then label each training sample by its leave-one-out score.
 
-        A training sample is not its own neighbour here (``scorer_.training_scores_``),
+        A training sample is not its own neighbour here (``training_scores_``),
         so a float ``contamination`` is the fraction of training samples flagged.
 
         Parameters
@@ -322,7 +328,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         labels : ndarray of shape (n_samples,)
         """
         self.fit(X, y)
-        return np.where(self.scorer_.training_scores_ < self.offset_, -1, 1)
+        return np.where(self.training_scores_ < self.offset_, -1, 1)
 
     # ---------------------------------------------------------- persistence
 

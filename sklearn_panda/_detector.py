@@ -129,6 +129,8 @@ class PandaDetector(BasePanda):
         The fitted scorer on the adapted training features.
     offset_ : float
         Threshold of ``decision_function``.
+    training_scores_ : ndarray of shape (n_samples,)
+        Leave-one-out ``score_samples`` of the training samples.
     n_features_in_ : int
         Only for 2-D vector input.
 
@@ -222,6 +224,10 @@ class PandaDetector(BasePanda):
         self.clip_norm = clip_norm
 
     def _adapt(self, net, preprocessor, hidden, generator, y):
+        return self._train(net, preprocessor, hidden, generator)
+
+    def _train(self, net, preprocessor, hidden, generator, callbacks=()):
+        """Compactness fine-tuning of ``net`` in place; ``callbacks`` run after each step."""
         history = {"loss": [], "compactness": [], "compactness_ratio": [], "ewc_penalty": []}
         if self.n_steps == 0:
             return {"net_": net, "center_": None, "history_": history, "fisher_": None}
@@ -272,7 +278,7 @@ class PandaDetector(BasePanda):
             momentum=self.momentum,
             weight_decay=self.weight_decay,
             clip_norm=self.clip_norm,
-            callbacks=[record],
+            callbacks=[record, *callbacks],
         )
         for parameter in parameters:
             parameter.requires_grad_(False)

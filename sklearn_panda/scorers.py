@@ -205,33 +205,64 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
 
 def _k_smallest(values, k):
-    """Indices of the ``k`` smallest entries of each row, in ascending order.
+    """Indices and values of the ``k`` smallest entries of each row, ascending.
 
     For small ``k`` repeated ``argmin`` (a vectorised pass) beats
-    ``argpartition`` several times over on wide rows; it overwrites ``values``.
+    ``argpartition`` several times over on wide rows. The chosen entries of
+    ``values`` are overwritten with ``+inf``.
     """
     n_rows = values.shape[0]
-    rows = np.arange(n_rows)
-    if k > 8:
-        idx = np.argpartition(values, k - 1, axis=1)[:, :k]
-        order = np.argsort(values[rows[:, None], idx], axis=1)
-        return idx[rows[:, None], order]
     idx = np.empty((n_rows, k), dtype=np.intp)
+    chosen = np.empty((n_rows, k), dtype=values.dtype)
+    if k > 8:
+        # argpartition returns an index per entry (twice a float32 row): a
+        # sixteenth of the rows at a time keeps that at half a row per row.
+        step = max(1, n_rows // 16)
+        for start in range(0, n_rows, step):
+            part = values[start : start + step]
+            rows = np.arange(part.shape[0])[:, None]
+            part_idx = np.argpartition(part, k - 1, axis=1)[:, :k]
+            part_values = part[rows, part_idx]
+            order = np.argsort(part_values, axis=1)
+            idx[start : start + step] = np.take_along_axis(part_idx, order, 1)
+            chosen[start : start + step] = np.take_along_axis(part_values, order, 1)
+            part[rows, part_idx] = np.inf
+        return idx, chosen
+    rows = np.arange(n_rows)
     for j in range(k):
         idx[:, j] = np.argmin(values, axis=1)
+        chosen[:, j] = values[rows, idx[:, j]]
         values[rows, idx[:, j]] = np.inf
-    return idx
+    return idx, chosen
+
+
+def _pair_squared_distances(queries, gallery, rows, cols, query_buffer, gallery_buffer):
+    """``||queries[rows] - gallery[cols]||^2`` from the differences, through two buffers."""
+    squared = np.empty(len(rows), dtype=np.float32)
+    step = gallery_buffer.shape[0]
+    for start in range(0, len(rows), step):
+        stop = min(start + step, len(rows))
+        diff, query_rows = gallery_buffer[: stop - start], query_buffer[: stop - start]
+        np.take(gallery, cols[start:stop], axis=0, out=diff)
+        np.take(queries, rows[start:stop], axis=0, out=query_rows)
+        np.subtract(diff, query_rows, out=diff)
+        squared[start:stop] = np.einsum("ij,ij->i", diff, diff)
+    return squared
 
 
 def brute_force_kneighbors(queries, gallery, k, *, exclude_self=False, working_memory_mb=256):
     """Exact k nearest neighbours by chunked float32 matrix products.
 
     ``||q - g||^2 = ||q||^2 + ||g||^2 - 2 q.g``; the first term does not change
-    which ``g`` is nearest, so only ``||g||^2 / 2 - q.g`` is ranked. Queries are
-    processed in chunks so that one chunk's similarity block stays within
-    ``working_memory_mb``. The distances of the chosen neighbours are then
-    recomputed directly from the differences, which avoids the cancellation
-    error of the expanded form.
+    which ``g`` is nearest, so only ``s = ||g||^2 / 2 - q.g`` is ranked, from one
+    matrix product per chunk of queries. In float32 that expanded form can
+    misorder near-ties by cancellation, so it only proposes candidates: the
+    ``k`` best, plus, for the rows where the next value is within the
+    worst-case rounding error of ``s``, every row that close. The distances of
+    the candidates are recomputed from the differences, which is accurate, and
+    the ``k`` nearest of them are kept (ties go to the lower index). Chunks are
+    sized so that the similarity block and the two buffers of one chunk stay
+    within ``working_memory_mb``.
 
     Parameters
     ----------
@@ -240,32 +271,69 @@ def brute_force_kneighbors(queries, gallery, k, *, exclude_self=False, working_m
     exclude_self : bool
         ``queries`` is ``gallery``; row ``i`` may not return index ``i``.
     working_memory_mb : float
-        Upper bound on the similarity block of one chunk.
+        Upper bound on the working buffers of one chunk.
 
     Returns
     -------
     squared_distances : ndarray of shape (n_queries, k), ascending
     indices : ndarray of shape (n_queries, k)
     """
-    n_queries, n_gallery = queries.shape[0], gallery.shape[0]
+    n_queries = queries.shape[0]
+    n_gallery, n_features = gallery.shape
     half_norms = 0.5 * np.einsum("ij,ij->i", gallery, gallery)
-    chunk = max(1, min(n_queries, int(working_memory_mb * 2**20 // (4 * max(n_gallery, 1)))))
+    # Rounding error of s is at most gamma * (||g||^2 / 2 + ||q|| ||g||) for
+    # float32 dot products of length d (Higham's gamma_n = n u / (1 - n u));
+    # the 4 extra terms cover the norms and the subtraction.
+    unit = float(np.finfo(np.float32).eps) / 2
+    gamma = (n_features + 4) * unit / (1 - (n_features + 4) * unit)
+    max_half_norm = float(half_norms.max(initial=0.0))
+    max_norm = np.sqrt(2 * max_half_norm)
+    # Memory per query row of a chunk: a row of the similarity block (4 N
+    # bytes), plus an eighth of a row for each of the two gather buffers (4 d
+    # bytes each) and for the copy and mask of unsure rows (5 N bytes), which
+    # also covers the selection's temporaries.
+    row_bytes = 4 * n_gallery + (8 * n_features + 5 * n_gallery) / 8
+    chunk = max(1, min(n_queries, int(working_memory_mb * 2**20 // max(row_bytes, 1))))
+    batch = max(1, chunk // 8)
     indices = np.empty((n_queries, k), dtype=np.intp)
+    squared = np.empty((n_queries, k), dtype=np.float32)
     block = np.empty((chunk, n_gallery), dtype=np.float32)
+    query_buffer = np.empty((batch, n_features), dtype=np.float32)
+    gallery_buffer = np.empty((batch, n_features), dtype=np.float32)
     for start in range(0, n_queries, chunk):
         stop = min(start + chunk, n_queries)
-        out = block[: stop - start]
-        np.matmul(queries[start:stop], gallery.T, out=out)
+        n_rows = stop - start
+        chunk_queries = queries[start:stop]
+        out = block[:n_rows]
+        np.matmul(chunk_queries, gallery.T, out=out)
         np.subtract(half_norms, out, out=out)
         if exclude_self:
-            out[np.arange(stop - start), np.arange(start, stop)] = np.inf
-        indices[start:stop] = _k_smallest(out, k)
-    neighbours = gallery[indices.ravel()].reshape(n_queries, k, -1)
-    diff = neighbours - queries[:, None, :]
-    squared = np.einsum("qkd,qkd->qk", diff, diff)
-    # Recomputed distances may reorder near-ties; keep each row ascending.
-    order = np.argsort(squared, axis=1, kind="stable")
-    return np.take_along_axis(squared, order, 1), np.take_along_axis(indices, order, 1)
+            out[np.arange(n_rows), np.arange(start, stop)] = np.inf
+        best, best_values = _k_smallest(out, k)  # ``best`` entries of ``out`` are now inf
+        query_norms = np.sqrt(np.einsum("ij,ij->i", chunk_queries, chunk_queries, dtype=np.float64))
+        tolerance = gamma * (max_half_norm + query_norms * max_norm)
+        limit = (best_values[:, -1] + 2 * tolerance).astype(np.float32)
+        # Round up, and keep excluded (infinite) entries out even at an infinite limit.
+        limit = np.minimum(np.nextafter(limit, np.float32(np.inf)), np.finfo(np.float32).max)
+        rows = np.tile(np.arange(n_rows), k)
+        cols = best.T.ravel()
+        unsure = np.flatnonzero(out.min(axis=1) <= limit)
+        extra_rows, extra_cols = [rows], [cols]
+        for begin in range(0, unsure.size, batch):
+            part = unsure[begin : begin + batch]
+            part_rows, part_cols = np.nonzero(out[part] <= limit[part, None])
+            extra_rows.append(part[part_rows])
+            extra_cols.append(part_cols)
+        rows, cols = np.concatenate(extra_rows), np.concatenate(extra_cols)
+        pair_squared = _pair_squared_distances(
+            chunk_queries, gallery, rows, cols, query_buffer, gallery_buffer
+        )
+        order = np.lexsort((cols, pair_squared, rows))
+        counts = np.bincount(rows, minlength=n_rows)
+        pick = order[(np.cumsum(counts) - counts)[:, None] + np.arange(k)]
+        indices[start:stop] = cols[pick]
+        squared[start:stop] = pair_squared[pick]
+    return squared, indices
 
 
 def _faiss_available():

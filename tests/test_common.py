@@ -4,7 +4,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import tiny_mlp
 
-from sklearn_panda import CenterScorer, KMeansScorer, KNNScorer, PandaDetector
+from sklearn_panda import CenterScorer, KMeansScorer, KNNScorer, PandaDetector, PandaSES
 
 FIT_PREDICT_REASON = (
     "fit_predict labels each training point by its leave-one-out score (a point "
@@ -30,7 +30,21 @@ def _scorer_of(estimator):
     return type(estimator)
 
 
+FLOAT32_BATCH_REASON = (
+    "float32 forward passes: a sample's features can change in the last bit with "
+    "the batch it is computed in (BLAS blocking), and SES divides by a per-checkpoint "
+    "normaliser, so scores of a subset agree to ~1e-7 relative, not exactly."
+)
+
+
 def expected_failed_checks(estimator):
+    failures = _leave_one_out_failures(estimator)
+    if isinstance(estimator, PandaSES):
+        failures["check_methods_subset_invariance"] = FLOAT32_BATCH_REASON
+    return failures
+
+
+def _leave_one_out_failures(estimator):
     # CenterScorer's leave-one-out factor n / (n - 1) is the same for every
     # point and too small to change a label in these checks, so it passes both.
     scorer = _scorer_of(estimator)
@@ -53,6 +67,7 @@ def expected_failed_checks(estimator):
         # A vector backbone: the common checks feed small 2-D arrays.
         PandaDetector(backbone=tiny_mlp, weights=None, n_steps=2, random_state=0),
         PandaDetector(backbone=tiny_mlp, weights=None, n_steps=0, scorer="center", random_state=0),
+        PandaSES(backbone=tiny_mlp, weights=None, n_steps=2, checkpoint_every=1, random_state=0),
     ],
     expected_failed_checks=expected_failed_checks,
 )

@@ -1,0 +1,289 @@
+"""PandaSES: sample-wise early stopping over checkpoints of the adaptation."""
+
+import numbers
+
+import numpy as np
+import torch
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+from torch.func import functional_call
+
+from ._data import batch_indices
+from ._detector import PandaDetector
+from ._progress import ProgressBar
+from .scorers import AUTO_CONTAMINATION
+
+CHECKPOINT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class PandaSES(PandaDetector):
+    """PANDA with sample-wise early stopping: every checkpoint votes, normalised.
+
+    Fine-tunes like :class:`PandaDetector` and keeps the trainable stages'
+    parameters every ``checkpoint_every`` steps (and the pretrained ones as
+    checkpoint 0). For checkpoint ``t``, the training features are split 90/10
+    into a gallery and a validation part, and ``s_t`` is the mean anomaly
+    distance of the validation features to the gallery: the typical distance
+    of a *normal* sample at that checkpoint. A sample's anomaly distance is
+    ``max_t d_t(x) / s_t``, where ``d_t(x)`` is its distance to the
+    checkpoint-``t`` gallery. When adaptation starts to collapse, normal and
+    anomalous distances shrink together, ``s_t`` shrinks with them, and the
+    earlier checkpoints that still separated well keep deciding. No test label
+    is ever used.
+
+    At scoring time the frozen trunk runs once per batch and only the
+    trainable stages run once per checkpoint. Each checkpoint holds only the
+    trainable parameters, on the CPU: for ResNet152 (``layer3`` + ``layer4``,
+    55.6M parameters) 212 MiB in float32 or 106 MiB in half precision; for
+    EfficientNet-Lite0 (last 5 blocks + head, 2.67M parameters) 10.2 MiB /
+    5.1 MiB. Each checkpoint also keeps its gallery features
+    (``0.9 * n_samples * n_features`` float32 values).
+
+    Parameters
+    ----------
+    checkpoint_every : int, default=50
+        Steps between checkpoints; ``n_steps // checkpoint_every`` checkpoints
+        are saved after the pretrained one. The paper saves one every 5 epochs,
+        up to 150k training images seen.
+
+    validation_fraction : float in (0, 1), default=0.1
+        Share of the training features used to measure ``s_t`` (the paper: 0.1).
+
+    checkpoint_dtype : {"float32", "float16", "bfloat16"}, default="float32"
+        Storage precision of the saved parameters (half halves the memory).
+
+    n_steps : int, default=500
+        Total adaptation steps; SES can afford to train longer than fixed-step
+        early stopping because later, collapsed checkpoints are out-voted.
+
+    **other parameters
+        As in :class:`PandaDetector`.
+
+    Attributes
+    ----------
+    checkpoints_ : list of dict
+        Trainable parameters (name -> CPU tensor) per checkpoint, the
+        pretrained ones first.
+    checkpoint_steps_ : list of int
+        The step after which each checkpoint was taken (0: pretrained).
+    normalizers_ : ndarray of shape (n_checkpoints,)
+        ``s_t``, the mean validation distance of each checkpoint.
+    scorers_ : list of scorers
+        Each checkpoint's scorer, fitted on its gallery features.
+    validation_indices_ : ndarray
+        Training samples held out of the galleries to measure ``s_t``.
+    training_scores_ : ndarray of shape (n_samples,)
+        Leave-one-out scores of the training samples (gallery samples leave
+        themselves out; validation samples are scored against the gallery).
+    offset_ : float
+        Threshold of ``decision_function``.
+    net_, center_, history_, fisher_ : see :class:`PandaDetector`
+        ``net_`` holds the last checkpoint's parameters.
+
+    See Also
+    --------
+    PandaDetector : Fixed-step early stopping or EWC.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sklearn_panda import PandaSES
+    >>> def tiny_mlp():
+    ...     return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 4))
+    >>> rng = np.random.default_rng(0)
+    >>> ses = PandaSES(backbone=tiny_mlp, weights=None, n_steps=4, checkpoint_every=2, random_state=0)
+    >>> ses = ses.fit(rng.normal(size=(40, 6)))
+    >>> ses.checkpoint_distances(rng.normal(size=(3, 6))).shape
+    (3, 3)
+    """
+
+    _parameter_constraints = {
+        **PandaDetector._parameter_constraints,
+        "checkpoint_every": [Interval(numbers.Integral, 1, None, closed="left")],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
+        "checkpoint_dtype": [StrOptions(set(CHECKPOINT_DTYPES))],
+    }
+
+    def __init__(
+        self,
+        *,
+        backbone="resnet152",
+        weights="imagenet",
+        n_steps=500,
+        checkpoint_every=50,
+        validation_fraction=0.1,
+        checkpoint_dtype="float32",
+        regularization=None,
+        ewc_lambda=1e4,
+        fisher=None,
+        n_fisher_batches=100,
+        learning_rate=1e-2,
+        momentum=0.9,
+        weight_decay=5e-5,
+        clip_norm=1e-3,
+        n_trainable_stages=2,
+        resize=256,
+        crop_size=224,
+        normalize_features=True,
+        scorer="knn",
+        contamination="auto",
+        batch_size=32,
+        precision="float32",
+        trunk_cache_mb=2048,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        super().__init__(
+            backbone=backbone,
+            weights=weights,
+            n_steps=n_steps,
+            regularization=regularization,
+            ewc_lambda=ewc_lambda,
+            fisher=fisher,
+            n_fisher_batches=n_fisher_batches,
+            learning_rate=learning_rate,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            clip_norm=clip_norm,
+            n_trainable_stages=n_trainable_stages,
+            resize=resize,
+            crop_size=crop_size,
+            normalize_features=normalize_features,
+            scorer=scorer,
+            contamination=contamination,
+            batch_size=batch_size,
+            precision=precision,
+            trunk_cache_mb=trunk_cache_mb,
+            device=device,
+            random_state=random_state,
+            verbose=verbose,
+        )
+        self.checkpoint_every = checkpoint_every
+        self.validation_fraction = validation_fraction
+        self.checkpoint_dtype = checkpoint_dtype
+
+    # ------------------------------------------------------------ training
+
+    def _snapshot(self, net):
+        dtype = CHECKPOINT_DTYPES[self.checkpoint_dtype]
+        return {
+            name: parameter.detach().to("cpu", dtype=dtype, copy=True)
+            for name, parameter in net.stages.named_parameters()
+        }
+
+    def _adapt(self, net, preprocessor, hidden, generator, y):
+        checkpoints, steps = [self._snapshot(net)], [0]
+
+        def save(step, loss, details):
+            if (step + 1) % self.checkpoint_every == 0:
+                checkpoints.append(self._snapshot(net))
+                steps.append(step + 1)
+
+        fitted = self._train(net, preprocessor, hidden, generator, callbacks=[save])
+        fitted.update(checkpoints_=checkpoints, checkpoint_steps_=steps)
+        return fitted
+
+    # ------------------------------------------------------------- scoring
+
+    def _checkpoint_features(self, net, checkpoints, trunk_batch, n_samples, label):
+        """Projected features of every sample under every checkpoint: a list of (n, d) arrays.
+
+        ``trunk_batch(indices)`` gives the trunk output, computed once per batch
+        and shared by all checkpoints.
+        """
+        device = next(net.parameters()).device
+        parameters = [
+            {name: value.to(device, dtype=torch.float32) for name, value in checkpoint.items()}
+            for checkpoint in checkpoints
+        ]
+        outputs = None
+        progress = ProgressBar(n_samples, label, self.verbose > 0)
+        with torch.inference_mode():
+            for indices in batch_indices(n_samples, self.batch_size):
+                hidden = trunk_batch(indices)
+                for t, params in enumerate(parameters):
+                    with self._autocast(device):
+                        features = self._project(functional_call(net.stages, params, (hidden,))).float()
+                    if outputs is None:
+                        outputs = [np.empty((n_samples, features.shape[1]), np.float32) for _ in parameters]
+                    outputs[t][indices[0] : indices[-1] + 1] = features.cpu().numpy()
+                progress.update(indices[-1] + 1)
+        return outputs
+
+    def _fit_scoring(self, fitted, preprocessor, hidden, seed):
+        net = fitted["net_"]
+        n_samples = len(preprocessor)
+        features = self._checkpoint_features(
+            net,
+            fitted["checkpoints_"],
+            lambda indices: self._trunk_batch(net, preprocessor, hidden, indices),
+            n_samples,
+            "checkpoint features",
+        )
+        order = np.random.default_rng(seed).permutation(n_samples)
+        n_validation = min(max(1, round(self.validation_fraction * n_samples)), n_samples - 2)
+        if n_validation < 1:
+            raise ValueError(
+                f"PandaSES needs at least 3 training samples (a validation sample and a "
+                f"gallery of 2); got {n_samples} sample(s)."
+            )
+        validation, gallery = np.sort(order[:n_validation]), np.sort(order[n_validation:])
+        scorers, normalizers = [], []
+        training_distances = np.empty((n_samples, len(features)))
+        for t, checkpoint_features in enumerate(features):
+            scorer = self._make_scorer(seed).fit(checkpoint_features[gallery])
+            validation_distances = -scorer.score_samples(checkpoint_features[validation])
+            normalizer = max(float(validation_distances.mean()), np.finfo(np.float32).tiny)
+            training_distances[gallery, t] = -scorer.training_scores_ / normalizer
+            training_distances[validation, t] = validation_distances / normalizer
+            scorers.append(scorer)
+            normalizers.append(normalizer)
+        training_scores = -training_distances.max(axis=1)
+        contamination = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
+        return {
+            "scorers_": scorers,
+            "normalizers_": np.asarray(normalizers),
+            "validation_indices_": validation,
+            "training_scores_": training_scores,
+            "offset_": float(np.percentile(training_scores, 100 * contamination)),
+        }
+
+    def _checked_distances(self, checked):
+        preprocessor = self._preprocessor(checked, self.device_)
+        net = self.net_
+
+        def trunk_batch(indices):
+            with self._autocast(self.device_):
+                return net.trunk(preprocessor(indices))
+
+        features = self._checkpoint_features(
+            net, self.checkpoints_, trunk_batch, len(preprocessor), "scoring checkpoints"
+        )
+        distances = [
+            -scorer.score_samples(feature) / normalizer
+            for scorer, feature, normalizer in zip(self.scorers_, features, self.normalizers_)
+        ]
+        return np.stack(distances, axis=1)
+
+    def checkpoint_distances(self, X):
+        """Each sample's anomaly distance at each checkpoint, divided by ``s_t``.
+
+        ``-score_samples(X)`` is the row-wise maximum; the column of the
+        maximum tells which checkpoint decided.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Samples in the layout seen in ``fit``.
+
+        Returns
+        -------
+        distances : ndarray of shape (n_samples, n_checkpoints)
+        """
+        check_is_fitted(self)
+        return self._checked_distances(self._check_new_input(X))
+
+    def _score_checked(self, checked):
+        return -self._checked_distances(checked).max(axis=1)

@@ -1,0 +1,97 @@
+"""PandaSES: checkpoints, the s_t normalisation, and surviving a forced collapse."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY_IMAGES, tiny_mlp
+from scipy.spatial.distance import cdist
+from sklearn.metrics import roc_auc_score
+from torch.func import functional_call
+
+from sklearn_panda import PandaDetector, PandaSES
+
+
+@pytest.fixture
+def vectors():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(60, 6))
+
+
+def test_checkpoints_are_taken_on_schedule(vectors):
+    ses = PandaSES(backbone=tiny_mlp, weights=None, n_steps=7, checkpoint_every=3, random_state=0).fit(vectors)
+    assert ses.checkpoint_steps_ == [0, 3, 6]
+    assert len(ses.checkpoints_) == len(ses.normalizers_) == len(ses.scorers_) == 3
+    assert all(t.device.type == "cpu" for t in ses.checkpoints_[1].values())
+
+
+def test_half_precision_checkpoints(vectors):
+    ses = PandaSES(
+        backbone=tiny_mlp, weights=None, n_steps=2, checkpoint_every=1, checkpoint_dtype="float16", random_state=0
+    ).fit(vectors)
+    assert all(t.dtype == torch.float16 for t in ses.checkpoints_[-1].values())
+
+
+def test_normalisation_matches_a_direct_numpy_computation(vectors):
+    ses = PandaSES(backbone=tiny_mlp, weights=None, n_steps=6, checkpoint_every=3, random_state=0).fit(vectors)
+    queries = np.random.default_rng(1).normal(size=(5, 6))
+    validation = ses.validation_indices_
+    gallery = np.setdiff1d(np.arange(len(vectors)), validation)
+    expected_columns = []
+    for t, checkpoint in enumerate(ses.checkpoints_):
+        with torch.no_grad():
+            def features(X):
+                out = functional_call(ses.net_.stages, checkpoint, (torch.as_tensor(X, dtype=torch.float32),))
+                return F.normalize(out, dim=1).numpy().astype(np.float64)
+
+            train, test = features(vectors), features(queries)
+        knn = lambda q: np.sort(cdist(q, train[gallery], "sqeuclidean"), axis=1)[:, :2].mean(axis=1)  # noqa: E731
+        normalizer = knn(train[validation]).mean()
+        assert ses.normalizers_[t] == pytest.approx(normalizer, rel=1e-4)
+        expected_columns.append(knn(test) / normalizer)
+    expected = np.stack(expected_columns, axis=1)
+    np.testing.assert_allclose(ses.checkpoint_distances(queries), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(-ses.score_samples(queries), expected.max(axis=1), rtol=1e-4, atol=1e-6)
+
+
+def wide_mlp():
+    """Random ReLU features wide enough to keep the input's structure (kNN ROC AUC ~0.96 here)."""
+    return torch.nn.Sequential(torch.nn.Linear(6, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16))
+
+
+def test_ses_survives_a_forced_collapse():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(200, 6))
+    test = np.vstack([rng.normal(size=(100, 6)), rng.normal(size=(100, 6)) + 2.0])
+    y = np.r_[np.ones(100), -np.ones(100)]
+    # Heavy weight decay drives every weight to zero: all features collapse onto
+    # the centre (the bias), anomalies included.
+    collapse = dict(
+        backbone=wide_mlp, weights=None, n_steps=300, learning_rate=0.1, weight_decay=0.5,
+        clip_norm=None, normalize_features=False, random_state=0,
+    )
+    unadapted = roc_auc_score(y, PandaDetector(**{**collapse, "n_steps": 0}).fit(normal).score_samples(test))
+    last = roc_auc_score(y, PandaDetector(**collapse).fit(normal).score_samples(test))
+    ses = roc_auc_score(y, PandaSES(checkpoint_every=50, **collapse).fit(normal).score_samples(test))
+    assert last < unadapted - 0.1, "the toy setup must collapse for this test to mean anything"
+    assert ses > last + 0.1
+    assert ses >= unadapted - 0.01
+
+
+def test_contamination_and_fit_predict(vectors):
+    ses = PandaSES(backbone=tiny_mlp, weights=None, n_steps=2, checkpoint_every=1, contamination=0.1, random_state=0)
+    assert np.sum(ses.fit_predict(vectors) == -1) == 6
+
+
+def test_images_and_pickle(images):
+    ses = PandaSES(**TINY_IMAGES, n_steps=2, checkpoint_every=1, random_state=0).fit(images)
+    expected = ses.score_samples(images)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(ses)).score_samples(images), expected)
+    assert ses.checkpoint_distances(images).shape == (len(images), 3)
+
+
+def test_too_few_samples():
+    with pytest.raises(ValueError, match="at least 3 training samples"):
+        PandaSES(backbone=tiny_mlp, weights=None, n_steps=1, checkpoint_every=1).fit(np.ones((2, 3)))
