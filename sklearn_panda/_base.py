@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context, clone
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._backbones import build_feature_net
@@ -59,7 +59,6 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         "resize": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "crop_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "normalize_features": ["boolean"],
-        "scorer": [StrOptions({"knn", "kmeans", "center"}), HasMethods(["fit", "score_samples"])],
         "contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "precision": [StrOptions(set(PRECISIONS))],
@@ -79,7 +78,6 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         resize,
         crop_size,
         normalize_features,
-        scorer,
         contamination,
         batch_size,
         precision,
@@ -94,7 +92,6 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         self.resize = resize
         self.crop_size = crop_size
         self.normalize_features = normalize_features
-        self.scorer = scorer
         self.contamination = contamination
         self.batch_size = batch_size
         self.precision = precision
@@ -209,6 +206,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         )
 
     def _make_scorer(self, seed):
+        """A fresh scorer from the subclass's ``scorer`` parameter."""
         if self.scorer == "knn":
             scorer = KNNScorer(n_neighbors=2)
         elif self.scorer == "kmeans":

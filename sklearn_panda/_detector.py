@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from ._base import BasePanda
 from ._data import shuffled_batches
@@ -159,6 +159,7 @@ class PandaDetector(BasePanda):
 
     _parameter_constraints = {
         **BasePanda._parameter_constraints,
+        "scorer": [StrOptions({"knn", "kmeans", "center"}), HasMethods(["fit", "score_samples"])],
         "n_steps": [Interval(numbers.Integral, 0, None, closed="left")],
         "regularization": [StrOptions({"ewc"}), None],
         "ewc_lambda": [Interval(numbers.Real, 0, None, closed="left")],
@@ -204,7 +205,6 @@ class PandaDetector(BasePanda):
             resize=resize,
             crop_size=crop_size,
             normalize_features=normalize_features,
-            scorer=scorer,
             contamination=contamination,
             batch_size=batch_size,
             precision=precision,
@@ -213,6 +213,7 @@ class PandaDetector(BasePanda):
             random_state=random_state,
             verbose=verbose,
         )
+        self.scorer = scorer
         self.n_steps = n_steps
         self.regularization = regularization
         self.ewc_lambda = ewc_lambda
