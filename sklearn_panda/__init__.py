@@ -7,6 +7,7 @@ nearest normal features.
 """
 
 from ._detector import PandaDetector
+from ._oe import PandaOE
 from ._ses import PandaSES
 from .model_selection import NormalOnlySplit
 from .scorers import CenterScorer, KMeansScorer, KNNScorer
@@ -19,6 +20,7 @@ __all__ = [
     "KNNScorer",
     "NormalOnlySplit",
     "PandaDetector",
+    "PandaOE",
     "PandaSES",
     "__version__",
 ]

@@ -125,6 +125,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
     def _fit(self, X, y=None):
         checked = self._check_fit_input(X)
+        y = self._check_target(y, len(checked))
         device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         preprocessor = self._preprocessor(checked, device)
@@ -158,6 +159,10 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         if checked.spec.kind == "vectors":
             validate_data(self, X, dtype=None, ensure_min_samples=1)
         return checked
+
+    def _check_target(self, y, n_samples):
+        """Validate ``y`` after ``X``; unsupervised estimators ignore it."""
+        return None
 
     def _reset_input_attributes(self, checked):
         if checked.spec.kind != "vectors":

@@ -1,0 +1,92 @@
+"""PandaOE: labels, the contract, and exposure that resembles the anomalies."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_IMAGES, tiny_mlp
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+from sklearn_panda import PandaDetector, PandaOE
+
+
+def wide_mlp():
+    return torch.nn.Sequential(torch.nn.Linear(6, 32), torch.nn.ReLU(), torch.nn.Linear(32, 8))
+
+
+@pytest.fixture
+def exposure_task():
+    """Anomalies differ from normal data along one direction; exposure does too, more weakly."""
+    rng = np.random.default_rng(0)
+    direction = np.zeros(6)
+    direction[0] = 1.0
+    normal = rng.normal(size=(120, 6))
+    exposure = rng.normal(size=(120, 6)) + 1.5 * direction
+    test = np.vstack([rng.normal(size=(100, 6)), rng.normal(size=(100, 6)) + 1.0 * direction])
+    y_test = np.r_[np.ones(100, dtype=int), -np.ones(100, dtype=int)]
+    return normal, exposure, test, y_test
+
+
+def test_exposure_resembling_anomalies_lifts_roc_auc(exposure_task):
+    normal, exposure, test, y_test = exposure_task
+    common = dict(backbone=wide_mlp, weights=None, random_state=0)
+    unadapted = roc_auc_score(y_test, PandaDetector(n_steps=0, **common).fit(normal).score_samples(test))
+    X = np.vstack([normal, exposure])
+    y = np.r_[np.ones(len(normal), dtype=int), -np.ones(len(exposure), dtype=int)]
+    oe = PandaOE(n_steps=200, clip_norm=None, learning_rate=0.05, **common).fit(X, y)
+    exposed = roc_auc_score(y_test, oe.score_samples(test))
+    assert exposed > unadapted + 0.05
+
+
+@pytest.mark.parametrize(
+    "y, message",
+    [
+        (None, "needs y"),
+        (np.r_[np.ones(5), np.zeros(5)], r"got also \[0"),
+        (np.ones(10), "no exposure"),
+        (-np.ones(10), "no normal"),
+        (np.ones(3), r"shape \(10,\)"),
+    ],
+)
+def test_label_errors(y, message):
+    X = np.random.default_rng(0).normal(size=(10, 4))
+    with pytest.raises(ValueError, match=message):
+        PandaOE(backbone=tiny_mlp, weights=None, n_steps=1).fit(X, y)
+
+
+def test_contract_scores_and_offset():
+    rng = np.random.default_rng(1)
+    X = np.vstack([rng.normal(size=(40, 5)), rng.normal(size=(40, 5)) + 3])
+    y = np.r_[np.ones(40, dtype=int), -np.ones(40, dtype=int)]
+    oe = PandaOE(backbone=tiny_mlp, weights=None, n_steps=30, contamination=0.1, random_state=0).fit(X, y)
+    assert oe.training_scores_.shape == (40,)
+    np.testing.assert_allclose(oe.decision_function(X), oe.score_samples(X) - oe.offset_)
+    assert np.sum(oe.training_scores_ < oe.offset_) == 4
+    # Normal samples score higher than exposure samples after training.
+    assert oe.score_samples(X[:40]).mean() > oe.score_samples(X[40:]).mean()
+
+
+def test_grid_search_roc_auc_with_the_same_labels():
+    rng = np.random.default_rng(2)
+    X = np.vstack([rng.normal(size=(30, 5)), rng.normal(size=(30, 5)) + 3])
+    y = np.r_[np.ones(30, dtype=int), -np.ones(30, dtype=int)]
+    search = GridSearchCV(
+        PandaOE(backbone=tiny_mlp, weights=None, random_state=0),
+        {"n_steps": [1, 20]},
+        scoring="roc_auc",
+        cv=StratifiedKFold(3),
+    ).fit(X, y)
+    assert search.best_score_ > 0.5
+
+
+def test_only_the_last_stage_trains_and_pickle(images):
+    labels = np.r_[np.ones(12, dtype=int), -np.ones(12, dtype=int)]
+    reference = PandaDetector(**TINY_IMAGES, n_steps=0, random_state=0).fit(images).net_
+    oe = PandaOE(**TINY_IMAGES, n_steps=3, clip_norm=None, random_state=0).fit(images, labels)
+    for before, after in zip(reference.trunk.state_dict().values(), oe.net_.trunk.state_dict().values()):
+        assert torch.equal(before, after)
+    assert len(oe.net_.stages) == 2  # layer4 and the pooling
+    expected = oe.score_samples(images)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(oe)).score_samples(images), expected)
