@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.svm import OneClassSVM
 
-from sklearn_panda import PandaDetector
+from sklearn_panda import PandaDetector, PandaSES
 from sklearn_panda.datasets import load_one_class
 
 # The paper's Table 1 (mean ROC AUC %, ResNet152), for comparison.
@@ -66,6 +66,9 @@ def panda_methods(args):
             regularization="ewc",
             n_fisher_batches=args.fisher_batches,
             **common,
+        ),
+        "ses": lambda: PandaSES(
+            n_steps=args.ses_steps, checkpoint_every=args.checkpoint_every, **common
         ),
     }
 
@@ -176,6 +179,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--ewc-steps", type=int, default=None, help="default: --steps")
     parser.add_argument("--fisher-batches", type=int, default=100)
+    parser.add_argument("--ses-steps", type=int, default=500)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--raw-features", action="store_true", help="no L2 normalisation")
     parser.add_argument("--batch-size", type=int, default=32)

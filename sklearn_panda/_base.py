@@ -183,6 +183,9 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             net = build_feature_net(self.backbone, self.weights, self.n_trainable_stages, example)
+        if net.expects_images:
+            # Convolutions run markedly faster on channels-last tensors (oneDNN, cuDNN).
+            net = net.to(memory_format=torch.channels_last)
         return net.to(device)
 
     def _preprocessor(self, checked, device):

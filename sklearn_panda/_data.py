@@ -107,7 +107,8 @@ class Preprocessor:
             images = self._array_images(indices)
         else:
             images = self._file_images(indices)
-        return (images - self._mean) / self._std
+        images = (images - self._mean) / self._std
+        return images.contiguous(memory_format=torch.channels_last)
 
     def _array_images(self, indices):
         batch = torch.from_numpy(np.ascontiguousarray(self.checked.data[indices]))
