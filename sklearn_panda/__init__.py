@@ -8,6 +8,7 @@ nearest normal features.
 
 from ._detector import PandaDetector
 from ._oe import PandaOE
+from ._persistence import load, save
 from ._ses import PandaSES
 from .model_selection import NormalOnlySplit
 from .scorers import CenterScorer, KMeansScorer, KNNScorer
@@ -23,4 +24,6 @@ __all__ = [
     "PandaOE",
     "PandaSES",
     "__version__",
+    "load",
+    "save",
 ]

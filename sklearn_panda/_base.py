@@ -27,6 +27,8 @@ from ._validation import check_consistent, check_input
 from .scorers import CenterScorer, KMeansScorer, KNNScorer
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Set by validate_data(reset=True) as soon as fit starts.
+INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
 
 
 def resolve_device(device):
@@ -124,6 +126,18 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         return self._fit(X, y)
 
     def _fit(self, X, y=None):
+        # validate_data(reset=True) sets n_features_in_ / feature_names_in_ at
+        # once; a fit that does not complete puts back what was there.
+        previous = {name: self.__dict__[name] for name in INPUT_ATTRIBUTES if name in self.__dict__}
+        try:
+            return self._fit_unguarded(X, y)
+        except BaseException:
+            for name in INPUT_ATTRIBUTES:
+                self.__dict__.pop(name, None)
+            self.__dict__.update(previous)
+            raise
+
+    def _fit_unguarded(self, X, y):
         checked = self._check_fit_input(X)
         y = self._check_target(y, len(checked))
         device = resolve_device(self.device)
@@ -166,7 +180,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
     def _reset_input_attributes(self, checked):
         if checked.spec.kind != "vectors":
-            for name in ("n_features_in_", "feature_names_in_"):
+            for name in INPUT_ATTRIBUTES:
                 if name in self.__dict__:
                     delattr(self, name)
 
@@ -337,6 +351,21 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         return np.where(self.training_scores_ < self.offset_, -1, 1)
 
     # ---------------------------------------------------------- persistence
+
+    def save(self, path):
+        """Write the fitted estimator to ``path`` without pickle.
+
+        Read it back with :func:`sklearn_panda.load`, which uses
+        ``torch.load(weights_only=True)`` and so runs no code from the file.
+        A backbone given as a factory must be passed to ``load`` again.
+
+        Parameters
+        ----------
+        path : str or path-like
+        """
+        from ._persistence import save
+
+        save(self, path)
 
     def __getstate__(self):
         state = self.__dict__.copy()

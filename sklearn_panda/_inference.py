@@ -1,14 +1,66 @@
-"""Batched forward passes without autograd: features, and the frozen trunk's cache."""
+"""Batched forward passes without autograd: features, and the frozen trunk's cache.
+
+A forward pass that runs out of GPU memory is retried on the same samples
+with half the batch, down to one sample at a time, so that a ``batch_size``
+chosen for a bigger GPU still works (more slowly) on a smaller one.
+"""
+
+import warnings
 
 import numpy as np
 import torch
 
-from ._data import batch_indices
 from ._progress import ProgressBar
+
+
+def _release_cached_memory():
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _run_in_batches(forward, store, n_samples, batch_size, progress, label):
+    """``store(indices, forward(indices))`` over consecutive batches covering every sample once.
+
+    On ``torch.OutOfMemoryError`` the same samples are tried again with half
+    the batch, and the smaller batch is kept for the rest; at a batch of one
+    sample the error is raised with advice.
+    """
+    start = 0
+    while start < n_samples:
+        indices = np.arange(start, min(start + batch_size, n_samples))
+        out_of_memory = False
+        try:
+            result = forward(indices)
+        except torch.OutOfMemoryError as error:
+            if batch_size == 1:
+                raise torch.OutOfMemoryError(
+                    f"Out of memory computing {label} even one sample at a time. Use "
+                    "precision='bfloat16' or 'float16', a smaller crop_size or backbone, "
+                    f"or device='cpu'. ({error})"
+                ) from error
+            # Retried below, once the except block has dropped the failed batch's tensors.
+            out_of_memory = True
+        if out_of_memory:
+            smaller = max(1, batch_size // 2)
+            warnings.warn(
+                f"Out of memory computing {label} with batch_size={batch_size}; retrying "
+                f"with {smaller}. A smaller batch_size avoids these retries.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            batch_size = smaller
+            _release_cached_memory()
+            continue
+        store(indices, result)
+        progress.update(int(indices[-1]) + 1)
+        start = int(indices[-1]) + 1
 
 
 def extract_features(module, batch_source, n_samples, batch_size, *, verbose=0, label="features"):
     """Run ``module`` over all samples; return float32 ``(n_samples, d)``.
+
+    A batch that runs out of GPU memory is retried with half as many samples
+    (a ``RuntimeWarning`` says so); the features are the same.
 
     Parameters
     ----------
@@ -20,16 +72,38 @@ def extract_features(module, batch_source, n_samples, batch_size, *, verbose=0, 
     n_samples, batch_size : int
     verbose : int
         Shows a progress bar when > 0.
+
+    Raises
+    ------
+    torch.OutOfMemoryError
+        When even a single sample does not fit.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn_panda._inference import extract_features
+    >>> X = torch.arange(10.0).reshape(5, 2)
+    >>> extract_features(lambda batch: 2 * batch, lambda indices: X[indices], 5, 2)[:, 0]
+    array([ 0.,  4.,  8., 12., 16.], dtype=float32)
     """
     progress = ProgressBar(n_samples, label, verbose > 0)
     output = None
+
+    def store(indices, features):
+        nonlocal output
+        if output is None:
+            output = np.empty((n_samples, features.shape[1]), dtype=np.float32)
+        output[indices[0] : indices[-1] + 1] = features.cpu().numpy()
+
     with torch.inference_mode():
-        for indices in batch_indices(n_samples, batch_size):
-            features = module(batch_source(indices)).float()
-            if output is None:
-                output = np.empty((n_samples, features.shape[1]), dtype=np.float32)
-            output[indices[0] : indices[-1] + 1] = features.cpu().numpy()
-            progress.update(indices[-1] + 1)
+        _run_in_batches(
+            lambda indices: module(batch_source(indices)).float(),
+            store,
+            n_samples,
+            batch_size,
+            progress,
+            label,
+        )
     return output
 
 
@@ -39,7 +113,8 @@ def cache_trunk_outputs(trunk, preprocessor, batch_size, budget_mb, autocast, *,
     The trunk never changes during adaptation (frozen weights, BatchNorm in
     eval mode, no augmentation), so each training image needs it only once
     instead of once per step. Skipped (``None``) when the outputs would take
-    more than ``budget_mb`` megabytes.
+    more than ``budget_mb`` megabytes, or when the device has no room for
+    them; results are the same either way.
 
     Parameters
     ----------
@@ -54,14 +129,25 @@ def cache_trunk_outputs(trunk, preprocessor, batch_size, budget_mb, autocast, *,
     if budget_mb <= 0:
         return None
     with torch.inference_mode(), autocast():
-        first = trunk(preprocessor(np.arange(min(batch_size, n_samples))))
+        # One sample tells the size, type and device of every output.
+        first = trunk(preprocessor(np.arange(1)))
     per_sample = first[0].numel() * first.element_size()
     if per_sample * n_samples > budget_mb * 2**20:
         return None
-    cache = torch.empty((n_samples,) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device)
+    try:
+        cache = torch.empty((n_samples,) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device)
+    except torch.OutOfMemoryError:
+        cache = None
+    if cache is None:
+        _release_cached_memory()
+        return None
     progress = ProgressBar(n_samples, "trunk", verbose > 0)
+
+    def store(indices, outputs):
+        cache[indices[0] : indices[-1] + 1] = outputs
+
     with torch.inference_mode(), autocast():
-        for indices in batch_indices(n_samples, batch_size):
-            cache[indices[0] : indices[-1] + 1] = trunk(preprocessor(indices))
-            progress.update(indices[-1] + 1)
+        _run_in_batches(
+            lambda indices: trunk(preprocessor(indices)), store, n_samples, batch_size, progress, "trunk outputs"
+        )
     return cache

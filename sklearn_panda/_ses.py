@@ -1,6 +1,7 @@
 """PandaSES: sample-wise early stopping over checkpoints of the adaptation."""
 
 import numbers
+import threading
 
 import numpy as np
 import torch
@@ -12,6 +13,10 @@ from ._data import batch_indices
 from ._detector import PandaDetector
 from ._progress import ProgressBar
 from .scorers import AUTO_CONTAMINATION
+
+# functional_call swaps checkpoint tensors into net_.stages while it runs: two
+# threads at once would mix checkpoints and could leave one in net_.
+_FUNCTIONAL_CALL_LOCK = threading.Lock()
 
 CHECKPOINT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -204,7 +209,7 @@ class PandaSES(PandaDetector):
             for indices in batch_indices(n_samples, self.batch_size):
                 hidden = trunk_batch(indices)
                 for t, params in enumerate(parameters):
-                    with self._autocast(device):
+                    with self._autocast(device), _FUNCTIONAL_CALL_LOCK:
                         features = self._project(functional_call(net.stages, params, (hidden,))).float()
                     if outputs is None:
                         outputs = [np.empty((n_samples, features.shape[1]), np.float32) for _ in parameters]

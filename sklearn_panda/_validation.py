@@ -79,6 +79,17 @@ def check_input(X):
             raise ValueError("Found an empty list of images; at least one image is required.")
         if all(_is_image_like(item) for item in X):
             return CheckedInput(list(X), InputSpec("file_images", 3))
+        if any(_is_image_like(item) for item in X):
+            raise ValueError(
+                "A list must hold only file paths / PIL images, or only arrays of one shape; got a mix."
+            )
+        shapes = sorted({np.shape(item) for item in X})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"The arrays in the list have different shapes ({', '.join(map(str, shapes[:3]))}"
+                f"{', ...' if len(shapes) > 3 else ''}); stack images of one size into one array, "
+                "or pass file paths or PIL images, which are resized on the fly."
+            )
         X = np.asarray(X)
     X = _as_numeric_array(X)
     if X.ndim not in (2, 3, 4):

@@ -1,0 +1,483 @@
+"""Save and load fitted estimators without pickle.
+
+``pickle.load`` and ``joblib.load`` run whatever code the file asks for: a
+pickle or joblib file from a source you do not trust can take over your
+machine, and these estimators (like every scikit-learn estimator) pickle.
+:func:`save` and :func:`load` are the safe path for sharing a fitted model.
+The file holds only tensors, numbers, strings, lists and dicts: the network's
+``state_dict``, the fitted arrays (as tensors), the parameters, the package
+and format versions. :func:`load` reads it with
+``torch.load(..., weights_only=True)``, which refuses anything else, rebuilds
+the network from the backbone's name with ``weights=None`` (no download) and
+loads the saved weights into it.
+
+A backbone given as a factory is recorded only by its import path (module and
+qualified name) and must be passed to :func:`load` again: a file never makes
+:func:`load` import or call code.
+"""
+
+import importlib
+import numbers
+import os
+import pathlib
+import tempfile
+import warnings
+
+import numpy as np
+import torch
+from sklearn.utils.validation import check_is_fitted
+
+from ._backbones import build_feature_net
+from ._validation import InputSpec
+from . import scorers as scorers_module
+from .scorers import CenterScorer, KMeansScorer, KNNScorer
+
+FORMAT = "sklearn-panda"
+FORMAT_VERSION = 1
+ESTIMATORS = ("PandaDetector", "PandaSES", "PandaOE")
+SCORERS = {cls.__name__: cls for cls in (KNNScorer, KMeansScorer, CenterScorer)}
+# Marks an encoded value that is not a plain number, string, list or tensor.
+TAG = "__panda_type__"
+
+
+def _estimator_classes():
+    import sklearn_panda
+
+    return {name: getattr(sklearn_panda, name) for name in ESTIMATORS if hasattr(sklearn_panda, name)}
+
+
+def _package_version():
+    from sklearn_panda import __version__
+
+    return __version__
+
+
+def _compatible(saved, current):
+    """Same major version (and, before 1.0, the same minor version)."""
+    saved_parts, current_parts = saved.split(".")[:2], current.split(".")[:2]
+    if saved_parts[0] != current_parts[0]:
+        return False
+    return saved_parts[0] != "0" or saved_parts[1:2] == current_parts[1:2]
+
+
+# ------------------------------------------------------------------- encoding
+
+
+def _factory_path(factory):
+    """``(module, qualname)`` of a module-level function or class, or a ValueError."""
+    module = getattr(factory, "__module__", None)
+    qualname = getattr(factory, "__qualname__", None)
+    problem = None
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        problem = f"{factory!r} has no importable name"
+    elif "<lambda>" in qualname or "<locals>" in qualname:
+        problem = f"{module}.{qualname} is a lambda or a function defined inside another function"
+    else:
+        try:
+            found = _resolve(module, qualname)
+        except (ImportError, AttributeError):
+            found = None
+        if found is not factory:
+            problem = f"{module}.{qualname} does not lead back to the backbone factory"
+    if problem is not None:
+        raise ValueError(
+            f"Cannot save a backbone factory that cannot be found again by name: {problem}. "
+            "Define the factory as a module-level function (or an nn.Module class) in an "
+            "importable module."
+        )
+    return module, qualname
+
+
+def _resolve(module, qualname):
+    found = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _encode_array(array, where):
+    if array.dtype == object:
+        if all(isinstance(item, str) for item in array.ravel()):
+            return {TAG: "str_array", "value": array.tolist()}
+        raise TypeError(f"{where}: an object array that is not all strings cannot be saved safely.")
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    try:
+        tensor = torch.from_numpy(np.array(array, order="C", copy=True))
+    except TypeError:
+        raise TypeError(f"{where}: arrays of dtype {array.dtype} cannot be saved.") from None
+    return {TAG: "ndarray", "value": tensor}
+
+
+def _encode(value, where):
+    """``value`` as tensors, numbers, strings, lists and dicts; TypeError for anything else."""
+    if value is None or isinstance(value, bool):
+        return value
+    # Subclasses (enums, torch's version string) would be pickled as their class.
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, np.generic) and not isinstance(value, np.object_):
+        return value.item()
+    if isinstance(value, numbers.Integral) and isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu()
+        # A view would save its whole storage; a copy saves only itself.
+        if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+            tensor = tensor.clone()
+        return tensor
+    if isinstance(value, np.ndarray):
+        return _encode_array(value, where)
+    if isinstance(value, list):
+        return [_encode(item, f"{where}[{i}]") for i, item in enumerate(value)]
+    if isinstance(value, tuple):
+        return {TAG: "tuple", "value": [_encode(item, f"{where}[{i}]") for i, item in enumerate(value)]}
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise TypeError(f"{where}: only dicts with string keys can be saved; found key {key!r}.")
+        return {TAG: "dict", "value": {key: _encode(item, f"{where}[{key!r}]") for key, item in value.items()}}
+    if isinstance(value, torch.device):
+        return {TAG: "device", "value": str(value)}
+    if isinstance(value, pathlib.PurePath):
+        return {TAG: "path", "value": str(value)}
+    if isinstance(value, InputSpec):
+        return {TAG: "input_spec", "value": {"kind": value.kind, "channels": value.channels}}
+    if isinstance(value, np.random.RandomState):
+        return {TAG: "random_state", "value": _encode(value.get_state(), where)}
+    if type(value).__name__ in SCORERS and type(value) is SCORERS[type(value).__name__]:
+        return _encode_scorer(value, where)
+    if type(value) is torch.nn.Linear:
+        return {
+            TAG: "linear",
+            "in_features": value.in_features,
+            "out_features": value.out_features,
+            "bias": value.bias is not None,
+            "state_dict": {key: _encode(tensor, where) for key, tensor in value.state_dict().items()},
+            "trainable": [key for key, parameter in value.named_parameters() if parameter.requires_grad],
+        }
+    raise TypeError(
+        f"{where} is a {type(value).__name__}, which cannot be saved without pickle. "
+        "Supported: numbers, strings, arrays, tensors, lists, dicts, torch.nn.Linear and "
+        "the package's scorers."
+    )
+
+
+def _encode_scorer(scorer, where):
+    state = {
+        # The search index is rebuilt from the training features on load.
+        name: value
+        for name, value in vars(scorer).items()
+        if name not in scorer.get_params(deep=False) and name != "_index"
+    }
+    return {
+        TAG: "scorer",
+        "class": type(scorer).__name__,
+        "params": _encode(scorer.get_params(deep=False), f"{where}.get_params()"),
+        "state": _encode(state, where),
+    }
+
+
+def _decode(value):
+    if isinstance(value, list):
+        return [_decode(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    kind, payload = value.get(TAG), value.get("value")
+    if kind == "ndarray":
+        return payload.numpy()
+    if kind == "str_array":
+        return np.asarray(payload, dtype=object)
+    if kind == "tuple":
+        return tuple(_decode(item) for item in payload)
+    if kind == "dict":
+        return {key: _decode(item) for key, item in payload.items()}
+    if kind == "device":
+        return torch.device(payload)
+    if kind == "path":
+        return pathlib.Path(payload)
+    if kind == "input_spec":
+        return InputSpec(payload["kind"], payload["channels"])
+    if kind == "random_state":
+        random_state = np.random.RandomState()
+        random_state.set_state(_decode(payload))
+        return random_state
+    if kind == "scorer":
+        return _decode_scorer(value)
+    if kind == "linear":
+        with torch.device("meta"):
+            layer = torch.nn.Linear(value["in_features"], value["out_features"], bias=value["bias"])
+        layer.load_state_dict(value["state_dict"], assign=True)
+        for key, parameter in layer.named_parameters():
+            parameter.requires_grad_(key in value["trainable"])
+        return layer
+    raise ValueError(f"Unknown entry {kind!r} in the file; it was not written by this version of save().")
+
+
+def _decode_scorer(value):
+    cls = SCORERS.get(value["class"])
+    if cls is None:
+        raise ValueError(f"Unknown scorer {value['class']!r} in the file; known: {', '.join(SCORERS)}.")
+    scorer = cls(**_decode(value["params"]))
+    _set_attributes(scorer, _decode(value["state"]))
+    if "_fit_X" in vars(scorer):
+        if scorer._algorithm == "faiss" and not scorers_module._faiss_available():
+            # Both searches are exact, so the scores stay the same.
+            warnings.warn(
+                "This KNNScorer searched with faiss, which is not installed here; it uses "
+                "the exact brute-force search instead."
+            )
+            scorer._algorithm = "brute"
+        rebuilt = scorer._algorithm in ("faiss", "nndescent")
+        scorer._index = scorer._build_index(scorer._fit_X) if rebuilt else None
+    return scorer
+
+
+def _set_attributes(target, attributes):
+    for name, value in attributes.items():
+        # Fitted attributes only (``offset_``, ``_fit_X``): a file must not reach
+        # parameters, methods or dunders.
+        fitted_name = name.endswith("_") or name.startswith("_")
+        if not name.isidentifier() or name.startswith("__") or not fitted_name:
+            raise ValueError(f"The file sets an attribute {name!r}, which no fitted estimator has.")
+        if isinstance(value, torch.nn.Module):
+            value = value.to(attributes.get("device_", "cpu"))
+        setattr(target, name, value)
+
+
+# ----------------------------------------------------------------- the files
+
+
+def save(estimator, path):
+    """Write ``estimator`` to ``path`` in a format that loads without running code.
+
+    Pickle and joblib files can execute arbitrary code when loaded: never load
+    one from a source you do not trust. A file from :func:`save` holds only
+    tensors, numbers, strings, lists and dicts, and :func:`load` reads it with
+    ``torch.load(..., weights_only=True)``.
+
+    The network is stored as its ``state_dict``; a named backbone is rebuilt
+    from its name on load. A kNN scorer's search index is rebuilt from its
+    training features (``algorithm="nndescent"`` rebuilds the approximate
+    index, identical only with an integer ``random_state``; ``"faiss"``
+    falls back to the exact brute-force search where faiss is missing). A backbone factory (``backbone=callable``) is
+    recorded by its import path only, and has to be a module-level function
+    or class (not a lambda or a local function); pass it to :func:`load`
+    again. The file is written to a temporary file first and then renamed, so
+    an interrupted save leaves an existing file at ``path`` intact.
+
+    Parameters
+    ----------
+    estimator : PandaDetector, PandaSES or PandaOE
+        Fitted or not (an unfitted one keeps only its parameters).
+    path : str or path-like
+        Destination file (conventionally ``.pt``).
+
+    Raises
+    ------
+    TypeError
+        For another estimator class, or a parameter or fitted attribute that
+        cannot be stored without pickle (the message names it).
+    ValueError
+        For a backbone factory that cannot be found again by name.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, os
+    >>> from torch import nn
+    >>> from sklearn_panda import PandaDetector
+    >>> from sklearn_panda._persistence import load, save
+    >>> X = np.random.default_rng(0).normal(size=(20, 4))
+    >>> det = PandaDetector(backbone=nn.Identity, weights=None, n_steps=0).fit(X)
+    >>> path = os.path.join(tempfile.mkdtemp(), "detector.pt")
+    >>> save(det, path)
+    >>> bool(np.array_equal(load(path, backbone=nn.Identity).score_samples(X), det.score_samples(X)))
+    True
+    """
+    classes = _estimator_classes()
+    name = type(estimator).__name__
+    if classes.get(name) is not type(estimator):
+        raise TypeError(
+            f"save supports {', '.join(classes)}; got {type(estimator).__module__}.{name}."
+        )
+    params = estimator.get_params(deep=False)
+    encoded_params = {}
+    for key, value in params.items():
+        if key == "backbone" and callable(value):
+            module, qualname = _factory_path(value)
+            encoded_params[key] = {TAG: "factory", "module": module, "qualname": qualname}
+        else:
+            encoded_params[key] = _encode(value, f"parameter {key}")
+    attributes = {key: value for key, value in vars(estimator).items() if key not in params}
+    net = attributes.pop("net_", None)
+    if net is not None:
+        check_is_fitted(estimator)
+        net = {
+            "state_dict": {key: _encode(tensor, f"net_.{key}") for key, tensor in net.state_dict().items()},
+            "trainable": [key for key, parameter in net.named_parameters() if parameter.requires_grad],
+            "channels_last": _is_channels_last(net),
+        }
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": _package_version(),
+        "torch_version": str(torch.__version__),
+        "estimator": name,
+        "params": encoded_params,
+        "net": net,
+        "attributes": {key: _encode(value, f"attribute {key}") for key, value in attributes.items()},
+    }
+    _write_atomically(payload, path)
+
+
+def _is_channels_last(net):
+    """Whether the convolution weights are stored channels-last (it changes the last bits of results)."""
+    return any(
+        p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
+        for p in net.parameters()
+    )
+
+
+def _write_atomically(payload, path):
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(prefix=".panda-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            torch.save(payload, file)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def load(path, *, backbone=None, device=None):
+    """Read an estimator written by :func:`save`, without unpickling anything.
+
+    The file is read with ``torch.load(..., weights_only=True)``; the
+    network is rebuilt with ``weights=None`` (no download) and the saved
+    weights are loaded into it. Estimators fitted on a GPU load on a
+    CPU-only machine (with a warning).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file written by :func:`save`.
+    backbone : callable, default=None
+        Required when the estimator was saved with a backbone factory: that
+        factory (the file names it, e.g. ``mypackage.models.small_net``, but
+        never imports or calls it by itself). Must be ``None`` otherwise.
+    device : str or torch.device, default=None
+        Where the network goes (``"auto"``, ``"cpu"``, ``"cuda"``, ...).
+        ``None``: the device it was fitted on, or the CPU (with a warning)
+        when that is CUDA and CUDA is not available.
+
+    Returns
+    -------
+    estimator : PandaDetector, PandaSES or PandaOE
+
+    Raises
+    ------
+    ValueError
+        When the file is not a sklearn-panda file, comes from an
+        incompatible format or package version, or needs a ``backbone``.
+    """
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    _check_header(payload, path)
+    classes = _estimator_classes()
+    cls = classes.get(payload["estimator"])
+    if cls is None:
+        raise ValueError(
+            f"{path} holds a {payload['estimator']!r}, which this version cannot load; "
+            f"known: {', '.join(classes)}."
+        )
+    params = dict(payload["params"])
+    saved_backbone = params.pop("backbone")
+    params = {key: _decode(value) for key, value in params.items()}
+    params["backbone"] = _backbone(saved_backbone, backbone, path)
+    estimator = cls(**params)
+    attributes = {key: _decode(value) for key, value in payload["attributes"].items()}
+    if payload["net"] is not None:
+        attributes["device_"] = _target_device(attributes["device_"], device)
+        attributes["net_"] = _rebuild_net(estimator, attributes, payload["net"], path)
+    _set_attributes(estimator, attributes)
+    return estimator
+
+
+def _check_header(payload, path):
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a file written by sklearn_panda's save().")
+    current = _package_version()
+    saved_format, saved_version = payload.get("format_version"), str(payload.get("package_version"))
+    if saved_format != FORMAT_VERSION or not _compatible(saved_version, current):
+        raise ValueError(
+            f"{path} was written by sklearn-panda {saved_version} (file format "
+            f"{saved_format}); this is sklearn-panda {current} (file format {FORMAT_VERSION}), "
+            "which cannot read it. Load it with a compatible version and save it again, "
+            "or refit the estimator."
+        )
+
+
+def _backbone(saved, given, path):
+    if isinstance(saved, str):
+        if given is not None:
+            raise ValueError(f"{path} was saved with backbone={saved!r}; do not pass backbone to load.")
+        return saved
+    name = f"{saved['module']}.{saved['qualname']}"
+    if given is None:
+        raise ValueError(
+            f"{path} was saved with the backbone factory {name}. Loading never imports or "
+            f"calls code named by a file: pass the factory, load(path, backbone={saved['qualname']})."
+        )
+    if not callable(given):
+        raise TypeError(f"backbone must be the backbone factory {name}; got {given!r}.")
+    given_name = f"{getattr(given, '__module__', '?')}.{getattr(given, '__qualname__', '?')}"
+    if given_name != name:
+        warnings.warn(
+            f"{path} was saved with the backbone factory {name}; building the network with "
+            f"{given_name} instead (its weights must fit the saved ones)."
+        )
+    return given
+
+
+def _target_device(saved, requested):
+    if requested is not None:
+        from ._base import resolve_device
+
+        return resolve_device(requested)
+    if saved.type == "cuda" and not torch.cuda.is_available():
+        warnings.warn(
+            "This estimator was fitted on CUDA, which is not available here; "
+            "its network is loaded on the CPU."
+        )
+        return torch.device("cpu")
+    return saved
+
+
+def _rebuild_net(estimator, attributes, saved, path):
+    spec = attributes["input_spec_"]
+    # Lazy layers of a vector backbone take their width from one example row.
+    example = torch.zeros(1, spec.channels) if spec.kind == "vectors" else None
+    # Random initialisation, overwritten just below, must not move the global generator.
+    with torch.random.fork_rng(devices=[]):
+        net = build_feature_net(estimator.backbone, None, estimator.n_trainable_stages, example)
+    state = saved["state_dict"]
+    own = net.state_dict()
+    mismatched = sorted(set(own) ^ set(state)) + sorted(
+        key for key in set(own) & set(state) if own[key].shape != state[key].shape
+    )
+    if mismatched:
+        raise ValueError(
+            f"The network saved in {path} does not fit the rebuilt backbone "
+            f"{estimator._backbone_name()}: {len(mismatched)} keys differ "
+            f"({', '.join(mismatched[:5])}{' ...' if len(mismatched) > 5 else ''})."
+        )
+    net.load_state_dict(state)
+    trainable = set(saved["trainable"])
+    for key, parameter in net.named_parameters():
+        parameter.requires_grad_(key in trainable)
+    if saved["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)
+    return net.to(attributes["device_"])
