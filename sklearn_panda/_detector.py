@@ -298,7 +298,8 @@ class PandaDetector(BasePanda):
                 self._trunk_batch(net, preprocessor, hidden, next(batches))
                 for _ in range(self.n_fisher_batches)
             )
-            values = fisher_diagonal(net, trunk_outputs, parameters, generator)
+            with self._autocast(preprocessor.device):
+                values = fisher_diagonal(net, trunk_outputs, parameters, generator)
             return {name: value.detach().cpu() for name, value in zip(names, values)}
         given = self.fisher
         if not isinstance(given, Mapping):

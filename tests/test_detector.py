@@ -232,3 +232,8 @@ def test_normal_only_split_keeps_anomalies_out_of_training():
         assert set(np.flatnonzero(y == -1)) <= set(test)
     with pytest.raises(ValueError, match="1 \\(normal\\) and -1"):
         next(NormalOnlySplit().split(np.zeros(3), [0, 1, 1]))
+
+
+def test_bfloat16_precision_with_ewc(images):
+    det = detector(precision="bfloat16", regularization="ewc", n_fisher_batches=2).fit(images)
+    assert np.all(np.isfinite(det.score_samples(images)))
