@@ -3,40 +3,46 @@
 What it measures
 ----------------
 For each gallery size ``N`` it draws a seeded random float32 gallery
-``(N, d)`` and ``Q`` queries ``(Q, d)`` and times, best of ``--repeats``:
+``(N, d)`` and ``Q`` queries ``(Q, d)`` and times the query search with the
+index already built, best of ``--repeats`` rounds:
 
-- ``KNNScorer(algorithm="brute").kneighbors(queries)``: the query search only;
-  the scorer is fitted on the gallery first, outside the timing (its ``fit``
-  also runs a leave-one-out search of the gallery against itself, which costs
-  ``N / Q`` times a query search and is not what is compared here);
-- scikit-learn ``NearestNeighbors(algorithm="brute").kneighbors(queries)``,
-  fitted outside the timing;
-- faiss ``IndexFlatL2.search(queries, k)`` with the index built outside the
-  timing (skipped when faiss is not installed);
-- pynndescent: index build (``NNDescent(...)`` and ``prepare()``) plus query,
-  timed together once (after a small warm-up build that compiles numba's
-  functions), with recall@k against the exact neighbours.
+- ``KNNScorer(algorithm="brute").kneighbors(queries)`` on a scorer fitted on
+  the gallery (its ``fit``, a leave-one-out search of the gallery against
+  itself, ``N / Q`` times the work of the query search, is timed once and
+  reported apart);
+- scikit-learn ``NearestNeighbors(algorithm="brute").kneighbors(queries)``;
+- faiss ``IndexFlatL2.search(queries, k)`` (skipped when faiss is not installed);
+- pynndescent, with the settings of ``KNNScorer(algorithm="nndescent")``:
+  index build (``NNDescent(...)`` and ``prepare()``) plus query, timed together
+  once after a small warm-up build that compiles numba's functions, with
+  recall@k against the exact neighbours.
 
 Every row is compared with a compute bound measured in the same run: the
 ``2 * N * Q * d`` flops of the query-gallery matrix product divided by the
-best float32 matrix-multiply rate of numpy on this machine (a
-``(min(Q, 2048), d) @ (d, min(N, 8192))`` product, best of several). A ratio
-of 1.00 means "as fast as the matrix product alone".
+float32 matrix-multiply rate of numpy on this machine (a
+``(min(Q, 2048), d) @ (d, min(N, 8192))`` product, best of 4). The rate is
+measured before the first timing and after each one; "× bound" uses the best
+rate of the run, "× local bound" the better of the rates measured just before
+and just after that timing (median over rounds), which discounts a load that
+other programs put on a shared machine for part of the run. A ratio of 1.00
+means "as fast as the matrix product alone".
 
-The header prints the BLAS libraries and the kernel each one runs
-(threadpoolctl's ``threadpool_info``) and the ``OPENBLAS_*`` variables: the
-kernel OpenBLAS picks changes the bound and every row with it.
+The header gives the BLAS libraries and the kernel each one runs
+(threadpoolctl's ``threadpool_info``), the ``OPENBLAS_*`` variables (the kernel
+OpenBLAS picks changes the bound and every row with it) and the load average;
+the per-round timings follow the table.
 
 How to run
 ----------
 From the repository root::
 
     python benchmarks/knn_speed.py              # N in {5000, 50000}, Q=10000, d=2048
-    python benchmarks/knn_speed.py --quick      # tiny smoke run, a few seconds
+    python benchmarks/knn_speed.py --quick      # tiny smoke run (numba compiles: ~30 s)
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/knn_speed.py
 
-The table goes to stdout as markdown and to ``benchmarks/out/knn_speed.md``
-(``--output`` changes the path). The full run takes several minutes on two cores.
+The table goes to stdout as markdown and, with the header and the run log, to
+``benchmarks/out/knn_speed.md`` (``--output`` changes the path). The full run
+takes about 5 to 10 minutes on two cores, most of it at N=50,000.
 """
 
 import argparse
@@ -49,6 +55,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import sklearn
 
 try:
     import sklearn_panda  # noqa: F401
@@ -69,6 +76,11 @@ try:
     import pynndescent
 except ImportError:
     pynndescent = None
+
+
+BRUTE = 'KNNScorer(algorithm="brute")'
+SKLEARN = "scikit-learn NearestNeighbors(brute)"
+OPENBLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 def parse_args(argv=None):
@@ -95,7 +107,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: N in {500, 2000}, Q=300, d=64, 1 repeat (overrides those options)",
+        help="smoke run: the defaults become N in {500, 2000}, Q=300, d=64, 1 repeat",
     )
     parser.add_argument(
         "--output",
@@ -103,28 +115,25 @@ def parse_args(argv=None):
         default=Path(__file__).resolve().parent / "out" / "knn_speed.md",
         help="markdown file to write (default: benchmarks/out/knn_speed.md)",
     )
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.sizes, args.queries, args.dim, args.repeats = [500, 2000], 300, 64, 1
-    return args
+    if parser.parse_known_args(argv)[0].quick:
+        parser.set_defaults(sizes=[500, 2000], queries=300, dim=64, repeats=1)
+    return parser.parse_args(argv)
 
 
-def best_time(func, repeats):
-    """Best wall-clock time of ``repeats`` calls of ``func``, and its last result."""
-    best, result = np.inf, None
-    for _ in range(max(1, repeats)):
-        start = time.perf_counter()
-        result = func()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def timed(func):
+    """Wall-clock seconds of one call of ``func``, and its result."""
+    start = time.perf_counter()
+    result = func()
+    return time.perf_counter() - start, result
 
 
-def matmul_rate(queries, gallery, repeats):
+def matmul_rate(queries, gallery, repeats=4):
     """Best float32 matrix-multiply rate (flop/s) of numpy on a block shaped like the search."""
     a = np.ascontiguousarray(queries[:2048])
     b = np.ascontiguousarray(gallery[:8192])
     out = np.empty((a.shape[0], b.shape[0]), dtype=np.float32)
-    seconds, _ = best_time(lambda: np.matmul(a, b.T, out=out), max(5, repeats))
+    np.matmul(a, b.T, out=out)  # warm-up: page faults, BLAS threads waking
+    seconds = min(timed(lambda: np.matmul(a, b.T, out=out))[0] for _ in range(repeats))
     return 2.0 * a.shape[0] * b.shape[0] * a.shape[1] / seconds
 
 
@@ -161,7 +170,8 @@ def machine_description():
         memory = f", {pages * page_size / 2**30:.0f} GiB RAM"
     except (ValueError, OSError, AttributeError):
         pass
-    return f"{model}, {os.cpu_count()} logical CPUs{memory}, {platform.system()} {platform.release()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{model}, {os.cpu_count()} logical CPUs{memory}, {system}"
 
 
 def run_size(n_gallery, args, log):
@@ -171,33 +181,68 @@ def run_size(n_gallery, args, log):
     k = args.neighbors
     flops = 2.0 * n_gallery * args.queries * args.dim
 
-    rate = matmul_rate(queries, gallery, args.repeats)
-    bound = flops / rate
-    log(f"N={n_gallery}: matmul rate {rate / 1e9:.1f} GFLOP/s, bound {bound:.3f} s")
-    rows = [("compute bound", f"2·N·Q·d / {rate / 1e9:.0f} GFLOP/s (numpy matmul)", bound, "")]
-
-    start = time.perf_counter()
-    scorer = KNNScorer(n_neighbors=k, algorithm="brute").fit(gallery)
-    log(f"  KNNScorer fit (leave-one-out, untimed row): {time.perf_counter() - start:.1f} s")
-    seconds, (_, exact) = best_time(lambda: scorer.kneighbors(queries), args.repeats)
-    rows.append(('KNNScorer(algorithm="brute")', "kneighbors(queries), fitted", seconds, ""))
-    log(f"  KNNScorer brute: {seconds:.3f} s")
-    del scorer
-
+    # Fit or build every exact index first, then time the searches
+    # round-robin, measuring the matmul rate before the first and after each
+    # one: the speed of a shared machine drifts, so each timing is also
+    # compared with the better rate measured right before or after it.
+    fit_seconds, scorer = timed(lambda: KNNScorer(n_neighbors=k, algorithm="brute").fit(gallery))
+    log(f"N={n_gallery}: KNNScorer fit (leave-one-out self-search) {fit_seconds:.1f} s")
+    searches = {BRUTE: ("kneighbors(queries), fitted", scorer.kneighbors)}
     if "sklearn" not in args.skip:
         nn = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(gallery)
-        seconds, (_, found) = best_time(lambda: nn.kneighbors(queries), args.repeats)
-        rows.append(("scikit-learn NearestNeighbors(brute)", "kneighbors(queries), fitted", seconds, ""))
-        log(f"  scikit-learn brute: {seconds:.3f} s (recall {recall(found, exact):.4f})")
-        del nn
-
+        searches[SKLEARN] = ("kneighbors(queries), fitted", nn.kneighbors)
     if faiss is not None and "faiss" not in args.skip:
         index = faiss.IndexFlatL2(args.dim)
         index.add(gallery)
-        seconds, (_, found) = best_time(lambda: index.search(queries, k), args.repeats)
-        rows.append(("faiss IndexFlatL2", "search(queries), index built", seconds, ""))
-        log(f"  faiss: {seconds:.3f} s (recall {recall(found, exact):.4f})")
-        del index
+        searches["faiss IndexFlatL2"] = (
+            "search(queries), index built",
+            lambda queries: index.search(queries, k),
+        )
+
+    rates = [matmul_rate(queries, gallery)]
+    best = dict.fromkeys(searches, np.inf)
+    local = {name: [] for name in searches}
+    found = {}
+    for round_ in range(args.repeats):
+        report = []
+        for name, (_, search) in searches.items():
+            seconds, result = timed(lambda: search(queries))
+            rates.append(matmul_rate(queries, gallery))
+            best[name] = min(best[name], seconds)
+            local[name].append(seconds * max(rates[-2:]) / flops)
+            found[name] = result[1]
+            report.append(f"{name.split('(')[0]} {seconds:.3f} s")
+        log(f"  round {round_ + 1}: " + ", ".join(report))
+    log("  matmul GFLOP/s: " + " ".join(f"{rate / 1e9:.0f}" for rate in rates))
+
+    best_rate = max(rates)
+    bound = flops / best_rate
+    exact = found[BRUTE]
+    rows = [
+        (
+            "compute bound",
+            f"2·N·Q·d at {best_rate / 1e9:.0f} GFLOP/s, best numpy matmul "
+            f"(min {min(rates) / 1e9:.0f})",
+            bound,
+            1.0,
+            "",
+        )
+    ]
+    for name, (what, _) in searches.items():
+        rec = "exact" if name == BRUTE else recall(found[name], exact)
+        rows.append((name, what, best[name], float(np.median(local[name])), rec))
+    fit_bound = 2.0 * n_gallery * n_gallery * args.dim / best_rate
+    rows.append(
+        (
+            "KNNScorer fit (not compared)",
+            f"fit(gallery): leave-one-out N×N search, one run, "
+            f"{fit_seconds / fit_bound:.2f} × its own bound",
+            fit_seconds,
+            None,
+            "exact",
+        )
+    )
+    del scorer, searches
 
     if pynndescent is not None and "nndescent" not in args.skip:
         # Same settings as KNNScorer(algorithm="nndescent").
@@ -215,71 +260,86 @@ def run_size(n_gallery, args, log):
 
         # Compile numba's functions first: a one-off cost, not the build's.
         build(gallery[:500]).query(queries[:10], k=k, epsilon=0.3)
-        start = time.perf_counter()
-        index = build(gallery)
-        built = time.perf_counter() - start
-        start = time.perf_counter()
-        found, _ = index.query(queries, k=k, epsilon=0.3)
-        queried = time.perf_counter() - start
-        rows.append(
-            (
-                "pynndescent",
-                f"build {built:.3g} s + query {queried:.3g} s (one run)",
-                built + queried,
-                f"{recall(found, exact):.4f}",
-            )
-        )
-        log(f"  pynndescent: build {built:.1f} s, query {queried:.1f} s")
-        del index
+        built, index = timed(lambda: build(gallery))
+        queried, (indices, _) = timed(lambda: index.query(queries, k=k, epsilon=0.3))
+        what = f"build {built:.3g} s + query {queried:.3g} s (one run)"
+        rows.append(("pynndescent", what, built + queried, None, recall(indices, exact)))
+        log(f"  pynndescent: {what}")
     return rows
 
 
 def markdown_table(results, args):
     lines = [
-        f"| N | method | timed | time (s) | × bound | recall@{args.neighbors} |",
-        "|---:|---|---|---:|---:|---:|",
+        f"| N | method | timed | time (s) | × bound | × local bound | recall@{args.neighbors} |",
+        "|---:|---|---|---:|---:|---:|---:|",
     ]
     for n_gallery, rows in results:
         bound = rows[0][2]
-        for name, timed, seconds, rec in rows:
-            rec = rec or ("exact" if name != "compute bound" else "")
+        for name, what, seconds, local, rec in rows:
+            rec = f"{rec:.4f}" if isinstance(rec, float) else rec
+            local = "" if local is None else f"{local:.2f}"
+            ratio = "" if name.startswith("KNNScorer fit") else f"{seconds / bound:.2f}"
             lines.append(
-                f"| {n_gallery:,} | {name} | {timed} | {seconds:.3g} | {seconds / bound:.2f} | {rec} |"
+                f"| {n_gallery:,} | {name} | {what} | {seconds:.3g} | {ratio} | {local} | {rec} |"
             )
+    return "\n".join(lines)
+
+
+def summary(results):
+    """One line per size: the brute-force row against scikit-learn and the bound."""
+    lines = []
+    for n_gallery, rows in results:
+        by_name = {name: (seconds, local) for name, _, seconds, local, _ in rows}
+        bound = by_name["compute bound"][0]
+        seconds, local = by_name[BRUTE]
+        line = (
+            f"- N={n_gallery:,}: {BRUTE} at {seconds / bound:.2f} × bound "
+            f"({local:.2f} × local bound)"
+        )
+        if SKLEARN in by_name:
+            line += f"; scikit-learn takes {by_name[SKLEARN][0] / seconds:.2f}× as long"
+        lines.append(line)
     return "\n".join(lines)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    run_log = []
 
     def log(message):
+        run_log.append(message)
         print(message, file=sys.stderr, flush=True)
 
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *sys.argv[1:]])
-    env = {name: os.environ.get(name, "(unset)") for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    env = {name: os.environ.get(name, "(unset)") for name in OPENBLAS_VARIABLES}
+    load = lambda: ", ".join(f"{x:.2f}" for x in os.getloadavg())  # noqa: E731
     header = [
         f"- date: {datetime.date.today().isoformat()}",
         f"- machine: {machine_description()}",
         f"- command: `{command}`",
         "- environment: " + ", ".join(f"{name}={value}" for name, value in env.items()),
-        f"- settings: N in {{{', '.join(f'{n:,}' for n in args.sizes)}}}, Q={args.queries:,} queries, "
-        f"d={args.dim}, float32, k={args.neighbors}, seed {args.seed}, best of {args.repeats}",
-        f"- versions: numpy {np.__version__}, scikit-learn {__import__('sklearn').__version__}, "
+        f"- settings: N in {{{', '.join(f'{n:,}' for n in args.sizes)}}}, "
+        f"Q={args.queries:,} queries, d={args.dim}, float32, k={args.neighbors}, "
+        f"seed {args.seed}, best of {args.repeats}",
+        f"- versions: numpy {np.__version__}, scikit-learn {sklearn.__version__}, "
         f"faiss {getattr(faiss, '__version__', 'not installed')}, "
         f"pynndescent {getattr(pynndescent, '__version__', 'not installed')}",
         "- BLAS (threadpoolctl):",
         *(f"  - {line}" for line in blas_description()),
+        f"- load average (1, 5, 15 min) at start: {load()}",
     ]
     print("\n".join(header), flush=True)
 
     results = [(n, run_size(n, args, log)) for n in args.sizes]
-    table = markdown_table(results, args)
+    log(f"load average (1, 5, 15 min) at end: {load()}")
+    table = markdown_table(results, args) + "\n\n" + summary(results)
     print()
     print(table)
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(header) + "\n\n" + table + "\n")
-    log(f"written to {args.output}")
+    run_log = "\n".join(run_log)
+    args.output.write_text("\n".join(header) + f"\n\n{table}\n\nRun log:\n\n```\n{run_log}\n```\n")
+    print(f"written to {args.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -236,20 +236,6 @@ def _k_smallest(values, k):
     return idx, chosen
 
 
-def _pair_squared_distances(queries, gallery, rows, cols, query_buffer, gallery_buffer):
-    """``||queries[rows] - gallery[cols]||^2`` from the differences, through two buffers."""
-    squared = np.empty(len(rows), dtype=np.float32)
-    step = gallery_buffer.shape[0]
-    for start in range(0, len(rows), step):
-        stop = min(start + step, len(rows))
-        diff, query_rows = gallery_buffer[: stop - start], query_buffer[: stop - start]
-        np.take(gallery, cols[start:stop], axis=0, out=diff)
-        np.take(queries, rows[start:stop], axis=0, out=query_rows)
-        np.subtract(diff, query_rows, out=diff)
-        squared[start:stop] = np.einsum("ij,ij->i", diff, diff)
-    return squared
-
-
 def brute_force_kneighbors(queries, gallery, k, *, exclude_self=False, working_memory_mb=256):
     """Exact k nearest neighbours by chunked float32 matrix products.
 
@@ -257,12 +243,12 @@ def brute_force_kneighbors(queries, gallery, k, *, exclude_self=False, working_m
     which ``g`` is nearest, so only ``s = ||g||^2 / 2 - q.g`` is ranked, from one
     matrix product per chunk of queries. In float32 that expanded form can
     misorder near-ties by cancellation, so it only proposes candidates: the
-    ``k`` best, plus, for the rows where the next value is within the
-    worst-case rounding error of ``s``, every row that close. The distances of
+    ``k`` best and, for the queries whose next value is within the worst-case
+    rounding error of ``s``, every gallery row that close. The distances of
     the candidates are recomputed from the differences, which is accurate, and
     the ``k`` nearest of them are kept (ties go to the lower index). Chunks are
-    sized so that the similarity block and the two buffers of one chunk stay
-    within ``working_memory_mb``.
+    sized so that the similarity block and the buffers and temporaries of one
+    chunk stay within about ``working_memory_mb``.
 
     Parameters
     ----------
@@ -282,24 +268,36 @@ def brute_force_kneighbors(queries, gallery, k, *, exclude_self=False, working_m
     n_gallery, n_features = gallery.shape
     half_norms = 0.5 * np.einsum("ij,ij->i", gallery, gallery)
     # Rounding error of s is at most gamma * (||g||^2 / 2 + ||q|| ||g||) for
-    # float32 dot products of length d (Higham's gamma_n = n u / (1 - n u));
-    # the 4 extra terms cover the norms and the subtraction.
+    # float32 dot products of length d (Higham's gamma_n = n u / (1 - n u)),
+    # the 4 extra terms covering the subtraction; float32 squared norms are at
+    # most a factor (1 - gamma) below the truth.
     unit = float(np.finfo(np.float32).eps) / 2
     gamma = (n_features + 4) * unit / (1 - (n_features + 4) * unit)
-    max_half_norm = float(half_norms.max(initial=0.0))
+    max_half_norm = float(half_norms.max(initial=0.0)) / (1 - gamma)
     max_norm = np.sqrt(2 * max_half_norm)
     # Memory per query row of a chunk: a row of the similarity block (4 N
-    # bytes), plus an eighth of a row for each of the two gather buffers (4 d
-    # bytes each) and for the copy and mask of unsure rows (5 N bytes), which
-    # also covers the selection's temporaries.
+    # bytes), plus an eighth of a row for each of the gather buffer and the
+    # gathered queries (4 d bytes each) and for the copy and mask of unsure
+    # rows (5 N bytes), which also covers the selection's temporaries.
     row_bytes = 4 * n_gallery + (8 * n_features + 5 * n_gallery) / 8
     chunk = max(1, min(n_queries, int(working_memory_mb * 2**20 // max(row_bytes, 1))))
     batch = max(1, chunk // 8)
     indices = np.empty((n_queries, k), dtype=np.intp)
     squared = np.empty((n_queries, k), dtype=np.float32)
     block = np.empty((chunk, n_gallery), dtype=np.float32)
-    query_buffer = np.empty((batch, n_features), dtype=np.float32)
-    gallery_buffer = np.empty((batch, n_features), dtype=np.float32)
+    buffer = np.empty((batch, n_features), dtype=np.float32)
+
+    def squared_distances(chunk_queries, cols, rows=None):
+        """``||q[i] - gallery[cols[i]]||^2`` (``q[rows[i]]`` with ``rows``), batch by batch."""
+        result = np.empty(len(cols), dtype=np.float32)
+        for begin in range(0, len(cols), batch):
+            end = min(begin + batch, len(cols))
+            diff = buffer[: end - begin]
+            np.take(gallery, cols[begin:end], axis=0, out=diff)
+            diff -= chunk_queries[begin:end] if rows is None else chunk_queries[rows[begin:end]]
+            result[begin:end] = np.einsum("ij,ij->i", diff, diff)
+        return result
+
     for start in range(0, n_queries, chunk):
         stop = min(start + chunk, n_queries)
         n_rows = stop - start
@@ -310,24 +308,23 @@ def brute_force_kneighbors(queries, gallery, k, *, exclude_self=False, working_m
         if exclude_self:
             out[np.arange(n_rows), np.arange(start, stop)] = np.inf
         best, best_values = _k_smallest(out, k)  # ``best`` entries of ``out`` are now inf
-        query_norms = np.sqrt(np.einsum("ij,ij->i", chunk_queries, chunk_queries, dtype=np.float64))
+        query_norms = np.sqrt(np.einsum("ij,ij->i", chunk_queries, chunk_queries) / (1 - gamma))
         tolerance = gamma * (max_half_norm + query_norms * max_norm)
         limit = (best_values[:, -1] + 2 * tolerance).astype(np.float32)
         # Round up, and keep excluded (infinite) entries out even at an infinite limit.
         limit = np.minimum(np.nextafter(limit, np.float32(np.inf)), np.finfo(np.float32).max)
-        rows = np.tile(np.arange(n_rows), k)
-        cols = best.T.ravel()
+        # Candidate (query row, gallery row) pairs: the k best of every row,
+        # then whatever else is within the limit on the rows where anything is.
+        rows, cols = [np.tile(np.arange(n_rows), k)], [best.T.ravel()]
+        pair_squared = [squared_distances(chunk_queries, best[:, j]) for j in range(k)]
         unsure = np.flatnonzero(out.min(axis=1) <= limit)
-        extra_rows, extra_cols = [rows], [cols]
         for begin in range(0, unsure.size, batch):
             part = unsure[begin : begin + batch]
             part_rows, part_cols = np.nonzero(out[part] <= limit[part, None])
-            extra_rows.append(part[part_rows])
-            extra_cols.append(part_cols)
-        rows, cols = np.concatenate(extra_rows), np.concatenate(extra_cols)
-        pair_squared = _pair_squared_distances(
-            chunk_queries, gallery, rows, cols, query_buffer, gallery_buffer
-        )
+            rows.append(part[part_rows])
+            cols.append(part_cols)
+            pair_squared.append(squared_distances(chunk_queries, part_cols, rows=rows[-1]))
+        rows, cols, pair_squared = map(np.concatenate, (rows, cols, pair_squared))
         order = np.lexsort((cols, pair_squared, rows))
         counts = np.bincount(rows, minlength=n_rows)
         pick = order[(np.cumsum(counts) - counts)[:, None] + np.arange(k)]
@@ -365,10 +362,12 @@ class KNNScorer(_BaseScorer):
         - ``"brute"``: exact, chunked float32 matrix products with bounded memory.
         - ``"faiss"``: exact, ``faiss.IndexFlat`` (needs the ``faiss`` extra).
         - ``"nndescent"``: approximate, ``pynndescent``; may miss true neighbours.
-        - ``"auto"``: ``"faiss"`` when it is installed, else ``"brute"``. Both
-          are exact; approximate search is never chosen for you, because on
-          2048-d features it was both less accurate and, counting its index
-          build, slower than exact search (``benchmarks/knn_speed.py``).
+        - ``"auto"``: ``"brute"``. It came within 1.15x of the machine's
+          matrix-product bound and was never slower than faiss by more than
+          10%, while faiss's bundled BLAS ran 4x slower on some CPUs; approximate
+          search is never chosen for you, because on 2048-d features it was
+          both less accurate and, counting its index build, slower
+          (``benchmarks/knn_speed.py``, ``benchmarks/RESULTS.md``).
 
     metric : {"sqeuclidean", "euclidean", "cosine"}, default="sqeuclidean"
         Distance between features. The default is the paper's: its code sums
@@ -473,7 +472,7 @@ class KNNScorer(_BaseScorer):
 
     def _resolve_algorithm(self):
         if self.algorithm == "auto":
-            return "faiss" if _faiss_available() else "brute"
+            return "brute"
         if self.algorithm == "faiss" and not _faiss_available():
             raise ImportError(
                 "algorithm='faiss' needs faiss: pip install 'sklearn-panda[faiss]' "
