@@ -17,6 +17,10 @@ class NormalOnlySplit:
     split trains on the other folds' normal samples and tests on its fold plus
     every anomaly (anomalies are never fitted on, so reusing them is fair).
 
+    With ``GridSearchCV``, pass ``refit=False`` (or refit the best parameters
+    on the normal samples yourself): ``refit=True`` would fit the final model
+    on all of ``X``, anomalies included (``examples/grid_search.py``).
+
     Parameters
     ----------
     n_splits : int, default=3
