@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.neighbors import LocalOutlierFactor
 from sklearn.svm import OneClassSVM
 
-from sklearn_panda import PandaDetector, PandaSES
+from sklearn_panda import PandaDetector, PandaOE, PandaSES
 from sklearn_panda.datasets import load_one_class
 
 # The paper's Table 1 (mean ROC AUC %, ResNet152), for comparison.
@@ -70,7 +70,34 @@ def panda_methods(args):
         "ses": lambda: PandaSES(
             n_steps=args.ses_steps, checkpoint_every=args.checkpoint_every, **common
         ),
+        "oe": lambda: PandaOE(
+            n_steps=args.oe_steps,
+            **{key: value for key, value in common.items() if key not in ("normalize_features", "learning_rate")},
+        ),
     }
+
+
+def exposure_images(name, like, n_images, seed):
+    """Exposure images for PandaOE, shaped like the training images ``like``.
+
+    ``digits``: scikit-learn's 8x8 digits, upscaled; disjoint from every
+    one-class test set here (none of them contains handwritten digits except
+    MNIST, where this exposure set must not be used).
+    """
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    if name != "digits":
+        sys.exit(f"Unknown exposure set {name!r}; available: digits.")
+    digits = load_digits().images
+    chosen = np.random.default_rng(seed).choice(len(digits), size=min(n_images, len(digits)), replace=False)
+    height, width = like.shape[1:3]
+    resized = [
+        np.asarray(Image.fromarray((digits[i] * 255 / 16).astype(np.uint8)).resize((width, height), Image.BILINEAR))
+        for i in chosen
+    ]
+    images = np.stack(resized)
+    return images if like.ndim == 3 else np.repeat(images[..., None], like.shape[-1], axis=-1)
 
 
 def pixel_baselines(seed):
@@ -110,6 +137,11 @@ def run(args):
             if method.endswith("-pixels"):
                 detector.fit(_flat_pixels(X_train))
                 scores = detector.score_samples(_flat_pixels(X_test))
+            elif method == "oe":
+                exposure = exposure_images(args.exposure, X_train, len(X_train), args.seed)
+                X_fit = np.concatenate([X_train, exposure])
+                y_fit = np.r_[np.ones(len(X_train), dtype=int), -np.ones(len(exposure), dtype=int)]
+                scores = detector.fit(X_fit, y_fit).score_samples(X_test)
             else:
                 scores = detector.fit(X_train).score_samples(X_test)
             # y_test: +1 normal, -1 anomaly; scores: higher = more normal.
@@ -181,6 +213,8 @@ def parse_args(argv=None):
     parser.add_argument("--fisher-batches", type=int, default=100)
     parser.add_argument("--ses-steps", type=int, default=500)
     parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--oe-steps", type=int, default=300)
+    parser.add_argument("--exposure", default="digits", help="exposure set for the 'oe' method")
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--raw-features", action="store_true", help="no L2 normalisation")
     parser.add_argument("--batch-size", type=int, default=32)

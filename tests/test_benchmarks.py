@@ -1,0 +1,30 @@
+"""The one-class benchmark runs end to end on tiny settings (so it never rots)."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_one_class_benchmark_tiny_run(tmp_path):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "one_class.py"),
+        "--dataset", "digits", "--classes", "0", "1", "--max-train", "20", "--max-test", "40",
+        "--methods", "unadapted", "panda", "oe", "iforest-pixels",
+        "--steps", "2", "--oe-steps", "2", "--resize", "64", "--crop-size", "64",
+        "--out", str(tmp_path),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "| **mean** |" in result.stdout
+    with open(tmp_path / "one_class_digits_efficientnet_lite0.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["class"] for row in rows] == ["0", "1"]
+    assert all(0 <= float(row["unadapted"]) <= 100 for row in rows)
