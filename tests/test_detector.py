@@ -7,7 +7,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_IMAGES, tiny_mlp, tiny_resnet
+from conftest import TINY_IMAGES, tiny_mlp
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
