@@ -13,7 +13,7 @@ from ._base import BasePanda
 from ._data import shuffled_batches
 from ._progress import ProgressBar
 from ._training import run_sgd
-from .scorers import AUTO_CONTAMINATION
+from .scorers import offset_from_training_scores
 
 
 def check_exposure_labels(y, n_samples):
@@ -251,10 +251,9 @@ class PandaOE(BasePanda):
     def _fit_scoring(self, fitted, preprocessor, hidden, seed):
         normal = fitted.pop("normal_indices_")
         logits = self._head_scores(fitted["net_"], fitted["head_"], preprocessor, hidden)[normal]
-        contamination = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
         return {
             "training_scores_": logits,
-            "offset_": float(np.percentile(logits, 100 * contamination)),
+            "offset_": offset_from_training_scores(logits, self.contamination),
         }
 
     def _head_scores(self, net, head, preprocessor, hidden=None):

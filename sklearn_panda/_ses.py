@@ -12,7 +12,7 @@ from torch.func import functional_call
 from ._data import batch_indices
 from ._detector import PandaDetector
 from ._progress import ProgressBar
-from .scorers import AUTO_CONTAMINATION
+from .scorers import offset_from_training_scores
 
 # functional_call swaps checkpoint tensors into net_.stages while it runs: two
 # threads at once would mix checkpoints and could leave one in net_.
@@ -246,13 +246,12 @@ class PandaSES(PandaDetector):
             scorers.append(scorer)
             normalizers.append(normalizer)
         training_scores = -training_distances.max(axis=1)
-        contamination = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
         return {
             "scorers_": scorers,
             "normalizers_": np.asarray(normalizers),
             "validation_indices_": validation,
             "training_scores_": training_scores,
-            "offset_": float(np.percentile(training_scores, 100 * contamination)),
+            "offset_": offset_from_training_scores(training_scores, self.contamination),
         }
 
     def _checked_distances(self, checked):

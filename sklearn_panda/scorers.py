@@ -29,6 +29,20 @@ METRICS = ("sqeuclidean", "euclidean", "cosine")
 AUTO_CONTAMINATION = 0.01
 
 
+def offset_from_training_scores(training_scores, contamination):
+    """The ``offset_`` that flags ``contamination`` of the training scores ("auto": 1%).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda.scorers import offset_from_training_scores
+    >>> offset_from_training_scores(np.arange(101.0), 0.1)
+    10.0
+    """
+    rate = AUTO_CONTAMINATION if contamination == "auto" else contamination
+    return float(np.percentile(training_scores, 100.0 * rate))
+
+
 def _as_float32(X, copy=False):
     # The fitted model keeps its own writable copy: a caller's later edits or a
     # read-only memmap must not reach the index.
@@ -112,8 +126,7 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             )
         loo_distances = self._fit_distances(self._prepare(X, copy=True))
         self.training_scores_ = -loo_distances.astype(np.float64)
-        contamination = AUTO_CONTAMINATION if self.contamination == "auto" else self.contamination
-        self.offset_ = float(np.percentile(self.training_scores_, 100.0 * contamination))
+        self.offset_ = offset_from_training_scores(self.training_scores_, self.contamination)
         return self
 
     def fit_predict(self, X, y=None):
