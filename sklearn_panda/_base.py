@@ -21,6 +21,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._backbones import build_feature_net
+from ._compilation import compiled
 from ._data import Preprocessor
 from ._inference import cache_trunk_outputs, extract_features
 from ._validation import check_consistent, check_input
@@ -65,6 +66,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "precision": [StrOptions(set(PRECISIONS))],
         "trunk_cache_mb": [Interval(numbers.Real, 0, None, closed="left")],
+        "compile": ["boolean"],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -84,6 +86,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         batch_size,
         precision,
         trunk_cache_mb,
+        compile,
         device,
         random_state,
         verbose,
@@ -98,6 +101,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         self.batch_size = batch_size
         self.precision = precision
         self.trunk_cache_mb = trunk_cache_mb
+        self.compile = compile
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -152,7 +156,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             )
         generator = torch.Generator().manual_seed(seed)
         hidden = cache_trunk_outputs(
-            net.trunk,
+            self._inference_trunk(net),
             preprocessor,
             self.batch_size,
             self.trunk_cache_mb,
@@ -213,10 +217,19 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         """Features as the scorer and the compactness loss see them."""
         return F.normalize(features, dim=1) if self.normalize_features else features
 
+    def _inference_trunk(self, net):
+        """``net.trunk`` for passes without gradients; compiled when ``compile=True``."""
+        return compiled(net.trunk, self.batch_size) if self.compile else net.trunk
+
+    def _inference_stages(self, net):
+        """``net.stages`` for passes without gradients; compiled when ``compile=True``."""
+        return compiled(net.stages, self.batch_size) if self.compile else net.stages
+
     def _embed(self, net, preprocessor, hidden=None, label="embedding"):
         """Projected features of every sample; from cached trunk outputs ``hidden`` when given."""
         device = preprocessor.device
-        module = net if hidden is None else net.stages
+        trunk, stages = self._inference_trunk(net), self._inference_stages(net)
+        module = (lambda batch: stages(trunk(batch))) if hidden is None else stages
         source = preprocessor if hidden is None else (lambda indices: hidden[torch.as_tensor(indices, device=device)])
 
         def embed(batch):

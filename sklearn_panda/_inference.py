@@ -136,6 +136,9 @@ def cache_trunk_outputs(trunk, preprocessor, batch_size, budget_mb, autocast, *,
         return None
     try:
         cache = torch.empty((n_samples,) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device)
+        if first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last):
+            # The stages then read the same layout from the cache as from the trunk.
+            cache = cache.contiguous(memory_format=torch.channels_last)
     except torch.OutOfMemoryError:
         cache = None
     if cache is None:

@@ -70,7 +70,7 @@ class PandaOE(BasePanda):
         Only the last stage trains (ResNet ``layer4``), as in the paper.
 
     resize, crop_size, normalize_features, contamination, batch_size,
-    precision, trunk_cache_mb, device, random_state, verbose :
+    precision, trunk_cache_mb, compile, device, random_state, verbose :
         As in :class:`PandaDetector`. ``normalize_features`` defaults to
         False here: the head reads the raw pooled features, as in the paper.
         ``offset_`` is set from the logits of the normal training images
@@ -139,6 +139,7 @@ class PandaOE(BasePanda):
         batch_size=32,
         precision="float32",
         trunk_cache_mb=2048,
+        compile=False,
         device="auto",
         random_state=None,
         verbose=0,
@@ -154,6 +155,7 @@ class PandaOE(BasePanda):
             batch_size=batch_size,
             precision=precision,
             trunk_cache_mb=trunk_cache_mb,
+            compile=compile,
             device=device,
             random_state=random_state,
             verbose=verbose,

@@ -50,10 +50,28 @@ def test_normalisation_matches_a_direct_numpy_computation(vectors):
         knn = lambda q: np.sort(cdist(q, train[gallery], "sqeuclidean"), axis=1)[:, :2].mean(axis=1)  # noqa: E731
         normalizer = knn(train[validation]).mean()
         assert ses.normalizers_[t] == pytest.approx(normalizer, rel=1e-4)
+        assert ses.dispersions_[t] == pytest.approx(knn(train[validation]).std() / normalizer, rel=1e-3)
         expected_columns.append(knn(test) / normalizer)
     expected = np.stack(expected_columns, axis=1)
     np.testing.assert_allclose(ses.checkpoint_distances(queries), expected, rtol=1e-4, atol=1e-6)
+    assert ses.active_checkpoints_.all()
     np.testing.assert_allclose(-ses.score_samples(queries), expected.max(axis=1), rtol=1e-4, atol=1e-6)
+
+
+def test_dispersed_checkpoints_are_left_out_of_the_maximum(vectors):
+    params = {"backbone": tiny_mlp, "weights": None, "n_steps": 6, "checkpoint_every": 3, "random_state": 0}
+    queries = np.random.default_rng(1).normal(size=(5, 6))
+    every = PandaSES(**params, max_dispersion=None).fit(vectors)
+    distances = every.checkpoint_distances(queries)
+    assert every.active_checkpoints_.all()
+    # A threshold below every later checkpoint's dispersion leaves only the pretrained one.
+    strict = PandaSES(**params, max_dispersion=1e-6).fit(vectors)
+    assert strict.active_checkpoints_.tolist() == [True, False, False]
+    np.testing.assert_array_equal(strict.checkpoint_distances(queries), distances)
+    np.testing.assert_allclose(-strict.score_samples(queries), distances[:, 0], rtol=1e-6)
+    # Training scores too take the maximum over fewer checkpoints: never lower.
+    assert np.all(strict.training_scores_ >= every.training_scores_ - 1e-12)
+    assert np.any(strict.training_scores_ > every.training_scores_)
 
 
 def wide_mlp():
@@ -95,3 +113,28 @@ def test_images_and_pickle(images):
 def test_too_few_samples():
     with pytest.raises(ValueError, match="at least 3 training samples"):
         PandaSES(backbone=tiny_mlp, weights=None, n_steps=1, checkpoint_every=1).fit(np.ones((2, 3)))
+
+
+def test_validation_samples_are_held_out_of_adaptation(images, monkeypatch):
+    trained_on, scoring = [], []
+    trunk_batch, fit_scoring = PandaSES._trunk_batch, PandaSES._fit_scoring
+
+    def recording_trunk_batch(self, net, preprocessor, hidden, indices):
+        if not scoring:
+            trained_on.extend(np.asarray(indices).tolist())
+        return trunk_batch(self, net, preprocessor, hidden, indices)
+
+    def marking_fit_scoring(self, *args):
+        scoring.append(True)
+        return fit_scoring(self, *args)
+
+    monkeypatch.setattr(PandaSES, "_trunk_batch", recording_trunk_batch)
+    monkeypatch.setattr(PandaSES, "_fit_scoring", marking_fit_scoring)
+    ses = PandaSES(
+        **{**TINY_IMAGES, "batch_size": 4}, n_steps=12, checkpoint_every=4, trunk_cache_mb=0,
+        regularization="ewc", n_fisher_batches=3, random_state=0,
+    ).fit(images)
+    validation = set(ses.validation_indices_.tolist())
+    assert len(validation) == 2
+    # Training batches (and the Fisher's) came from every gallery sample and no validation sample.
+    assert set(trained_on) == set(range(len(images))) - validation

@@ -1,0 +1,106 @@
+"""``torch.compile`` for the inference passes, compiled once per module and batch size.
+
+Each distinct input shape costs ``torch.compile`` a new compilation (tens of
+seconds for a ResNet152 on a CPU), so a batch smaller than ``batch_size``, such
+as the last one of a dataset, is zero-padded to ``batch_size`` and the padding
+is cut from the output. This is exact because no layer mixes samples at
+inference time (BatchNorm runs on its running statistics). The compiled
+wrappers are remembered per module (weakly: they go when the module goes), so
+``fit`` and later ``score_samples`` calls share one compilation.
+
+Compilation uses Inductor's "freezing": the weights are treated as constants,
+so that BatchNorm folds into the convolutions and the weights are pre-packed
+for the CPU's convolution kernels (ResNet152 on a 2-core CPU: 18.7 images/s
+against 15.0 without freezing and 12.8 eager). Constants go stale when the
+weights change, so the module is compiled again once its parameters have been
+modified in place (adaptation does so between the passes before and after
+training). Compiled code is also guarded on each parameter's
+``requires_grad``, which adaptation switches on and off; every call therefore
+runs with ``requires_grad`` off (restored afterwards).
+"""
+
+import contextlib
+import itertools
+import weakref
+
+import torch
+
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+class _PaddedBatches:
+    """Call a compiled module on batches padded to one fixed size."""
+
+    def __init__(self, module, batch_size):
+        # A weak reference: this object is stored under ``module`` in a
+        # WeakKeyDictionary, which a strong one would keep alive for ever.
+        self.module = weakref.ref(module)
+        self.compiled = torch.compile(module, dynamic=False, options={"freezing": True})
+        self.batch_size = batch_size
+        self.weights_version = _weights_version(module)
+
+    def __call__(self, batch):
+        n_samples = batch.shape[0]
+        with _without_requires_grad(self.module()):
+            if n_samples >= self.batch_size:
+                return self.compiled(batch)
+            padding = batch.new_zeros((self.batch_size - n_samples,) + tuple(batch.shape[1:]))
+            padded = torch.cat([batch, padding]).contiguous(memory_format=_memory_format(batch))
+            return self.compiled(padded)[:n_samples]
+
+
+def _weights_version(module):
+    """Changes whenever a parameter or buffer of ``module`` is modified in place."""
+    return tuple(tensor._version for tensor in itertools.chain(module.parameters(), module.buffers()))
+
+
+@contextlib.contextmanager
+def _without_requires_grad(module):
+    switched = [parameter for parameter in module.parameters() if parameter.requires_grad]
+    for parameter in switched:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in switched:
+            parameter.requires_grad_(True)
+
+
+def _memory_format(batch):
+    if batch.dim() == 4 and batch.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def compiled(module, batch_size):
+    """``module`` compiled with ``torch.compile``; smaller batches are padded to ``batch_size``.
+
+    The compilation itself happens on the first call. Once the parameters
+    have been updated in place (as adaptation does), the next ``compiled``
+    call compiles the module again with the new weights.
+
+    Parameters
+    ----------
+    module : nn.Module
+    batch_size : int
+        The batch size every call is padded to.
+
+    Returns
+    -------
+    forward : callable
+        Same outputs as ``module`` (up to floating-point reassociation).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._compilation import compiled
+    >>> layer = torch.nn.Linear(3, 2)
+    >>> forward = compiled(layer, batch_size=4)
+    >>> forward(torch.ones(3, 3)).shape
+    torch.Size([3, 2])
+    """
+    per_size = _COMPILED.setdefault(module, {})
+    forward = per_size.get(batch_size)
+    if forward is None or forward.weights_version != _weights_version(module):
+        forward = per_size[batch_size] = _PaddedBatches(module, batch_size)
+    return forward

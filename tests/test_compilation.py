@@ -1,0 +1,56 @@
+"""compile=True: torch.compile'd inference passes give the eager results."""
+
+import pickle
+
+import numpy as np
+import torch
+from conftest import TINY_IMAGES
+
+from sklearn_panda import PandaDetector, PandaSES
+from sklearn_panda._compilation import compiled
+
+
+def test_padding_is_exact_and_requires_grad_is_restored():
+    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4).eval(), torch.nn.Flatten())
+    batch = torch.randn(3, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    forward = compiled(layer, batch_size=5)
+    assert compiled(layer, batch_size=5) is forward
+    with torch.inference_mode():
+        expected = layer(batch)
+        got = forward(batch)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    assert all(parameter.requires_grad for parameter in layer.parameters())
+
+
+def test_changed_weights_are_compiled_again():
+    layer = torch.nn.Linear(3, 2)
+    batch = torch.randn(4, 3)
+    with torch.inference_mode():
+        before = compiled(layer, batch_size=4)(batch)
+    with torch.no_grad():
+        layer.weight.mul_(2.0)
+    with torch.inference_mode():
+        after = compiled(layer, batch_size=4)(batch)
+        torch.testing.assert_close(after, layer(batch))
+    assert not torch.allclose(before, after)
+
+
+def test_compiled_detector_scores_like_the_eager_one(images):
+    params = {**TINY_IMAGES, "n_steps": 3, "random_state": 0}
+    eager = PandaDetector(**params).fit(images)
+    compiled_detector = PandaDetector(**params, compile=True).fit(images)
+    # 13 images: one full batch of 8 and a partial batch padded to 8.
+    new = images[:13]
+    np.testing.assert_allclose(compiled_detector.score_samples(new), eager.score_samples(new), rtol=1e-4, atol=1e-6)
+    restored = pickle.loads(pickle.dumps(compiled_detector))
+    np.testing.assert_allclose(restored.score_samples(new), eager.score_samples(new), rtol=1e-4, atol=1e-6)
+
+
+def test_compiled_ses_scores_like_the_eager_one(images):
+    params = {**TINY_IMAGES, "n_steps": 2, "checkpoint_every": 1, "random_state": 0}
+    eager = PandaSES(**params).fit(images)
+    compiled_ses = PandaSES(**params, compile=True).fit(images)
+    np.testing.assert_allclose(
+        compiled_ses.checkpoint_distances(images[:13]), eager.checkpoint_distances(images[:13]), rtol=1e-4, atol=1e-6
+    )
