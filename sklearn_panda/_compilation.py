@@ -21,6 +21,7 @@ runs with ``requires_grad`` off (restored afterwards).
 
 import contextlib
 import itertools
+import threading
 import weakref
 
 import torch
@@ -38,10 +39,12 @@ class _PaddedBatches:
         self.compiled = torch.compile(module, dynamic=False, options={"freezing": True})
         self.batch_size = batch_size
         self.weights_version = _weights_version(module)
+        # Calls switch requires_grad on shared parameters: one at a time.
+        self.lock = threading.Lock()
 
     def __call__(self, batch):
         n_samples = batch.shape[0]
-        with _without_requires_grad(self.module()):
+        with self.lock, _without_requires_grad(self.module()):
             if n_samples >= self.batch_size:
                 return self.compiled(batch)
             padding = batch.new_zeros((self.batch_size - n_samples,) + tuple(batch.shape[1:]))

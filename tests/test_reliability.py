@@ -507,3 +507,14 @@ def test_ses_scoring_from_threads_matches_serial_scoring(small_images):
     for a, b in zip(serial, threaded):
         np.testing.assert_array_equal(b, a)
     assert_same_state(state, fitted_state(ses))
+
+
+def test_compiled_detector_scoring_from_threads_matches_serial_scoring(small_images):
+    # n_steps=0 leaves the stages' parameters requiring gradients, which each compiled call switches off and back.
+    detector = PandaDetector(**{**TINY_IMAGES, "n_steps": 0, "random_state": 0}, compile=True).fit(small_images)
+    flags = [parameter.requires_grad for parameter in detector.net_.parameters()]
+    serial, threaded = _score_in_threads(detector, small_images)
+    for a, b in zip(serial, threaded):
+        np.testing.assert_array_equal(b, a)
+    assert [parameter.requires_grad for parameter in detector.net_.parameters()] == flags
+    assert any(flags)
