@@ -10,6 +10,13 @@ Offline on a 2-core CPU (the README's main job)::
     python benchmarks/one_class.py --dataset fashion_mnist --classes 0 1 2 3 \
         --backbone efficientnet_lite0 --max-train 500 --max-test 1000
 
+A forced collapse (raw features, no gradient clipping): fixed-step
+adaptation against SES, with and without leaving erratic checkpoints out::
+
+    python benchmarks/one_class.py --classes 0 2 4 6 --max-train 500 --max-test 600 \
+        --resize 128 --crop-size 112 --raw-features --clip-norm 0 --learning-rate 1e-3 \
+        --steps 150 --ses-steps 150 --checkpoint-every 25 --methods unadapted panda ses ses-all
+
 The paper's Table 1 rows (ResNet152, GPU, full data)::
 
     python benchmarks/one_class.py --dataset cifar10 --backbone resnet152 \
@@ -56,6 +63,7 @@ def panda_methods(args):
         batch_size=args.batch_size,
         normalize_features=not args.raw_features,
         learning_rate=args.learning_rate,
+        clip_norm=None if args.clip_norm <= 0 else args.clip_norm,
         verbose=args.verbose,
     )
     return {
@@ -69,6 +77,10 @@ def panda_methods(args):
         ),
         "ses": lambda: PandaSES(
             n_steps=args.ses_steps, checkpoint_every=args.checkpoint_every, **common
+        ),
+        # The paper's rule: the maximum over every checkpoint.
+        "ses-all": lambda: PandaSES(
+            n_steps=args.ses_steps, checkpoint_every=args.checkpoint_every, max_dispersion=None, **common
         ),
         "oe": lambda: PandaOE(
             n_steps=args.oe_steps,
@@ -217,6 +229,7 @@ def parse_args(argv=None):
     parser.add_argument("--exposure", default="digits", help="exposure set for the 'oe' method")
     parser.add_argument("--learning-rate", type=float, default=1e-2)
     parser.add_argument("--raw-features", action="store_true", help="no L2 normalisation")
+    parser.add_argument("--clip-norm", type=float, default=1e-3, help="gradient clipping; 0 = none")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--max-train", type=int, default=None)
