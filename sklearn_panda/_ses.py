@@ -72,9 +72,10 @@ class PandaSES(PandaDetector):
     max_dispersion : float or None, default=3.0
         Leave a checkpoint out of the maximum when the coefficient of variation
         of its held-out normal distances exceeds this multiple of checkpoint
-        0's. ``None`` keeps every checkpoint, as the paper does. On
-        Fashion-MNIST forced collapses, erratic checkpoints were 5-23x the
-        pretrained dispersion and sound ones at most 1.3x (``benchmarks/RESULTS.md``).
+        0's. ``None`` keeps every checkpoint, as the paper does. In
+        Fashion-MNIST forced collapses, checkpoints caught mid-collapse were
+        4.5-27x the pretrained dispersion, and checkpoints of runs that did
+        not collapse at most 1.3x (``benchmarks/RESULTS.md``).
 
     n_steps : int, default=500
         Total adaptation steps; SES can afford to train longer than fixed-step
