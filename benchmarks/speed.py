@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 
 
-def _fashion(n_train, n_test, normal_class=0):
+def _one_class(dataset, n_train, n_test, normal_class=0):
     from sklearn_panda.datasets import load_one_class
 
-    return load_one_class("fashion_mnist", normal_class, max_train=n_train, max_test=n_test, random_state=0)
+    return load_one_class(dataset, normal_class, max_train=n_train, max_test=n_test, random_state=0)
 
 
 def _paper_transform():
@@ -236,7 +236,7 @@ def roc_auc_of(train_features, test_features, y_test, metric):
 def _memory_rows(args, weights):
     from sklearn_panda.datasets import load_one_class
 
-    train = load_one_class("fashion_mnist", 0, max_train=args.memory_images, max_test=1, random_state=0)[0]
+    train = load_one_class(args.dataset, 0, max_train=args.memory_images, max_test=1, random_state=0)[0]
     # One batch of images: the model, the framework and one batch's working memory.
     reference = measure(package_fit, args.backbone, weights, train[:32], args.steps)[1]
     rows = [
@@ -259,6 +259,7 @@ def _memory_rows(args, weights):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--dataset", default="fashion_mnist", help="any name load_one_class knows")
     parser.add_argument("--weights", default="imagenet", help="'imagenet', a path, or 'none' (speed only)")
     parser.add_argument("--n-images", type=int, default=256, help="images for the throughput rows")
     parser.add_argument("--n-train", type=int, default=300, help="normal images for the ROC AUC rows")
@@ -271,9 +272,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     weights = None if args.weights == "none" else args.weights
 
-    X_train, X_test, y_test = _fashion(args.n_train, args.n_test)
+    X_train, X_test, y_test = _one_class(args.dataset, args.n_train, args.n_test)
     images = X_test[: args.n_images]
-    lines = [f"# speed, {args.backbone}, weights={args.weights}, {args.n_images} Fashion-MNIST images upsampled to 224", ""]
+    lines = [f"# speed, {args.backbone}, weights={args.weights}, {args.n_images} {args.dataset} images upsampled to 224", ""]
 
     lines += [
         "| feature extraction | images/s | ratio | setup s | peak RSS MB |",
