@@ -24,6 +24,8 @@ from ._backbones import build_feature_net
 from ._compilation import compiled
 from ._data import Preprocessor
 from ._inference import cache_trunk_outputs, extract_features
+from ._progress import ProgressBar
+from ._training import run_sgd
 from ._validation import check_consistent, check_input
 from .scorers import CenterScorer, KMeansScorer, KNNScorer
 
@@ -270,6 +272,30 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             return hidden[torch.as_tensor(indices, device=preprocessor.device)]
         with torch.no_grad(), self._autocast(preprocessor.device):
             return net.trunk(preprocessor(indices))
+
+    def _optimize(self, parameters, step_loss, label, callbacks=()):
+        """``n_steps`` of SGD on ``parameters`` with this estimator's settings
+        (``learning_rate``, ``momentum``, ``weight_decay``, ``clip_norm``,
+        defined by the subclasses that adapt), under a progress bar labelled
+        ``label``; afterwards the parameters stop requiring gradients.
+        ``step_loss`` and ``callbacks`` are as in :func:`run_sgd`."""
+        progress = ProgressBar(self.n_steps, label, self.verbose > 0)
+
+        def show(step, loss, details):
+            progress.update(step + 1, loss=loss)
+
+        run_sgd(
+            parameters,
+            step_loss,
+            self.n_steps,
+            learning_rate=self.learning_rate,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            clip_norm=self.clip_norm,
+            callbacks=[*callbacks, show],
+        )
+        for parameter in parameters:
+            parameter.requires_grad_(False)
 
     @abstractmethod
     def _adapt(self, net, preprocessor, hidden, generator, y):

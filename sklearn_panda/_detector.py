@@ -11,8 +11,6 @@ from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from ._base import BasePanda
 from ._data import shuffled_batches
 from ._losses import compactness_loss, ewc_penalty, fisher_diagonal
-from ._progress import ProgressBar
-from ._training import run_sgd
 
 
 class PandaDetector(BasePanda):
@@ -280,27 +278,13 @@ class PandaDetector(BasePanda):
             loss = compactness + 0.5 * self.ewc_lambda * penalty
             return loss, {"compactness": compactness.item(), "ewc_penalty": penalty.item()}
 
-        progress = ProgressBar(self.n_steps, "adaptation", self.verbose > 0)
-
         def record(step, loss, details):
             history["loss"].append(loss)
             history["compactness"].append(details["compactness"])
             history["compactness_ratio"].append(details["compactness"] / max(initial_compactness, 1e-12))
             history["ewc_penalty"].append(details["ewc_penalty"])
-            progress.update(step + 1, loss=loss)
 
-        run_sgd(
-            parameters,
-            step_loss,
-            self.n_steps,
-            learning_rate=self.learning_rate,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            clip_norm=self.clip_norm,
-            callbacks=[record, *callbacks],
-        )
-        for parameter in parameters:
-            parameter.requires_grad_(False)
+        self._optimize(parameters, step_loss, "adaptation", callbacks=[record, *callbacks])
         return {
             "net_": net,
             "center_": center.cpu().numpy(),

@@ -11,8 +11,6 @@ from torch import nn
 
 from ._base import BasePanda
 from ._data import shuffled_batches
-from ._progress import ProgressBar
-from ._training import run_sgd
 from .scorers import offset_from_training_scores
 
 
@@ -226,24 +224,10 @@ class PandaOE(BasePanda):
             # Eq. 5: logistic regression, normal images towards high logits.
             return F.binary_cross_entropy_with_logits(logits, targets), {}
 
-        progress = ProgressBar(self.n_steps, "outlier exposure", self.verbose > 0)
-
         def record(step, loss, details):
             history["loss"].append(loss)
-            progress.update(step + 1, loss=loss)
 
-        run_sgd(
-            parameters,
-            step_loss,
-            self.n_steps,
-            learning_rate=self.learning_rate,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            clip_norm=self.clip_norm,
-            callbacks=[record],
-        )
-        for parameter in parameters:
-            parameter.requires_grad_(False)
+        self._optimize(parameters, step_loss, "outlier exposure", callbacks=[record])
         return {"net_": net, "head_": head, "history_": history, "normal_indices_": normal}
 
     def _feature_width(self, net, preprocessor, hidden):

@@ -14,7 +14,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-import sklearn_panda._detector as detector_module
+import sklearn_panda._base as base_module
 from sklearn_panda import CenterScorer, KMeansScorer, KNNScorer, PandaDetector, PandaOE, PandaSES
 from sklearn_panda import _persistence
 from sklearn_panda._inference import cache_trunk_outputs, extract_features
@@ -295,7 +295,7 @@ def test_interrupted_save_keeps_the_previous_file(vectors, tmp_path, monkeypatch
 
 
 def _interrupt_training_at(monkeypatch, step, error):
-    real_run_sgd = detector_module.run_sgd
+    real_run_sgd = base_module.run_sgd
 
     def run_sgd(*args, callbacks=(), **kwargs):
         def stop(current, loss, details):
@@ -304,7 +304,7 @@ def _interrupt_training_at(monkeypatch, step, error):
 
         return real_run_sgd(*args, callbacks=[*callbacks, stop], **kwargs)
 
-    monkeypatch.setattr(detector_module, "run_sgd", run_sgd)
+    monkeypatch.setattr(base_module, "run_sgd", run_sgd)
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError("disk on fire")])
