@@ -66,6 +66,8 @@ def panda_methods(args):
         clip_norm=None if args.clip_norm <= 0 else args.clip_norm,
         verbose=args.verbose,
     )
+    # PandaOE keeps its own defaults (the paper's OE settings) for these.
+    oe_common = {key: value for key, value in common.items() if key not in ("normalize_features", "learning_rate")}
     return {
         "unadapted": lambda: PandaDetector(n_steps=0, **common),
         "panda": lambda: PandaDetector(n_steps=args.steps, **common),
@@ -82,10 +84,8 @@ def panda_methods(args):
         "ses-all": lambda: PandaSES(
             n_steps=args.ses_steps, checkpoint_every=args.checkpoint_every, max_dispersion=None, **common
         ),
-        "oe": lambda: PandaOE(
-            n_steps=args.oe_steps,
-            **{key: value for key, value in common.items() if key not in ("normalize_features", "learning_rate")},
-        ),
+        "oe": lambda: PandaOE(n_steps=args.oe_steps, **oe_common),
+        "oe-knn": lambda: PandaOE(n_steps=args.oe_steps, combine_knn=True, **oe_common),
     }
 
 
@@ -149,7 +149,7 @@ def run(args):
             if method.endswith("-pixels"):
                 detector.fit(_flat_pixels(X_train))
                 scores = detector.score_samples(_flat_pixels(X_test))
-            elif method == "oe":
+            elif method.startswith("oe"):
                 exposure = exposure_images(args.exposure, X_train, len(X_train), args.seed)
                 X_fit = np.concatenate([X_train, exposure])
                 y_fit = np.r_[np.ones(len(X_train), dtype=int), -np.ones(len(exposure), dtype=int)]

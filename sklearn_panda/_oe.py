@@ -11,7 +11,7 @@ from torch import nn
 
 from ._base import BasePanda
 from ._data import shuffled_batches
-from .scorers import offset_from_training_scores
+from .scorers import KNNScorer, offset_from_training_scores
 
 
 def check_exposure_labels(y, n_samples):
@@ -64,6 +64,14 @@ class PandaOE(BasePanda):
 
     clip_norm : float or None, default=1e-3
 
+    combine_knn : bool, default=False
+        Score by the head's logit plus the (negated) distance to the 2
+        nearest normal training images in the fine-tuned, L2-normalised
+        features, each standardised by its mean and standard deviation over
+        the normal training images (leave-one-out for the kNN part). False:
+        the head alone, as in the paper. See ``benchmarks/RESULTS.md`` for what
+        it gave.
+
     n_trainable_stages : int, default=1
         Only the last stage trains (ResNet ``layer4``), as in the paper.
 
@@ -84,8 +92,15 @@ class PandaOE(BasePanda):
         The trained linear head (features -> one logit).
     history_ : dict of lists
         ``"loss"`` per step.
+    knn_scorer_ : KNNScorer or None
+        With ``combine_knn``: fitted on the normal training images' features.
+    score_scales_ : ndarray of shape (2, 2) or None
+        With ``combine_knn``: mean and standard deviation (columns) of the
+        head's logits and of the kNN scores (rows) on the normal training
+        images.
     training_scores_ : ndarray of shape (n_normal,)
-        Logits of the normal training images.
+        Scores of the normal training images (the logits, or the combined
+        scores with ``combine_knn``).
     offset_ : float
         Threshold of ``decision_function``.
     n_features_in_ : int
@@ -117,6 +132,7 @@ class PandaOE(BasePanda):
         "momentum": [Interval(numbers.Real, 0, 1, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "combine_knn": ["boolean"],
     }
 
     def __init__(
@@ -129,6 +145,7 @@ class PandaOE(BasePanda):
         momentum=0.9,
         weight_decay=0.0,
         clip_norm=1e-3,
+        combine_knn=False,
         n_trainable_stages=1,
         resize=256,
         crop_size=224,
@@ -163,6 +180,7 @@ class PandaOE(BasePanda):
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.clip_norm = clip_norm
+        self.combine_knn = combine_knn
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
@@ -236,18 +254,42 @@ class PandaOE(BasePanda):
 
     def _fit_scoring(self, fitted, preprocessor, hidden, seed):
         normal = fitted.pop("normal_indices_")
-        logits = self._head_scores(fitted["net_"], fitted["head_"], preprocessor, hidden)[normal]
+        features = self._embed(fitted["net_"], preprocessor, hidden)[normal]
+        scores = self._head_scores(fitted["head_"], features, preprocessor.device)
+        knn_scorer = scales = None
+        if self.combine_knn:
+            knn_scorer = KNNScorer(n_neighbors=2).fit(_unit_rows(features))
+            raw = np.stack([scores, knn_scorer.training_scores_], axis=1)
+            scales = np.stack([raw.mean(axis=0), np.maximum(raw.std(axis=0), np.finfo(np.float64).tiny)], axis=1)
+            scores = _standardised_sum(raw, scales)
         return {
-            "training_scores_": logits,
-            "offset_": offset_from_training_scores(logits, self.contamination),
+            "knn_scorer_": knn_scorer,
+            "score_scales_": scales,
+            "training_scores_": scores,
+            "offset_": offset_from_training_scores(scores, self.contamination),
         }
 
-    def _head_scores(self, net, head, preprocessor, hidden=None):
-        """The head's logit for every sample (features as ``_embed`` projects them)."""
-        features = torch.from_numpy(self._embed(net, preprocessor, hidden))
+    @staticmethod
+    def _head_scores(head, features, device):
+        """The head's logit for each row of ``features`` (as ``_embed`` projects them)."""
         with torch.inference_mode():
-            logits = head(features.to(preprocessor.device)).squeeze(1)
+            logits = head(torch.from_numpy(features).to(device)).squeeze(1)
         return logits.float().cpu().numpy().astype(np.float64)
 
     def _score_checked(self, checked):
-        return self._head_scores(self.net_, self.head_, self._preprocessor(checked, self.device_))
+        features = self._embed(self.net_, self._preprocessor(checked, self.device_))
+        scores = self._head_scores(self.head_, features, self.device_)
+        if self.knn_scorer_ is None:
+            return scores
+        raw = np.stack([scores, self.knn_scorer_.score_samples(_unit_rows(features))], axis=1)
+        return _standardised_sum(raw, self.score_scales_)
+
+
+def _unit_rows(features):
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def _standardised_sum(raw, scales):
+    """Sum over columns of ``(raw - mean) / std``, with ``scales`` rows ``(mean, std)`` per column."""
+    return ((raw - scales[:, 0]) / scales[:, 1]).sum(axis=1)

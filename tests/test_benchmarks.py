@@ -16,7 +16,7 @@ def test_one_class_benchmark_tiny_run(tmp_path):
     command = [
         sys.executable, str(ROOT / "benchmarks" / "one_class.py"),
         "--dataset", "digits", "--classes", "0", "1", "--max-train", "20", "--max-test", "40",
-        "--methods", "unadapted", "panda", "ses", "ses-all", "oe", "iforest-pixels",
+        "--methods", "unadapted", "panda", "ses", "ses-all", "oe", "oe-knn", "iforest-pixels",
         "--steps", "2", "--ses-steps", "2", "--checkpoint-every", "1", "--oe-steps", "2",
         "--clip-norm", "0", "--resize", "64", "--crop-size", "64",
         "--out", str(tmp_path),

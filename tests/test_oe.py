@@ -90,3 +90,37 @@ def test_only_the_last_stage_trains_and_pickle(images):
     assert len(oe.net_.stages) == 2  # layer4 and the pooling
     expected = oe.score_samples(images)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(oe)).score_samples(images), expected)
+
+
+def test_combined_score_is_the_standardised_sum_of_head_and_knn(exposure_task, tmp_path):
+    from scipy.spatial.distance import cdist
+
+    from sklearn_panda import load
+
+    normal, exposure, test, _ = exposure_task
+    X = np.vstack([normal, exposure])
+    y = np.r_[np.ones(len(normal), dtype=int), -np.ones(len(exposure), dtype=int)]
+    oe = PandaOE(backbone=wide_mlp, weights=None, n_steps=20, combine_knn=True, random_state=0).fit(X, y)
+
+    def head_and_knn(samples, leave_one_out=False):
+        features = oe.extract_features(samples).astype(np.float64)
+        with torch.no_grad():
+            logits = oe.head_(torch.as_tensor(features, dtype=torch.float32)).squeeze(1).numpy()
+        train = oe.extract_features(normal).astype(np.float64)
+        unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+        distances = cdist(unit(features), unit(train), "sqeuclidean")
+        if leave_one_out:
+            np.fill_diagonal(distances, np.inf)
+        return logits, -np.sort(distances, axis=1)[:, :2].mean(axis=1)
+
+    train_logits, train_knn = head_and_knn(normal, leave_one_out=True)
+    logits, knn = head_and_knn(test)
+    expected = (logits - train_logits.mean()) / train_logits.std() + (knn - train_knn.mean()) / train_knn.std()
+    np.testing.assert_allclose(oe.score_samples(test), expected, rtol=1e-4, atol=1e-4)
+    assert oe.training_scores_ == pytest.approx(
+        (train_logits - train_logits.mean()) / train_logits.std() + (train_knn - train_knn.mean()) / train_knn.std(),
+        abs=1e-4,
+    )
+    oe.save(tmp_path / "oe.pt")
+    np.testing.assert_array_equal(load(tmp_path / "oe.pt", backbone=wide_mlp).score_samples(test), oe.score_samples(test))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(oe)).score_samples(test), oe.score_samples(test))
