@@ -108,7 +108,9 @@ class PandaDetector(BasePanda):
         10-30 s per fitted model and process: it pays off for hundreds to
         thousands of images, not for a few. Needs a C++ compiler (CPU) or
         Triton (CUDA). Partial batches are zero-padded to ``batch_size`` so
-        that one compilation serves every call.
+        that one compilation serves every call; for the same reason, the
+        halving of batches after a GPU out-of-memory error does not help
+        here: choose a ``batch_size`` that fits.
 
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else the CPU.

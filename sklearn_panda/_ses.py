@@ -31,9 +31,9 @@ class PandaSES(PandaDetector):
     ``s_t`` is the mean anomaly distance of the validation features to the
     gallery features: the typical distance of a *normal image the network has
     not been trained on*, as a test image is. (The paper measures ``s_t`` on
-    training images; those shrink faster than unseen ones as adaptation
-    over-fits, so late, collapsed checkpoints then dominate the maximum:
-    see ``benchmarks/RESULTS.md``.) A sample's anomaly distance is
+    training images, whose distances can shrink faster than unseen ones' as
+    adaptation over-fits; the effect of this choice alone has not been
+    measured.) A sample's anomaly distance is
     ``max_t d_t(x) / s_t``, where ``d_t(x)`` is its distance to the
     checkpoint-``t`` gallery. When adaptation starts to collapse, normal and
     anomalous distances shrink together, ``s_t`` shrinks with them, and the
@@ -222,11 +222,10 @@ class PandaSES(PandaDetector):
         return np.sort(order[:n_validation]), np.sort(order[n_validation:])
 
     def _adapt(self, net, preprocessor, hidden, generator, y):
-        # The validation images are held out of adaptation: s_t must be the
+        # The validation images are held out of adaptation: s_t is to be the
         # distance of a normal image the network has not been trained on, as
-        # a test image is. Measured on trained images it shrinks with
-        # over-fitting faster than test distances do, and late (collapsed)
-        # checkpoints would then dominate the maximum.
+        # a test image is; trained-on images can look closer than they would
+        # once the network over-fits.
         validation, gallery = self._validation_split(len(preprocessor), generator)
         checkpoints, steps = [self._snapshot(net)], [0]
 
