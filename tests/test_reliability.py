@@ -479,21 +479,21 @@ def test_fit_and_score_survive_out_of_memory(small_images):
 # --------------------------------------------------------------- threads
 
 
-def _score_in_threads(estimator, X):
+def _assert_threaded_scoring_matches_serial(estimator, X):
+    """Scores from 4 threads equal serial scores, and scoring changes no fitted state."""
+    state = fitted_state(estimator)
     rng = np.random.default_rng(3)
     parts = [X[rng.permutation(len(X))[:6]] for _ in range(8)]
     serial = [estimator.score_samples(part) for part in parts]
     with ThreadPoolExecutor(max_workers=4) as pool:
         threaded = list(pool.map(estimator.score_samples, parts))
-    return serial, threaded
+    for a, b in zip(serial, threaded):
+        np.testing.assert_array_equal(b, a)
+    assert_same_state(state, fitted_state(estimator))
 
 
 def test_detector_scoring_from_threads_matches_serial_scoring(fitted_image_detector, small_images):
-    state = fitted_state(fitted_image_detector)
-    serial, threaded = _score_in_threads(fitted_image_detector, small_images)
-    for a, b in zip(serial, threaded):
-        np.testing.assert_array_equal(b, a)
-    assert_same_state(state, fitted_state(fitted_image_detector))
+    _assert_threaded_scoring_matches_serial(fitted_image_detector, small_images)
 
 
 def test_ses_scoring_from_threads_matches_serial_scoring(small_images):
@@ -502,19 +502,13 @@ def test_ses_scoring_from_threads_matches_serial_scoring(small_images):
         learning_rate=1.0,
         clip_norm=None,
     ).fit(small_images)
-    state = fitted_state(ses)
-    serial, threaded = _score_in_threads(ses, small_images)
-    for a, b in zip(serial, threaded):
-        np.testing.assert_array_equal(b, a)
-    assert_same_state(state, fitted_state(ses))
+    _assert_threaded_scoring_matches_serial(ses, small_images)
 
 
 def test_compiled_detector_scoring_from_threads_matches_serial_scoring(small_images):
     # n_steps=0 leaves the stages' parameters requiring gradients, which each compiled call switches off and back.
     detector = PandaDetector(**{**TINY_IMAGES, "n_steps": 0, "random_state": 0}, compile=True).fit(small_images)
     flags = [parameter.requires_grad for parameter in detector.net_.parameters()]
-    serial, threaded = _score_in_threads(detector, small_images)
-    for a, b in zip(serial, threaded):
-        np.testing.assert_array_equal(b, a)
+    _assert_threaded_scoring_matches_serial(detector, small_images)
     assert [parameter.requires_grad for parameter in detector.net_.parameters()] == flags
     assert any(flags)
