@@ -10,6 +10,7 @@ import io
 import numbers
 import os
 import warnings
+import weakref
 from abc import ABCMeta, abstractmethod
 
 import numpy as np
@@ -23,13 +24,16 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._backbones import build_feature_net
 from ._compilation import compiled
 from ._data import Preprocessor
-from ._inference import cache_trunk_outputs, extract_features
+from ._inference import cache_sized_batch, cache_trunk_outputs, extract_features, peak_activation_bytes
 from ._progress import ProgressBar
 from ._training import run_sgd
 from ._validation import check_consistent, check_input
 from .scorers import CenterScorer, KMeansScorer, KNNScorer
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Largest activation of one sample, per network and (input shape, precision):
+# measured once by inference_batch_size="auto" on the CPU.
+_PEAK_ACTIVATION_BYTES = weakref.WeakKeyDictionary()
 # Set by validate_data(reset=True) as soon as fit starts.
 INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
 
@@ -66,6 +70,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         "normalize_features": ["boolean"],
         "contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "inference_batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "precision": [StrOptions(set(PRECISIONS))],
         "trunk_cache_mb": [Interval(numbers.Real, 0, None, closed="left")],
         "compile": ["boolean"],
@@ -86,6 +91,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         normalize_features,
         contamination,
         batch_size,
+        inference_batch_size,
         precision,
         trunk_cache_mb,
         compile,
@@ -101,6 +107,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         self.normalize_features = normalize_features
         self.contamination = contamination
         self.batch_size = batch_size
+        self.inference_batch_size = inference_batch_size
         self.precision = precision
         self.trunk_cache_mb = trunk_cache_mb
         self.compile = compile
@@ -157,10 +164,11 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
                 f"{np.shape(checked.data)}, which is read as vectors (n_samples, n_features)."
             )
         generator = torch.Generator().manual_seed(seed)
+        inference_batch = self._inference_batch_size(net, preprocessor)
         hidden = cache_trunk_outputs(
-            self._inference_trunk(net),
+            self._inference_trunk(net, inference_batch),
             preprocessor,
-            self.batch_size,
+            inference_batch,
             self.trunk_cache_mb,
             lambda: self._autocast(device),
             verbose=self.verbose,
@@ -219,18 +227,37 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         """Features as the scorer and the compactness loss see them."""
         return F.normalize(features, dim=1) if self.normalize_features else features
 
-    def _inference_trunk(self, net):
-        """``net.trunk`` for passes without gradients; compiled when ``compile=True``."""
-        return compiled(net.trunk, self.batch_size) if self.compile else net.trunk
+    def _inference_batch_size(self, net, preprocessor):
+        """Samples per pass without gradients: ``inference_batch_size``, resolving ``"auto"``."""
+        if self.inference_batch_size != "auto":
+            return self.inference_batch_size
+        if preprocessor.device.type != "cpu":
+            return self.batch_size
+        sample = preprocessor(np.arange(1))
+        key = (tuple(sample.shape[1:]), self.precision)
+        per_sample = _PEAK_ACTIVATION_BYTES.setdefault(net, {}).get(key)
+        if per_sample is None:
 
-    def _inference_stages(self, net):
+            def run():
+                with torch.inference_mode(), self._autocast(preprocessor.device):
+                    net.stages(net.trunk(sample))
+
+            per_sample = _PEAK_ACTIVATION_BYTES[net][key] = peak_activation_bytes([net.trunk, net.stages], run)
+        return cache_sized_batch(per_sample, largest=self.batch_size)
+
+    def _inference_trunk(self, net, batch_size):
+        """``net.trunk`` for passes without gradients; compiled when ``compile=True``."""
+        return compiled(net.trunk, batch_size) if self.compile else net.trunk
+
+    def _inference_stages(self, net, batch_size):
         """``net.stages`` for passes without gradients; compiled when ``compile=True``."""
-        return compiled(net.stages, self.batch_size) if self.compile else net.stages
+        return compiled(net.stages, batch_size) if self.compile else net.stages
 
     def _embed(self, net, preprocessor, hidden=None, label="embedding"):
         """Projected features of every sample; from cached trunk outputs ``hidden`` when given."""
         device = preprocessor.device
-        trunk, stages = self._inference_trunk(net), self._inference_stages(net)
+        batch_size = self._inference_batch_size(net, preprocessor)
+        trunk, stages = self._inference_trunk(net, batch_size), self._inference_stages(net, batch_size)
         module = (lambda batch: stages(trunk(batch))) if hidden is None else stages
         source = preprocessor if hidden is None else (lambda indices: hidden[torch.as_tensor(indices, device=device)])
 
@@ -239,7 +266,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
                 return self._project(module(batch))
 
         return extract_features(
-            embed, source, len(preprocessor), self.batch_size, verbose=self.verbose, label=label
+            embed, source, len(preprocessor), batch_size, verbose=self.verbose, label=label
         )
 
     def _make_scorer(self, seed):

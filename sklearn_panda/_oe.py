@@ -76,7 +76,8 @@ class PandaOE(BasePanda):
         Only the last stage trains (ResNet ``layer4``), as in the paper.
 
     resize, crop_size, normalize_features, contamination, batch_size,
-    precision, trunk_cache_mb, compile, device, random_state, verbose :
+    inference_batch_size, precision, trunk_cache_mb, compile, device,
+    random_state, verbose :
         As in :class:`PandaDetector`. ``normalize_features`` defaults to
         False here: the head reads the raw pooled features, as in the paper.
         ``offset_`` is set from the logits of the normal training images
@@ -152,6 +153,7 @@ class PandaOE(BasePanda):
         normalize_features=False,
         contamination="auto",
         batch_size=32,
+        inference_batch_size="auto",
         precision="float32",
         trunk_cache_mb=2048,
         compile=False,
@@ -168,6 +170,7 @@ class PandaOE(BasePanda):
             normalize_features=normalize_features,
             contamination=contamination,
             batch_size=batch_size,
+            inference_batch_size=inference_batch_size,
             precision=precision,
             trunk_cache_mb=trunk_cache_mb,
             compile=compile,

@@ -163,6 +163,7 @@ class PandaSES(PandaDetector):
         scorer="knn",
         contamination="auto",
         batch_size=32,
+        inference_batch_size="auto",
         precision="float32",
         trunk_cache_mb=2048,
         compile=False,
@@ -189,6 +190,7 @@ class PandaSES(PandaDetector):
             scorer=scorer,
             contamination=contamination,
             batch_size=batch_size,
+            inference_batch_size=inference_batch_size,
             precision=precision,
             trunk_cache_mb=trunk_cache_mb,
             compile=compile,
@@ -240,11 +242,11 @@ class PandaSES(PandaDetector):
 
     # ------------------------------------------------------------- scoring
 
-    def _checkpoint_features(self, net, checkpoints, trunk_batch, n_samples, label):
+    def _checkpoint_features(self, net, checkpoints, trunk_batch, n_samples, batch_size, label):
         """Projected features of every sample under every checkpoint: a list of (n, d) arrays.
 
         ``trunk_batch(indices)`` gives the trunk output, computed once per batch
-        and shared by all checkpoints.
+        of ``batch_size`` samples and shared by all checkpoints.
         """
         device = next(net.parameters()).device
         parameters = [
@@ -254,7 +256,7 @@ class PandaSES(PandaDetector):
         outputs = None
         progress = ProgressBar(n_samples, label, self.verbose > 0)
         with torch.inference_mode():
-            for indices in batch_indices(n_samples, self.batch_size):
+            for indices in batch_indices(n_samples, batch_size):
                 hidden = trunk_batch(indices)
                 for t, params in enumerate(parameters):
                     with self._autocast(device), _FUNCTIONAL_CALL_LOCK:
@@ -273,6 +275,7 @@ class PandaSES(PandaDetector):
             fitted["checkpoints_"],
             lambda indices: self._trunk_batch(net, preprocessor, hidden, indices),
             n_samples,
+            self._inference_batch_size(net, preprocessor),
             "checkpoint features",
         )
         validation = fitted["validation_indices_"]
@@ -312,7 +315,8 @@ class PandaSES(PandaDetector):
         """Normalised distances of validated input at the ``selected`` checkpoints (a mask)."""
         preprocessor = self._preprocessor(checked, self.device_)
         net = self.net_
-        trunk = self._inference_trunk(net)
+        batch_size = self._inference_batch_size(net, preprocessor)
+        trunk = self._inference_trunk(net, batch_size)
 
         def trunk_batch(indices):
             with self._autocast(self.device_):
@@ -320,7 +324,12 @@ class PandaSES(PandaDetector):
 
         chosen = np.flatnonzero(selected)
         features = self._checkpoint_features(
-            net, [self.checkpoints_[t] for t in chosen], trunk_batch, len(preprocessor), "scoring checkpoints"
+            net,
+            [self.checkpoints_[t] for t in chosen],
+            trunk_batch,
+            len(preprocessor),
+            batch_size,
+            "scoring checkpoints",
         )
         distances = [
             -self.scorers_[t].score_samples(feature) / self.normalizers_[t] for t, feature in zip(chosen, features)
