@@ -27,6 +27,27 @@ def test_split_features_equal_the_model_before_its_classifier():
         np.testing.assert_allclose(net.head(net(x)).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_trunk_runs_the_stem_and_first_stage_in_float32_under_autocast(dtype):
+    net = build_feature_net(tiny_resnet, None, 2)
+    dtypes = []
+    for stage in net.trunk:
+        stage.register_forward_hook(lambda module, inputs, output: dtypes.append(output.dtype))
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        net.trunk(x)
+    # stem, layer1 in float32; layer2 in the autocast type.
+    assert dtypes == [torch.float32, torch.float32, dtype]
+
+
+def test_trunk_without_autocast_is_the_plain_sequence():
+    net = build_feature_net(tiny_resnet, None, 2)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = nn.Sequential(*net.trunk)(x)
+        torch.testing.assert_close(net.trunk(x), expected, rtol=0, atol=0)
+
+
 def test_train_mode_is_refused_batchnorm_stays_frozen():
     net = build_feature_net(tiny_resnet, None, 2)
     net.train()

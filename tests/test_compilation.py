@@ -54,3 +54,13 @@ def test_compiled_ses_scores_like_the_eager_one(images):
     np.testing.assert_allclose(
         compiled_ses.checkpoint_distances(images[:13]), eager.checkpoint_distances(images[:13]), rtol=1e-4, atol=1e-6
     )
+
+
+def test_compiled_bfloat16_detector_scores_like_the_eager_one(images):
+    # The trunk's float32 stages (autocast switched off inside) compile too.
+    params = {**TINY_IMAGES, "n_steps": 0, "precision": "bfloat16", "random_state": 0}
+    eager = PandaDetector(**params).fit(images)
+    compiled_detector = PandaDetector(**params, compile=True).fit(images)
+    np.testing.assert_allclose(
+        compiled_detector.extract_features(images[:13]), eager.extract_features(images[:13]), rtol=0, atol=0.01
+    )
