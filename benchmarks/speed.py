@@ -12,7 +12,8 @@ images, upsampled as the paper's pipeline does) and the same backbone:
   the baseline, and the setup time (model build and first batch, which
   includes any compilation, counted separately so it is not hidden); for
   backbones with weights here, the ROC AUC of one class with every pipeline's
-  features (kNN, k=2, same metric);
+  features (kNN, k=2, same metric); with ``--precision-classes``, float32
+  against bfloat16 ROC AUC on more classes;
 * adaptation steps/s: a plain torch loop (PIL batches, whole network forward,
   gradients through the trainable stages) against ``PandaDetector`` (cached
   trunk outputs, only the trainable stages run per step);
@@ -24,7 +25,7 @@ images, upsampled as the paper's pipeline does) and the same backbone:
 Peak memory is the peak resident set size of a child process per
 measurement. Run::
 
-    python benchmarks/speed.py --backbone efficientnet_lite0
+    python benchmarks/speed.py --backbone efficientnet_lite0 --precision-classes 0 2 4 6
     python benchmarks/speed.py --backbone resnet152 --weights none   # speed only, offline
 """
 
@@ -302,6 +303,10 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--checkpoints", type=int, nargs="*", default=[1, 3, 6])
     parser.add_argument("--skip-auc", action="store_true")
+    parser.add_argument(
+        "--precision-classes", type=int, nargs="*", default=[],
+        help="also compare float32 and bfloat16 ROC AUC (eager, L2-normalised features) on these classes",
+    )
     parser.add_argument("--memory-images", type=int, default=0, help="also measure fit's peak memory on this many")
     parser.add_argument("--out", default="benchmarks/out")
     args = parser.parse_args(argv)
@@ -350,6 +355,21 @@ def main(argv=None):
                 label = f"package, {precision}" + (", compile=True" if compile else "")
                 label += ", L2-normalised" if normalize else ", raw"
                 lines.append(f"| {label} features | {roc_auc_of(train, test, y_test, 'sqeuclidean'):.2f} |")
+        print("\n".join(lines[first:]), flush=True)
+
+    if args.precision_classes:
+        first = len(lines) + 1
+        lines += ["", "| class (kNN k=2, L2-normalised) | float32 | bfloat16 | difference |", "|---|---|---|---|"]
+        for normal_class in args.precision_classes:
+            train, test, y = _one_class(args.dataset, args.n_train, args.n_test, normal_class)
+            auc = {}
+            for precision in ("float32", "bfloat16"):
+                features = measure(package_train_test, args.backbone, weights, train, test, precision, True)[2]
+                auc[precision] = roc_auc_of(*features, y, "sqeuclidean")
+            lines.append(
+                f"| {normal_class} | {auc['float32']:.2f} | {auc['bfloat16']:.2f} "
+                f"| {auc['bfloat16'] - auc['float32']:+.2f} |"
+            )
         print("\n".join(lines[first:]), flush=True)
 
     first = len(lines) + 1

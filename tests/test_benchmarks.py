@@ -38,7 +38,8 @@ def test_speed_benchmark_tiny_run(tmp_path):
         sys.executable, str(ROOT / "benchmarks" / "speed.py"),
         "--dataset", "digits", "--backbone", "resnet18", "--weights", "none",
         "--n-images", "8", "--n-train", "10", "--n-test", "20", "--steps", "1",
-        "--checkpoints", "1", "--skip-auc", "--memory-images", "16", "--out", str(tmp_path),
+        "--checkpoints", "1", "--skip-auc", "--memory-images", "16", "--precision-classes", "1",
+        "--out", str(tmp_path),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
@@ -47,5 +48,6 @@ def test_speed_benchmark_tiny_run(tmp_path):
     for row in (
         "| paper pipeline", "| package, float32, compile=True |", "| package, bfloat16 |",
         "| bare torch loop on cached trunk outputs |", "| PandaSES, T=1 |", "| trunk_cache_mb=0 |",
+        "| 1 |",
     ):
         assert row in table
