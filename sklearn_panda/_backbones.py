@@ -82,7 +82,7 @@ class Trunk(nn.Sequential):
     the high-resolution layers are where rounding to bfloat16 moved ROC AUC.
     EfficientNet-Lite0 on four Fashion-MNIST classes, against float32: all in
     bfloat16 +0.13 to +0.49 points; stem in float32 +0.04 to +0.19; stem and
-    first group +0.05 to +0.10 (``benchmarks/RESULTS.md``). They are about
+    first group +0.05 to +0.11 (``benchmarks/RESULTS.md``). They are about
     7% of a ResNet152's compute. Without autocast this is ``nn.Sequential``.
 
     Parameters

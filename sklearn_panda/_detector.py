@@ -104,7 +104,16 @@ class PandaDetector(BasePanda):
         batch sizes only by floating-point rounding.
 
     precision : {"float32", "bfloat16", "float16"}, default="float32"
-        Autocast precision of the network's forward passes.
+        Autocast precision of the network's forward passes; the stem and
+        the first block group always run in float32 (where rounding costs
+        the most accuracy). ``"bfloat16"`` needs native support to be fast
+        (recent x86 CPUs with AVX512-BF16 or AMX, Ampere or later GPUs). On
+        a 2-core Zen 5 CPU it made extraction 1.5x (ResNet152) and 2.0-2.7x
+        (EfficientNet-Lite0) faster than float32 and moved ROC AUC by +0.05
+        to +0.11 points on four Fashion-MNIST classes (EfficientNet-Lite0,
+        ``benchmarks/RESULTS.md``);
+        float32 stays the default for results that do not depend on the
+        hardware.
 
     trunk_cache_mb : float, default=2048
         The frozen trunk's outputs for the training images are computed once
@@ -114,11 +123,12 @@ class PandaDetector(BasePanda):
     compile : bool, default=False
         Run the forward passes without gradients (feature extraction, the
         trunk cache, scoring) through ``torch.compile`` with weight freezing.
-        On a 2-core CPU this made extraction 1.2-1.3x (ResNet152) and 1.5x
-        (EfficientNet-Lite0) faster than eager float32, with the same ROC
-        AUC (``benchmarks/RESULTS.md``), after a one-off compilation of
-        10-30 s per fitted model and process: it pays off for hundreds to
-        thousands of images, not for a few. Needs a C++ compiler (CPU) or
+        On a 2-core CPU, with cache-sized batches, this made float32
+        extraction 1.02-1.08x (ResNet152) and 1.2-2.0x (EfficientNet-Lite0,
+        whose many small operations it fuses) faster than eager, with the
+        same ROC AUC (``benchmarks/RESULTS.md``), after a one-off compilation
+        of 10-30 s per fitted model and process: it pays off for thousands of
+        images, not for a few. Needs a C++ compiler (CPU) or
         Triton (CUDA). Partial batches are zero-padded to the inference batch
         size so that one compilation serves every call; for the same reason,
         the halving of batches after a GPU out-of-memory error does not help
