@@ -108,7 +108,7 @@ class PandaDetector(BasePanda):
         the first block group always run in float32 (where rounding costs
         the most accuracy). ``"bfloat16"`` needs native support to be fast
         (recent x86 CPUs with AVX512-BF16 or AMX, Ampere or later GPUs). On
-        a 2-core Zen 5 CPU it made extraction 1.5x (ResNet152) and 2.0-2.7x
+        a 2-core Zen 5 CPU it made extraction 1.5-1.7x (ResNet152) and 2.0-2.7x
         (EfficientNet-Lite0) faster than float32 and moved ROC AUC by +0.05
         to +0.11 points on four Fashion-MNIST classes (EfficientNet-Lite0,
         ``benchmarks/RESULTS.md``);
@@ -124,7 +124,7 @@ class PandaDetector(BasePanda):
         Run the forward passes without gradients (feature extraction, the
         trunk cache, scoring) through ``torch.compile`` with weight freezing.
         On a 2-core CPU, with cache-sized batches, this made float32
-        extraction 1.02-1.08x (ResNet152) and 1.2-2.0x (EfficientNet-Lite0,
+        extraction 1.02-1.16x (ResNet152) and 1.2-2.0x (EfficientNet-Lite0,
         whose many small operations it fuses) faster than eager, with the
         same ROC AUC (``benchmarks/RESULTS.md``), after a one-off compilation
         of 10-30 s per fitted model and process: it pays off for thousands of
