@@ -51,3 +51,18 @@ def test_speed_benchmark_tiny_run(tmp_path):
         "| 1 |",
     ):
         assert row in table
+
+
+def test_batch_size_benchmark_tiny_run():
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "batch_size.py"), "--backbone", "resnet18", "--weights", "none",
+        "--sizes", "1", "2", "--n-images", "4", "--rounds", "1", "--crop-size", "64",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    header, _, row = result.stdout.strip().splitlines()
+    assert header == "| resnet18, float32 | 1 | 2 | auto |"
+    # resnet18 at 64x64: 64 channels at 32x32 in float32 is its largest activation.
+    assert row.startswith("| images/s (largest activation 0.3 MB per image) |")
+    assert row.endswith("| 2 |")
