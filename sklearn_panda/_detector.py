@@ -99,9 +99,9 @@ class PandaDetector(BasePanda):
         CPU's last-level cache, measured on one sample once per fitted model
         (read from Linux's ``/sys``; 32 MiB assumed elsewhere). On a 2-core
         CPU with 32 MiB of L3 that is 5 images for ResNet152 and 3 for
-        EfficientNet-Lite0 in float32, which ran 1.3x and 3.4x faster than
-        batches of 32 (``benchmarks/RESULTS.md``). Features differ between
-        batch sizes only by floating-point rounding.
+        EfficientNet-Lite0 in float32, which ran 1.1-1.3x and 3.4-3.6x
+        faster than batches of 32 (``benchmarks/RESULTS.md``). Features
+        differ between batch sizes only by floating-point rounding.
 
     precision : {"float32", "bfloat16", "float16"}, default="float32"
         Autocast precision of the network's forward passes; the stem and

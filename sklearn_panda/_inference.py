@@ -230,8 +230,8 @@ def cache_sized_batch(per_sample_bytes, largest, cache_bytes=None):
     Zen 5 with 32 MiB of L3 (``benchmarks/RESULTS.md``): ResNet152 (3.2 MB
     per image at its largest in float32) ran fastest in batches of 5-8 and
     EfficientNet-Lite0 (4.9 MB) in batches of 3-4, where 6 was already 1.6x
-    slower; batches of 32 were 1.3x and 3.4x slower. Half the cache leaves
-    room for the weights and the layer's input.
+    slower; batches of 32 were 1.1-1.3x and 3.4-3.6x slower. Half the
+    cache leaves room for the weights and the layer's input.
 
     Parameters
     ----------
