@@ -114,7 +114,8 @@ class Preprocessor:
         batch = torch.from_numpy(np.ascontiguousarray(self.checked.data[indices]))
         batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         images = batch.float()
-        if batch.dtype != torch.float32 and batch.dtype != torch.float64:
+        # Float images of any precision are in [0, 1] already (validated); integers in [0, 255].
+        if not torch.is_floating_point(batch):
             images = images / 255.0
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)

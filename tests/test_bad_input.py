@@ -292,3 +292,14 @@ def test_images_to_a_vector_model(fitted_on_vectors):
 def test_vectors_to_an_image_model(fitted_on_images):
     with pytest.raises(ValueError, match="fitted on 3-channel images; got vectors with 5 features"):
         fitted_on_images.score_samples(np.zeros((2, 5)))
+
+
+def test_float16_images_score_like_the_same_images_in_float32(fitted_on_images):
+    # float16 images in [0, 1] are already scaled: they must not be divided by 255 again.
+    half = (_images() / 255.0).astype(np.float16)
+    np.testing.assert_allclose(
+        fitted_on_images.score_samples(half),
+        fitted_on_images.score_samples(half.astype(np.float32)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
