@@ -11,7 +11,7 @@ from ._oe import PandaOE
 from ._persistence import load, save
 from ._ses import PandaSES
 from .model_selection import NormalOnlySplit
-from .scorers import CenterScorer, KMeansScorer, KNNScorer
+from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
 
 __version__ = "0.1.0"
 
@@ -19,6 +19,7 @@ __all__ = [
     "CenterScorer",
     "KMeansScorer",
     "KNNScorer",
+    "MahalanobisScorer",
     "NormalOnlySplit",
     "PandaDetector",
     "PandaOE",

@@ -28,7 +28,7 @@ from ._inference import cache_sized_batch, cache_trunk_outputs, extract_features
 from ._progress import ProgressBar
 from ._training import run_sgd
 from ._validation import check_consistent, check_input
-from .scorers import CenterScorer, KMeansScorer, KNNScorer
+from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Largest activation of one sample, per network and (input shape, precision):
@@ -277,6 +277,8 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             scorer = KMeansScorer(n_clusters=10, random_state=seed)
         elif self.scorer == "center":
             scorer = CenterScorer()
+        elif self.scorer == "mahalanobis":
+            scorer = MahalanobisScorer()
         else:
             scorer = clone(self.scorer)
         return scorer.set_params(contamination=self.contamination)

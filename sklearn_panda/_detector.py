@@ -81,8 +81,10 @@ class PandaDetector(BasePanda):
         EfficientNet-Lite0 this was several ROC AUC points better than raw
         features, and adaptation then helped instead of hurting.
 
-    scorer : {"knn", "kmeans", "center"} or scorer instance, default="knn"
+    scorer : {"knn", "kmeans", "center", "mahalanobis"} or scorer instance, default="knn"
         ``"knn"``: :class:`KNNScorer` with k=2, the paper's choice.
+        ``"mahalanobis"``: :class:`MahalanobisScorer` (a Gaussian with a
+        Ledoit-Wolf covariance), which needs no neighbour search.
 
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_`` from the leave-one-out training scores; ``"auto"``
@@ -192,7 +194,7 @@ class PandaDetector(BasePanda):
 
     _parameter_constraints = {
         **BasePanda._parameter_constraints,
-        "scorer": [StrOptions({"knn", "kmeans", "center"}), HasMethods(["fit", "score_samples"])],
+        "scorer": [StrOptions({"knn", "kmeans", "center", "mahalanobis"}), HasMethods(["fit", "score_samples"])],
         "n_steps": [Interval(numbers.Integral, 0, None, closed="left")],
         "regularization": [StrOptions({"ewc"}), None],
         "ewc_lambda": [Interval(numbers.Real, 0, None, closed="left")],

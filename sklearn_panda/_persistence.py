@@ -30,12 +30,12 @@ from sklearn.utils.validation import check_is_fitted
 from ._backbones import build_feature_net
 from ._validation import InputSpec
 from . import scorers as scorers_module
-from .scorers import CenterScorer, KMeansScorer, KNNScorer
+from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
 
 FORMAT = "sklearn-panda"
 FORMAT_VERSION = 1
 ESTIMATORS = ("PandaDetector", "PandaSES", "PandaOE")
-SCORERS = {cls.__name__: cls for cls in (KNNScorer, KMeansScorer, CenterScorer)}
+SCORERS = {cls.__name__: cls for cls in (KNNScorer, KMeansScorer, CenterScorer, MahalanobisScorer)}
 # Marks an encoded value that is not a plain number, string, list or tensor.
 TAG = "__panda_type__"
 

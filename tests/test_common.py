@@ -4,11 +4,19 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from conftest import tiny_mlp
 
-from sklearn_panda import CenterScorer, KMeansScorer, KNNScorer, PandaDetector, PandaOE, PandaSES
+from sklearn_panda import (
+    CenterScorer,
+    KMeansScorer,
+    KNNScorer,
+    MahalanobisScorer,
+    PandaDetector,
+    PandaOE,
+    PandaSES,
+)
 
 FIT_PREDICT_REASON = (
     "fit_predict labels each training point by its leave-one-out score (a point "
-    "is not its own neighbour, nor part of its own centroid), as LocalOutlierFactor does, so that "
+    "is not its own neighbour, nor part of its own centroid or Gaussian), as LocalOutlierFactor does, so that "
     "`contamination` is the fraction of training points flagged; predict on the "
     "same points counts each point as its own neighbour and so differs."
 )
@@ -16,7 +24,7 @@ FIT_PREDICT_REASON = (
 
 TRAIN_PREDICT_REASON = (
     "predict on the training points counts each point in its own model (its own "
-    "neighbour or centroid), so it flags fewer than `contamination` of them; the "
+    "neighbour, centroid or Gaussian), so it flags fewer than `contamination` of them; the "
     "offset is set on leave-one-out scores so that it suits new data, and "
     "fit_predict flags exactly `contamination` of the training points "
     "(tests/test_scorers.py::test_contamination_float_flags_that_fraction_of_training_points)."
@@ -26,7 +34,9 @@ TRAIN_PREDICT_REASON = (
 def _scorer_of(estimator):
     """The scorer class whose leave-one-out rule decides the training labels."""
     if isinstance(estimator, PandaDetector):
-        return {"knn": KNNScorer, "kmeans": KMeansScorer, "center": CenterScorer}[estimator.scorer]
+        return {
+            "knn": KNNScorer, "kmeans": KMeansScorer, "center": CenterScorer, "mahalanobis": MahalanobisScorer,
+        }[estimator.scorer]
     return type(estimator)
 
 
@@ -69,7 +79,7 @@ def _leave_one_out_failures(estimator):
     # CenterScorer's leave-one-out factor n / (n - 1) is the same for every
     # point and too small to change a label in these checks, so it passes both.
     scorer = _scorer_of(estimator)
-    if scorer is KNNScorer:
+    if scorer in (KNNScorer, MahalanobisScorer):
         return {
             "check_outliers_train": TRAIN_PREDICT_REASON,
             "check_outliers_fit_predict": FIT_PREDICT_REASON,
@@ -85,6 +95,8 @@ def _leave_one_out_failures(estimator):
         KNNScorer(algorithm="nndescent", random_state=0),
         KMeansScorer(n_clusters=3),
         CenterScorer(),
+        MahalanobisScorer(),
+        MahalanobisScorer(shrinkage=0.5, n_components=2),
         # A vector backbone: the common checks feed small 2-D arrays.
         PandaDetector(backbone=tiny_mlp, weights=None, n_steps=2, random_state=0),
         PandaDetector(backbone=tiny_mlp, weights=None, n_steps=0, scorer="center", random_state=0),
