@@ -5,7 +5,7 @@ seconds for a ResNet152 on a CPU), so a batch smaller than ``batch_size``, such
 as the last one of a dataset, is zero-padded to ``batch_size`` and the padding
 is cut from the output. This is exact because no layer mixes samples at
 inference time (BatchNorm runs on its running statistics). The compiled
-wrappers are remembered per module (weakly: they go when the module goes), so
+wrappers are stored on the module itself (they go when the module goes), so
 ``fit`` and later ``score_samples`` calls share one compilation.
 
 Compilation uses Inductor's "freezing": the weights are treated as constants,
@@ -22,20 +22,31 @@ runs with ``requires_grad`` off (restored afterwards).
 import contextlib
 import itertools
 import threading
-import weakref
 
 import torch
 
-_COMPILED = weakref.WeakKeyDictionary()
+_CACHE_ATTRIBUTE = "_sklearn_panda_compiled"
+
+
+class _Compilations(dict):
+    """A module's compiled wrappers by batch size, stored as an attribute of the module.
+
+    Not in a ``WeakKeyDictionary`` keyed by the module: the compiled module
+    holds the original strongly, so such an entry would keep its key alive for
+    ever. On the module they form a reference cycle that the garbage collector
+    frees with the module. Copies and pickles of the module start empty:
+    compiled code does not pickle, and a copy has weights of its own.
+    """
+
+    def __reduce__(self):
+        return type(self), ()
 
 
 class _PaddedBatches:
     """Call a compiled module on batches padded to one fixed size."""
 
     def __init__(self, module, batch_size):
-        # A weak reference: this object is stored under ``module`` in a
-        # WeakKeyDictionary, which a strong one would keep alive for ever.
-        self.module = weakref.ref(module)
+        self.module = module
         self.compiled = torch.compile(module, dynamic=False, options={"freezing": True})
         self.batch_size = batch_size
         self.weights_version = _weights_version(module)
@@ -44,7 +55,7 @@ class _PaddedBatches:
 
     def __call__(self, batch):
         n_samples = batch.shape[0]
-        with self.lock, _without_requires_grad(self.module()):
+        with self.lock, _without_requires_grad(self.module):
             if n_samples >= self.batch_size:
                 return self.compiled(batch)
             padding = batch.new_zeros((self.batch_size - n_samples,) + tuple(batch.shape[1:]))
@@ -102,7 +113,7 @@ def compiled(module, batch_size):
     >>> forward(torch.ones(3, 3)).shape
     torch.Size([3, 2])
     """
-    per_size = _COMPILED.setdefault(module, {})
+    per_size = module.__dict__.setdefault(_CACHE_ATTRIBUTE, _Compilations())
     forward = per_size.get(batch_size)
     if forward is None or forward.weights_version != _weights_version(module):
         forward = per_size[batch_size] = _PaddedBatches(module, batch_size)

@@ -1,6 +1,9 @@
 """compile=True: torch.compile'd inference passes give the eager results."""
 
+import copy
+import gc
 import pickle
+import weakref
 
 import numpy as np
 import torch
@@ -34,6 +37,27 @@ def test_changed_weights_are_compiled_again():
         after = compiled(layer, batch_size=4)(batch)
         torch.testing.assert_close(after, layer(batch))
     assert not torch.allclose(before, after)
+
+
+def test_a_dropped_module_is_collected_with_its_compilation(monkeypatch):
+    # Like the real one, this torch.compile's result holds the module strongly;
+    # it spares the test a C++ compilation.
+    monkeypatch.setattr(torch, "compile", lambda module, **options: module)
+    layer = torch.nn.Linear(3, 2)
+    compiled(layer, batch_size=4)
+    alive = weakref.ref(layer)
+    del layer
+    gc.collect()
+    assert alive() is None
+
+
+def test_copies_and_pickles_of_a_module_leave_its_compilation_behind(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda module, **options: module)
+    layer = torch.nn.Linear(3, 2)
+    forward = compiled(layer, batch_size=4)
+    for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert compiled(other, batch_size=4) is not forward
+    assert compiled(layer, batch_size=4) is forward
 
 
 def test_compiled_detector_scores_like_the_eager_one(images):
