@@ -31,14 +31,70 @@ def ewc_penalty(parameters, anchors, fisher):
     return total
 
 
+def sample_labels(logits, generator):
+    """One label per row, drawn from the softmax of ``logits`` with the CPU ``generator``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._losses import sample_labels
+    >>> sample_labels(torch.tensor([[0.0, 50.0], [50.0, 0.0]]), torch.Generator().manual_seed(0))
+    tensor([1, 0])
+    """
+    probabilities = torch.softmax(logits.detach().float(), dim=1).cpu()
+    return torch.multinomial(probabilities, 1, generator=generator).squeeze(1).to(logits.device)
+
+
+def per_sample_squared_gradients(net, hidden, labels, parameters, chunk_size=8):
+    """Sum over the samples of the squared gradient of each sample's own cross-entropy.
+
+    ``torch.func``: ``vmap`` over ``grad`` of a ``functional_call`` of the
+    stages, ``chunk_size`` samples at a time to bound memory. Always in
+    float32, outside any autocast: a one-off estimate gains nothing from
+    lower precision, and batch norm under ``vmap`` and autocast fails.
+
+    Parameters
+    ----------
+    net : FeatureNet
+    hidden : Tensor
+        Trunk outputs of the samples.
+    labels : Tensor of int
+        One class per sample.
+    parameters : list of Tensors
+        Parameters of ``net.stages`` to differentiate.
+
+    Returns
+    -------
+    sums : list of Tensors, shaped like ``parameters``
+    """
+    from torch.func import functional_call, grad, vmap
+
+    by_identity = {id(p): name for name, p in net.stages.named_parameters()}
+    names = [by_identity[id(p)] for p in parameters]
+    fixed = {name: p.detach() for name, p in net.stages.named_parameters() if name not in set(names)}
+    fixed.update(dict(net.stages.named_buffers()))
+
+    def sample_loss(values, sample, label):
+        state = {**fixed, **dict(zip(names, values))}
+        logits = net.head(functional_call(net.stages, state, (sample.unsqueeze(0),))).float()
+        return F.cross_entropy(logits, label.unsqueeze(0))
+
+    per_sample = vmap(grad(sample_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        gradients = per_sample(tuple(p.detach() for p in parameters), hidden.float(), labels)
+    return [gradient.pow(2).sum(dim=0) for gradient in gradients]
+
+
 def fisher_diagonal(net, batches, parameters, generator):
     """Diagonal Fisher information of the pretrained classifier, without labels.
 
-    For each batch the labels are *sampled from the network's own predictive
+    For each sample a label is *sampled from the network's own predictive
     distribution* (so the expectation is the true Fisher of the model, and no
-    labels are needed); the squared gradient of the batch's cross-entropy is
-    averaged over batches. The paper computes it on ImageNet batches with
-    their labels; here it is computed on the training images.
+    labels are needed), and the Fisher diagonal is the mean over samples of
+    the squared gradient of that sample's cross-entropy (per-sample
+    gradients, as EWC defines it): its scale does not depend on how the
+    samples are batched. The paper computes it on ImageNet batches with their
+    labels; here it is computed on the training images.
 
     Parameters
     ----------
@@ -47,7 +103,8 @@ def fisher_diagonal(net, batches, parameters, generator):
     batches : iterable of Tensors
         Trunk outputs (``net.trunk(x)``) of input batches, on the net's device.
     parameters : list of Tensors
-        The parameters to compute the Fisher for (the trainable ones).
+        The parameters to compute the Fisher for (trainable parameters of
+        ``net.stages``).
     generator : torch.Generator
         CPU generator for the label sampling.
 
@@ -61,16 +118,14 @@ def fisher_diagonal(net, batches, parameters, generator):
             "has none; pass fisher=... explicitly or use regularization=None."
         )
     fisher = [torch.zeros_like(p) for p in parameters]
-    n_batches = 0
+    n_samples = 0
     for hidden in batches:
-        logits = net.head(net.stages(hidden)).float()
-        probabilities = torch.softmax(logits.detach(), dim=1).cpu()
-        labels = torch.multinomial(probabilities, 1, generator=generator).squeeze(1)
-        loss = F.cross_entropy(logits, labels.to(logits.device))
-        gradients = torch.autograd.grad(loss, parameters)
-        for total, gradient in zip(fisher, gradients):
-            total.add_(gradient.detach().pow(2))
-        n_batches += 1
-    if n_batches == 0:
+        with torch.no_grad():
+            labels = sample_labels(net.head(net.stages(hidden)), generator)
+        sums = per_sample_squared_gradients(net, hidden, labels, parameters)
+        for total, value in zip(fisher, sums):
+            total.add_(value.detach())
+        n_samples += len(hidden)
+    if n_samples == 0:
         raise ValueError("No batch to estimate the Fisher information from.")
-    return [total / n_batches for total in fisher]
+    return [total / n_samples for total in fisher]

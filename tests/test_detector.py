@@ -7,7 +7,7 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_IMAGES, tiny_mlp
+from conftest import TINY_IMAGES, tiny_mlp, tiny_resnet
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
@@ -237,3 +237,47 @@ def test_normal_only_split_keeps_anomalies_out_of_training():
 def test_bfloat16_precision_with_ewc(images):
     det = detector(precision="bfloat16", regularization="ewc", n_fisher_batches=2).fit(images)
     assert np.all(np.isfinite(det.score_samples(images)))
+
+
+def test_fisher_is_the_mean_squared_per_sample_gradient():
+    """Per-sample gradients (torch.func) against a loop of one-sample backward passes."""
+    import torch.nn.functional as F
+
+    from sklearn_panda._backbones import build_feature_net
+    from sklearn_panda._losses import fisher_diagonal, sample_labels
+
+    torch.manual_seed(0)
+    net = build_feature_net(tiny_resnet, None, 2)
+    parameters = net.trainable_parameters()
+    with torch.no_grad():
+        batches = [net.trunk(torch.randn(5, 3, 32, 32)), net.trunk(torch.randn(3, 3, 32, 32))]
+    fisher = fisher_diagonal(net, batches, parameters, torch.Generator().manual_seed(7))
+
+    generator = torch.Generator().manual_seed(7)
+    expected = [torch.zeros_like(p) for p in parameters]
+    for hidden in batches:
+        with torch.no_grad():
+            labels = sample_labels(net.head(net.stages(hidden)), generator)
+        for sample, label in zip(hidden, labels):
+            loss = F.cross_entropy(net.head(net.stages(sample[None])), label[None])
+            for total, gradient in zip(expected, torch.autograd.grad(loss, parameters)):
+                total += gradient.pow(2)
+    for value, reference in zip(fisher, expected):
+        torch.testing.assert_close(value, reference / 8, rtol=1e-4, atol=1e-10)
+
+
+def test_fisher_scale_does_not_depend_on_the_batch_size(images):
+    # The same samples (one epoch, fixed labels) give the same Fisher in batches of 4 or 12.
+    from sklearn_panda._backbones import build_feature_net
+    from sklearn_panda._losses import per_sample_squared_gradients
+
+    torch.manual_seed(0)
+    net = build_feature_net(tiny_resnet, None, 2)
+    parameters = net.trainable_parameters()
+    with torch.no_grad():
+        hidden = net.trunk(torch.randn(12, 3, 32, 32))
+    labels = torch.arange(12) % 10
+    whole = per_sample_squared_gradients(net, hidden, labels, parameters)
+    parts = [per_sample_squared_gradients(net, hidden[i : i + 4], labels[i : i + 4], parameters) for i in (0, 4, 8)]
+    for total, pieces in zip(whole, zip(*parts)):
+        torch.testing.assert_close(total, sum(pieces), rtol=1e-4, atol=1e-10)
