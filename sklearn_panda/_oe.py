@@ -54,7 +54,8 @@ class PandaOE(BasePanda):
 
     n_steps : int, default=300
         Mini-batches of fine-tuning; each holds ``batch_size // 2`` normal and
-        ``batch_size - batch_size // 2`` exposure images (balanced).
+        ``batch_size - batch_size // 2`` exposure images (balanced). At least
+        1: the head starts from random weights.
 
     learning_rate : float, default=0.1
         The paper's OE settings: SGD lr 0.1, momentum 0.9, no weight decay,
@@ -128,7 +129,7 @@ class PandaOE(BasePanda):
 
     _parameter_constraints = {
         **BasePanda._parameter_constraints,
-        "n_steps": [Interval(numbers.Integral, 0, None, closed="left")],
+        "n_steps": [Interval(numbers.Integral, 1, None, closed="left")],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "momentum": [Interval(numbers.Real, 0, 1, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],

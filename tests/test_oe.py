@@ -8,6 +8,7 @@ import torch
 from conftest import TINY_IMAGES, tiny_mlp
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.utils._param_validation import InvalidParameterError
 
 from sklearn_panda import PandaDetector, PandaOE
 
@@ -54,6 +55,14 @@ def test_label_errors(y, message):
     X = np.random.default_rng(0).normal(size=(10, 4))
     with pytest.raises(ValueError, match=message):
         PandaOE(backbone=tiny_mlp, weights=None, n_steps=1).fit(X, y)
+
+
+def test_zero_steps_are_refused():
+    # Without a step the head would score with its random initial weights.
+    X = np.random.default_rng(0).normal(size=(10, 4))
+    y = np.r_[np.ones(5), -np.ones(5)]
+    with pytest.raises(InvalidParameterError, match=r"'n_steps' parameter of PandaOE must be .* \[1, inf\)"):
+        PandaOE(backbone=tiny_mlp, weights=None, n_steps=0).fit(X, y)
 
 
 def test_contract_scores_and_offset():
