@@ -9,12 +9,14 @@ This module never imports torch: the scorers work on any embedding, whichever
 model produced it.
 """
 
+import contextlib
 import numbers
 import pickle
 import warnings
 from abc import ABCMeta, abstractmethod
 
 import numpy as np
+from joblib import effective_n_jobs
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.cluster import KMeans
 from sklearn.covariance import ledoit_wolf_shrinkage, oas
@@ -355,6 +357,24 @@ def _faiss_available():
     return True
 
 
+@contextlib.contextmanager
+def _faiss_threads(faiss, n_jobs):
+    """Run faiss with ``n_jobs`` threads (joblib's convention: -1 is every CPU) for the block.
+
+    faiss's OpenMP thread count is process-wide, so the previous count is
+    restored afterwards for other faiss users. ``None`` leaves it alone.
+    """
+    if n_jobs is None:
+        yield
+        return
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(effective_n_jobs(n_jobs))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
 class KNNScorer(_BaseScorer):
     """Anomaly distance to the ``k`` nearest normal training features.
 
@@ -400,7 +420,9 @@ class KNNScorer(_BaseScorer):
         Megabytes for one chunk of the brute-force distance block.
 
     n_jobs : int, default=None
-        Threads for ``"nndescent"`` and ``"faiss"``; ``None`` leaves their defaults.
+        Threads for ``"nndescent"`` and ``"faiss"``; ``-1`` means every CPU and
+        ``None`` leaves their defaults. faiss's thread count is process-wide: it
+        is set for each of this scorer's calls and restored afterwards.
         The brute-force search uses the BLAS thread pool (see ``threadpoolctl``).
 
     random_state : int, RandomState instance or None, default=None
@@ -498,10 +520,9 @@ class KNNScorer(_BaseScorer):
         if self._algorithm == "faiss":
             import faiss
 
-            if self.n_jobs is not None:
-                faiss.omp_set_num_threads(self.n_jobs)
             index = faiss.IndexFlatL2(X.shape[1])
-            index.add(X)
+            with _faiss_threads(faiss, self.n_jobs):
+                index.add(X)
             return index
         if self._algorithm == "nndescent":
             from pynndescent import NNDescent
@@ -536,7 +557,10 @@ class KNNScorer(_BaseScorer):
         # point itself, then recompute exact distances for the indices kept.
         extra = 1 if exclude_self else 0
         if self._algorithm == "faiss":
-            _, indices = self._index.search(queries, k + extra)
+            import faiss
+
+            with _faiss_threads(faiss, self.n_jobs):
+                _, indices = self._index.search(queries, k + extra)
         else:
             indices, _ = self._index.query(queries, k=k + extra, epsilon=0.3)
         indices = indices.astype(np.intp)

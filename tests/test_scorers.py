@@ -1,8 +1,11 @@
 """Scorers against numpy references, leave-one-out semantics and properties."""
 
 import pickle
+import sys
+import types
 import warnings
 
+import joblib
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -202,6 +205,55 @@ def test_faiss_missing_gives_install_hint(monkeypatch):
     with pytest.raises(ImportError, match=r"sklearn-panda\[faiss\]"):
         KNNScorer(algorithm="faiss").fit(np.eye(3))
     assert KNNScorer().fit(np.eye(3))._algorithm == "brute"
+
+
+class _FakeFaiss(types.ModuleType):
+    """Stands in for faiss: an exact flat index that records the process-wide
+    OpenMP thread count each call runs with."""
+
+    def __init__(self, threads):
+        super().__init__("faiss")
+        self.threads = threads
+        self.threads_seen = []
+
+    def omp_get_max_threads(self):
+        return self.threads
+
+    def omp_set_num_threads(self, threads):
+        self.threads = threads
+
+    def IndexFlatL2(self, n_features):
+        return _FakeFlatIndex(self)
+
+
+class _FakeFlatIndex:
+    def __init__(self, faiss):
+        self.faiss = faiss
+
+    def add(self, X):
+        self.faiss.threads_seen.append(self.faiss.threads)
+        self.rows = X.copy()
+
+    def search(self, queries, k):
+        self.faiss.threads_seen.append(self.faiss.threads)
+        squared = cdist(queries, self.rows, "sqeuclidean")
+        indices = np.argsort(squared, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(squared, indices, axis=1), indices
+
+
+@pytest.mark.parametrize("n_jobs, threads", [(-1, joblib.cpu_count()), (1, 1), (None, 7)])
+def test_faiss_threads_follow_n_jobs_and_are_restored(blobs, monkeypatch, n_jobs, threads):
+    # faiss's thread count is process-wide: -1 means all CPUs, as in joblib
+    # (GNU OpenMP reads -1 as one thread), and other faiss users find the
+    # count they had (7) once each call returns.
+    fake = _FakeFaiss(threads=7)
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    train, queries = blobs
+    scorer = KNNScorer(algorithm="faiss", n_jobs=n_jobs).fit(train)
+    scores = scorer.score_samples(queries)
+    np.testing.assert_allclose(scores, KNNScorer(algorithm="brute").fit(train).score_samples(queries), rtol=1e-5)
+    assert fake.threads_seen and set(fake.threads_seen) == {threads}
+    assert fake.threads == 7
 
 
 feature_matrices = arrays(
