@@ -6,11 +6,13 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
+from ._augment import ViewMaker
 from ._base import BasePanda
 from ._data import shuffled_batches
-from ._losses import compactness_loss, ewc_penalty, fisher_diagonal
+from ._losses import compactness_loss, ewc_penalty, fisher_diagonal, mean_shifted_contrastive_loss
 
 
 class PandaDetector(BasePanda):
@@ -44,6 +46,20 @@ class PandaDetector(BasePanda):
         features, the paper's baseline. The paper uses 2,300 (7,800 with EWC)
         with ResNet152 on a GPU; the default here is what helped on
         Fashion-MNIST with EfficientNet-Lite0 on a CPU (``benchmarks/RESULTS.md``).
+
+    loss : {"compactness", "mean_shifted"}, default="compactness"
+        ``"compactness"``: the paper's Eq. 1, the mean squared distance of the
+        (projected) features to the fixed centre. ``"mean_shifted"``: the
+        mean-shifted contrastive loss of the paper's follow-up (Reiss and
+        Hoshen, AAAI 2023): two random views of each image (resized crop,
+        flip, colour jitter, greyscale), L2-normalised features shifted by
+        the fixed unit centre, and a contrastive loss between the views. It
+        does not collapse, but each step runs the frozen trunk on both views
+        (the trunk cache serves only the centre and the gallery), so a step
+        costs far more; images only.
+
+    temperature : float, default=0.25
+        Temperature of ``loss="mean_shifted"`` (the follow-up paper's value).
 
     regularization : {None, "ewc"}, default=None
         ``"ewc"`` adds ``ewc_lambda / 2 * sum F_i (theta_i - theta*_i)^2``.
@@ -196,6 +212,8 @@ class PandaDetector(BasePanda):
         **BasePanda._parameter_constraints,
         "scorer": [StrOptions({"knn", "kmeans", "center", "mahalanobis"}), HasMethods(["fit", "score_samples"])],
         "n_steps": [Interval(numbers.Integral, 0, None, closed="left")],
+        "loss": [StrOptions({"compactness", "mean_shifted"})],
+        "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
         "regularization": [StrOptions({"ewc"}), None],
         "ewc_lambda": [Interval(numbers.Real, 0, None, closed="left")],
         "fisher": [Mapping, str, os.PathLike, None],
@@ -212,6 +230,8 @@ class PandaDetector(BasePanda):
         backbone="resnet152",
         weights="imagenet",
         n_steps=300,
+        loss="compactness",
+        temperature=0.25,
         regularization=None,
         ewc_lambda=1e4,
         fisher=None,
@@ -254,6 +274,8 @@ class PandaDetector(BasePanda):
         )
         self.scorer = scorer
         self.n_steps = n_steps
+        self.loss = loss
+        self.temperature = temperature
         self.regularization = regularization
         self.ewc_lambda = ewc_lambda
         self.fisher = fisher
@@ -267,7 +289,7 @@ class PandaDetector(BasePanda):
         return self._train(net, preprocessor, hidden, generator)
 
     def _train(self, net, preprocessor, hidden, generator, callbacks=(), indices=None):
-        """Compactness fine-tuning of ``net`` in place; ``callbacks`` run after each step.
+        """Fine-tuning of ``net`` in place with ``loss``; ``callbacks`` run after each step.
 
         ``indices`` selects the samples to train on (default: all of them).
         """
@@ -297,13 +319,21 @@ class PandaDetector(BasePanda):
             def regularizer():
                 return ewc_penalty(parameters, anchors, fisher_tensors)
 
+        if self.loss == "mean_shifted":
+            objective = self._mean_shifted_objective(net, preprocessor, pretrained, center, generator)
+        else:
+
+            def objective(batch):
+                trunk_output = self._trunk_batch(net, preprocessor, hidden, batch)
+                with self._autocast(device):
+                    features = self._project(net.stages(trunk_output)).float()
+                compactness = compactness_loss(features, center)
+                return compactness, compactness
+
         def step_loss(step):
-            trunk_output = self._trunk_batch(net, preprocessor, hidden, next(batches))
-            with self._autocast(device):
-                features = self._project(net.stages(trunk_output)).float()
-            compactness = compactness_loss(features, center)
-            penalty = regularizer() if regularizer is not None else compactness.new_zeros(())
-            loss = compactness + 0.5 * self.ewc_lambda * penalty
+            loss, compactness = objective(next(batches))
+            penalty = regularizer() if regularizer is not None else loss.new_zeros(())
+            loss = loss + 0.5 * self.ewc_lambda * penalty
             return loss, {"compactness": compactness.item(), "ewc_penalty": penalty.item()}
 
         def record(step, loss, details):
@@ -319,6 +349,34 @@ class PandaDetector(BasePanda):
             "history_": history,
             "fisher_": fisher,
         }
+
+    def _mean_shifted_objective(self, net, preprocessor, pretrained, center, generator):
+        """``batch -> (loss, compactness)`` of the mean-shifted contrastive loss.
+
+        Both augmented views of a batch run through the trunk together; the
+        trunk cache cannot serve them, since every view is new.
+        """
+        if not net.expects_images:
+            raise ValueError(
+                "loss='mean_shifted' contrasts augmented views of images; this backbone takes "
+                "vectors. Use loss='compactness'."
+            )
+        device = preprocessor.device
+        # Drawn only for this loss, so that the compactness loss's batches stay as they were.
+        views = ViewMaker(torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator))))
+        unit_center = F.normalize(F.normalize(torch.from_numpy(pretrained), dim=1).mean(dim=0), dim=0).to(device)
+
+        def objective(batch):
+            first, second = views(preprocessor(batch))
+            with torch.no_grad(), self._autocast(device):
+                trunk_output = net.trunk(torch.cat([first, second]))
+            with self._autocast(device):
+                features = net.stages(trunk_output).float()
+            first_features, second_features = features.chunk(2)
+            loss = mean_shifted_contrastive_loss(first_features, second_features, unit_center, self.temperature)
+            return loss, compactness_loss(self._project(first_features.detach()), center)
+
+        return objective
 
     def _fisher(self, net, preprocessor, hidden, parameters, generator, indices):
         names = [name for name, _ in net.stages.named_parameters()]

@@ -129,3 +129,44 @@ def fisher_diagonal(net, batches, parameters, generator):
     if n_samples == 0:
         raise ValueError("No batch to estimate the Fisher information from.")
     return [total / n_samples for total in fisher]
+
+
+def mean_shifted_contrastive_loss(first, second, center, temperature=0.25):
+    """Contrastive (NT-Xent) loss between two views' mean-shifted features.
+
+    The mean-shifted contrastive loss of Reiss and Hoshen (AAAI 2023): each
+    feature is L2-normalised, the fixed unit centre ``center`` (the normalised
+    mean of the normalised pretrained training features) is subtracted, and
+    the result is normalised again. Each sample's two views are then pulled
+    together and pushed away from every other view of the batch, with
+    ``temperature``; unlike the compactness loss this has no collapsed
+    minimum, since collapsed features cannot tell the views apart.
+
+    Parameters
+    ----------
+    first, second : Tensor of shape (n, d)
+        Features of the first and the second view of the same ``n`` samples.
+    center : Tensor of shape (d,)
+        Unit-length centre.
+    temperature : float, default=0.25
+        The paper's value.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._losses import mean_shifted_contrastive_loss
+    >>> center = torch.tensor([1.0, 0.0, 0.0])
+    >>> views = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    >>> aligned = mean_shifted_contrastive_loss(views, views, center)
+    >>> swapped = mean_shifted_contrastive_loss(views, views.flip(0), center)
+    >>> bool(aligned < swapped)
+    True
+    """
+    shifted = [F.normalize(F.normalize(view, dim=1) - center, dim=1) for view in (first, second)]
+    both = torch.cat(shifted)
+    n_samples = len(first)
+    logits = both @ both.T / temperature
+    # A view is never its own positive nor its own negative.
+    logits = logits.masked_fill(torch.eye(2 * n_samples, dtype=torch.bool, device=logits.device), float("-inf"))
+    positives = torch.cat([torch.arange(n_samples, 2 * n_samples), torch.arange(n_samples)]).to(logits.device)
+    return F.cross_entropy(logits, positives)
