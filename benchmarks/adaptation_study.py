@@ -1,0 +1,460 @@
+"""Where does adaptation help? A resumable sweep on Fashion-MNIST with EfficientNet-Lite0.
+
+Each class is normal in turn. For every class and setting (trainable stages,
+learning rate, EWC, SES, ...) the backbone is adapted on ``--n-train`` images
+of the class through the package's own training code, and at every step of
+``--eval-steps`` the adapted features are scored by kNN (k=2) and by the
+Mahalanobis distance (:class:`~sklearn_panda.MahalanobisScorer`) on two splits:
+
+* **validation**: held-out images of the class from Fashion-MNIST's *training*
+  split, against images of the other classes from that split. Settings are
+  chosen on these labels only.
+* **test**: the official test split (the paper's protocol), reported, never
+  used to choose.
+
+The frozen trunk (everything below the deepest trainable choice) runs once per
+image; its outputs are kept in ``--cache-dir`` as memory-mapped files and
+reused by every setting, so a setting costs only its trainable stages. Rows
+are appended to ``--csv`` as they are measured; a rerun skips the (class,
+setting) pairs that are complete and redoes those that were interrupted.
+
+Run the sweep, then print the tables and the plot from the CSV::
+
+    python benchmarks/adaptation_study.py --classes 0 1 2 3 4 5 6 7 8 9 \\
+        --settings unadapted s2-lr1e-2 s2-lr1e-1 s2-lr1
+    python benchmarks/adaptation_study.py --report
+"""
+
+import argparse
+import csv
+import os
+import platform
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from sklearn.utils import check_random_state
+
+from sklearn_panda import KNNScorer, MahalanobisScorer, PandaDetector, PandaSES
+from sklearn_panda._backbones import build_feature_net
+from sklearn_panda._data import Preprocessor
+from sklearn_panda._inference import extract_features
+from sklearn_panda._validation import check_input
+from sklearn_panda.datasets import _FASHION_MNIST, _find_or_fetch, _read_idx_split
+
+BACKBONE = "efficientnet_lite0"
+# The trunk is cut below the deepest trainable choice of the sweep; shallower
+# choices run the cut's first stages on top of the cached outputs.
+DEEPEST_TRAINABLE = 3
+EVAL_STEPS = (30, 100, 300, 1000, 2000, 3000)
+SCORERS = {"knn": lambda: KNNScorer(n_neighbors=2), "mahalanobis": lambda: MahalanobisScorer()}
+FIELDS = [
+    "class", "setting", "step", "scorer", "val_auc", "test_auc", "train_seconds",
+    "compactness_ratio", "n_train", "n_val", "n_test", "threads", "cpu",
+]
+
+
+def _setting(n_stages=2, learning_rate=1e-2, **extra):
+    return {"n_trainable_stages": n_stages, "learning_rate": learning_rate, **extra}
+
+
+# name -> PandaDetector (or PandaSES with "ses": True) parameters.
+SETTINGS = {
+    "unadapted": _setting(n_steps=0),
+    **{
+        f"s{stages}-lr{label}": _setting(stages, rate)
+        for stages in (2, 3)
+        for label, rate in (("1e-2", 1e-2), ("1e-1", 1e-1), ("1", 1.0))
+    },
+    **{
+        f"s2-lr{label}-ewc": _setting(2, rate, regularization="ewc")
+        for label, rate in (("1e-1", 1e-1), ("1", 1.0))
+    },
+    **{
+        f"s2-lr{label}-noclip": _setting(2, rate, clip_norm=None)
+        for label, rate in (("1e-4", 1e-4), ("1e-3", 1e-3))
+    },
+}
+
+
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+# ----------------------------------------------------------------- data
+
+
+def splits(n_train, n_val, n_val_anomalies, max_test, seed):
+    """Indices into Fashion-MNIST's arrays: per class train / validation, and the test subset."""
+    train_images, train_labels, test_images, test_labels = _read_idx_split(
+        _find_or_fetch(_FASHION_MNIST, None, False)
+    )
+    rng = np.random.default_rng(seed)
+    per_class = {}
+    for label in range(10):
+        order = rng.permutation(np.flatnonzero(train_labels == label))
+        per_class[label] = (order[:n_train], order[n_train : n_train + n_val])
+    validation = {}
+    for label in range(10):
+        others = np.concatenate([per_class[other][1] for other in range(10) if other != label])
+        anomalies = rng.choice(others, size=min(n_val_anomalies, len(others)), replace=False)
+        validation[label] = (per_class[label][1], np.sort(anomalies))
+    test = np.arange(len(test_labels))
+    if max_test is not None and max_test < len(test):
+        test = np.sort(rng.choice(test, size=max_test, replace=False))
+    return train_images, test_images, test_labels, per_class, validation, test
+
+
+def trunk_outputs(images, name, cache_dir, chunk=1000):
+    """The frozen trunk's output for every image, memory-mapped in ``cache_dir``; resumable."""
+    net = build_feature_net(BACKBONE, "imagenet", DEEPEST_TRAINABLE).to(memory_format=torch.channels_last)
+    detector = PandaDetector(backbone=BACKBONE)
+    checked = check_input(images)
+    preprocessor = Preprocessor(checked, resize=detector.resize, crop_size=detector.crop_size, device=torch.device("cpu"))
+    with torch.inference_mode():
+        shape = tuple(net.trunk(preprocessor(np.arange(1))).shape[1:])
+    path = Path(cache_dir) / f"{name}_{BACKBONE}_cut{DEEPEST_TRAINABLE}.f32"
+    done_path = path.with_suffix(".done")
+    mode = "r+" if path.exists() else "w+"
+    cache = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(len(images), *shape))
+    done = int(done_path.read_text()) if done_path.exists() else 0
+    batch = detector._inference_batch_size(net, preprocessor)
+    for start in range(done, len(images), chunk):
+        stop = min(start + chunk, len(images))
+        began = time.perf_counter()
+        part = Preprocessor(check_input(images[start:stop]), resize=detector.resize, crop_size=detector.crop_size,
+                            device=torch.device("cpu"))
+        outputs = extract_features(lambda x: net.trunk(x).flatten(1), part, stop - start, batch)
+        cache[start:stop] = outputs.reshape(stop - start, *shape)
+        cache.flush()
+        done_path.write_text(str(stop))
+        print(f"trunk {name}: {stop}/{len(images)} ({(stop - start) / (time.perf_counter() - began):.0f} img/s)",
+              file=sys.stderr, flush=True)
+    return cache
+
+
+class CachedInput:
+    """Stands for the preprocessor of ``n`` samples whose trunk outputs are cached.
+
+    The estimators' training and embedding code reads only the length and the
+    device of a preprocessor when it is given the trunk outputs.
+    """
+
+    def __init__(self, n_samples, device):
+        self.n_samples = n_samples
+        self.device = device
+
+    def __len__(self):
+        return self.n_samples
+
+    def __call__(self, indices):
+        raise RuntimeError("the study computes no images: trunk outputs must be cached")
+
+
+# ------------------------------------------------------------------ runs
+
+
+def completed(csv_path):
+    """(class, setting) -> rows already measured."""
+    rows = {}
+    if Path(csv_path).exists():
+        with open(csv_path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                rows.setdefault((int(row["class"]), row["setting"]), []).append(row)
+    return rows
+
+
+def rewrite_without(csv_path, drop):
+    with open(csv_path, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if (int(row["class"]), row["setting"]) not in drop]
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_setting(label, name, params, hidden, labels_val, labels_test, eval_steps, seed, write):
+    """Adapt on ``hidden["train"]`` with the package's code; score at ``eval_steps``."""
+    params = dict(params)
+    is_ses = params.pop("ses", False)
+    n_stages = params["n_trainable_stages"]
+    max_steps = max(eval_steps) if params.get("n_steps", None) != 0 else 0
+    params.setdefault("n_steps", max_steps)
+    estimator_class = PandaSES if is_ses else PandaDetector
+    detector = estimator_class(backbone=BACKBONE, inference_batch_size=64, random_state=seed, **params)
+    device = torch.device("cpu")
+    net = build_feature_net(BACKBONE, "imagenet", n_stages).to(memory_format=torch.channels_last)
+    inputs = {split: torch.from_numpy(np.ascontiguousarray(h)) for split, h in hidden[n_stages].items()}
+    inputs = {split: h.contiguous(memory_format=torch.channels_last) for split, h in inputs.items()}
+    # As PandaDetector.fit derives its generator from random_state.
+    generator_seed = int(check_random_state(seed).randint(np.iinfo(np.int32).max))
+    generator = torch.Generator().manual_seed(generator_seed)
+    clock = {"train": 0.0, "since": time.perf_counter()}
+
+    def evaluate(step, compactness_ratio):
+        clock["train"] += time.perf_counter() - clock["since"]
+        features = {
+            split: detector._embed(net, CachedInput(len(h), device), h) for split, h in inputs.items()
+        }
+        for scorer_name, make in SCORERS.items():
+            scorer = make().fit(features["train"])
+            write({
+                "class": label, "setting": name, "step": step, "scorer": scorer_name,
+                "val_auc": 100 * roc_auc_score(labels_val, scorer.score_samples(features["val"])),
+                "test_auc": 100 * roc_auc_score(labels_test, scorer.score_samples(features["test"])),
+                "train_seconds": round(clock["train"], 1), "compactness_ratio": compactness_ratio,
+                "n_train": len(features["train"]), "n_val": len(labels_val), "n_test": len(labels_test),
+            })
+        clock["since"] = time.perf_counter()
+
+    if max_steps == 0:
+        evaluate(0, 1.0)
+        return
+    # The compactness ratio as PandaDetector's history_ defines it.
+    pretrained = detector._embed(net, CachedInput(len(inputs["train"]), device), inputs["train"])
+    initial = float(((pretrained - pretrained.mean(axis=0)) ** 2).sum(axis=1).mean())
+
+    def checkpoint(step, loss, details):
+        if step + 1 in eval_steps:
+            evaluate(step + 1, details["compactness"] / initial)
+
+    clock["since"] = time.perf_counter()
+    detector._train(net, CachedInput(len(inputs["train"]), device), inputs["train"], generator, callbacks=[checkpoint])
+
+
+def hidden_for_class(cache, per_class, validation, test, label, stages_needed):
+    """Trunk outputs of the class's train / val / test images at each trainable-stage cut."""
+    train_idx, _ = per_class[label]
+    val_normal, val_anomalies = validation[label]
+    at_cut = {
+        "train": cache["train"][train_idx],
+        "val": cache["train"][np.concatenate([val_normal, val_anomalies])],
+        "test": cache["test"][test],
+    }
+    hidden = {DEEPEST_TRAINABLE: at_cut}
+    deep = build_feature_net(BACKBONE, "imagenet", DEEPEST_TRAINABLE).to(memory_format=torch.channels_last)
+    for n_stages in stages_needed:
+        if n_stages == DEEPEST_TRAINABLE:
+            continue
+        # The first (DEEPEST_TRAINABLE - n_stages) trainable stages of the deep
+        # split are frozen trunk stages of this one.
+        frozen = deep.stages[: DEEPEST_TRAINABLE - n_stages]
+        hidden[n_stages] = {}
+        for split, values in at_cut.items():
+            source = torch.from_numpy(np.ascontiguousarray(values)).contiguous(memory_format=torch.channels_last)
+            outputs = extract_features(lambda x: frozen(x).flatten(1), lambda i: source[i], len(source), 64)
+            with torch.inference_mode():
+                shape = frozen(source[:1]).shape[1:]
+            hidden[n_stages][split] = outputs.reshape(len(source), *shape)
+    return hidden
+
+
+def run(args):
+    unknown = set(args.settings) - set(SETTINGS)
+    if unknown:
+        sys.exit(f"Unknown settings {sorted(unknown)}; choose from {sorted(SETTINGS)}.")
+    torch.set_num_threads(args.threads)
+    train_images, test_images, test_labels, per_class, validation, test = splits(
+        args.n_train, args.n_val, args.n_val_anomalies, args.max_test, args.seed
+    )
+    needed = np.unique(np.concatenate([np.concatenate([*per_class[c], *validation[c]]) for c in range(10)]))
+    # Only the needed training images go through the trunk; the cache is
+    # indexed by position in the training split, other rows stay zero.
+    Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
+    cache = {
+        "train": trunk_outputs_subset(train_images, needed, "train", args.cache_dir),
+        "test": trunk_outputs(test_images, "test", args.cache_dir),
+    }
+    done = completed(args.csv)
+    interrupted = {key for key, rows in done.items() if not _complete(key[1], rows, args.eval_steps)}
+    if interrupted:
+        rewrite_without(args.csv, interrupted)
+    new_file = not Path(args.csv).exists()
+    handle = open(args.csv, "a", newline="")
+    writer = csv.DictWriter(handle, fieldnames=FIELDS)
+    if new_file:
+        writer.writeheader()
+
+    def write(row):
+        writer.writerow({**row, "threads": args.threads, "cpu": cpu_name()})
+        handle.flush()
+        print(f"class {row['class']} {row['setting']} step {row['step']} {row['scorer']}: "
+              f"val {row['val_auc']:.2f} test {row['test_auc']:.2f} ({row['train_seconds']} s)", file=sys.stderr, flush=True)
+
+    for label in args.classes:
+        todo = [name for name in args.settings if (label, name) not in done or (label, name) in interrupted]
+        if not todo:
+            continue
+        val_normal, val_anomalies = validation[label]
+        labels_val = np.r_[np.ones(len(val_normal)), -np.ones(len(val_anomalies))]
+        labels_test = np.where(test_labels[test] == label, 1, -1)
+        stages = sorted({SETTINGS[name]["n_trainable_stages"] for name in todo})
+        hidden = hidden_for_class(cache, per_class, validation, test, label, stages)
+        for name in todo:
+            run_setting(label, name, SETTINGS[name], hidden, labels_val, labels_test, args.eval_steps, args.seed, write)
+    handle.close()
+
+
+def _complete(setting, rows, eval_steps):
+    last = 0 if SETTINGS.get(setting, {}).get("n_steps") == 0 else max(eval_steps)
+    return any(int(row["step"]) == last for row in rows)
+
+
+def trunk_outputs_subset(images, needed, name, cache_dir):
+    """:func:`trunk_outputs` of ``images[needed]``, indexable by position in ``images``."""
+    # The file name tells which images it holds.
+    fingerprint = zlib.crc32(np.asarray(needed, dtype=np.int64).tobytes())
+    outputs = trunk_outputs(images[needed], f"{name}{len(needed)}-{fingerprint:08x}", cache_dir)
+    return _Positions(outputs, needed, len(images))
+
+
+class _Positions:
+    """Rows of ``values`` addressed by the original positions ``positions``."""
+
+    def __init__(self, values, positions, n_total):
+        self.values = values
+        self.lookup = np.full(n_total, -1)
+        self.lookup[positions] = np.arange(len(positions))
+
+    def __getitem__(self, indices):
+        rows = self.lookup[indices]
+        if (rows < 0).any():
+            raise IndexError("a requested image is not in the trunk cache")
+        return self.values[rows]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--classes", nargs="*", type=int, default=list(range(10)))
+    parser.add_argument("--settings", nargs="*", default=["unadapted", "s2-lr1e-2"])
+    parser.add_argument("--eval-steps", nargs="*", type=int, default=list(EVAL_STEPS))
+    parser.add_argument("--n-train", type=int, default=2000)
+    parser.add_argument("--n-val", type=int, default=500, help="held-out normal images per class")
+    parser.add_argument("--n-val-anomalies", type=int, default=1000)
+    parser.add_argument("--max-test", type=int, default=None, help="default: the whole test split")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/sklearn-panda-study"))
+    parser.add_argument("--csv", default="benchmarks/adaptation_study.csv")
+    parser.add_argument("--report", action="store_true", help="print the tables from --csv and plot")
+    parser.add_argument("--out", default="benchmarks/out", help="where --report writes its table and plot")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.report:
+        report(args)
+    else:
+        run(args)
+
+
+def _read_rows(csv_path):
+    with open(csv_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        for key in ("class", "step", "n_train", "n_val", "n_test", "threads"):
+            row[key] = int(row[key])
+        for key in ("val_auc", "test_auc", "train_seconds", "compactness_ratio"):
+            row[key] = float(row[key])
+    return rows
+
+
+def summarise(rows):
+    """(setting, step, scorer) -> {"classes", "val", "test", "seconds"} over the classes measured."""
+    table = {}
+    for row in rows:
+        entry = table.setdefault((row["setting"], row["step"], row["scorer"]), {})
+        entry[row["class"]] = row
+    summary = {}
+    for key, by_class in table.items():
+        classes = sorted(by_class)
+        summary[key] = {
+            "classes": classes,
+            "val": np.mean([by_class[c]["val_auc"] for c in classes]),
+            "test": np.mean([by_class[c]["test_auc"] for c in classes]),
+            "seconds": np.mean([by_class[c]["train_seconds"] for c in classes]),
+            "by_class": by_class,
+        }
+    return summary
+
+
+def report(args):
+    """Markdown tables from the CSV: every (setting, step, scorer) averaged over
+    the classes it has, then per class the best by *validation* ROC AUC against
+    the paper's baseline (unadapted, kNN); and a plot of ROC AUC against steps."""
+    rows = _read_rows(args.csv)
+    summary = summarise(rows)
+    baseline = {row["class"]: row for row in rows if row["setting"] == "unadapted" and row["scorer"] == "knn"}
+    lines = [
+        f"Rows from {args.csv}; CPU: {', '.join(sorted({row['cpu'] for row in rows}))}.",
+        "",
+        "| setting | step | scorer | classes | val ROC AUC | test ROC AUC | test - baseline | fit s (train only) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (setting, step, scorer), entry in sorted(summary.items(), key=lambda item: (item[0][0], item[0][2], item[0][1])):
+        gain = np.mean([entry["by_class"][c]["test_auc"] - baseline[c]["test_auc"] for c in entry["classes"] if c in baseline])
+        lines.append(
+            f"| {setting} | {step} | {scorer} | {','.join(map(str, entry['classes']))} | {entry['val']:.2f} | "
+            f"{entry['test']:.2f} | {gain:+.2f} | {entry['seconds']:.0f} |"
+        )
+    # Chosen on validation, over the classes every candidate was measured on.
+    classes = sorted(baseline)
+    candidates = {key: entry for key, entry in summary.items() if set(classes) <= set(entry["classes"])}
+    if candidates:
+        best = max(candidates, key=lambda key: np.mean([candidates[key]["by_class"][c]["val_auc"] for c in classes]))
+        lines += ["", f"Best on validation over classes {classes}: {best[0]}, step {best[1]}, {best[2]}.", "",
+                  "| class | baseline (unadapted, kNN) | unadapted, same scorer | best | best - baseline |", "|---|---|---|---|---|"]
+        same_scorer = summary.get(("unadapted", 0, best[2]))
+        for c in classes:
+            chosen = candidates[best]["by_class"][c]["test_auc"]
+            unadapted = same_scorer["by_class"][c]["test_auc"] if same_scorer else float("nan")
+            lines.append(f"| {c} | {baseline[c]['test_auc']:.2f} | {unadapted:.2f} | {chosen:.2f} | {chosen - baseline[c]['test_auc']:+.2f} |")
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adaptation_study.md").write_text(text + "\n")
+    _plot(summary, out / "adaptation_study.png")
+
+
+def _plot(summary, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'sklearn-panda[plot]').", file=sys.stderr)
+        return
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for axis, scorer in zip(axes, SCORERS):
+        unadapted = summary.get(("unadapted", 0, scorer))
+        for setting in sorted({key[0] for key in summary if key[0] != "unadapted"}):
+            points = sorted((step, entry) for (name, step, kind), entry in summary.items() if name == setting and kind == scorer)
+            if not points or unadapted is None:
+                continue
+            classes = points[0][1]["classes"]
+            start = np.mean([unadapted["by_class"][c]["test_auc"] for c in classes])
+            steps = [0] + [step for step, _ in points]
+            values = [start] + [entry["test"] for _, entry in points]
+            axis.plot(steps, values, marker="o", label=f"{setting} ({len(classes)} classes)")
+        axis.set(xscale="symlog", xlabel="adaptation steps", title=f"scorer: {scorer}")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("mean test ROC AUC (%)")
+    axes[1].legend(fontsize=7)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    main()
