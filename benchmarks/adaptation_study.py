@@ -78,6 +78,14 @@ SETTINGS = {
         f"s2-lr{label}-noclip": _setting(2, rate, clip_norm=None)
         for label, rate in (("1e-4", 1e-4), ("1e-3", 1e-3))
     },
+    # PandaSES with its defaults (500 steps, a checkpoint every 50).
+    "ses-defaults": _setting(ses=True, n_steps=500),
+    # The mean-shifted contrastive loss at the follow-up paper's SGD settings
+    # (lr 1e-5, no clipping) and at a larger rate.
+    **{
+        f"s2-msc-lr{label}": _setting(2, rate, loss="mean_shifted", clip_norm=None)
+        for label, rate in (("1e-5", 1e-5), ("1e-4", 1e-4), ("1e-3", 1e-3))
+    },
 }
 
 
@@ -183,23 +191,41 @@ def rewrite_without(csv_path, drop):
         writer.writerows(rows)
 
 
-def run_setting(label, name, params, hidden, labels_val, labels_test, eval_steps, seed, write):
-    """Adapt on ``hidden["train"]`` with the package's code; score at ``eval_steps``."""
+def run_setting(label, name, params, hidden, train_images, labels_val, labels_test, eval_steps, seed, write):
+    """Adapt on the class's training images with the package's code; score at ``eval_steps``.
+
+    Compactness runs read the cached trunk outputs ``hidden``; the
+    mean-shifted loss augments ``train_images`` and runs the trunk on them.
+    A PandaSES setting is scored once, after its own ``n_steps``.
+    """
     params = dict(params)
     is_ses = params.pop("ses", False)
     n_stages = params["n_trainable_stages"]
-    max_steps = max(eval_steps) if params.get("n_steps", None) != 0 else 0
-    params.setdefault("n_steps", max_steps)
+    params.setdefault("n_steps", max(eval_steps))
     estimator_class = PandaSES if is_ses else PandaDetector
     detector = estimator_class(backbone=BACKBONE, inference_batch_size=64, random_state=seed, **params)
     device = torch.device("cpu")
     net = build_feature_net(BACKBONE, "imagenet", n_stages).to(memory_format=torch.channels_last)
     inputs = {split: torch.from_numpy(np.ascontiguousarray(h)) for split, h in hidden[n_stages].items()}
     inputs = {split: h.contiguous(memory_format=torch.channels_last) for split, h in inputs.items()}
+    if detector.loss == "mean_shifted":
+        train_input = Preprocessor(check_input(train_images), resize=detector.resize, crop_size=detector.crop_size,
+                                   device=device)
+    else:
+        train_input = CachedInput(len(inputs["train"]), device)
     # As PandaDetector.fit derives its generator from random_state.
     generator_seed = int(check_random_state(seed).randint(np.iinfo(np.int32).max))
     generator = torch.Generator().manual_seed(generator_seed)
     clock = {"train": 0.0, "since": time.perf_counter()}
+
+    def emit(step, scorer_name, val_scores, test_scores, compactness_ratio):
+        write({
+            "class": label, "setting": name, "step": step, "scorer": scorer_name,
+            "val_auc": 100 * roc_auc_score(labels_val, val_scores),
+            "test_auc": 100 * roc_auc_score(labels_test, test_scores),
+            "train_seconds": round(clock["train"], 1), "compactness_ratio": compactness_ratio,
+            "n_train": len(inputs["train"]), "n_val": len(labels_val), "n_test": len(labels_test),
+        })
 
     def evaluate(step, compactness_ratio):
         clock["train"] += time.perf_counter() - clock["since"]
@@ -208,17 +234,29 @@ def run_setting(label, name, params, hidden, labels_val, labels_test, eval_steps
         }
         for scorer_name, make in SCORERS.items():
             scorer = make().fit(features["train"])
-            write({
-                "class": label, "setting": name, "step": step, "scorer": scorer_name,
-                "val_auc": 100 * roc_auc_score(labels_val, scorer.score_samples(features["val"])),
-                "test_auc": 100 * roc_auc_score(labels_test, scorer.score_samples(features["test"])),
-                "train_seconds": round(clock["train"], 1), "compactness_ratio": compactness_ratio,
-                "n_train": len(features["train"]), "n_val": len(labels_val), "n_test": len(labels_test),
-            })
+            emit(step, scorer_name, scorer.score_samples(features["val"]), scorer.score_samples(features["test"]),
+                 compactness_ratio)
         clock["since"] = time.perf_counter()
 
-    if max_steps == 0:
+    if params["n_steps"] == 0:
         evaluate(0, 1.0)
+        return
+    if is_ses:
+        fitted = detector._adapt(net, train_input, inputs["train"], generator, None)
+        fitted.update(detector._fit_scoring(fitted, CachedInput(len(inputs["train"]), device), inputs["train"], seed))
+        clock["train"] += time.perf_counter() - clock["since"]
+        active = np.flatnonzero(fitted["active_checkpoints_"])
+        scores = {}
+        for split in ("val", "test"):
+            features = detector._checkpoint_features(
+                net, [fitted["checkpoints_"][t] for t in active], CachedInput(len(inputs[split]), device),
+                inputs[split], split,
+            )
+            # As PandaSES.score_samples: the largest normalised distance over the active checkpoints.
+            distances = [-fitted["scorers_"][t].score_samples(f) / fitted["normalizers_"][t] for t, f in zip(active, features)]
+            scores[split] = -np.max(distances, axis=0)
+        ratio = fitted["history_"]["compactness_ratio"][-1]
+        emit(params["n_steps"], detector.scorer, scores["val"], scores["test"], ratio)
         return
     # The compactness ratio as PandaDetector's history_ defines it.
     pretrained = detector._embed(net, CachedInput(len(inputs["train"]), device), inputs["train"])
@@ -229,7 +267,7 @@ def run_setting(label, name, params, hidden, labels_val, labels_test, eval_steps
             evaluate(step + 1, details["compactness"] / initial)
 
     clock["since"] = time.perf_counter()
-    detector._train(net, CachedInput(len(inputs["train"]), device), inputs["train"], generator, callbacks=[checkpoint])
+    detector._train(net, train_input, inputs["train"], generator, callbacks=[checkpoint])
 
 
 def hidden_for_class(cache, per_class, validation, test, label, stages_needed):
@@ -301,12 +339,15 @@ def run(args):
         stages = sorted({SETTINGS[name]["n_trainable_stages"] for name in todo})
         hidden = hidden_for_class(cache, per_class, validation, test, label, stages)
         for name in todo:
-            run_setting(label, name, SETTINGS[name], hidden, labels_val, labels_test, args.eval_steps, args.seed, write)
+            train_images_of_class = train_images[per_class[label][0]]
+            run_setting(label, name, SETTINGS[name], hidden, train_images_of_class, labels_val, labels_test,
+                        args.eval_steps, args.seed, write)
     handle.close()
 
 
 def _complete(setting, rows, eval_steps):
-    last = 0 if SETTINGS.get(setting, {}).get("n_steps") == 0 else max(eval_steps)
+    params = SETTINGS.get(setting, {})
+    last = params.get("n_steps", max(eval_steps))
     return any(int(row["step"]) == last for row in rows)
 
 
