@@ -16,9 +16,8 @@ from abc import ABCMeta, abstractmethod
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, OutlierMixin, _fit_context, clone
+from sklearn.base import BaseEstimator, OutlierMixin, clone
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._backbones import build_feature_net
@@ -26,6 +25,7 @@ from ._compilation import compiled
 from ._data import Preprocessor
 from ._inference import cache_sized_batch, cache_trunk_outputs, extract_features, peak_activation_bytes
 from ._progress import ProgressBar
+from ._sklearn_compat import Interval, StrOptions, _fit_context
 from ._training import run_sgd
 from ._validation import check_consistent, check_input
 from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer

@@ -7,12 +7,12 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 
 from ._augment import ViewMaker
 from ._base import BasePanda
 from ._data import shuffled_batches
 from ._losses import compactness_loss, ewc_penalty, fisher_diagonal, mean_shifted_contrastive_loss
+from ._sklearn_compat import HasMethods, Interval, StrOptions
 
 
 class PandaDetector(BasePanda):

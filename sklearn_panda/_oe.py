@@ -5,12 +5,11 @@ import numbers
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import _fit_context
-from sklearn.utils._param_validation import Interval
 from torch import nn
 
 from ._base import BasePanda
 from ._data import shuffled_batches
+from ._sklearn_compat import Interval, _fit_context
 from .scorers import KNNScorer, offset_from_training_scores
 
 

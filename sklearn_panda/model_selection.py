@@ -4,7 +4,8 @@ import numbers
 
 import numpy as np
 from sklearn.model_selection import KFold
-from sklearn.utils._param_validation import Interval, validate_params
+
+from ._sklearn_compat import Interval, validate_params
 
 
 class NormalOnlySplit:

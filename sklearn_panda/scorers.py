@@ -17,11 +17,12 @@ from abc import ABCMeta, abstractmethod
 
 import numpy as np
 from joblib import effective_n_jobs
-from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.cluster import KMeans
 from sklearn.covariance import ledoit_wolf_shrinkage, oas
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
+
+from ._sklearn_compat import Interval, StrOptions, _fit_context
 
 __all__ = ["KNNScorer", "KMeansScorer", "CenterScorer", "MahalanobisScorer"]
 
