@@ -1,17 +1,18 @@
 """PandaSES: sample-wise early stopping over checkpoints of the adaptation."""
 
+import functools
 import numbers
 import threading
 
 import numpy as np
 import torch
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from torch.func import functional_call
 
-from ._data import batch_indices
 from ._detector import PandaDetector
+from ._inference import _run_in_batches, cache_trunk_outputs
 from ._progress import ProgressBar
+from ._sklearn_compat import Interval, StrOptions
 from .scorers import offset_from_training_scores
 
 # functional_call swaps checkpoint tensors into net_.stages while it runs: two
@@ -47,13 +48,15 @@ class PandaSES(PandaDetector):
     ``max_dispersion`` times the pretrained network's, and they are left out of
     the maximum (``active_checkpoints_``). No test label is ever used.
 
-    At scoring time the frozen trunk runs once per batch and only the
-    trainable stages run once per checkpoint. Each checkpoint holds only the
-    trainable parameters, on the CPU: for ResNet152 (``layer3`` + ``layer4``,
-    55.6M parameters) 212 MiB in float32 or 106 MiB in half precision; for
-    EfficientNet-Lite0 (last 5 blocks + head, 2.67M parameters) 10.2 MiB /
-    5.1 MiB. Each checkpoint also keeps its gallery features
-    (``0.9 * n_samples * n_features`` float32 values).
+    At scoring time the frozen trunk runs once per sample and only the
+    trainable stages run once per checkpoint: the trunk's outputs are kept on
+    the device for as many samples at a time as fit in ``trunk_cache_mb``, and
+    the checkpoints are moved to the device one at a time to run over them.
+    Each checkpoint holds only the trainable parameters, on the CPU: for
+    ResNet152 (``layer3`` + ``layer4``, 55.6M parameters) 212 MiB in float32
+    or 106 MiB in half precision; for EfficientNet-Lite0 (last 5 blocks +
+    head, 2.67M parameters) 10.2 MiB / 5.1 MiB. Each checkpoint also keeps its
+    gallery features (``0.9 * n_samples * n_features`` float32 values).
 
     Parameters
     ----------
@@ -110,7 +113,10 @@ class PandaSES(PandaDetector):
     offset_ : float
         Threshold of ``decision_function``.
     net_, center_, history_, fisher_ : see :class:`PandaDetector`
-        ``net_`` holds the last checkpoint's parameters.
+        ``net_`` holds the parameters after all ``n_steps`` steps, which are
+        a checkpoint only when ``n_steps`` is a multiple of
+        ``checkpoint_every``. Scoring takes the trainable stages' parameters
+        from ``checkpoints_`` and only the rest from ``net_``.
 
     See Also
     --------
@@ -148,6 +154,8 @@ class PandaSES(PandaDetector):
         validation_fraction=0.1,
         checkpoint_dtype="float32",
         max_dispersion=3.0,
+        loss="compactness",
+        temperature=0.25,
         regularization=None,
         ewc_lambda=1e4,
         fisher=None,
@@ -175,6 +183,8 @@ class PandaSES(PandaDetector):
             backbone=backbone,
             weights=weights,
             n_steps=n_steps,
+            loss=loss,
+            temperature=temperature,
             regularization=regularization,
             ewc_lambda=ewc_lambda,
             fisher=fisher,
@@ -242,42 +252,88 @@ class PandaSES(PandaDetector):
 
     # ------------------------------------------------------------- scoring
 
-    def _checkpoint_features(self, net, checkpoints, trunk_batch, n_samples, batch_size, label):
+    def _checkpoint_features(self, net, checkpoints, preprocessor, hidden, label):
         """Projected features of every sample under every checkpoint: a list of (n, d) arrays.
 
-        ``trunk_batch(indices)`` gives the trunk output, computed once per batch
-        of ``batch_size`` samples and shared by all checkpoints.
+        The trunk runs once per sample: ``hidden`` holds its outputs for every
+        sample already, or they are computed for one chunk of samples at a
+        time (see ``_trunk_chunks``). Over each chunk the checkpoints run in
+        turn, each moved to the device on its own, so that the device never
+        holds more than one of them. A batch that runs out of GPU memory is
+        retried with half as many samples.
         """
-        device = next(net.parameters()).device
-        parameters = [
-            {name: value.to(device, dtype=torch.float32) for name, value in checkpoint.items()}
-            for checkpoint in checkpoints
-        ]
-        outputs = None
-        progress = ProgressBar(n_samples, label, self.verbose > 0)
-        with torch.inference_mode():
-            for indices in batch_indices(n_samples, batch_size):
-                hidden = trunk_batch(indices)
-                for t, params in enumerate(parameters):
+        device = preprocessor.device
+        n_samples = len(preprocessor)
+        batch_size = self._inference_batch_size(net, preprocessor)
+        trunk = self._inference_trunk(net, batch_size)
+        if hidden is None:
+            chunks = self._trunk_chunks(trunk, preprocessor, batch_size)
+        else:
+            chunks = [np.arange(n_samples)]
+        outputs = [None] * len(checkpoints)
+        progress = ProgressBar(n_samples * len(checkpoints), label, self.verbose > 0)
+        done = 0
+        for chunk in chunks:
+            if hidden is None:
+                trunk_outputs = self._trunk_outputs(trunk, _Chunk(preprocessor, chunk), batch_size)
+            else:
+                trunk_outputs = functools.partial(_rows, hidden)
+            for t, checkpoint in enumerate(checkpoints):
+                parameters = {name: value.to(device, dtype=torch.float32) for name, value in checkpoint.items()}
+
+                def forward(indices):
+                    hidden_batch = trunk_outputs(indices)
                     with self._autocast(device), _FUNCTIONAL_CALL_LOCK:
-                        features = self._project(functional_call(net.stages, params, (hidden,))).float()
-                    if outputs is None:
-                        outputs = [np.empty((n_samples, features.shape[1]), np.float32) for _ in parameters]
-                    outputs[t][indices[0] : indices[-1] + 1] = features.cpu().numpy()
-                progress.update(indices[-1] + 1)
+                        return self._project(functional_call(net.stages, parameters, (hidden_batch,))).float()
+
+                def store(indices, features):
+                    if outputs[t] is None:
+                        outputs[t] = np.empty((n_samples, features.shape[1]), np.float32)
+                    outputs[t][chunk[indices]] = features.cpu().numpy()
+
+                with torch.inference_mode():
+                    _run_in_batches(forward, store, len(chunk), batch_size, _Shifted(progress, done), label)
+                done += len(chunk)
+                # Freed before the next checkpoint's copy is made.
+                del parameters
+            # Freed before the next chunk's outputs are computed.
+            del trunk_outputs
         return outputs
+
+    def _trunk_chunks(self, trunk, preprocessor, batch_size):
+        """Consecutive index arrays of samples whose trunk outputs fit in ``trunk_cache_mb`` together."""
+        n_samples = len(preprocessor)
+        if self.trunk_cache_mb <= 0:
+            return [np.arange(n_samples)]
+        with torch.inference_mode(), self._autocast(preprocessor.device):
+            first = trunk(preprocessor(np.arange(1)))
+        per_sample = first[0].numel() * first.element_size()
+        # Below a batch, chunks would shrink the batches; the trunk outputs
+        # of such a chunk are computed for each batch instead of cached.
+        size = max(batch_size, int(self.trunk_cache_mb * 2**20 // per_sample))
+        return [np.arange(start, min(start + size, n_samples)) for start in range(0, n_samples, size)]
+
+    def _trunk_outputs(self, trunk, chunk, batch_size):
+        """The trunk's outputs for the samples of ``chunk``, by position in it.
+
+        Computed once and kept on the device, or, where they find no room
+        there (or the cache is off), computed again on each call.
+        """
+        autocast = functools.partial(self._autocast, chunk.preprocessor.device)
+        cache = cache_trunk_outputs(trunk, chunk, batch_size, self.trunk_cache_mb, autocast, verbose=self.verbose)
+        if cache is not None:
+            return functools.partial(_rows, cache)
+
+        def computed(indices):
+            with autocast():
+                return trunk(chunk(indices))
+
+        return computed
 
     def _fit_scoring(self, fitted, preprocessor, hidden, seed):
         net = fitted["net_"]
         n_samples = len(preprocessor)
-        features = self._checkpoint_features(
-            net,
-            fitted["checkpoints_"],
-            lambda indices: self._trunk_batch(net, preprocessor, hidden, indices),
-            n_samples,
-            self._inference_batch_size(net, preprocessor),
-            "checkpoint features",
-        )
+        features = self._checkpoint_features(net, fitted["checkpoints_"], preprocessor, hidden, "checkpoint features")
         validation = fitted["validation_indices_"]
         gallery = np.setdiff1d(np.arange(n_samples), validation)
         scorers, normalizers = [], []
@@ -313,22 +369,12 @@ class PandaSES(PandaDetector):
 
     def _checked_distances(self, checked, selected):
         """Normalised distances of validated input at the ``selected`` checkpoints (a mask)."""
-        preprocessor = self._preprocessor(checked, self.device_)
-        net = self.net_
-        batch_size = self._inference_batch_size(net, preprocessor)
-        trunk = self._inference_trunk(net, batch_size)
-
-        def trunk_batch(indices):
-            with self._autocast(self.device_):
-                return trunk(preprocessor(indices))
-
         chosen = np.flatnonzero(selected)
         features = self._checkpoint_features(
-            net,
+            self.net_,
             [self.checkpoints_[t] for t in chosen],
-            trunk_batch,
-            len(preprocessor),
-            batch_size,
+            self._preprocessor(checked, self.device_),
+            None,
             "scoring checkpoints",
         )
         distances = [
@@ -357,3 +403,32 @@ class PandaSES(PandaDetector):
 
     def _score_checked(self, checked):
         return -self._checked_distances(checked, self.active_checkpoints_).max(axis=1)
+
+
+def _rows(outputs, indices):
+    return outputs[torch.as_tensor(indices, device=outputs.device)]
+
+
+class _Chunk:
+    """The samples ``indices`` of ``preprocessor``, as a preprocessor of their own."""
+
+    def __init__(self, preprocessor, indices):
+        self.preprocessor = preprocessor
+        self.indices = indices
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __call__(self, indices):
+        return self.preprocessor(self.indices[indices])
+
+
+class _Shifted:
+    """``progress`` for a pass over samples that starts after ``start`` samples of it."""
+
+    def __init__(self, progress, start):
+        self.progress = progress
+        self.start = start
+
+    def update(self, done):
+        self.progress.update(self.start + done)

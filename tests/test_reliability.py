@@ -476,6 +476,26 @@ def test_fit_and_score_survive_out_of_memory(small_images):
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 
 
+def _out_of_memory_last_stage_resnet():
+    model = tiny_resnet()
+    model.layer4 = _OutOfMemoryAbove(model.layer4, limit=float("inf"))
+    return model
+
+
+def test_ses_scoring_survives_out_of_memory(small_images):
+    params = {**TINY_IMAGES, "n_steps": 2, "checkpoint_every": 1, "random_state": 0}
+    ses = PandaSES(**{**params, "backbone": _out_of_memory_last_stage_resnet}).fit(small_images)
+    expected = ses.checkpoint_distances(small_images)
+    # Only now: training batches are not shrunk, so fit must not run out of memory.
+    (layer4,) = [module for module in ses.net_.stages.modules() if isinstance(module, _OutOfMemoryAbove)]
+    layer4.limit = 3
+    layer4.batch_sizes.clear()
+    with pytest.warns(RuntimeWarning, match="Out of memory"):
+        distances = ses.checkpoint_distances(small_images)
+    assert 8 in layer4.batch_sizes and max(layer4.batch_sizes[-3:]) <= 3
+    np.testing.assert_allclose(distances, expected, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------- threads
 
 

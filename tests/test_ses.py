@@ -1,6 +1,7 @@
 """PandaSES: checkpoints, the s_t normalisation, and surviving a forced collapse."""
 
 import pickle
+import weakref
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from scipy.spatial.distance import cdist
 from sklearn.metrics import roc_auc_score
 from torch.func import functional_call
 
+import sklearn_panda._ses as ses_module
 from sklearn_panda import PandaDetector, PandaSES
 
 
@@ -138,3 +140,37 @@ def test_validation_samples_are_held_out_of_adaptation(images, monkeypatch):
     assert len(validation) == 2
     # Training batches (and the Fisher's) came from every gallery sample and no validation sample.
     assert set(trained_on) == set(range(len(images))) - validation
+
+
+def test_checkpoints_are_moved_to_the_device_one_at_a_time(vectors, monkeypatch):
+    # Half-precision checkpoints are copied to float32 for scoring, as they
+    # would be copied to a GPU: at most one such copy may be alive at a time.
+    ses = PandaSES(
+        backbone=tiny_mlp, weights=None, n_steps=4, checkpoint_every=1, checkpoint_dtype="float16", random_state=0
+    ).fit(vectors)
+    copies, alive = [], []
+
+    def counting_functional_call(module, parameters, args):
+        tensor = next(iter(parameters.values()))
+        if not any(copy() is tensor for copy in copies):
+            copies.append(weakref.ref(tensor))
+        alive.append(sum(copy() is not None for copy in copies))
+        return functional_call(module, parameters, args)
+
+    monkeypatch.setattr(ses_module, "functional_call", counting_functional_call)
+    ses.checkpoint_distances(vectors)
+    assert len(copies) == len(ses.checkpoints_) == 5
+    assert max(alive) == 1
+
+
+@pytest.mark.parametrize("trunk_cache_mb", [0, 0.1])
+def test_scores_do_not_depend_on_the_trunk_cache(images, trunk_cache_mb):
+    # 0: the trunk runs for every batch and checkpoint; 0.1 MB: the trunk
+    # outputs (8 KiB per image here) are cached for 12 images at a time.
+    params = {**TINY_IMAGES, "n_steps": 2, "checkpoint_every": 1, "random_state": 0}
+    expected = PandaSES(**params).fit(images)
+    ses = PandaSES(**params, trunk_cache_mb=trunk_cache_mb).fit(images)
+    np.testing.assert_allclose(ses.training_scores_, expected.training_scores_, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ses.checkpoint_distances(images[:13]), expected.checkpoint_distances(images[:13]), rtol=1e-5, atol=1e-6
+    )
