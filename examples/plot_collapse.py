@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from sklearn_panda import PandaSES  # noqa: E402
-from sklearn_panda.datasets import load_one_class  # noqa: E402
+from sklearn_panda.datasets import fashion_mnist_or_sample, load_one_class  # noqa: E402
 
 FAST = os.environ.get("SKLEARN_PANDA_EXAMPLES_FAST", "0") != "0"
 OUT = Path(os.environ.get("SKLEARN_PANDA_EXAMPLES_OUT", Path(__file__).parent / "out"))
@@ -50,8 +50,12 @@ MAX_TRAIN, MAX_TEST, N_STEPS, EVERY, N_FISHER, RESIZE, CROP = (
     (40, 60, 4, 2, 2, 64, 64) if FAST else (100, 300, 150, 25, 20, 128, 112)
 )
 
+# The full Fashion-MNIST when it is installed, else the sample of it that ships
+# with the package; load_one_class never swaps one for the other by itself.
+DATASET = fashion_mnist_or_sample()
+print(f"Data: {DATASET}")
 X_train, X_test, y_test = load_one_class(
-    "fashion_mnist", normal_class=0, max_train=MAX_TRAIN, max_test=MAX_TEST, random_state=0
+    DATASET, normal_class=0, max_train=MAX_TRAIN, max_test=MAX_TEST, random_state=0
 )
 common = dict(
     backbone="efficientnet_lite0",

@@ -24,15 +24,19 @@ import numpy as np
 
 import sklearn_panda
 from sklearn_panda import PandaDetector
-from sklearn_panda.datasets import load_one_class
+from sklearn_panda.datasets import fashion_mnist_or_sample, load_one_class
 
 FAST = os.environ.get("SKLEARN_PANDA_EXAMPLES_FAST", "0") != "0"
 OUT = Path(os.environ.get("SKLEARN_PANDA_EXAMPLES_OUT", Path(__file__).parent / "out"))
 MAX_TRAIN, MAX_TEST, N_STEPS, RESIZE, CROP = (40, 10, 2, 64, 64) if FAST else (200, 10, 50, 256, 224)
 OUT.mkdir(parents=True, exist_ok=True)
 
+# The full Fashion-MNIST when it is installed, else the sample of it that ships
+# with the package; load_one_class never swaps one for the other by itself.
+DATASET = fashion_mnist_or_sample()
+print(f"Data: {DATASET}")
 X_train, X_test, y_test = load_one_class(
-    "fashion_mnist", normal_class=0, max_train=MAX_TRAIN, max_test=MAX_TEST, random_state=0
+    DATASET, normal_class=0, max_train=MAX_TRAIN, max_test=MAX_TEST, random_state=0
 )
 detector = PandaDetector(
     backbone="efficientnet_lite0", n_steps=N_STEPS, resize=RESIZE, crop_size=CROP, random_state=0

@@ -5,6 +5,7 @@ one normal class, test on the whole test split, where every other class is an an
 """
 
 import gzip
+import importlib.resources
 import numbers
 import os
 import pickle
@@ -14,7 +15,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 
-__all__ = ["MVTEC_CATEGORIES", "available_datasets", "load_one_class"]
+__all__ = [
+    "MVTEC_CATEGORIES",
+    "available_datasets",
+    "fashion_mnist_or_sample",
+    "load_one_class",
+]
 
 MVTEC_CATEGORIES = (
     "bottle",
@@ -35,6 +41,14 @@ MVTEC_CATEGORIES = (
 )
 
 _IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+# The Fashion-MNIST subset that ships with the package (made by
+# benchmarks/make_fashion_mnist_sample.py; licence notice next to it).
+_FASHION_MNIST_SAMPLE = "fashion_mnist_sample.npz"
+
+# Set to anything but "" or "0" to skip system folders such as /usr/share/datasets,
+# and so see what a machine without the Debian package sees.
+_NO_SYSTEM_DATA = "SKLEARN_PANDA_NO_SYSTEM_DATA"
 
 # The paper's CatsVsDogs split: the first 10,000 of each class's 12,500 images train.
 _CATS_VS_DOGS_TRAIN_FRACTION = 0.8
@@ -102,10 +116,51 @@ def available_datasets():
     --------
     >>> from sklearn_panda.datasets import available_datasets
     >>> available_datasets()  # doctest: +NORMALIZE_WHITESPACE
-    ('fashion_mnist', 'mnist', 'cifar10', 'cifar100', 'cats_vs_dogs', 'mvtec',
-     'image_folder', 'digits')
+    ('fashion_mnist', 'fashion_mnist_sample', 'mnist', 'cifar10', 'cifar100',
+     'cats_vs_dogs', 'mvtec', 'image_folder', 'digits')
     """
     return tuple(_DATASETS)
+
+
+def fashion_mnist_or_sample(root=None):
+    """The full Fashion-MNIST when it is on this machine, else the shipped sample.
+
+    For scripts meant to run anywhere: they get the full data set where it is
+    installed and the sample that ships with the package elsewhere. The name is
+    returned, not the data, so that the caller says which it used:
+    :func:`load_one_class` never swaps one data set for another by itself.
+
+    Parameters
+    ----------
+    root : str or path-like, default=None
+        Where to look for the full set, as in :func:`load_one_class`.
+
+    Returns
+    -------
+    name : {"fashion_mnist", "fashion_mnist_sample"}
+        ``"fashion_mnist"`` when its four files are found (in ``root``, in the data
+        home or where the Debian package puts them), else ``"fashion_mnist_sample"``.
+        Nothing is downloaded.
+
+    See Also
+    --------
+    load_one_class : Load either as a one-class split.
+
+    Examples
+    --------
+    >>> from sklearn_panda.datasets import fashion_mnist_or_sample, load_one_class
+    >>> name = fashion_mnist_or_sample()
+    >>> name in ("fashion_mnist", "fashion_mnist_sample")
+    True
+    >>> X_train, X_test, y_test = load_one_class(name, 0, max_train=200, max_test=400)
+    >>> X_train.shape, X_test.shape
+    ((200, 28, 28), (400, 28, 28))
+    """
+    try:
+        _find_or_fetch(_FASHION_MNIST, root, download=False)
+    except FileNotFoundError:
+        return "fashion_mnist_sample"
+    return "fashion_mnist"
 
 
 def load_one_class(
@@ -124,18 +179,19 @@ def load_one_class(
     The test set is the whole test split: its images of ``normal_class`` are normal and
     the images of every other class are anomalies.
 
-    ========================  ================  =====================================
-    name                      normal_class      images
-    ========================  ================  =====================================
-    ``"fashion_mnist"``       0 to 9            uint8 array (n, 28, 28)
-    ``"mnist"``               0 to 9            uint8 array (n, 28, 28)
-    ``"cifar10"``             0 to 9            uint8 array (n, 32, 32, 3)
-    ``"cifar100"``            0 to 19           uint8 array (n, 32, 32, 3)
-    ``"cats_vs_dogs"``        0 (cat), 1 (dog)  list of file paths
-    ``"mvtec"``               a category name   list of file paths
-    ``"image_folder"``        a folder name     list of file paths
-    ``"digits"``              0 to 9            uint8 array (n, 8, 8)
-    ========================  ================  =====================================
+    ==========================  ================  ==========================
+    name                        normal_class      images
+    ==========================  ================  ==========================
+    ``"fashion_mnist"``         0 to 9            uint8 array (n, 28, 28)
+    ``"fashion_mnist_sample"``  0 to 9            uint8 array (n, 28, 28)
+    ``"mnist"``                 0 to 9            uint8 array (n, 28, 28)
+    ``"cifar10"``               0 to 9            uint8 array (n, 32, 32, 3)
+    ``"cifar100"``              0 to 19           uint8 array (n, 32, 32, 3)
+    ``"cats_vs_dogs"``          0 (cat), 1 (dog)  list of file paths
+    ``"mvtec"``                 a category name   list of file paths
+    ``"image_folder"``          a folder name     list of file paths
+    ``"digits"``                0 to 9            uint8 array (n, 8, 8)
+    ==========================  ================  ==========================
 
     Parameters
     ----------
@@ -152,7 +208,8 @@ def load_one_class(
         Folder that holds the data, in the layout described in the Notes. None means
         scikit-learn's data home: ``$SCIKIT_LEARN_DATA`` if set, else
         ``~/scikit_learn_data``. Required for ``"image_folder"``; ignored for
-        ``"digits"``, which ships with scikit-learn.
+        ``"digits"``, which ships with scikit-learn, and ``"fashion_mnist_sample"``,
+        which ships with this package.
 
     max_train : int, default=None
         Keep at most this many training images, a random subset. None keeps them all.
@@ -207,8 +264,18 @@ def load_one_class(
       ``t10k-labels-idx1-ubyte``, each may be gzipped) in ``root`` or in torchvision's
       ``root/FashionMNIST/raw`` (``root/MNIST/raw``). Fashion-MNIST is also looked for
       in ``/usr/share/datasets/fashion-mnist``, where the Debian package
-      ``dataset-fashion-mnist`` installs it. Official splits: 60,000 train and 10,000
-      test images.
+      ``dataset-fashion-mnist`` installs it (set the environment variable
+      ``SKLEARN_PANDA_NO_SYSTEM_DATA=1`` to skip that folder and see what a machine
+      without the package sees). Official splits: 60,000 train and 10,000 test
+      images.
+    * ``"fashion_mnist_sample"``: a seeded, stratified subset of Fashion-MNIST that
+      ships inside this package (about 2 MB, MIT licence: see
+      ``sklearn_panda/data/LICENSE-fashion-mnist.txt``): 300 training images of each
+      class and 200 test images of each class (2,000), in the order of the full
+      files, so that a one-class split has 300 training images and a 10 % normal
+      test set as in the full one. It needs no download; use it where the full set
+      cannot be installed. :func:`fashion_mnist_or_sample` picks the full set when
+      it is there and the sample otherwise.
     * ``"cifar10"``, ``"cifar100"``: the python version's pickled batches in ``root``
       or in ``root/cifar-10-batches-py`` (``root/cifar-100-python``), where torchvision
       extracts them. Official splits: 50,000 train and 10,000 test images. The batches
@@ -246,7 +313,13 @@ def load_one_class(
     >>> int((y_test == 1).sum()), int((y_test == -1).sum())
     (91, 805)
 
-    Fashion-MNIST, from the Debian package or a torchvision download, capped:
+    The Fashion-MNIST sample that ships with the package:
+
+    >>> X_train, X_test, y_test = load_one_class("fashion_mnist_sample", 0)
+    >>> X_train.shape, X_test.shape, int((y_test == 1).sum())
+    ((300, 28, 28), (2000, 28, 28), 200)
+
+    The full Fashion-MNIST, from the Debian package or a torchvision download, capped:
 
     >>> X_train, X_test, y_test = load_one_class(
     ...     "fashion_mnist", 0, max_train=1000, max_test=2000)  # doctest: +SKIP
@@ -368,7 +441,8 @@ def _existing(directory, filename):
 
 def _find_or_fetch(source, root, download):
     base = _base(root)
-    candidates = [base, base / source.subdir, *source.system_dirs]
+    skip_system = os.environ.get(_NO_SYSTEM_DATA, "") not in ("", "0")
+    candidates = [base, base / source.subdir, *(() if skip_system else source.system_dirs)]
 
     def is_present(directory):
         return all(_existing(directory, filename) for filename in source.files)
@@ -442,6 +516,16 @@ def _read_cifar(directory, train_files, test_file, label_key):
 def _load_fashion_mnist(normal_class, root, download, split_rng):
     directory = _find_or_fetch(_FASHION_MNIST, root, download)
     return _one_class(*_read_idx_split(directory), normal_class)
+
+
+def _load_fashion_mnist_sample(normal_class, root, download, split_rng):
+    resource = importlib.resources.files("sklearn_panda") / "data" / _FASHION_MNIST_SAMPLE
+    with importlib.resources.as_file(resource) as path, np.load(path) as sample:
+        split = [
+            sample[key]
+            for key in ("train_images", "train_labels", "test_images", "test_labels")
+        ]
+    return _one_class(*split, normal_class)
 
 
 def _load_mnist(normal_class, root, download, split_rng):
@@ -598,6 +682,7 @@ def _load_digits(normal_class, root, download, split_rng):
 # name -> (valid normal classes, or None when only the files on disk tell, loader)
 _DATASETS = {
     "fashion_mnist": (range(10), _load_fashion_mnist),
+    "fashion_mnist_sample": (range(10), _load_fashion_mnist_sample),
     "mnist": (range(10), _load_mnist),
     "cifar10": (range(10), _load_cifar10),
     "cifar100": (range(20), _load_cifar100),

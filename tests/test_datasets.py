@@ -1,11 +1,15 @@
 """Tests for sklearn_panda.datasets.
 
-Real data: Fashion-MNIST from the Debian package when installed, and scikit-learn's
-digits. Every other loader reads a tiny fake copy of its on-disk layout made here.
+Real data: the Fashion-MNIST sample that ships with the package, Fashion-MNIST from
+the Debian package when installed, and scikit-learn's digits. Every other loader
+reads a tiny fake copy of its on-disk layout made here.
 """
 
 import dataclasses
 import gzip
+import importlib.resources
+import importlib.util
+import os
 import pickle
 import subprocess
 import sys
@@ -18,7 +22,13 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from sklearn_panda import datasets
-from sklearn_panda.datasets import available_datasets, load_one_class
+from sklearn_panda.datasets import (
+    available_datasets,
+    fashion_mnist_or_sample,
+    load_one_class,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = (
@@ -83,6 +93,7 @@ def write_image(path):
 @pytest.fixture
 def no_system_fashion_mnist(monkeypatch, tmp_path):
     """Hide the Debian copy, so that a test sees only its own files."""
+    monkeypatch.delenv("SKLEARN_PANDA_NO_SYSTEM_DATA", raising=False)
     missing = tmp_path / "not-installed"
     source = dataclasses.replace(datasets._FASHION_MNIST, system_dirs=(missing,))
     monkeypatch.setattr(datasets, "_FASHION_MNIST", source)
@@ -95,6 +106,7 @@ def no_system_fashion_mnist(monkeypatch, tmp_path):
 def test_available_datasets_names_every_dataset():
     assert available_datasets() == (
         "fashion_mnist",
+        "fashion_mnist_sample",
         "mnist",
         "cifar10",
         "cifar100",
@@ -116,6 +128,7 @@ def test_unknown_name_lists_valid_names():
     "name, normal_class, expected",
     [
         ("fashion_mnist", 10, "an integer from 0 to 9; got 10"),
+        ("fashion_mnist_sample", "0", "an integer from 0 to 9; got '0'"),
         ("mnist", -1, "an integer from 0 to 9; got -1"),
         ("cifar10", 3.0, "an integer from 0 to 9; got 3.0"),
         ("cifar100", 20, "an integer from 0 to 19; got 20"),
@@ -162,6 +175,8 @@ def test_module_does_not_import_torch():
 
 @pytest.fixture(scope="module")
 def debian_fashion_mnist():
+    if os.environ.get("SKLEARN_PANDA_NO_SYSTEM_DATA", "") not in ("", "0"):
+        pytest.skip("SKLEARN_PANDA_NO_SYSTEM_DATA hides the Debian Fashion-MNIST")
     if not all((DEBIAN_FASHION_MNIST / f"{n}.gz").is_file() for n in IDX_NAMES):
         pytest.skip(
             "Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
@@ -258,6 +273,16 @@ def test_missing_fashion_mnist_says_where_it_looked(tmp_path, no_system_fashion_
     assert "download=True" in message
 
 
+@pytest.mark.parametrize("value, skipped", [("1", True), ("0", False), ("", False)])
+def test_no_system_data_variable_skips_system_folders(
+    tmp_path, no_system_fashion_mnist, monkeypatch, value, skipped
+):
+    monkeypatch.setenv("SKLEARN_PANDA_NO_SYSTEM_DATA", value)
+    with pytest.raises(FileNotFoundError) as error:
+        load_one_class("fashion_mnist", 0, root=tmp_path)
+    assert (str(no_system_fashion_mnist) not in str(error.value)) == skipped
+
+
 @pytest.fixture
 def fake_torchvision(monkeypatch):
     """A torchvision whose FashionMNIST 'downloads' a fake copy; records its calls."""
@@ -291,6 +316,101 @@ def test_no_download_unless_asked(tmp_path, no_system_fashion_mnist, fake_torchv
     with pytest.raises(FileNotFoundError):
         load_one_class("fashion_mnist", 1, root=tmp_path)
     assert fake_torchvision == []
+
+
+# --- the Fashion-MNIST sample shipped with the package --------------------------------
+
+
+def test_fashion_mnist_sample_every_class():
+    X_test_first = None
+    for normal_class in range(10):
+        X_train, X_test, y_test = load_one_class("fashion_mnist_sample", normal_class)
+        assert X_train.shape == (300, 28, 28) and X_train.dtype == np.uint8
+        assert X_test.shape == (2000, 28, 28) and X_test.dtype == np.uint8
+        assert y_test.dtype.kind == "i" and set(np.unique(y_test)) == {-1, 1}
+        assert (y_test == 1).sum() == 200  # 10 % normal, as in the full test set
+        assert 0 < X_train.mean() < 255 and X_train.max() == 255  # real images
+        # The test set is the same whichever class is normal.
+        if X_test_first is None:
+            X_test_first = X_test
+        np.testing.assert_array_equal(X_test, X_test_first)
+        X_train[0, 0, 0] = 1  # the arrays are the caller's to change
+
+
+def test_fashion_mnist_sample_is_deterministic_and_capped():
+    def draw(seed, **caps):
+        return load_one_class("fashion_mnist_sample", 4, random_state=seed, **caps)
+
+    for got, want in zip(draw(0), draw(0), strict=True):
+        np.testing.assert_array_equal(got, want)
+    X_train, X_test, y_test = draw(0, max_train=100, max_test=500)
+    assert X_train.shape == (100, 28, 28) and X_test.shape == (500, 28, 28)
+    assert (y_test == 1).sum() == 50
+    X_train_again, X_test_again, _ = draw(0, max_train=100, max_test=500)
+    np.testing.assert_array_equal(X_train, X_train_again)
+    np.testing.assert_array_equal(X_test, X_test_again)
+    other_train, other_test, _ = draw(1, max_train=100, max_test=500)
+    assert not np.array_equal(X_train, other_train)
+    assert not np.array_equal(X_test, other_test)
+
+
+def test_fashion_mnist_sample_ignores_root_and_download(tmp_path, no_system_fashion_mnist):
+    # No full set anywhere, nothing fetched: the sample needs neither.
+    got = load_one_class("fashion_mnist_sample", 2, root=tmp_path, download=True)
+    want = load_one_class("fashion_mnist_sample", 2)
+    for got_part, want_part in zip(got, want, strict=True):
+        np.testing.assert_array_equal(got_part, want_part)
+    assert not any(tmp_path.iterdir())
+
+
+def test_fashion_mnist_sample_ships_with_its_licence():
+    data = importlib.resources.files("sklearn_panda") / "data"
+    assert data.joinpath("fashion_mnist_sample.npz").is_file()
+    notice = data.joinpath("LICENSE-fashion-mnist.txt").read_text(encoding="utf-8")
+    assert "MIT" in notice and "Zalando SE" in notice
+    assert "Permission is hereby granted, free of charge" in notice
+    # Small enough to ship: a few MB at most.
+    with importlib.resources.as_file(data / "fashion_mnist_sample.npz") as path:
+        assert path.stat().st_size < 4 * 2**20
+
+
+def test_fashion_mnist_sample_is_the_full_set_at_its_indices(debian_fashion_mnist):
+    train, train_labels, test, test_labels = debian_fashion_mnist
+    path = importlib.resources.files("sklearn_panda") / "data" / "fashion_mnist_sample.npz"
+    with importlib.resources.as_file(path) as file, np.load(file) as sample:
+        sample = dict(sample)
+    for split, images, labels in (("train", train, train_labels), ("test", test, test_labels)):
+        index = sample[f"{split}_index"].astype(np.int64)
+        assert np.all(np.diff(index) > 0)  # the order of the full files
+        np.testing.assert_array_equal(sample[f"{split}_images"], images[index])
+        np.testing.assert_array_equal(sample[f"{split}_labels"], labels[index])
+    assert np.all(np.bincount(sample["train_labels"]) == 300)
+    assert np.all(np.bincount(sample["test_labels"]) == 200)
+
+    # The committed script makes exactly these arrays again.
+    spec = importlib.util.spec_from_file_location(
+        "make_fashion_mnist_sample", ROOT / "benchmarks" / "make_fashion_mnist_sample.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    remade = script.make_sample(DEBIAN_FASHION_MNIST)
+    assert remade.keys() == sample.keys()
+    for key, array in remade.items():
+        np.testing.assert_array_equal(array, sample[key], err_msg=key)
+        assert array.dtype == sample[key].dtype
+
+
+def test_fashion_mnist_or_sample(tmp_path, no_system_fashion_mnist, monkeypatch):
+    monkeypatch.setenv("SCIKIT_LEARN_DATA", str(tmp_path / "data-home"))
+    assert fashion_mnist_or_sample() == "fashion_mnist_sample"
+    assert fashion_mnist_or_sample(tmp_path) == "fashion_mnist_sample"
+    # Not a silent swap: the full set, asked for by name, is still required.
+    with pytest.raises(FileNotFoundError, match="Fashion-MNIST not found"):
+        load_one_class("fashion_mnist", 0, root=tmp_path)
+
+    write_mnist_files(tmp_path / "FashionMNIST" / "raw", fake_mnist_split())
+    assert fashion_mnist_or_sample(tmp_path) == "fashion_mnist"
+    assert fashion_mnist_or_sample() == "fashion_mnist_sample"  # not in the data home
 
 
 # --- CIFAR ----------------------------------------------------------------------------
