@@ -204,6 +204,8 @@ def run_setting(label, name, params, hidden, train_images, labels_val, labels_te
     params.setdefault("n_steps", max(eval_steps))
     estimator_class = PandaSES if is_ses else PandaDetector
     detector = estimator_class(backbone=BACKBONE, inference_batch_size=64, random_state=seed, **params)
+    # The adaptation runs in the detector's PandaFeatures, as in its fit.
+    adaptation = detector._make_features()
     device = torch.device("cpu")
     net = build_feature_net(BACKBONE, "imagenet", n_stages).to(memory_format=torch.channels_last)
     inputs = {split: torch.from_numpy(np.ascontiguousarray(h)) for split, h in hidden[n_stages].items()}
@@ -230,7 +232,7 @@ def run_setting(label, name, params, hidden, train_images, labels_val, labels_te
     def evaluate(step, compactness_ratio):
         clock["train"] += time.perf_counter() - clock["since"]
         features = {
-            split: detector._embed(net, CachedInput(len(h), device), h) for split, h in inputs.items()
+            split: adaptation._embed(net, CachedInput(len(h), device), h) for split, h in inputs.items()
         }
         for scorer_name, make in SCORERS.items():
             scorer = make().fit(features["train"])
@@ -242,8 +244,9 @@ def run_setting(label, name, params, hidden, train_images, labels_val, labels_te
         evaluate(0, 1.0)
         return
     if is_ses:
-        fitted = detector._adapt(net, train_input, inputs["train"], generator, None)
-        fitted.update(detector._fit_scoring(fitted, CachedInput(len(inputs["train"]), device), inputs["train"], seed))
+        plan = detector._training_plan()
+        fitted = adaptation._adapt(net, train_input, inputs["train"], generator, plan)
+        fitted.update(detector._fit_scoring(net, CachedInput(len(inputs["train"]), device), inputs["train"], seed, plan))
         clock["train"] += time.perf_counter() - clock["since"]
         active = np.flatnonzero(fitted["active_checkpoints_"])
         scores = {}
@@ -259,7 +262,7 @@ def run_setting(label, name, params, hidden, train_images, labels_val, labels_te
         emit(params["n_steps"], detector.scorer, scores["val"], scores["test"], ratio)
         return
     # The compactness ratio as PandaDetector's history_ defines it.
-    pretrained = detector._embed(net, CachedInput(len(inputs["train"]), device), inputs["train"])
+    pretrained = adaptation._embed(net, CachedInput(len(inputs["train"]), device), inputs["train"])
     initial = float(((pretrained - pretrained.mean(axis=0)) ** 2).sum(axis=1).mean())
 
     def checkpoint(step, loss, details):
@@ -267,7 +270,7 @@ def run_setting(label, name, params, hidden, train_images, labels_val, labels_te
             evaluate(step + 1, details["compactness"] / initial)
 
     clock["since"] = time.perf_counter()
-    detector._train(net, train_input, inputs["train"], generator, callbacks=[checkpoint])
+    adaptation._train(net, train_input, inputs["train"], generator, callbacks=[checkpoint])
 
 
 def hidden_for_class(cache, per_class, validation, test, label, stages_needed):

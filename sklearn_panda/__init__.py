@@ -3,17 +3,17 @@
 Scikit-learn outlier detectors that fine-tune an ImageNet-pretrained network
 on normal images (compactness loss with early stopping, EWC, sample-wise early
 stopping or outlier exposure) and score new images by their distance to the
-nearest normal features.
+nearest normal features; and the adapted features alone, as a transformer.
 """
 
 from ._detector import PandaDetector
+from ._features import PandaFeatures
 from ._oe import PandaOE
 from ._persistence import load, save
 from ._ses import PandaSES
+from ._version import __version__
 from .model_selection import NormalOnlySplit
 from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
-
-__version__ = "0.1.0"
 
 __all__ = [
     "CenterScorer",
@@ -22,6 +22,7 @@ __all__ = [
     "MahalanobisScorer",
     "NormalOnlySplit",
     "PandaDetector",
+    "PandaFeatures",
     "PandaOE",
     "PandaSES",
     "__version__",

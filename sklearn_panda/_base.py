@@ -1,34 +1,41 @@
-"""The estimator skeleton every PANDA variant shares.
+"""The skeleton every PANDA estimator shares, and the outlier contract of the detectors.
 
-``fit``: validate the input -> build the backbone -> ``_adapt`` (the variant's
-fine-tuning) -> embed the training set -> fit the scorer -> ``offset_``.
-Everything is built in local variables and assigned at the very end, so an
-exception or KeyboardInterrupt during ``fit`` leaves the estimator as it was.
+:class:`BasePanda` holds the network's parameters and passes: build the
+backbone, keep the frozen trunk's outputs, embed, run SGD; a ``fit`` that
+validates the input, lets the estimator's ``_fit_checked`` do its own work
+(PandaFeatures adapts the network, the detectors add a scorer, PandaOE trains
+a head) and assigns the fitted attributes only at the very end, so that an
+exception or KeyboardInterrupt during ``fit`` leaves the estimator as it was;
+input checks for new samples, pickling and ``save``.
+
+:class:`BasePandaDetector` adds ``contamination`` and scikit-learn's outlier
+contract (``score_samples``, ``decision_function``, ``predict``, ``fit_predict``).
 """
 
 import io
 import numbers
 import os
-import warnings
 import weakref
 from abc import ABCMeta, abstractmethod
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, OutlierMixin, clone
+from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import _persistence
 from ._backbones import build_feature_net
 from ._compilation import compiled
 from ._data import Preprocessor
+from ._device import loadable_device, resolve_device
 from ._inference import cache_sized_batch, cache_trunk_outputs, extract_features, peak_activation_bytes
 from ._progress import ProgressBar
-from ._sklearn_compat import Interval, StrOptions, _fit_context
+from ._sklearn_compat import Interval, StrOptions
 from ._training import run_sgd
 from ._validation import check_consistent, check_input
-from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Largest activation of one sample, per network and (input shape, precision):
@@ -38,28 +45,23 @@ _PEAK_ACTIVATION_BYTES = weakref.WeakKeyDictionary()
 INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
 
 
-def resolve_device(device):
-    """``"auto"`` -> CUDA when available, else CPU; refuse CUDA that is not there.
+class FitRun(NamedTuple):
+    """What a ``fit`` builds before the estimator's own work: the device, the
+    seed drawn from ``random_state`` (and a generator seeded with it), the
+    training input as a preprocessor, the network, and ``hidden``, the trunk's
+    outputs for every training sample (``None`` when they did not fit in
+    ``trunk_cache_mb``)."""
 
-    Examples
-    --------
-    >>> from sklearn_panda._base import resolve_device
-    >>> resolve_device("cpu")
-    device(type='cpu')
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device={str(device)!r} was requested but CUDA is not available here; "
-            "use device='cpu' or device='auto'."
-        )
-    return device
+    device: torch.device
+    seed: int
+    generator: torch.Generator
+    preprocessor: Preprocessor
+    net: torch.nn.Module
+    hidden: torch.Tensor | None
 
 
-class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
-    """Shared parameters, ``fit`` skeleton, scoring and persistence of PANDA estimators."""
+class BasePanda(BaseEstimator, metaclass=ABCMeta):
+    """The network's parameters and passes, the guarded ``fit``, pickling and ``save``."""
 
     _parameter_constraints = {
         "backbone": [str, callable],
@@ -68,7 +70,6 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         "resize": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "crop_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "normalize_features": ["boolean"],
-        "contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "inference_batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "precision": [StrOptions(set(PRECISIONS))],
@@ -89,7 +90,6 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         resize,
         crop_size,
         normalize_features,
-        contamination,
         batch_size,
         inference_batch_size,
         precision,
@@ -105,7 +105,6 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         self.resize = resize
         self.crop_size = crop_size
         self.normalize_features = normalize_features
-        self.contamination = contamination
         self.batch_size = batch_size
         self.inference_batch_size = inference_batch_size
         self.precision = precision
@@ -117,42 +116,42 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
     # ------------------------------------------------------------------ fit
 
-    @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Adapt the backbone to the normal images ``X`` and fit the scorer.
+    def _fit(self, X, y=None, **options):
+        """Validate, ``_fit_checked``, assign; return the :class:`FitRun`.
 
-        Parameters
-        ----------
-        X : array-like or list of paths / PIL images
-            Normal training samples: images ``(n, H, W)``, ``(n, H, W, C)`` or
-            ``(n, C, H, W)`` (uint8 in [0, 255] or float in [0, 1]), a list of
-            image files / PIL images, or vectors ``(n, d)`` for a vector backbone.
-
-        y : Ignored
-            Not used, present for API consistency by convention.
-
-        Returns
-        -------
-        self : object
-            The fitted estimator.
+        ``validate_data(reset=True)`` sets ``n_features_in_`` /
+        ``feature_names_in_`` at once; a fit that does not complete puts
+        back what was there.
         """
-        return self._fit(X, y)
-
-    def _fit(self, X, y=None):
-        # validate_data(reset=True) sets n_features_in_ / feature_names_in_ at
-        # once; a fit that does not complete puts back what was there.
         previous = {name: self.__dict__[name] for name in INPUT_ATTRIBUTES if name in self.__dict__}
         try:
-            return self._fit_unguarded(X, y)
+            return self._fit_unguarded(X, y, **options)
         except BaseException:
             for name in INPUT_ATTRIBUTES:
                 self.__dict__.pop(name, None)
             self.__dict__.update(previous)
             raise
 
-    def _fit_unguarded(self, X, y):
+    def _fit_unguarded(self, X, y, **options):
         checked = self._check_fit_input(X)
         y = self._check_target(y, len(checked))
+        fitted, run = self._fit_checked(X, checked, y, **options)
+        # Assign only now: an interrupted fit leaves the estimator untouched.
+        self._reset_input_attributes(checked)
+        for name, value in fitted.items():
+            setattr(self, name, value)
+        return run
+
+    @abstractmethod
+    def _fit_checked(self, X, checked, y, **options):
+        """The estimator's own fit of validated input ``checked`` (``X`` as given).
+
+        Returns the fitted attributes as a dict, assigned by the caller, and
+        the :class:`FitRun` whose trunk outputs the caller may embed from.
+        """
+
+    def _start_fit(self, checked):
+        """Device, seed, network and trunk cache of a fit on ``checked``: a :class:`FitRun`."""
         device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         preprocessor = self._preprocessor(checked, device)
@@ -173,14 +172,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             lambda: self._autocast(device),
             verbose=self.verbose,
         )
-        fitted = self._adapt(net, preprocessor, hidden, generator, y)
-        fitted.update(self._fit_scoring(fitted, preprocessor, hidden, seed))
-        fitted.update(input_spec_=checked.spec, device_=device)
-        # Assign only now: an interrupted fit leaves the estimator untouched.
-        self._reset_input_attributes(checked)
-        for name, value in fitted.items():
-            setattr(self, name, value)
-        return self
+        return FitRun(device, seed, generator, preprocessor, net, hidden)
 
     def _check_fit_input(self, X):
         checked = check_input(X)
@@ -215,6 +207,8 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             # Convolutions run markedly faster on channels-last tensors (oneDNN, cuDNN).
             net = net.to(memory_format=torch.channels_last)
         return net.to(device)
+
+    # ------------------------------------------------------- network passes
 
     def _preprocessor(self, checked, device):
         return Preprocessor(checked, resize=self.resize, crop_size=self.crop_size, device=device)
@@ -269,32 +263,6 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             embed, source, len(preprocessor), batch_size, verbose=self.verbose, label=label
         )
 
-    def _make_scorer(self, seed):
-        """A fresh scorer from the subclass's ``scorer`` parameter."""
-        if self.scorer == "knn":
-            scorer = KNNScorer(n_neighbors=2)
-        elif self.scorer == "kmeans":
-            scorer = KMeansScorer(n_clusters=10, random_state=seed)
-        elif self.scorer == "center":
-            scorer = CenterScorer()
-        elif self.scorer == "mahalanobis":
-            scorer = MahalanobisScorer()
-        else:
-            scorer = clone(self.scorer)
-        return scorer.set_params(contamination=self.contamination)
-
-    def _fit_scoring(self, fitted, preprocessor, hidden, seed):
-        """Fit what scores new samples; return fitted attributes with ``offset_``
-        and ``training_scores_`` (leave-one-out scores of the training samples)."""
-        features = self._embed(fitted["net_"], preprocessor, hidden)
-        scorer = self._make_scorer(seed).fit(features)
-        return {"scorer_": scorer, "offset_": scorer.offset_, "training_scores_": scorer.training_scores_}
-
-    def _score_checked(self, checked):
-        """``score_samples`` of validated input."""
-        features = self._embed(self.net_, self._preprocessor(checked, self.device_))
-        return self.scorer_.score_samples(features)
-
     def _trunk_batch(self, net, preprocessor, hidden, indices):
         """Trunk output for ``indices``: from the cache, or computed without a graph."""
         if hidden is not None:
@@ -302,13 +270,13 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         with torch.no_grad(), self._autocast(preprocessor.device):
             return net.trunk(preprocessor(indices))
 
-    def _optimize(self, parameters, step_loss, label, callbacks=()):
-        """``n_steps`` of SGD on ``parameters`` with this estimator's settings
-        (``learning_rate``, ``momentum``, ``weight_decay``, ``clip_norm``,
-        defined by the subclasses that adapt), under a progress bar labelled
+    def _optimize(
+        self, parameters, step_loss, label, *, n_steps, learning_rate, momentum, weight_decay, clip_norm, callbacks=()
+    ):
+        """``n_steps`` of SGD on ``parameters`` under a progress bar labelled
         ``label``; afterwards the parameters stop requiring gradients.
-        ``step_loss`` and ``callbacks`` are as in :func:`run_sgd`."""
-        progress = ProgressBar(self.n_steps, label, self.verbose > 0)
+        ``step_loss``, the SGD settings and ``callbacks`` are as in :func:`run_sgd`."""
+        progress = ProgressBar(n_steps, label, self.verbose > 0)
 
         def show(step, loss, details):
             progress.update(step + 1, loss=loss)
@@ -316,25 +284,17 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         run_sgd(
             parameters,
             step_loss,
-            self.n_steps,
-            learning_rate=self.learning_rate,
-            momentum=self.momentum,
-            weight_decay=self.weight_decay,
-            clip_norm=self.clip_norm,
+            n_steps,
+            learning_rate=learning_rate,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            clip_norm=clip_norm,
             callbacks=[*callbacks, show],
         )
         for parameter in parameters:
             parameter.requires_grad_(False)
 
-    @abstractmethod
-    def _adapt(self, net, preprocessor, hidden, generator, y):
-        """Fine-tune ``net`` in place; return a dict of fitted attributes including ``net_``.
-
-        ``hidden`` holds the trunk outputs of all training samples, or is
-        ``None`` when they did not fit in ``trunk_cache_mb``.
-        """
-
-    # -------------------------------------------------------------- scoring
+    # ------------------------------------------------------------ new input
 
     def _check_new_input(self, X):
         check_is_fitted(self)
@@ -344,8 +304,70 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         check_consistent(checked.spec, self.input_spec_)
         return checked
 
+    def _embed_new(self, X):
+        """Projected features of new samples ``X`` under the fitted ``net_``."""
+        checked = self._check_new_input(X)
+        return self._embed(self.net_, self._preprocessor(checked, self.device_))
+
+    # ---------------------------------------------------------- persistence
+
+    def save(self, path):
+        """Write the fitted estimator to ``path`` without pickle.
+
+        Read it back with :func:`sklearn_panda.load`, which uses
+        ``torch.load(weights_only=True)`` and so runs no code from the file.
+        A backbone given as a factory must be passed to ``load`` again.
+
+        Parameters
+        ----------
+        path : str or path-like
+        """
+        _persistence.save(self, path)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        if "net_" in state:
+            buffer = io.BytesIO()
+            torch.save(state["net_"], buffer)
+            state["net_"] = buffer.getvalue()
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state.get("net_"), bytes):
+            device = loadable_device(state["device_"])
+            # The bytes come from the pickle being loaded, which is trusted
+            # already; weights_only=False adds no new risk (see README: never
+            # unpickle files from untrusted sources).
+            state["net_"] = torch.load(io.BytesIO(state["net_"]), map_location=device, weights_only=False)
+            state["device_"] = device
+        self.__dict__.update(state)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+class BasePandaDetector(OutlierMixin, BasePanda):
+    """``contamination`` and the outlier contract shared by the detectors."""
+
+    _parameter_constraints = {
+        **BasePanda._parameter_constraints,
+        "contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
+    }
+
+    @abstractmethod
+    def __init__(self, *, contamination, **network_parameters):
+        super().__init__(**network_parameters)
+        self.contamination = contamination
+
+    @abstractmethod
+    def _score_checked(self, checked):
+        """``score_samples`` of validated input."""
+
     def extract_features(self, X):
-        """Adapted features of ``X``, as the scorer sees them.
+        """Adapted features of ``X``: those of the fitted network ``net_``.
 
         Parameters
         ----------
@@ -356,8 +378,7 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         -------
         features : ndarray of shape (n_samples, n_features_out)
         """
-        checked = self._check_new_input(X)
-        return self._embed(self.net_, self._preprocessor(checked, self.device_))
+        return self._embed_new(X)
 
     def score_samples(self, X):
         """Negated anomaly distance: higher means more normal.
@@ -400,10 +421,11 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         return np.where(self.decision_function(X) < 0, -1, 1)
 
     def fit_predict(self, X, y=None):
-        """Fit, then label each training sample by its leave-one-out score.
+        """Fit, then label each training sample by its training score.
 
-        A training sample is not its own neighbour here (``training_scores_``),
-        so a float ``contamination`` is the fraction of training samples flagged.
+        With the package's scorers a training sample is not its own neighbour
+        here (``training_scores_`` are leave-one-out), so a float
+        ``contamination`` is the fraction of training samples flagged.
 
         Parameters
         ----------
@@ -417,50 +439,3 @@ class BasePanda(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         """
         self.fit(X, y)
         return np.where(self.training_scores_ < self.offset_, -1, 1)
-
-    # ---------------------------------------------------------- persistence
-
-    def save(self, path):
-        """Write the fitted estimator to ``path`` without pickle.
-
-        Read it back with :func:`sklearn_panda.load`, which uses
-        ``torch.load(weights_only=True)`` and so runs no code from the file.
-        A backbone given as a factory must be passed to ``load`` again.
-
-        Parameters
-        ----------
-        path : str or path-like
-        """
-        from ._persistence import save
-
-        save(self, path)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        if "net_" in state:
-            buffer = io.BytesIO()
-            torch.save(state["net_"], buffer)
-            state["net_"] = buffer.getvalue()
-        return state
-
-    def __setstate__(self, state):
-        if isinstance(state.get("net_"), bytes):
-            device = state["device_"]
-            if device.type == "cuda" and not torch.cuda.is_available():
-                warnings.warn(
-                    "This estimator was fitted on CUDA, which is not available here; "
-                    "its network is loaded on the CPU."
-                )
-                device = torch.device("cpu")
-            # The bytes come from the pickle being loaded, which is trusted
-            # already; weights_only=False adds no new risk (see README: never
-            # unpickle files from untrusted sources).
-            state["net_"] = torch.load(io.BytesIO(state["net_"]), map_location=device, weights_only=False)
-            state["device_"] = device
-        self.__dict__.update(state)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = self.random_state is None
-        tags.input_tags.allow_nan = False
-        return tags

@@ -7,8 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import BasePanda
+from ._base import BasePandaDetector
 from ._data import shuffled_batches
+from ._persistence import loadable
 from ._sklearn_compat import Interval, _fit_context
 from .scorers import KNNScorer, offset_from_training_scores
 
@@ -35,7 +36,8 @@ def check_exposure_labels(y, n_samples):
     return y
 
 
-class PandaOE(BasePanda):
+@loadable
+class PandaOE(BasePandaDetector):
     """PANDA with outlier exposure: fine-tune with a linear head, normal vs exposure.
 
     When images that resemble the anomalies are available at training time
@@ -127,7 +129,7 @@ class PandaOE(BasePanda):
     """
 
     _parameter_constraints = {
-        **BasePanda._parameter_constraints,
+        **BasePandaDetector._parameter_constraints,
         "n_steps": [Interval(numbers.Integral, 1, None, closed="left")],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
         "momentum": [Interval(numbers.Real, 0, 1, closed="left")],
@@ -202,7 +204,15 @@ class PandaOE(BasePanda):
         self : object
             The fitted estimator.
         """
-        return self._fit(X, y)
+        self._fit(X, y)
+        return self
+
+    def _fit_checked(self, X, checked, y):
+        run = self._start_fit(checked)
+        fitted = self._adapt(run.net, run.preprocessor, run.hidden, run.generator, y)
+        fitted.update(self._fit_scoring(fitted, run.preprocessor, run.hidden))
+        fitted.update(input_spec_=checked.spec, device_=run.device)
+        return fitted, run
 
     def _check_target(self, y, n_samples):
         return check_exposure_labels(y, n_samples)
@@ -221,7 +231,6 @@ class PandaOE(BasePanda):
         labels : ndarray of shape (n_samples,)
         """
         return self.fit(X, y).predict(X)
-
 
     def _adapt(self, net, preprocessor, hidden, generator, y):
         device = preprocessor.device
@@ -248,14 +257,27 @@ class PandaOE(BasePanda):
         def record(step, loss, details):
             history["loss"].append(loss)
 
-        self._optimize(parameters, step_loss, "outlier exposure", callbacks=[record])
+        self._optimize(
+            parameters,
+            step_loss,
+            "outlier exposure",
+            n_steps=self.n_steps,
+            learning_rate=self.learning_rate,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            clip_norm=self.clip_norm,
+            callbacks=[record],
+        )
         return {"net_": net, "head_": head, "history_": history, "normal_indices_": normal}
 
     def _feature_width(self, net, preprocessor, hidden):
-        with torch.inference_mode():
-            return net.stages(self._trunk_batch(net, preprocessor, hidden, np.arange(1))).shape[1]
+        """Width of the pooled features: one sample through the stages."""
+        trunk_output = self._trunk_batch(net, preprocessor, hidden, np.arange(1))
+        # Under autocast, as the trunk outputs were computed (bfloat16 ones need it).
+        with torch.inference_mode(), self._autocast(preprocessor.device):
+            return net.stages(trunk_output).shape[1]
 
-    def _fit_scoring(self, fitted, preprocessor, hidden, seed):
+    def _fit_scoring(self, fitted, preprocessor, hidden):
         normal = fitted.pop("normal_indices_")
         features = self._embed(fitted["net_"], preprocessor, hidden)[normal]
         scores = self._head_scores(fitted["head_"], features, preprocessor.device)

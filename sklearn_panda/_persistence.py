@@ -27,29 +27,31 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from ._backbones import build_feature_net
-from ._validation import InputSpec
 from . import scorers as scorers_module
+from ._backbones import build_feature_net
+from ._device import loadable_device, resolve_device
+from ._validation import InputSpec
+from ._version import __version__
 from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
 
 FORMAT = "sklearn-panda"
-FORMAT_VERSION = 1
-ESTIMATORS = ("PandaDetector", "PandaSES", "PandaOE")
+# 2: a detector's adaptation is a nested PandaFeatures (``features_``).
+FORMAT_VERSION = 2
 SCORERS = {cls.__name__: cls for cls in (KNNScorer, KMeansScorer, CenterScorer, MahalanobisScorer)}
 # Marks an encoded value that is not a plain number, string, list or tensor.
 TAG = "__panda_type__"
+# The estimator classes save and load handle, by name (filled by ``loadable``).
+ESTIMATORS = {}
 
 
-def _estimator_classes():
-    import sklearn_panda
+def loadable(cls):
+    """Class decorator: :func:`save` and :func:`load` handle ``cls``, found again by its name.
 
-    return {name: getattr(sklearn_panda, name) for name in ESTIMATORS if hasattr(sklearn_panda, name)}
-
-
-def _package_version():
-    from sklearn_panda import __version__
-
-    return __version__
+    The estimator modules register their classes here, so that this module
+    needs no import of theirs.
+    """
+    ESTIMATORS[cls.__name__] = cls
+    return cls
 
 
 def _compatible(saved, current):
@@ -149,6 +151,8 @@ def _encode(value, where):
         return {TAG: "random_state", "value": _encode(value.get_state(), where)}
     if type(value).__name__ in SCORERS and type(value) is SCORERS[type(value).__name__]:
         return _encode_scorer(value, where)
+    if ESTIMATORS.get(type(value).__name__) is type(value):
+        return {TAG: "estimator", "value": _encode_estimator(value, f"{where}.")}
     if type(value) is torch.nn.Linear:
         return {
             TAG: "linear",
@@ -161,7 +165,7 @@ def _encode(value, where):
     raise TypeError(
         f"{where} is a {type(value).__name__}, which cannot be saved without pickle. "
         "Supported: numbers, strings, arrays, tensors, lists, dicts, torch.nn.Linear and "
-        "the package's scorers."
+        "the package's estimators and scorers."
     )
 
 
@@ -180,9 +184,10 @@ def _encode_scorer(scorer, where):
     }
 
 
-def _decode(value):
+def _decode(value, nested=None):
+    """The value ``_encode`` encoded; ``nested(payload)`` rebuilds an encoded estimator."""
     if isinstance(value, list):
-        return [_decode(item) for item in value]
+        return [_decode(item, nested) for item in value]
     if not isinstance(value, dict):
         return value
     kind, payload = value.get(TAG), value.get("value")
@@ -191,9 +196,9 @@ def _decode(value):
     if kind == "str_array":
         return np.asarray(payload, dtype=object)
     if kind == "tuple":
-        return tuple(_decode(item) for item in payload)
+        return tuple(_decode(item, nested) for item in payload)
     if kind == "dict":
-        return {key: _decode(item) for key, item in payload.items()}
+        return {key: _decode(item, nested) for key, item in payload.items()}
     if kind == "device":
         return torch.device(payload)
     if kind == "path":
@@ -206,6 +211,8 @@ def _decode(value):
         return random_state
     if kind == "scorer":
         return _decode_scorer(value)
+    if kind == "estimator" and nested is not None:
+        return nested(payload)
     if kind == "linear":
         with torch.device("meta"):
             layer = torch.nn.Linear(value["in_features"], value["out_features"], bias=value["bias"])
@@ -270,7 +277,7 @@ def save(estimator, path):
 
     Parameters
     ----------
-    estimator : PandaDetector, PandaSES or PandaOE
+    estimator : PandaFeatures, PandaDetector, PandaSES or PandaOE
         Fitted or not (an unfitted one keeps only its parameters).
     path : str or path-like
         Destination file (conventionally ``.pt``).
@@ -296,11 +303,22 @@ def save(estimator, path):
     >>> bool(np.array_equal(load(path, backbone=nn.Identity).score_samples(X), det.score_samples(X)))
     True
     """
-    classes = _estimator_classes()
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": __version__,
+        "torch_version": str(torch.__version__),
+        **_encode_estimator(estimator, ""),
+    }
+    _write_atomically(payload, path)
+
+
+def _encode_estimator(estimator, where):
+    """Class name, parameters, network and other fitted attributes of ``estimator``, encoded."""
     name = type(estimator).__name__
-    if classes.get(name) is not type(estimator):
+    if ESTIMATORS.get(name) is not type(estimator):
         raise TypeError(
-            f"save supports {', '.join(classes)}; got {type(estimator).__module__}.{name}."
+            f"save supports {', '.join(ESTIMATORS)}; got {type(estimator).__module__}.{name}."
         )
     params = estimator.get_params(deep=False)
     encoded_params = {}
@@ -309,27 +327,22 @@ def save(estimator, path):
             module, qualname = _factory_path(value)
             encoded_params[key] = {TAG: "factory", "module": module, "qualname": qualname}
         else:
-            encoded_params[key] = _encode(value, f"parameter {key}")
+            encoded_params[key] = _encode(value, f"{where}parameter {key}")
     attributes = {key: value for key, value in vars(estimator).items() if key not in params}
     net = attributes.pop("net_", None)
     if net is not None:
         check_is_fitted(estimator)
         net = {
-            "state_dict": {key: _encode(tensor, f"net_.{key}") for key, tensor in net.state_dict().items()},
+            "state_dict": {key: _encode(tensor, f"{where}net_.{key}") for key, tensor in net.state_dict().items()},
             "trainable": [key for key, parameter in net.named_parameters() if parameter.requires_grad],
             "channels_last": _is_channels_last(net),
         }
-    payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "package_version": _package_version(),
-        "torch_version": str(torch.__version__),
+    return {
         "estimator": name,
         "params": encoded_params,
         "net": net,
-        "attributes": {key: _encode(value, f"attribute {key}") for key, value in attributes.items()},
+        "attributes": {key: _encode(value, f"{where}attribute {key}") for key, value in attributes.items()},
     }
-    _write_atomically(payload, path)
 
 
 def _is_channels_last(net):
@@ -376,7 +389,7 @@ def load(path, *, backbone=None, device=None):
 
     Returns
     -------
-    estimator : PandaDetector, PandaSES or PandaOE
+    estimator : PandaFeatures, PandaDetector, PandaSES or PandaOE
 
     Raises
     ------
@@ -386,19 +399,26 @@ def load(path, *, backbone=None, device=None):
     """
     payload = torch.load(path, map_location="cpu", weights_only=True)
     _check_header(payload, path)
-    classes = _estimator_classes()
-    cls = classes.get(payload["estimator"])
+    return _decode_estimator(payload, backbone, device, path)
+
+
+def _decode_estimator(payload, backbone, device, path):
+    cls = ESTIMATORS.get(payload["estimator"])
     if cls is None:
         raise ValueError(
             f"{path} holds a {payload['estimator']!r}, which this version cannot load; "
-            f"known: {', '.join(classes)}."
+            f"known: {', '.join(ESTIMATORS)}."
         )
     params = dict(payload["params"])
     saved_backbone = params.pop("backbone")
     params = {key: _decode(value) for key, value in params.items()}
     params["backbone"] = _backbone(saved_backbone, backbone, path)
     estimator = cls(**params)
-    attributes = {key: _decode(value) for key, value in payload["attributes"].items()}
+
+    def nested(value):
+        return _decode_estimator(value, backbone, device, path)
+
+    attributes = {key: _decode(value, nested) for key, value in payload["attributes"].items()}
     if payload["net"] is not None:
         attributes["device_"] = _target_device(attributes["device_"], device)
         attributes["net_"] = _rebuild_net(estimator, attributes, payload["net"], path)
@@ -409,7 +429,7 @@ def load(path, *, backbone=None, device=None):
 def _check_header(payload, path):
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a file written by sklearn_panda's save().")
-    current = _package_version()
+    current = __version__
     saved_format, saved_version = payload.get("format_version"), str(payload.get("package_version"))
     if saved_format != FORMAT_VERSION or not _compatible(saved_version, current):
         raise ValueError(
@@ -443,17 +463,7 @@ def _backbone(saved, given, path):
 
 
 def _target_device(saved, requested):
-    if requested is not None:
-        from ._base import resolve_device
-
-        return resolve_device(requested)
-    if saved.type == "cuda" and not torch.cuda.is_available():
-        warnings.warn(
-            "This estimator was fitted on CUDA, which is not available here; "
-            "its network is loaded on the CPU."
-        )
-        return torch.device("cpu")
-    return saved
+    return resolve_device(requested) if requested is not None else loadable_device(saved)
 
 
 def _rebuild_net(estimator, attributes, saved, path):

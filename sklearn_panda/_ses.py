@@ -11,9 +11,10 @@ from torch.func import functional_call
 
 from ._detector import PandaDetector
 from ._inference import _run_in_batches, cache_trunk_outputs
+from ._persistence import loadable
 from ._progress import ProgressBar
 from ._sklearn_compat import Interval, StrOptions
-from .scorers import offset_from_training_scores
+from .scorers import _BaseScorer, offset_from_training_scores
 
 # functional_call swaps checkpoint tensors into net_.stages while it runs: two
 # threads at once would mix checkpoints and could leave one in net_.
@@ -22,6 +23,7 @@ _FUNCTIONAL_CALL_LOCK = threading.Lock()
 CHECKPOINT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+@loadable
 class PandaSES(PandaDetector):
     """PANDA with sample-wise early stopping: every checkpoint votes, normalised.
 
@@ -83,6 +85,17 @@ class PandaSES(PandaDetector):
     n_steps : int, default=500
         Total adaptation steps; SES can afford to train longer than fixed-step
         early stopping because later, collapsed checkpoints are out-voted.
+
+    scorer : {"knn", "kmeans", "center", "mahalanobis"} or scorer instance, default="knn"
+        One of the package's scorers, by name or as an instance (cloned): the
+        normalisation needs anomaly distances (minus ``score_samples``) and
+        leave-one-out training scores, which scikit-learn's detectors do not give.
+
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Sets ``offset_`` from ``training_scores_``, SES's own scores, with a
+        scorer given by name or as an instance alike (the scorer's
+        threshold does not apply to the normalised maximum); ``"auto"``:
+        1%.
 
     **other parameters
         As in :class:`PandaDetector`.
@@ -233,22 +246,17 @@ class PandaSES(PandaDetector):
         order = torch.randperm(n_samples, generator=generator).numpy()
         return np.sort(order[:n_validation]), np.sort(order[n_validation:])
 
-    def _adapt(self, net, preprocessor, hidden, generator, y):
-        # The validation images are held out of adaptation: s_t is to be the
-        # distance of a normal image the network has not been trained on, as
-        # a test image is; trained-on images can look closer than they would
-        # once the network over-fits.
-        validation, gallery = self._validation_split(len(preprocessor), generator)
-        checkpoints, steps = [self._snapshot(net)], [0]
+    def _check_scorer(self):
+        if not isinstance(self.scorer, (str, _BaseScorer)):
+            raise ValueError(
+                f"PandaSES needs one of the package's scorers (KNNScorer, KMeansScorer, CenterScorer, "
+                f"MahalanobisScorer, or their names); got {type(self.scorer).__name__}. It divides each "
+                "checkpoint's anomaly distances (minus score_samples) by their typical value on held-out "
+                "normal images, and needs leave-one-out training scores."
+            )
 
-        def save(step, loss, details):
-            if (step + 1) % self.checkpoint_every == 0:
-                checkpoints.append(self._snapshot(net))
-                steps.append(step + 1)
-
-        fitted = self._train(net, preprocessor, hidden, generator, callbacks=[save], indices=gallery)
-        fitted.update(checkpoints_=checkpoints, checkpoint_steps_=steps, validation_indices_=validation)
-        return fitted
+    def _training_plan(self):
+        return _CheckpointPlan(self)
 
     # ------------------------------------------------------------- scoring
 
@@ -330,11 +338,13 @@ class PandaSES(PandaDetector):
 
         return computed
 
-    def _fit_scoring(self, fitted, preprocessor, hidden, seed):
-        net = fitted["net_"]
+    def _fit_scoring(self, net, preprocessor, hidden, seed, plan):
+        """Each checkpoint's scorer on its gallery features and normaliser on
+        its held-out ones, the active checkpoints, ``training_scores_`` and
+        ``offset_``; with the checkpoints and the split that ``plan`` kept."""
         n_samples = len(preprocessor)
-        features = self._checkpoint_features(net, fitted["checkpoints_"], preprocessor, hidden, "checkpoint features")
-        validation = fitted["validation_indices_"]
+        features = self._checkpoint_features(net, plan.checkpoints, preprocessor, hidden, "checkpoint features")
+        validation = plan.validation
         gallery = np.setdiff1d(np.arange(n_samples), validation)
         scorers, normalizers = [], []
         training_distances = np.empty((n_samples, len(features)))
@@ -351,6 +361,9 @@ class PandaSES(PandaDetector):
         active = self._active_checkpoints(dispersions)
         training_scores = -training_distances[:, active].max(axis=1)
         return {
+            "checkpoints_": plan.checkpoints,
+            "checkpoint_steps_": plan.steps,
+            "validation_indices_": validation,
             "scorers_": scorers,
             "normalizers_": np.asarray(normalizers),
             "dispersions_": dispersions,
@@ -403,6 +416,37 @@ class PandaSES(PandaDetector):
 
     def _score_checked(self, checked):
         return -self._checked_distances(checked, self.active_checkpoints_).max(axis=1)
+
+
+class _CheckpointPlan:
+    """PandaSES's part in training (``PandaFeatures._adapt``'s ``plan``).
+
+    Before training it holds out the validation samples and keeps the
+    pretrained checkpoint; training then runs on the gallery only and keeps a
+    checkpoint every ``checkpoint_every`` steps. ``validation``,
+    ``checkpoints`` and ``steps`` hold the result.
+    """
+
+    def __init__(self, ses):
+        self.ses = ses
+        self.validation = None
+        self.checkpoints = []
+        self.steps = []
+
+    def __call__(self, net, n_samples, generator):
+        # The validation images are held out of adaptation: s_t is to be the
+        # distance of a normal image the network has not been trained on, as
+        # a test image is; trained-on images can look closer than they would
+        # once the network over-fits.
+        self.validation, gallery = self.ses._validation_split(n_samples, generator)
+        self.checkpoints, self.steps = [self.ses._snapshot(net)], [0]
+
+        def save(step, loss, details):
+            if (step + 1) % self.ses.checkpoint_every == 0:
+                self.checkpoints.append(self.ses._snapshot(net))
+                self.steps.append(step + 1)
+
+        return gallery, [save]
 
 
 def _rows(outputs, indices):

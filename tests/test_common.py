@@ -10,6 +10,7 @@ from sklearn_panda import (
     KNNScorer,
     MahalanobisScorer,
     PandaDetector,
+    PandaFeatures,
     PandaOE,
     PandaSES,
 )
@@ -98,6 +99,7 @@ def _leave_one_out_failures(estimator):
         MahalanobisScorer(),
         MahalanobisScorer(shrinkage=0.5, n_components=2),
         # A vector backbone: the common checks feed small 2-D arrays.
+        PandaFeatures(backbone=tiny_mlp, weights=None, n_steps=2, random_state=0),
         PandaDetector(backbone=tiny_mlp, weights=None, n_steps=2, random_state=0),
         PandaDetector(backbone=tiny_mlp, weights=None, n_steps=0, scorer="center", random_state=0),
         PandaSES(backbone=tiny_mlp, weights=None, n_steps=2, checkpoint_every=1, random_state=0),

@@ -165,7 +165,7 @@ def test_pickle_and_joblib_round_trips_give_identical_scores(images, tmp_path):
 def test_fitted_on_cuda_loads_on_cpu(images, monkeypatch):
     det = detector().fit(images)
     expected = det.score_samples(images)
-    det.device_ = torch.device("cuda")  # as if fitted on a GPU
+    det.features_.device_ = torch.device("cuda")  # as if fitted on a GPU
     blob = pickle.dumps(det)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.warns(UserWarning, match="CUDA"):

@@ -60,6 +60,8 @@ def fitted_state(estimator):
     state = {key: value for key, value in vars(estimator).items() if key not in estimator.get_params(deep=False)}
     if "net_" in state:
         state["net_"] = {key: value.clone() for key, value in state["net_"].state_dict().items()}
+    if "features_" in state:
+        state["features_"] = fitted_state(state["features_"])
     return state
 
 
@@ -72,7 +74,9 @@ def assert_same_state(before, after):
                 assert torch.equal(before[key][name], after[key][name]), name
         else:
             a, b = before[key], after[key]
-            if isinstance(a, np.ndarray):
+            if key == "features_":
+                assert_same_state(a, b)
+            elif isinstance(a, np.ndarray):
                 np.testing.assert_array_equal(a, b, err_msg=key)
             elif key not in ("scorer_", "scorers_", "checkpoints_", "fisher_"):
                 assert a == b, key
@@ -241,7 +245,7 @@ def test_named_backbone_is_rebuilt_without_weights(tmp_path, monkeypatch, small_
 def test_estimator_fitted_on_cuda_loads_on_the_cpu(vectors, tmp_path, monkeypatch):
     det = vector_detector().fit(vectors)
     expected = det.score_samples(vectors)
-    det.device_ = torch.device("cuda")  # as if fitted on a GPU
+    det.features_.device_ = torch.device("cuda")  # as if fitted on a GPU
     save(det, tmp_path / "det.pt")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.warns(UserWarning, match="CUDA"):

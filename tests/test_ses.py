@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from torch.func import functional_call
 
 import sklearn_panda._ses as ses_module
-from sklearn_panda import PandaDetector, PandaSES
+from sklearn_panda import PandaDetector, PandaFeatures, PandaSES
 
 
 @pytest.fixture
@@ -118,20 +118,24 @@ def test_too_few_samples():
 
 
 def test_validation_samples_are_held_out_of_adaptation(images, monkeypatch):
-    trained_on, scoring = [], []
-    trunk_batch, fit_scoring = PandaSES._trunk_batch, PandaSES._fit_scoring
+    trained_on, adapting = [], []
+    # Adaptation runs in the detector's PandaFeatures.
+    trunk_batch, adapt = PandaFeatures._trunk_batch, PandaFeatures._adapt
 
     def recording_trunk_batch(self, net, preprocessor, hidden, indices):
-        if not scoring:
+        if adapting:
             trained_on.extend(np.asarray(indices).tolist())
         return trunk_batch(self, net, preprocessor, hidden, indices)
 
-    def marking_fit_scoring(self, *args):
-        scoring.append(True)
-        return fit_scoring(self, *args)
+    def marking_adapt(self, *args):
+        adapting.append(True)
+        try:
+            return adapt(self, *args)
+        finally:
+            adapting.clear()
 
-    monkeypatch.setattr(PandaSES, "_trunk_batch", recording_trunk_batch)
-    monkeypatch.setattr(PandaSES, "_fit_scoring", marking_fit_scoring)
+    monkeypatch.setattr(PandaFeatures, "_trunk_batch", recording_trunk_batch)
+    monkeypatch.setattr(PandaFeatures, "_adapt", marking_adapt)
     ses = PandaSES(
         **{**TINY_IMAGES, "batch_size": 4}, n_steps=12, checkpoint_every=4, trunk_cache_mb=0,
         regularization="ewc", n_fisher_batches=3, random_state=0,

@@ -1,0 +1,510 @@
+"""PandaFeatures: the adaptation alone, as a scikit-learn transformer."""
+
+import numbers
+import os
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from ._augment import ViewMaker
+from ._base import BasePanda
+from ._data import shuffled_batches
+from ._losses import compactness_loss, ewc_penalty, fisher_diagonal, mean_shifted_contrastive_loss
+from ._persistence import loadable
+from ._sklearn_compat import Interval, StrOptions, _fit_context
+
+
+@loadable
+class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda):
+    """Pretrained features adapted to the normal images, as a transformer.
+
+    ``fit`` fine-tunes the last stages of an ImageNet-pretrained network so
+    that the features of the normal training images move towards their
+    (fixed) mean, the compactness loss of the paper's Eq. 1. Collapse (every
+    image mapped to one point) is held off by stopping after ``n_steps``
+    mini-batches ("early stopping") or by elastic weight consolidation
+    (``regularization="ewc"``, Eq. 4). ``transform`` returns the adapted
+    pooled features, as :class:`PandaDetector` scores them, so that any
+    scikit-learn estimator can take them from there: an outlier detector
+    (``make_pipeline(PandaFeatures(), LocalOutlierFactor(novelty=True))``),
+    a projection, a classifier.
+
+    Parameters
+    ----------
+    backbone : str or callable, default="resnet152"
+        A torchvision ResNet / EfficientNet / MobileNet name,
+        ``"efficientnet_lite0"`` (extra ``lite``; works offline), or a callable
+        returning an ``nn.Module``. A module that is not one of these families
+        is used whole as a trainable vector backbone (for ``(n, d)`` input).
+
+    weights : "imagenet", str, path or None, default="imagenet"
+        ``"imagenet"``: pretrained ImageNet weights (ResNets: torchvision's
+        ``IMAGENET1K_V1``, as in the paper). Another string: a torchvision
+        weights name. A path: a state dict. ``None``: random (for tests). When
+        the weights cannot be found or downloaded the error says where to put
+        them; random weights are never used silently.
+
+    n_steps : int, default=300
+        Mini-batches of adaptation. ``0`` gives the unadapted pretrained
+        features, the paper's baseline. The paper uses 2,300 (7,800 with EWC)
+        with ResNet152 on a GPU; the default here is what helped on
+        Fashion-MNIST with EfficientNet-Lite0 on a CPU (``benchmarks/RESULTS.md``).
+
+    loss : {"compactness", "mean_shifted"}, default="compactness"
+        ``"compactness"``: the paper's Eq. 1, the mean squared distance of the
+        (projected) features to the fixed centre. ``"mean_shifted"``: the
+        mean-shifted contrastive loss of the paper's follow-up (Reiss and
+        Hoshen, AAAI 2023): two random views of each image (resized crop,
+        flip, colour jitter, greyscale), L2-normalised features shifted by
+        the fixed unit centre, and a contrastive loss between the views. It
+        does not collapse, but each step runs the frozen trunk on both views
+        (the trunk cache serves only the centre and the gallery), so a step
+        costs far more; images only.
+
+    temperature : float, default=0.25
+        Temperature of ``loss="mean_shifted"`` (the follow-up paper's value).
+
+    regularization : {None, "ewc"}, default=None
+        ``"ewc"`` adds ``ewc_lambda / 2 * sum F_i (theta_i - theta*_i)^2``.
+
+    ewc_lambda : float, default=1e4
+        EWC strength (the paper always uses 1e4).
+
+    fisher : mapping, path or None, default=None
+        The diagonal Fisher for EWC, keyed by the names of
+        ``net_.stages.named_parameters()`` (as in a fitted ``fisher_``), or a
+        file of such a mapping (``torch.save``; loaded with
+        ``weights_only=True``). ``None``: estimated on the training images with
+        labels sampled from the pretrained classifier's own predictions (no
+        labels needed; the paper used labelled ImageNet batches instead).
+
+    n_fisher_batches : int, default=100
+        Mini-batches for the Fisher estimate (the paper: 100).
+
+    learning_rate, momentum, weight_decay : float, default=1e-2, 0.9, 5e-5
+        SGD settings of the paper.
+
+    clip_norm : float or None, default=1e-3
+        Gradient-norm clipping (the paper: 1e-3).
+
+    n_trainable_stages : int, default=2
+        How many final stages train: ResNet ``layer3`` + ``layer4`` (the
+        paper's recommendation), EfficientNet-Lite0's last 5 blocks + head.
+
+    resize, crop_size : int or None, default=256, 224
+        Resize the shorter image side, then centre-crop (the paper's pipeline).
+
+    normalize_features : bool, default=True
+        L2-normalise the pooled features for both the compactness loss (an
+        angular centre loss) and the output. On Fashion-MNIST with
+        EfficientNet-Lite0 this was several ROC AUC points better than raw
+        features, and adaptation then helped instead of hurting.
+
+    batch_size : int, default=32
+        Mini-batch size of adaptation (the paper: 32).
+
+    inference_batch_size : int or "auto", default="auto"
+        Samples per forward pass without gradients (the trunk cache, the
+        training features, ``transform``). ``"auto"``: ``batch_size`` on a
+        GPU; on the CPU, the most samples (up to ``batch_size``) whose
+        largest activation fills at most half the CPU's last-level cache,
+        measured on one sample once per fitted model (read from Linux's
+        ``/sys``; 32 MiB assumed elsewhere). On a 2-core CPU with 32 MiB of
+        L3 that is 5 images for ResNet152 and 3 for EfficientNet-Lite0 in
+        float32, which ran 1.1-1.3x and 3.4-3.6x faster than batches of 32
+        (``benchmarks/RESULTS.md``). Features differ between batch sizes only
+        by floating-point rounding.
+
+    precision : {"float32", "bfloat16", "float16"}, default="float32"
+        Autocast precision of the network's forward passes; the stem and
+        the first block group always run in float32 (where rounding costs
+        the most accuracy). ``"bfloat16"`` needs native support to be fast
+        (recent x86 CPUs with AVX512-BF16 or AMX, Ampere or later GPUs). On
+        a 2-core Zen 5 CPU it made extraction 1.5-1.7x (ResNet152) and 2.0-2.7x
+        (EfficientNet-Lite0) faster than float32 and moved ROC AUC by +0.05
+        to +0.11 points on four Fashion-MNIST classes (EfficientNet-Lite0,
+        ``benchmarks/RESULTS.md``);
+        float32 stays the default for results that do not depend on the
+        hardware.
+
+    trunk_cache_mb : float, default=2048
+        The frozen trunk's outputs for the training images are computed once
+        and kept (on the device) when they fit in this many megabytes, instead
+        of once per step; results are identical. 0 turns the cache off.
+
+    compile : bool, default=False
+        Run the forward passes without gradients (feature extraction, the
+        trunk cache, ``transform``) through ``torch.compile`` with weight
+        freezing. On a 2-core CPU, with cache-sized batches, this made float32
+        extraction 1.02-1.16x (ResNet152) and 1.2-2.0x (EfficientNet-Lite0,
+        whose many small operations it fuses) faster than eager, with the
+        same ROC AUC (``benchmarks/RESULTS.md``), after a one-off compilation
+        of 10-30 s per fitted model and process: it pays off for thousands of
+        images, not for a few. Needs a C++ compiler (CPU) or
+        Triton (CUDA). Partial batches are zero-padded to the inference batch
+        size so that one compilation serves every call; for the same reason,
+        the halving of batches after a GPU out-of-memory error does not help
+        here: choose an ``inference_batch_size`` that fits.
+
+    device : str or torch.device, default="auto"
+        ``"auto"``: CUDA when available, else the CPU.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the mini-batch order, the Fisher's label sampling and random
+        initialisation, through local generators only.
+
+    verbose : int, default=0
+        Progress bars on stderr when > 0.
+
+    Attributes
+    ----------
+    net_ : FeatureNet
+        The adapted network.
+    center_ : ndarray of shape (n_features_out,) or None
+        Mean pretrained training feature, the fixed target of the loss
+        (``None`` when ``n_steps=0``).
+    history_ : dict of lists
+        Per step: ``"loss"``, ``"compactness"`` (the batch's mean squared
+        distance to the centre), ``"compactness_ratio"`` (that divided by the
+        training set's value before adaptation; values falling towards 0 warn
+        of collapse) and ``"ewc_penalty"``.
+    fisher_ : dict or None
+        The Fisher diagonal used with EWC, on the CPU.
+    n_features_in_ : int
+        Only for 2-D vector input.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only for 2-D vector input with string column names.
+
+    See Also
+    --------
+    PandaDetector : These features scored by kNN (or another scorer) in one estimator.
+
+    References
+    ----------
+    Reiss, Cohen, Bergman, Hoshen. "PANDA: Adapting Pretrained Features for
+    Anomaly Detection and Segmentation", CVPR 2021.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sklearn.neighbors import LocalOutlierFactor
+    >>> from sklearn.pipeline import make_pipeline
+    >>> from sklearn_panda import PandaFeatures
+    >>> def tiny_mlp():
+    ...     return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 4))
+    >>> rng = np.random.default_rng(0)
+    >>> features = PandaFeatures(backbone=tiny_mlp, weights=None, n_steps=5, random_state=0)
+    >>> features.fit_transform(rng.normal(size=(50, 6))).shape
+    (50, 4)
+    >>> features.get_feature_names_out()
+    array(['pandafeatures0', 'pandafeatures1', 'pandafeatures2', 'pandafeatures3'],
+          dtype=object)
+    >>> detector = make_pipeline(features, LocalOutlierFactor(novelty=True)).fit(rng.normal(size=(50, 6)))
+    >>> detector.score_samples(rng.normal(size=(3, 6))).shape
+    (3,)
+    """
+
+    _parameter_constraints = {
+        **BasePanda._parameter_constraints,
+        "n_steps": [Interval(numbers.Integral, 0, None, closed="left")],
+        "loss": [StrOptions({"compactness", "mean_shifted"})],
+        "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
+        "regularization": [StrOptions({"ewc"}), None],
+        "ewc_lambda": [Interval(numbers.Real, 0, None, closed="left")],
+        "fisher": [Mapping, str, os.PathLike, None],
+        "n_fisher_batches": [Interval(numbers.Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "momentum": [Interval(numbers.Real, 0, 1, closed="left")],
+        "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
+        "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
+    }
+
+    def __init__(
+        self,
+        *,
+        backbone="resnet152",
+        weights="imagenet",
+        n_steps=300,
+        loss="compactness",
+        temperature=0.25,
+        regularization=None,
+        ewc_lambda=1e4,
+        fisher=None,
+        n_fisher_batches=100,
+        learning_rate=1e-2,
+        momentum=0.9,
+        weight_decay=5e-5,
+        clip_norm=1e-3,
+        n_trainable_stages=2,
+        resize=256,
+        crop_size=224,
+        normalize_features=True,
+        batch_size=32,
+        inference_batch_size="auto",
+        precision="float32",
+        trunk_cache_mb=2048,
+        compile=False,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        super().__init__(
+            backbone=backbone,
+            weights=weights,
+            n_trainable_stages=n_trainable_stages,
+            resize=resize,
+            crop_size=crop_size,
+            normalize_features=normalize_features,
+            batch_size=batch_size,
+            inference_batch_size=inference_batch_size,
+            precision=precision,
+            trunk_cache_mb=trunk_cache_mb,
+            compile=compile,
+            device=device,
+            random_state=random_state,
+            verbose=verbose,
+        )
+        self.n_steps = n_steps
+        self.loss = loss
+        self.temperature = temperature
+        self.regularization = regularization
+        self.ewc_lambda = ewc_lambda
+        self.fisher = fisher
+        self.n_fisher_batches = n_fisher_batches
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.clip_norm = clip_norm
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Adapt the backbone to the normal images ``X``.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Normal training samples: images ``(n, H, W)``, ``(n, H, W, C)`` or
+            ``(n, C, H, W)`` (uint8 in [0, 255] or float in [0, 1]), a list of
+            image files / PIL images, or vectors ``(n, d)`` for a vector backbone.
+
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted transformer.
+        """
+        self._fit(X)
+        return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit_transform(self, X, y=None):
+        """Adapt the backbone to ``X`` and return the adapted features of ``X``.
+
+        The same features as ``fit(X).transform(X)`` (up to float rounding),
+        without running the frozen trunk on ``X`` a second time: its outputs
+        are kept from the adaptation (``trunk_cache_mb``).
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Normal training samples, as in ``fit``.
+
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features_out), float32
+        """
+        run = self._fit(X)
+        return self._embed(self.net_, run.preprocessor, run.hidden)
+
+    def transform(self, X):
+        """Adapted features of ``X``: the pooled features of the fitted ``net_``.
+
+        With ``normalize_features=True`` each row has unit length.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Samples in the layout seen in ``fit``.
+
+        Returns
+        -------
+        features : ndarray of shape (n_samples, n_features_out), float32
+        """
+        return self._embed_new(X)
+
+    def _fit_checked(self, X, checked, y, plan=None):
+        run = self._start_fit(checked)
+        fitted = self._adapt(run.net, run.preprocessor, run.hidden, run.generator, plan)
+        # The network's input shape, for _n_features_out: preprocessing one sample runs no network.
+        fitted.update(
+            input_spec_=checked.spec, device_=run.device, _sample_shape=tuple(run.preprocessor(np.arange(1)).shape[1:])
+        )
+        return fitted, run
+
+    @property
+    def _n_features_out(self):
+        """Width of ``transform``'s output (for ``get_feature_names_out``).
+
+        Measured when asked, on one zero sample, so that ``fit`` runs no
+        network pass beyond those it needs.
+        """
+        check_is_fitted(self)
+        with torch.inference_mode(), self._autocast(self.device_):
+            return int(self.net_(torch.zeros((1, *self._sample_shape), device=self.device_)).shape[1])
+
+    def _adapt(self, net, preprocessor, hidden, generator, plan=None):
+        """Fine-tune ``net`` in place; return the fitted ``net_``, ``center_``, ``history_``, ``fisher_``.
+
+        ``plan``, when given, is how an estimator built on these features
+        (PandaSES) takes part in training:
+        ``plan(net, n_samples, generator) -> (indices, callbacks)`` is called
+        once before training and returns the samples to train on (``None``:
+        all) and callables to run after each step (as in :func:`run_sgd`).
+        """
+        indices, callbacks = (None, ()) if plan is None else plan(net, len(preprocessor), generator)
+        return self._train(net, preprocessor, hidden, generator, callbacks, indices)
+
+    def _train(self, net, preprocessor, hidden, generator, callbacks=(), indices=None):
+        """Fine-tuning of ``net`` in place with ``loss``; ``callbacks`` run after each step.
+
+        ``indices`` selects the samples to train on (default: all of them).
+        """
+        history = {"loss": [], "compactness": [], "compactness_ratio": [], "ewc_penalty": []}
+        if self.n_steps == 0:
+            return {"net_": net, "center_": None, "history_": history, "fisher_": None}
+        device = preprocessor.device
+        if indices is None:
+            indices = np.arange(len(preprocessor))
+        pretrained = self._embed(net, preprocessor, hidden, label="pretrained features")[indices]
+        center = torch.from_numpy(pretrained.mean(axis=0)).to(device)
+        initial_compactness = float(((pretrained - pretrained.mean(axis=0)) ** 2).sum(axis=1).mean())
+        parameters = net.trainable_parameters()
+        # The Fisher estimate draws from its own generator, so that estimating
+        # it or passing it in leaves the training batches the same.
+        fisher_generator = torch.Generator().manual_seed(
+            int(torch.randint(2**31 - 1, (1,), generator=generator))
+        )
+        batches = (indices[batch] for batch in shuffled_batches(len(indices), self.batch_size, generator))
+        regularizer = None
+        fisher = None
+        if self.regularization == "ewc":
+            fisher = self._fisher(net, preprocessor, hidden, parameters, fisher_generator, indices)
+            anchors = [p.detach().clone() for p in parameters]
+            fisher_tensors = [fisher[name].to(device) for name, _ in net.stages.named_parameters()]
+
+            def regularizer():
+                return ewc_penalty(parameters, anchors, fisher_tensors)
+
+        if self.loss == "mean_shifted":
+            objective = self._mean_shifted_objective(net, preprocessor, pretrained, center, generator)
+        else:
+
+            def objective(batch):
+                trunk_output = self._trunk_batch(net, preprocessor, hidden, batch)
+                with self._autocast(device):
+                    features = self._project(net.stages(trunk_output)).float()
+                compactness = compactness_loss(features, center)
+                return compactness, compactness
+
+        def step_loss(step):
+            loss, compactness = objective(next(batches))
+            penalty = regularizer() if regularizer is not None else loss.new_zeros(())
+            loss = loss + 0.5 * self.ewc_lambda * penalty
+            return loss, {"compactness": compactness.item(), "ewc_penalty": penalty.item()}
+
+        def record(step, loss, details):
+            history["loss"].append(loss)
+            history["compactness"].append(details["compactness"])
+            history["compactness_ratio"].append(details["compactness"] / max(initial_compactness, 1e-12))
+            history["ewc_penalty"].append(details["ewc_penalty"])
+
+        self._optimize(
+            parameters,
+            step_loss,
+            "adaptation",
+            n_steps=self.n_steps,
+            learning_rate=self.learning_rate,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            clip_norm=self.clip_norm,
+            callbacks=[record, *callbacks],
+        )
+        return {
+            "net_": net,
+            "center_": center.cpu().numpy(),
+            "history_": history,
+            "fisher_": fisher,
+        }
+
+    def _mean_shifted_objective(self, net, preprocessor, pretrained, center, generator):
+        """``batch -> (loss, compactness)`` of the mean-shifted contrastive loss.
+
+        Both augmented views of a batch run through the trunk together; the
+        trunk cache cannot serve them, since every view is new.
+        """
+        if not net.expects_images:
+            raise ValueError(
+                "loss='mean_shifted' contrasts augmented views of images; this backbone takes "
+                "vectors. Use loss='compactness'."
+            )
+        device = preprocessor.device
+        # Drawn only for this loss, so that the compactness loss's batches stay as they were.
+        views = ViewMaker(torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator))))
+        unit_center = F.normalize(F.normalize(torch.from_numpy(pretrained), dim=1).mean(dim=0), dim=0).to(device)
+
+        def objective(batch):
+            first, second = views(preprocessor(batch))
+            with torch.no_grad(), self._autocast(device):
+                trunk_output = net.trunk(torch.cat([first, second]))
+            with self._autocast(device):
+                features = net.stages(trunk_output).float()
+            first_features, second_features = features.chunk(2)
+            loss = mean_shifted_contrastive_loss(first_features, second_features, unit_center, self.temperature)
+            return loss, compactness_loss(self._project(first_features.detach()), center)
+
+        return objective
+
+    def _fisher(self, net, preprocessor, hidden, parameters, generator, indices):
+        names = [name for name, _ in net.stages.named_parameters()]
+        if self.fisher is None:
+            batches = shuffled_batches(len(indices), self.batch_size, generator)
+            trunk_outputs = (
+                self._trunk_batch(net, preprocessor, hidden, indices[next(batches)])
+                for _ in range(self.n_fisher_batches)
+            )
+            with self._autocast(preprocessor.device):
+                values = fisher_diagonal(net, trunk_outputs, parameters, generator)
+            return {name: value.detach().cpu() for name, value in zip(names, values)}
+        given = self.fisher
+        if not isinstance(given, Mapping):
+            given = torch.load(given, map_location="cpu", weights_only=True)
+        missing = [name for name in names if name not in given]
+        if missing:
+            raise ValueError(
+                f"The given fisher lacks {len(missing)} trainable parameters, e.g. {missing[:3]}; "
+                "its keys must be the names of net_.stages.named_parameters()."
+            )
+        fisher = {name: torch.as_tensor(np.asarray(given[name]), dtype=torch.float32) for name in names}
+        for name, parameter in zip(names, parameters):
+            if tuple(fisher[name].shape) != tuple(parameter.shape):
+                raise ValueError(
+                    f"fisher[{name!r}] has shape {tuple(fisher[name].shape)}; the parameter "
+                    f"has shape {tuple(parameter.shape)}."
+                )
+        return fisher
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # The features are float32 whatever the input's dtype.
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
