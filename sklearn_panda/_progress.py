@@ -1,11 +1,17 @@
-"""A minimal progress bar on stderr for long loops (no dependency)."""
+"""Progress bars for long loops: tqdm behind the small interface the loops use."""
 
 import sys
-import time
+
+from tqdm import tqdm
 
 
 class ProgressBar:
-    """Prints ``label: step/total [elapsed, eta] key=value`` in place, at most every 0.5 s.
+    """A tqdm bar on stderr, ``label: 40%|####      | 2/5 [00:01<00:01, ...] loss=0.5``.
+
+    The loops report how far they are (``done``) rather than a step, so a
+    loop that retries a batch after running out of memory cannot count it
+    twice. The bar closes itself, leaving its last line, once ``done``
+    reaches ``total``.
 
     Parameters
     ----------
@@ -13,30 +19,32 @@ class ProgressBar:
     label : str
     enabled : bool
         When False (``verbose=0``) nothing is ever printed.
-    stream : file, default=sys.stderr
+
+    Examples
+    --------
+    >>> from sklearn_panda._progress import ProgressBar
+    >>> progress = ProgressBar(3, "features", enabled=False)
+    >>> for done in (1, 2, 3):
+    ...     progress.update(done, loss=0.5)
     """
 
-    def __init__(self, total, label, enabled, stream=None):
-        self.total = total
-        self.label = label
-        self.enabled = enabled and total > 0
-        self.stream = stream if stream is not None else sys.stderr
-        self._start = time.perf_counter()
-        self._last = -1.0
+    def __init__(self, total, label, enabled):
+        self._bar = tqdm(
+            total=total,
+            desc=label,
+            disable=not enabled or total <= 0,
+            file=sys.stderr,
+            leave=True,
+            # Where stderr goes to a log file, every refresh is a line of it.
+            mininterval=0.5,
+        )
 
     def update(self, done, **values):
         """Report ``done`` of ``total`` steps, with optional numbers to show."""
-        if not self.enabled:
+        if self._bar.disable:
             return
-        now = time.perf_counter()
-        if done < self.total and now - self._last < 0.5:
-            return
-        self._last = now
-        elapsed = now - self._start
-        eta = elapsed / done * (self.total - done) if done else float("nan")
-        shown = " ".join(f"{key}={value:.4g}" for key, value in values.items())
-        end = "\n" if done >= self.total else ""
-        self.stream.write(
-            f"\r{self.label}: {done}/{self.total} [{elapsed:.0f}s, eta {eta:.0f}s] {shown}{end}"
-        )
-        self.stream.flush()
+        if values:
+            self._bar.set_postfix(values, refresh=False)
+        self._bar.update(done - self._bar.n)
+        if done >= self._bar.total:
+            self._bar.close()

@@ -66,3 +66,18 @@ def test_batch_size_benchmark_tiny_run():
     # resnet18 at 64x64: 64 channels at 32x32 in float32 is its largest activation.
     assert row.startswith("| images/s (largest activation 0.3 MB per image) |")
     assert row.endswith("| 2 |")
+
+
+def test_speed_benchmark_mean_cosine():
+    # The number that says the package's features match the paper pipeline's (issue 16: >= 0.999).
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("speed", ROOT / "benchmarks" / "speed.py")
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    reference = np.array([[1.0, 0.0], [1.0, 1.0]])
+    assert speed.mean_cosine(reference, 3 * reference) == pytest.approx(1)
+    assert speed.mean_cosine(reference, np.array([[0.0, 2.0], [1.0, 1.0]])) == pytest.approx(0.5)
+    assert speed.mean_cosine(reference, -reference) == pytest.approx(-1)
