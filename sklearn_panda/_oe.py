@@ -14,26 +14,29 @@ from ._sklearn_compat import Interval, _fit_context
 from .scorers import KNNScorer, offset_from_training_scores
 
 
-def check_exposure_labels(y, n_samples):
-    """``y`` must mark normal samples with 1 and exposure samples with -1, both present."""
+def normal_mask(y, n_samples, normal_label):
+    """Which samples are normal: ``y == normal_label``; every other label marks exposure.
+
+    Both kinds must be present.
+    """
     if y is None:
         raise ValueError(
-            "PandaOE.fit needs y: 1 for normal images, -1 for exposure images (images "
+            f"PandaOE requires y to be passed, but the target y is None: y == normal_label "
+            f"({normal_label!r}) for normal images, any other label for exposure images (images "
             "that resemble anomalies)."
         )
     y = np.asarray(y)
     if y.shape != (n_samples,):
         raise ValueError(f"y must have shape ({n_samples},), one label per image; got {y.shape}.")
-    values = set(np.unique(y).tolist())
-    if not values <= {1, -1}:
+    normal = y == normal_label
+    if normal.all() or not normal.any():
+        found = sorted(set(np.unique(y).tolist()))
         raise ValueError(
-            f"y must hold 1 (normal) and -1 (exposure), the labels predict returns; "
-            f"got also {sorted(values - {1, -1})}."
+            f"PandaOE needs both normal and exposure images; y holds one class only, "
+            f"{'the normal label' if normal.any() else 'no normal label'} (normal_label="
+            f"{normal_label!r}; labels found: {found[:5]}{' ...' if len(found) > 5 else ''})."
         )
-    for label, name in ((1, "normal (y == 1)"), (-1, "exposure (y == -1)")):
-        if label not in values:
-            raise ValueError(f"PandaOE needs both normal and exposure images; found no {name} image.")
-    return y
+    return normal
 
 
 @loadable
@@ -52,6 +55,14 @@ class PandaOE(BasePandaDetector):
     Parameters
     ----------
     backbone, weights : see :class:`PandaDetector`
+
+    normal_label : int, float, bool or str, default=1
+        The label of the normal images in ``y``; every other label marks an
+        exposure image (one label, or several, such as the classes of another
+        data set). The default takes ``y`` as ``predict`` returns labels, 1
+        normal and -1 anomalous, so that ``GridSearchCV(..., scoring="roc_auc")``
+        works unchanged; for PyOD's labels (0 normal, 1 anomalous) set
+        ``normal_label=0``.
 
     n_steps : int, default=300
         Mini-batches of fine-tuning; each holds ``batch_size // 2`` normal and
@@ -136,6 +147,7 @@ class PandaOE(BasePandaDetector):
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "combine_knn": ["boolean"],
+        "normal_label": [numbers.Real, str],
     }
 
     def __init__(
@@ -149,6 +161,7 @@ class PandaOE(BasePandaDetector):
         weight_decay=0.0,
         clip_norm=1e-3,
         combine_knn=False,
+        normal_label=1,
         n_trainable_stages=1,
         resize=256,
         crop_size=224,
@@ -186,18 +199,20 @@ class PandaOE(BasePandaDetector):
         self.weight_decay = weight_decay
         self.clip_norm = clip_norm
         self.combine_knn = combine_knn
+        self.normal_label = normal_label
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
-        """Fine-tune on normal (``y == 1``) against exposure (``y == -1``) images.
+        """Fine-tune on normal (``y == normal_label``) against exposure (any other label) images.
 
         Parameters
         ----------
         X : array-like or list of paths / PIL images
             Normal and exposure samples together.
         y : array-like of shape (n_samples,)
-            1 for normal, -1 for exposure: the labels ``predict`` returns, so
-            ``GridSearchCV(..., scoring="roc_auc")`` works unchanged.
+            ``normal_label`` (default 1) for normal images, any other label
+            (such as -1, the label ``predict`` gives anomalies) for exposure
+            images.
 
         Returns
         -------
@@ -207,15 +222,15 @@ class PandaOE(BasePandaDetector):
         self._fit(X, y)
         return self
 
-    def _fit_checked(self, X, checked, y):
+    def _fit_checked(self, X, checked, is_normal):
         run = self._start_fit(checked)
-        fitted = self._adapt(run.net, run.preprocessor, run.hidden, run.generator, y)
+        fitted = self._adapt(run.net, run.preprocessor, run.hidden, run.generator, is_normal)
         fitted.update(self._fit_scoring(fitted, run.preprocessor, run.hidden))
         fitted.update(input_spec_=checked.spec, device_=run.device)
         return fitted, run
 
     def _check_target(self, y, n_samples):
-        return check_exposure_labels(y, n_samples)
+        return normal_mask(y, n_samples, self.normal_label)
 
     def fit_predict(self, X, y):
         """Fit, then label the training samples with ``predict``.
@@ -224,7 +239,7 @@ class PandaOE(BasePandaDetector):
         ----------
         X : array-like or list of paths / PIL images
         y : array-like of shape (n_samples,)
-            1 for normal, -1 for exposure.
+            ``normal_label`` for normal images, any other label for exposure images.
 
         Returns
         -------
@@ -232,13 +247,14 @@ class PandaOE(BasePandaDetector):
         """
         return self.fit(X, y).predict(X)
 
-    def _adapt(self, net, preprocessor, hidden, generator, y):
+    def _adapt(self, net, preprocessor, hidden, generator, is_normal):
+        """Fine-tune ``net`` with a new head, normal samples (the mask ``is_normal``) against the others."""
         device = preprocessor.device
         n_features = self._feature_width(net, preprocessor, hidden)
         with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
             torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
             head = nn.Linear(n_features, 1).to(device)
-        normal, exposure = np.flatnonzero(y == 1), np.flatnonzero(y == -1)
+        normal, exposure = np.flatnonzero(is_normal), np.flatnonzero(~is_normal)
         n_normal = max(1, self.batch_size // 2)
         normal_batches = shuffled_batches(len(normal), n_normal, generator)
         exposure_batches = shuffled_batches(len(exposure), max(1, self.batch_size - n_normal), generator)
@@ -247,7 +263,7 @@ class PandaOE(BasePandaDetector):
 
         def step_loss(step):
             indices = np.concatenate([normal[next(normal_batches)], exposure[next(exposure_batches)]])
-            targets = torch.as_tensor((y[indices] == 1).astype(np.float32), device=device)
+            targets = torch.as_tensor(is_normal[indices].astype(np.float32), device=device)
             trunk_output = self._trunk_batch(net, preprocessor, hidden, indices)
             with self._autocast(device):
                 logits = head(self._project(net.stages(trunk_output))).squeeze(1).float()
@@ -269,6 +285,11 @@ class PandaOE(BasePandaDetector):
             callbacks=[record],
         )
         return {"net_": net, "head_": head, "history_": history, "normal_indices_": normal}
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = True
+        return tags
 
     def _feature_width(self, net, preprocessor, hidden):
         """Width of the pooled features: one sample through the stages."""

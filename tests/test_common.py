@@ -48,28 +48,25 @@ FLOAT32_BATCH_REASON = (
 )
 
 
-OE_LABELS_REASON = (
-    "PandaOE.fit needs y with 1 for normal and -1 for exposure images, both present; "
-    "this check fits without y or with labels such as {0, 1, 2}, so PandaOE refuses "
-    "the data with a ValueError that names the labels it wants (tests/test_oe.py "
-    "covers pickling, grid search with roc_auc, offsets and fit_predict with valid labels)."
+OE_UNSUPERVISED_REASON = (
+    "The outlier checks call fit(X) and fit_predict(X) without y, as for an unsupervised "
+    "detector; PandaOE's fit needs y to tell exposure images from normal ones (its tags say "
+    "target_tags.required, which every other check honours). tests/test_oe.py covers "
+    "offsets, fit_predict and predict with labels."
 )
-OE_CHECKS_NEEDING_LABELS = [
-    "check_classifier_data_not_an_array", "check_dict_unchanged", "check_dont_overwrite_parameters",
-    "check_dtype_object", "check_estimators_dtypes", "check_estimators_fit_returns_self",
-    "check_estimators_nan_inf", "check_estimators_overwrite_params", "check_estimators_pickle",
-    "check_f_contiguous_array_estimator", "check_fit2d_1feature", "check_fit2d_1sample",
-    "check_fit2d_predict1d", "check_fit_check_is_fitted", "check_fit_idempotent",
-    "check_fit_score_takes_y", "check_methods_sample_order_invariance",
-    "check_methods_subset_invariance", "check_n_features_in", "check_n_features_in_after_fitting",
-    "check_outliers_fit_predict", "check_outliers_train", "check_pipeline_consistency",
-    "check_positive_only_tag_during_fit", "check_readonly_memmap_input",
-]
+OE_FLOAT32_BATCH_REASON = (
+    "float32 forward passes and head: a sample's logit can change in the last bit with the "
+    "batch it is computed in (BLAS blocking), ~2e-7 absolute here, above the check's 1e-7."
+)
 
 
 def expected_failed_checks(estimator):
     if isinstance(estimator, PandaOE):
-        return dict.fromkeys(OE_CHECKS_NEEDING_LABELS, OE_LABELS_REASON)
+        return {
+            "check_outliers_train": OE_UNSUPERVISED_REASON,
+            "check_outliers_fit_predict": OE_UNSUPERVISED_REASON,
+            "check_methods_subset_invariance": OE_FLOAT32_BATCH_REASON,
+        }
     failures = _leave_one_out_failures(estimator)
     if isinstance(estimator, PandaSES):
         failures["check_methods_subset_invariance"] = FLOAT32_BATCH_REASON

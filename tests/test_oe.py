@@ -44,10 +44,10 @@ def test_exposure_resembling_anomalies_lifts_roc_auc(exposure_task):
 @pytest.mark.parametrize(
     "y, message",
     [
-        (None, "needs y"),
-        (np.r_[np.ones(5), np.zeros(5)], r"got also \[0"),
-        (np.ones(10), "no exposure"),
-        (-np.ones(10), "no normal"),
+        (None, "requires y to be passed"),
+        (np.ones(10), "one class only, the normal label"),
+        (-np.ones(10), "one class only, no normal label"),
+        (np.array(["good"] * 5 + ["bad"] * 5), r"no normal label \(normal_label=1"),
         (np.ones(3), r"shape \(10,\)"),
     ],
 )
@@ -55,6 +55,20 @@ def test_label_errors(y, message):
     X = np.random.default_rng(0).normal(size=(10, 4))
     with pytest.raises(ValueError, match=message):
         PandaOE(backbone=tiny_mlp, weights=None, n_steps=1).fit(X, y)
+
+
+def test_any_labels_with_the_normal_one_named():
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(12, 4)), rng.normal(size=(12, 4)) + 2])
+    common = dict(backbone=tiny_mlp, weights=None, n_steps=3, random_state=0)
+    expected = PandaOE(**common).fit(X, np.r_[np.ones(12), -np.ones(12)]).score_samples(X)
+    for y, normal_label in [
+        (np.r_[np.zeros(12), np.ones(12)], 0),  # PyOD's labels: 0 normal, 1 anomalous
+        (np.array(["shirt"] * 12 + ["shoe"] * 6 + ["bag"] * 6), "shirt"),  # the classes of an exposure set
+        (np.r_[np.ones(12), np.tile([0, 2, 3], 4)], 1),
+    ]:
+        oe = PandaOE(**common, normal_label=normal_label).fit(X, y)
+        np.testing.assert_array_equal(oe.score_samples(X), expected)
 
 
 def test_zero_steps_are_refused():
