@@ -249,10 +249,10 @@ def test_detector_ignores_y():
 @pytest.mark.parametrize(
     "y, message",
     [
-        (None, "needs y"),
-        (np.r_[np.ones(4), np.zeros(4)], r"got also \[0"),
-        (np.ones(8), "no exposure"),
-        (-np.ones(8), "no normal"),
+        (None, "requires y to be passed"),
+        (np.array(["good"] * 4 + ["bad"] * 4), r"no normal label \(normal_label=1"),
+        (np.ones(8), "one class only, the normal label"),
+        (-np.ones(8), "one class only, no normal label"),
         (np.ones(3), r"shape \(8,\)"),
     ],
 )
