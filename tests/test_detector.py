@@ -31,9 +31,13 @@ def test_grayscale_layouts_agree(images):
     gray = images[..., 0]
     a = detector().fit(gray).score_samples(gray[:4])
     b = detector().fit(gray[..., None]).score_samples(gray[:4, ..., None])
-    c = detector().fit(gray[:, None].astype(np.float32) / 255).score_samples(gray[:4, None].astype(np.float32) / 255)
+    c = detector().fit(gray[:, None]).score_samples(gray[:4, None])
     np.testing.assert_allclose(a, b, rtol=1e-5)
-    np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a, c, rtol=1e-5)
+    # Float images are resampled in float, uint8 ones in uint8 rounded after
+    # each pass (as PIL does): the inputs then differ by up to a grey level.
+    d = detector().fit(gray.astype(np.float32) / 255).score_samples(gray[:4].astype(np.float32) / 255)
+    np.testing.assert_allclose(a, d, rtol=2e-2)
 
 
 def test_vectors_to_an_image_backbone_is_a_clear_error():
