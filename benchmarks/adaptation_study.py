@@ -131,7 +131,10 @@ def trunk_outputs(images, name, cache_dir, chunk=1000):
     preprocessor = Preprocessor(checked, resize=detector.resize, crop_size=detector.crop_size, device=torch.device("cpu"))
     with torch.inference_mode():
         shape = tuple(net.trunk(preprocessor(np.arange(1))).shape[1:])
-    path = Path(cache_dir) / f"{name}_{BACKBONE}_cut{DEEPEST_TRAINABLE}.f32"
+    # The name also tells how the images were preprocessed: outputs cached by
+    # an earlier version of the package's preprocessing are not reused.
+    first = preprocessor(np.arange(min(8, len(images)))).contiguous().numpy()
+    path = Path(cache_dir) / f"{name}_{BACKBONE}_cut{DEEPEST_TRAINABLE}_pre{zlib.crc32(first.tobytes()):08x}.f32"
     done_path = path.with_suffix(".done")
     mode = "r+" if path.exists() else "w+"
     cache = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(len(images), *shape))
