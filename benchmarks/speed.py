@@ -335,6 +335,10 @@ def main(argv=None):
     parser.add_argument("--checkpoints", type=int, nargs="*", default=[1, 3, 6])
     parser.add_argument("--skip-auc", action="store_true")
     parser.add_argument(
+        "--skip-compile", action="store_true",
+        help="leave out the compile=True rows (each compiles the backbone anew, which takes minutes)",
+    )
+    parser.add_argument(
         "--precision-classes", type=int, nargs="*", default=[],
         help="also compare float32 and bfloat16 ROC AUC (eager, L2-normalised features) on these classes",
     )
@@ -356,12 +360,13 @@ def main(argv=None):
         f"| paper pipeline (PIL per image, fp32 eager) | 32 | {base_rate:.1f} | 1.00 | {base_setup:.1f} "
         f"| {base_peak:.0f} |"
     )
-    variants = [(precision, compile) for precision in ("float32", "bfloat16") for compile in (False, True)]
+    compiles = (False,) if args.skip_compile else (False, True)
+    variants = [(precision, compile) for precision in ("float32", "bfloat16") for compile in compiles]
     # The package's defaults, then batches of 32 (the paper's, and this package's before
     # inference_batch_size="auto") to show what the cache-sized batches give.
     rows = [(precision, compile, "auto") for precision, compile in variants]
-    rows.insert(1, ("float32", False, 32))
-    rows.insert(3, ("float32", True, 32))
+    for position, compile in enumerate(compiles):
+        rows.insert(1 + 2 * position, ("float32", compile, 32))
     for precision, compile, batch in rows:
         _, peak, (setup, rate, used) = measure(
             package_features, args.backbone, weights, images, precision, True, compile, batch
