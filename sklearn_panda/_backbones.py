@@ -1,15 +1,17 @@
 """Build a backbone by name or factory, load its weights, split it for adaptation.
 
 PANDA fine-tunes only the last stages of a pretrained network. A backbone is
-therefore split into a frozen ``trunk`` (run without a graph, and only once per
-image even when several fine-tuned copies are compared) and trainable
-``stages`` that end in global average pooling, plus the classifier ``head``
-(for the Fisher information of EWC).
+therefore split (by node name, :mod:`sklearn_panda._stages`) into a frozen
+``trunk`` (run without a graph, and only once per image even when several
+fine-tuned copies are compared) and trainable ``stages`` that end in the
+pooled penultimate features, plus the classifier ``head`` (for the Fisher
+information of EWC).
 
-Supported by name: torchvision ResNets (``resnet18`` ... ``resnet152``,
-``wide_resnet50_2``, ``resnext50_32x4d``, ...), torchvision EfficientNets and
-MobileNets, and ``efficientnet_lite0`` (the ``lite`` extra: its ImageNet
-weights ship inside a pip package, so it works offline).
+Supported by name: every classification model of ``torchvision.models``
+(ResNets, EfficientNets, MobileNets, RegNets, ConvNeXts, ViTs, Swins,
+DenseNets, ...; :func:`available_backbones`), and ``efficientnet_lite0``
+(the ``lite`` extra: its ImageNet weights ship inside a pip package, so it
+works offline). A factory may return any ``nn.Module``, pretrained or not.
 """
 
 import os
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from ._stages import split_model
 
 LITE_NAME = "efficientnet_lite0"
 LITE_HINT = "pip install 'sklearn-panda[lite]'"
@@ -26,174 +30,10 @@ class WeightsUnavailableError(OSError):
     """Pretrained weights could not be found in the cache nor downloaded."""
 
 
-class FeatureNet(nn.Module):
-    """A backbone split into a frozen trunk, trainable stages and a classifier head.
-
-    ``forward(x) == stages(trunk(x))`` returns pooled features ``(n, d)``.
-
-    Parameters
-    ----------
-    trunk : nn.Module
-        Frozen first part.
-    stages : nn.Module
-        Trainable last part, ending in pooled, flattened features.
-    head : nn.Module or None
-        Maps features to ImageNet logits; ``None`` when the backbone has none.
-    expects_images : bool
-        Whether input must be ``(n, 3, H, W)`` images.
-    """
-
-    def __init__(self, trunk, stages, head, *, expects_images):
-        super().__init__()
-        self.trunk = trunk
-        self.stages = stages
-        self.head = head
-        self.expects_images = expects_images
-
-    def forward(self, x):
-        return self.stages(self.trunk(x))
-
-    def trainable_parameters(self):
-        """The parameters adaptation may change: those of ``stages``."""
-        return [p for p in self.stages.parameters() if p.requires_grad]
-
-    def freeze_trunk(self):
-        """Only ``stages`` train; BatchNorm statistics stay frozen (eval mode), as in the paper."""
-        for parameter in self.trunk.parameters():
-            parameter.requires_grad_(False)
-        if self.head is not None:
-            for parameter in self.head.parameters():
-                parameter.requires_grad_(False)
-        for parameter in self.stages.parameters():
-            parameter.requires_grad_(True)
-        return self.eval()
-
-    def train(self, mode=True):
-        # BatchNorm and dropout stay in eval mode even while the stages train:
-        # the paper's recipe freezes the running statistics.
-        return super().train(False)
-
-
-class Trunk(nn.Sequential):
-    """The frozen stages, run in order; the first two always in float32.
-
-    Under ``torch.autocast`` (``precision="bfloat16"`` or ``"float16"``) the
-    stem and the first block group (ResNet ``layer1``) still run in float32:
-    the high-resolution layers are where rounding to bfloat16 moved ROC AUC.
-    EfficientNet-Lite0 on four Fashion-MNIST classes, against float32: all in
-    bfloat16 +0.13 to +0.49 points; stem in float32 +0.04 to +0.19; stem and
-    first group +0.05 to +0.11 (``benchmarks/RESULTS.md``). They are about
-    7% of a ResNet152's compute. Without autocast this is ``nn.Sequential``.
-
-    Parameters
-    ----------
-    *stages : nn.Module
-    float32_stages : int, default=2
-        How many of the first stages run in float32.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from sklearn_panda._backbones import Trunk
-    >>> stem, image = torch.nn.Conv2d(3, 4, 3), torch.ones(1, 3, 8, 8)
-    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
-    ...     print(stem(image).dtype, Trunk(stem)(image).dtype)
-    torch.bfloat16 torch.float32
-    """
-
-    def __init__(self, *stages, float32_stages=2):
-        super().__init__(*stages)
-        self.float32_stages = float32_stages
-
-    def forward(self, x):
-        for index, stage in enumerate(self):
-            if index < self.float32_stages:
-                with torch.autocast(device_type=x.device.type, enabled=False):
-                    x = stage(x)
-            else:
-                x = stage(x)
-        return x
-
-
-class _Pool(nn.Sequential):
-    def __init__(self):
-        super().__init__(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
-
-
-def _is_resnet(model):
-    return all(hasattr(model, name) for name in ("conv1", "layer1", "layer4", "fc"))
-
-
-def _is_features_classifier(model):
-    return all(hasattr(model, name) for name in ("features", "avgpool", "classifier"))
-
-
-def _is_lite(model):
-    return hasattr(model, "_blocks") and hasattr(model, "_conv_head")
-
-
-def _resnet_stages(model):
-    stem = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool)
-    return [stem, model.layer1, model.layer2, model.layer3, model.layer4], model.fc
-
-
-def _features_classifier_stages(model):
-    # torchvision EfficientNet / MobileNet: features[0] is the stem, the last
-    # entry a 1x1 convolution head that belongs with the last stage.
-    parts = list(model.features)
-    stages = parts[:-2] + [nn.Sequential(parts[-2], parts[-1])]
-    return stages, model.classifier
-
-
-def _lite_stages(model):
-    stem = nn.Sequential(model._conv_stem, model._bn0, model._swish)
-    stages, start = [stem], 0
-    for args in model._blocks_args:
-        stages.append(nn.Sequential(*model._blocks[start : start + args.num_repeat]))
-        start += args.num_repeat
-    head_conv = nn.Sequential(model._conv_head, model._bn1, model._swish)
-    stages[-1] = nn.Sequential(stages[-1], head_conv)
-    return stages, model._fc
-
-
-def split_model(model, n_trainable_stages):
-    """Split a classification network into a :class:`FeatureNet`.
-
-    ResNets have 5 stages (stem, ``layer1`` ... ``layer4``); torchvision
-    EfficientNets / MobileNets and EfficientNet-Lite have a stem and their
-    block groups, the last group carrying the 1x1 convolution head. The last
-    ``n_trainable_stages`` stages train; with the default 2 that is ResNet's
-    ``layer3`` + ``layer4`` (the paper's choice, its Table 5) and
-    EfficientNet-Lite0's last 5 blocks + head. Any other module is a vector
-    backbone: all of it trains, and it has no classifier head.
-    """
-    if _is_resnet(model):
-        stages, head = _resnet_stages(model)
-    elif _is_lite(model):
-        stages, head = _lite_stages(model)
-    elif _is_features_classifier(model):
-        stages, head = _features_classifier_stages(model)
-    else:
-        return FeatureNet(nn.Identity(), model, None, expects_images=False)
-    if not 1 <= n_trainable_stages <= len(stages) - 1:
-        raise ValueError(
-            f"n_trainable_stages must be between 1 and {len(stages) - 1} for this "
-            f"backbone ({len(stages)} stages including the stem); got {n_trainable_stages}."
-        )
-    split = len(stages) - n_trainable_stages
-    trunk = Trunk(*stages[:split])
-    trainable = nn.Sequential(*stages[split:], _Pool())
-    return FeatureNet(trunk, trainable, head, expects_images=True)
-
-
 def _torchvision_names():
     import torchvision
 
-    return sorted(
-        name
-        for name in torchvision.models.list_models(module=torchvision.models)
-        if name.startswith(("resnet", "wide_resnet", "resnext", "efficientnet", "mobilenet"))
-    )
+    return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
 def available_backbones():
@@ -202,7 +42,7 @@ def available_backbones():
     Examples
     --------
     >>> from sklearn_panda._backbones import available_backbones
-    >>> {"resnet152", "efficientnet_lite0"} <= set(available_backbones())
+    >>> {"resnet152", "efficientnet_lite0", "vit_b_16", "convnext_tiny"} <= set(available_backbones())
     True
     """
     return [LITE_NAME] + _torchvision_names()
@@ -244,10 +84,14 @@ def _torchvision_weights_enum(name, weights):
 
 
 def _download_torchvision_weights(weights_enum):
+    """Make sure the weights file is in the torch hub cache: download it when it is not."""
     url = weights_enum.url
     cache_file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+    if cache_file.is_file():
+        return
     try:
-        return torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
+        # Loaded once with weights_only=True: a download that is not a plain state dict fails here.
+        torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
     except Exception as error:  # offline: URLError, socket errors, HTTP errors
         raise WeightsUnavailableError(
             f"Could not load the pretrained weights {weights_enum}: not in the torch "
@@ -303,24 +147,41 @@ def build_model(backbone, weights):
         A name from :func:`available_backbones`, or a callable returning an
         ``nn.Module``.
     weights : "imagenet", str, path or None
-        ``"imagenet"``: the pretrained ImageNet weights (ResNets: torchvision's
-        ``IMAGENET1K_V1``, the paper's; EfficientNet-Lite0: the packaged file).
-        Another string: a torchvision weights enum name (e.g. ``"IMAGENET1K_V2"``).
-        A path: a state dict, loaded with ``weights_only=True``. ``None``:
-        random initialisation.
+        For a name: ``"imagenet"``, the pretrained ImageNet weights (ResNets:
+        torchvision's ``IMAGENET1K_V1``, the paper's; other torchvision
+        models: their ``DEFAULT``; EfficientNet-Lite0: the packaged file);
+        another string, a torchvision weights enum name (e.g.
+        ``"IMAGENET1K_V2"``); ``None``, random initialisation. For a
+        factory: the module keeps the weights the factory gave it
+        (pretrained when the factory loads them): ``"imagenet"`` and
+        ``None`` load nothing over them. A path: a state dict, loaded with
+        ``weights_only=True`` over either.
 
     Raises
     ------
     WeightsUnavailableError
         When pretrained weights are neither cached nor downloadable; the
         message names the expected cache file.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> from sklearn_panda._backbones import build_model
+    >>> pretrained = nn.Linear(2, 2)
+    >>> build_model(lambda: pretrained, "imagenet") is pretrained  # the factory's own weights
+    True
     """
     if callable(backbone):
         model = backbone()
         if not isinstance(model, nn.Module):
             raise TypeError(f"The backbone factory must return an nn.Module; got {type(model).__name__}.")
-        if weights is not None and not _is_path(weights):
-            raise ValueError("For a backbone factory, weights must be None or a path to a state dict.")
+        if weights == "imagenet" or weights is None:
+            return model
+        if not _is_path(weights):
+            raise ValueError(
+                "A backbone factory brings its own weights: weights must be 'imagenet' or None "
+                f"(keep them) or a path to a state dict; got {weights!r}."
+            )
     elif backbone == LITE_NAME:
         model = _build_lite()
         if weights == "imagenet":
@@ -330,11 +191,13 @@ def build_model(backbone, weights):
     elif backbone in _torchvision_names():
         import torchvision
 
-        model = torchvision.models.get_model(backbone, weights=None)
         if weights is not None and not _is_path(weights):
-            state = _download_torchvision_weights(_torchvision_weights_enum(backbone, weights))
-            _load_into(model, state, f"torchvision's {backbone} weights")
-            return model
+            weights_enum = _torchvision_weights_enum(backbone, weights)
+            _download_torchvision_weights(weights_enum)
+            # torchvision's builder: some weights set the architecture too
+            # (GoogLeNet's and Inception's input transform, ViT's image size).
+            return torchvision.models.get_model(backbone, weights=weights_enum)
+        model = torchvision.models.get_model(backbone, weights=None)
     else:
         raise ValueError(
             f"Unknown backbone {backbone!r}. Valid names: {', '.join(available_backbones())}; "
@@ -345,16 +208,28 @@ def build_model(backbone, weights):
     return model
 
 
-def build_feature_net(backbone, weights, n_trainable_stages, example=None):
-    """:func:`build_model` then :func:`split_model`, frozen except the trainable stages.
+def build_feature_net(backbone, weights, n_trainable_stages, example=None, *, stage_ends=None, feature_node=None):
+    """:func:`build_model` then :func:`~sklearn_panda._stages.split_model`, frozen except the trainable stages.
 
-    ``example``, a small input batch, materialises lazy modules (such as
-    ``nn.LazyLinear``, handy for vector backbones of unknown input width).
+    ``example``, given when the input is vectors ``(n, d)``, is a small
+    batch of them: it materialises lazy modules (such as ``nn.LazyLinear``,
+    handy for vector backbones of unknown input width) before the split, and
+    lets a network without ``stage_ends`` that is not an image family be a
+    vector backbone. ``stage_ends`` and ``feature_node`` are as in
+    :func:`~sklearn_panda._stages.split_model`.
+
+    Examples
+    --------
+    >>> from sklearn_panda._backbones import build_feature_net
+    >>> net = build_feature_net("mobilenet_v2", None, 2)
+    >>> net.head.in_features, len(net.stages)  # 1,280 features; two stages and the pooling
+    (1280, 3)
     """
-    net = split_model(build_model(backbone, weights), n_trainable_stages)
-    if example is not None and any(
-        isinstance(p, nn.parameter.UninitializedParameter) for p in net.parameters()
-    ):
+    model = build_model(backbone, weights)
+    if example is not None and any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         with torch.no_grad():
-            net(example)
+            model.eval()(example)
+    net = split_model(
+        model, n_trainable_stages, stage_ends=stage_ends, feature_node=feature_node, vectors=example is not None
+    )
     return net.freeze_trunk()

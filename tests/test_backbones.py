@@ -54,9 +54,12 @@ def test_train_mode_is_refused_batchnorm_stays_frozen():
     assert not any(module.training for module in net.modules())
 
 
-def test_generic_module_is_a_trainable_vector_backbone():
-    net = split_model(nn.Linear(4, 2), 2)
+def test_generic_module_is_a_trainable_vector_backbone_for_vectors_only():
+    net = split_model(nn.Linear(4, 2), 2, vectors=True)
     assert not net.expects_images and net.head is None
+    # Never a vector backbone because a split failed: with images it is an error.
+    with pytest.raises(ValueError, match="stage_ends"):
+        split_model(nn.Linear(4, 2), 2)
 
 
 def test_too_many_trainable_stages():

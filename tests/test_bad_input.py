@@ -193,8 +193,9 @@ def test_missing_weights_file(tmp_path):
 
 
 def test_factory_with_named_weights():
-    with pytest.raises(ValueError, match="weights must be None or a path"):
-        image_detector(weights="imagenet").fit(_images())
+    # A factory brings its own weights ("imagenet" and None keep them); a torchvision name has nothing to name.
+    with pytest.raises(ValueError, match="brings its own weights: weights must be 'imagenet' or None"):
+        image_detector(weights="IMAGENET1K_V1").fit(_images())
 
 
 def test_factory_that_returns_no_module():

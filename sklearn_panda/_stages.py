@@ -1,0 +1,636 @@
+"""Split a network, by node name, into a frozen trunk, trainable stages and its classifier.
+
+The network is traced with ``torch.fx`` (torchvision's
+:class:`~torchvision.models.feature_extraction.NodePathTracer`, so nodes have
+the names :func:`~torchvision.models.feature_extraction.get_graph_node_names`
+lists, and a module's name stands for its last node, as in
+:func:`~torchvision.models.feature_extraction.create_feature_extractor`). It is
+cut after each node of ``stage_ends``: the stages run from the input to the
+first stage end, then from each stage end to the next. After the last stage
+end come the layers up to ``feature_node`` (pooling, a final norm), which
+train with the last stage; a feature map there is average-pooled. By
+default the features are the input of the model's classifier (its last
+``nn.Linear``, or convolution), and that classifier is the ``head`` for the
+Fisher information of EWC.
+
+Each torchvision classifier family has default stage ends (:func:`family_stage_ends`);
+any other network needs ``stage_ends``. A cut must leave one tensor that
+carries everything forward (not the inside of a residual block); a network
+that cannot be split is an error that names the parameters to set, never a
+silent fallback.
+"""
+
+import math
+import re
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import fx, nn
+from torchvision.models.feature_extraction import NodePathTracer
+
+SPLIT_PARAMETERS_HINT = (
+    "Set stage_ends (the names of the nodes or modules that end each stage, in order; "
+    "torchvision.models.feature_extraction.get_graph_node_names(model) lists them) and, "
+    "if needed, feature_node (default: the input of the model's last Linear or convolution "
+    "layer) and n_trainable_stages."
+)
+
+
+class FeatureNet(nn.Module):
+    """A backbone split into a frozen trunk, trainable stages and a classifier head.
+
+    ``forward(x) == stages(trunk(x))`` returns pooled features ``(n, d)``.
+
+    Parameters
+    ----------
+    trunk : nn.Module
+        Frozen first part.
+    stages : nn.Sequential
+        Trainable last part: one entry per trainable stage, then a
+        :class:`PooledFeatures` that ends in pooled, flattened features.
+    head : nn.Module or None
+        Maps features to the classifier's logits; ``None`` when there is none.
+    expects_images : bool
+        Whether input must be ``(n, 3, H, W)`` images.
+    """
+
+    def __init__(self, trunk, stages, head, *, expects_images):
+        super().__init__()
+        self.trunk = trunk
+        self.stages = stages
+        self.head = head
+        self.expects_images = expects_images
+
+    def forward(self, x):
+        return self.stages(self.trunk(x))
+
+    def trainable_parameters(self):
+        """The parameters adaptation may change: those of ``stages``."""
+        return [p for p in self.stages.parameters() if p.requires_grad]
+
+    def freeze_trunk(self):
+        """Only ``stages`` train; BatchNorm statistics stay frozen (eval mode), as in the paper."""
+        for parameter in self.trunk.parameters():
+            parameter.requires_grad_(False)
+        if self.head is not None:
+            for parameter in self.head.parameters():
+                parameter.requires_grad_(False)
+        for parameter in self.stages.parameters():
+            parameter.requires_grad_(True)
+        return self.eval()
+
+    def train(self, mode=True):
+        # BatchNorm and dropout stay in eval mode even while the stages train:
+        # the paper's recipe freezes the running statistics.
+        return super().train(False)
+
+
+class Trunk(nn.Sequential):
+    """The frozen stages, run in order; the first two always in float32.
+
+    Under ``torch.autocast`` (``precision="bfloat16"`` or ``"float16"``) the
+    stem and the first block group (ResNet ``layer1``) still run in float32:
+    the high-resolution layers are where rounding to bfloat16 moved ROC AUC.
+    EfficientNet-Lite0 on four Fashion-MNIST classes, against float32: all in
+    bfloat16 +0.13 to +0.49 points; stem in float32 +0.04 to +0.19; stem and
+    first group +0.05 to +0.11 (``benchmarks/RESULTS.md``). They are about
+    7% of a ResNet152's compute. Without autocast this is ``nn.Sequential``.
+
+    Parameters
+    ----------
+    *stages : nn.Module
+    float32_stages : int, default=2
+        How many of the first stages run in float32.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._stages import Trunk
+    >>> stem, image = torch.nn.Conv2d(3, 4, 3), torch.ones(1, 3, 8, 8)
+    >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+    ...     print(stem(image).dtype, Trunk(stem)(image).dtype)
+    torch.bfloat16 torch.float32
+    """
+
+    def __init__(self, *stages, float32_stages=2):
+        super().__init__(*stages)
+        self.float32_stages = float32_stages
+
+    def forward(self, x):
+        for index, stage in enumerate(self):
+            if index < self.float32_stages:
+                with torch.autocast(device_type=x.device.type, enabled=False):
+                    x = stage(x)
+            else:
+                x = stage(x)
+        return x
+
+
+class PooledFeatures(nn.Module):
+    """The layers from the last stage end to the feature node, then global average pooling.
+
+    Vectors ``(n, d)`` are the features as they are; feature maps
+    ``(n, C, H, W)`` are average-pooled to ``(n, C)``.
+
+    Parameters
+    ----------
+    layers : nn.Module or None
+        What runs after the last stage end (``None``: nothing).
+    feature_node : str
+        The name of the feature node, for error messages.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._stages import PooledFeatures
+    >>> PooledFeatures(None, "layer4")(torch.ones(2, 5, 3, 3)).shape
+    torch.Size([2, 5])
+    """
+
+    def __init__(self, layers, feature_node):
+        super().__init__()
+        self.layers = layers
+        self.feature_node = feature_node
+
+    def forward(self, x):
+        if self.layers is not None:
+            x = self.layers(x)
+        if x.ndim == 4:
+            return F.adaptive_avg_pool2d(x, 1).flatten(1)
+        if x.ndim != 2:
+            raise ValueError(
+                f"The feature node {self.feature_node!r} gives outputs of shape {tuple(x.shape)}; "
+                "features must be vectors (n, d) or feature maps (n, C, H, W), which are "
+                "average-pooled. Set feature_node to a node that gives one of them (for tokens, "
+                "the class token or the pooled tokens)."
+            )
+        return x
+
+
+# ------------------------------------------------------------ family stages
+
+
+class FamilyStages(NamedTuple):
+    """A family's default split: stage ends, and where it departs from the defaults.
+
+    ``feature_node`` ``None``: the input of the classifier. ``head`` ``None``:
+    the layers from the feature node to the output when the classifier is
+    linear; otherwise the name of the module that maps features to logits.
+    """
+
+    ends: list
+    feature_node: str | None = None
+    head: str | None = None
+
+
+def _resnet(model):
+    return ["maxpool", "layer1", "layer2", "layer3", "layer4"]
+
+
+def _efficientnet(model):
+    # features[0] is the stem, each later entry one stage; the last entry, the
+    # 1x1 convolution head, belongs with the last stage.
+    last = len(model.features) - 1
+    return [f"features.{index}" for index in range(last - 1)] + [f"features.{last}"]
+
+
+def _mobilenet(model):
+    # Blocks are listed one by one: a stage is a run of blocks of one output
+    # width (the rows of the architecture's table), the head joins the last.
+    blocks = list(model.features)
+    ends = ["features.0"]
+    for index in range(1, len(blocks) - 1):
+        if index == len(blocks) - 2 or blocks[index].out_channels != blocks[index + 1].out_channels:
+            ends.append(f"features.{index}")
+    ends[-1] = f"features.{len(blocks) - 1}"
+    return ends
+
+
+def _mnasnet(model):
+    # layers: stem convolutions, one nn.Sequential per stage, then the head convolution.
+    layers = list(model.layers)
+    stacks = [index for index, layer in enumerate(layers) if isinstance(layer, nn.Sequential)]
+    return [f"layers.{stacks[0] - 1}"] + [f"layers.{index}" for index in stacks[:-1]] + [f"layers.{len(layers) - 1}"]
+
+
+def _shufflenet(model):
+    return ["maxpool", "stage2", "stage3", "conv5"]
+
+
+def _regnet(model):
+    return ["stem"] + [f"trunk_output.{name}" for name, _ in model.trunk_output.named_children()]
+
+
+def _densenet(model):
+    # A transition (downsampling) opens the next stage, as in ResNets; norm5 closes the last.
+    names = [name for name, _ in model.features.named_children()]
+    blocks = [name for name in names if name.startswith("denseblock")]
+    return ["features.pool0"] + [f"features.{name}" for name in blocks[:-1]] + [f"features.{names[-1]}"]
+
+
+def _convnext(model):
+    # features: the stem, then each stage preceded by its downsampling layer.
+    return ["features.0"] + [f"features.{index}" for index in range(1, len(model.features), 2)]
+
+
+def _swin(model):
+    # Every block is a stage, as in ViTs; patch merging opens the next block.
+    ends = ["features.0"]
+    for index in range(1, len(model.features), 2):
+        ends += [f"features.{index}.{block}" for block in range(len(model.features[index]))]
+    return ends
+
+
+def _vit(model):
+    return [f"encoder.layers.{name}" for name, _ in model.encoder.layers.named_children()]
+
+
+def _maxvit(model):
+    return ["stem"] + [f"blocks.{index}" for index in range(len(model.blocks))]
+
+
+def _vgg(model):
+    # Convolution blocks end at their max pooling; then the two hidden fully
+    # connected layers, each a stage ending before the next Linear.
+    pools = [f"features.{index}" for index, layer in enumerate(model.features) if isinstance(layer, nn.MaxPool2d)]
+    linears = [index for index, layer in enumerate(model.classifier) if isinstance(layer, nn.Linear)]
+    return pools + [f"classifier.{index - 1}" for index in linears[1:]]
+
+
+def _squeezenet(model):
+    pools = [f"features.{index}" for index, layer in enumerate(model.features) if isinstance(layer, nn.MaxPool2d)]
+    return pools + [f"features.{len(model.features) - 1}"]
+
+
+def _googlenet(model):
+    return ["maxpool2", "inception3b", "inception4e", "inception5b"]
+
+
+def _inception3(model):
+    return ["maxpool2", "Mixed_5d", "Mixed_6e", "Mixed_7c"]
+
+
+def _efficientnet_lite(model):
+    # As torchvision's EfficientNets: the stem, one stage per group of blocks,
+    # the 1x1 convolution head with the last group. The features are that
+    # head's output, pooled, as the package always took them (the model's own
+    # pooling reads the batch size from its input, which no cut can carry).
+    ends, last = ["_swish"], -1
+    for arguments in model._blocks_args:
+        last += arguments.num_repeat
+        ends.append(f"_blocks.{last}")
+    ends[-1] = "_swish_1"
+    return FamilyStages(ends, feature_node="_swish_1", head="_fc")
+
+
+def _families():
+    models = torchvision.models
+    families = [
+        (models.ResNet, _resnet),
+        (models.EfficientNet, _efficientnet),
+        ((models.MobileNetV2, models.MobileNetV3), _mobilenet),
+        (models.MNASNet, _mnasnet),
+        (models.ShuffleNetV2, _shufflenet),
+        (models.RegNet, _regnet),
+        (models.DenseNet, _densenet),
+        (models.ConvNeXt, _convnext),
+        (models.SwinTransformer, _swin),
+        (models.VisionTransformer, _vit),
+        (models.MaxVit, _maxvit),
+        ((models.VGG, models.AlexNet), _vgg),
+        (models.SqueezeNet, _squeezenet),
+        (models.GoogLeNet, _googlenet),
+        (models.Inception3, _inception3),
+    ]
+    try:
+        from efficientnet_lite_pytorch import EfficientNet as EfficientNetLite
+    except ImportError:
+        pass
+    else:
+        families.append((EfficientNetLite, _efficientnet_lite))
+    return families
+
+
+def family_stage_ends(model):
+    """The default :class:`FamilyStages` of ``model``'s family, or ``None`` for another network.
+
+    Families are recognised by class (a factory may return them too):
+    torchvision's ResNet (ResNeXt, Wide ResNet), EfficientNet (V1, V2),
+    MobileNetV2 / V3, MNASNet, ShuffleNetV2, RegNet, DenseNet, ConvNeXt, Swin
+    (V1, V2), ViT, MaxViT, VGG, AlexNet, SqueezeNet, GoogLeNet, Inception V3,
+    and EfficientNet-Lite.
+
+    Examples
+    --------
+    >>> import torchvision
+    >>> from sklearn_panda._stages import family_stage_ends
+    >>> family_stage_ends(torchvision.models.resnet18()).ends
+    ['maxpool', 'layer1', 'layer2', 'layer3', 'layer4']
+    >>> family_stage_ends(torchvision.models.mobilenet_v2()).ends
+    ['features.0', 'features.1', 'features.3', 'features.6', 'features.10', 'features.13', 'features.16', 'features.18']
+    """
+    for classes, stages in _families():
+        if isinstance(model, classes):
+            found = stages(model)
+            return found if isinstance(found, FamilyStages) else FamilyStages(found)
+    return None
+
+
+# ------------------------------------------------------------------ tracing
+
+
+class _Tracer(NodePathTracer):
+    """Traces only through the modules in ``expand``; every other module is one node."""
+
+    def __init__(self, expand):
+        super().__init__(autowrap_modules=(math, torchvision.ops))
+        self.expand = expand
+
+    def is_leaf_module(self, module, module_qualname):
+        return module_qualname not in self.expand
+
+    def _get_node_qualname(self, module_qualname, node):
+        if node.op != "call_module":
+            return super()._get_node_qualname(module_qualname, node)
+        # A module call is named by the module's path, and _1, _2, ... when the
+        # module is called again; torchvision's renaming would also drop the
+        # "_0" of a name such as "encoder.layers.encoder_layer_0".
+        taken = set(self.node_to_qualname.values())
+        name, calls = module_qualname, 0
+        while name in taken:
+            calls += 1
+            name = f"{module_qualname}_{calls}"
+        return name
+
+
+def _prefixes(name):
+    parts = name.split(".")
+    return {".".join(parts[:length]) for length in range(1, len(parts))}
+
+
+class _Graph:
+    """The traced graph of ``model``, with the nodes named in ``names`` visible."""
+
+    def __init__(self, model, names):
+        self.model = model
+        self.modules = dict(model.named_modules())
+        self.expand = set().union(*(_prefixes(name) for name in names)) & set(self.modules)
+        self._trace()
+
+    def _trace(self):
+        tracer = _Tracer(self.expand)
+        try:
+            self.graph = tracer.trace(self.model)
+        except Exception as error:  # torch.fx raises TraceError, TypeError, RuntimeError, ...
+            raise ValueError(
+                f"Could not trace {type(self.model).__name__} with torch.fx to split it into stages "
+                f"({type(error).__name__}: {error}). Stage ends and the feature node must be "
+                "where the forward pass has no data-dependent control flow."
+            ) from error
+        self.names = tracer.node_to_qualname
+        (self.output,) = [node for node in self.graph.nodes if node.op == "output"]
+        self.used = _ancestors(self.output)
+
+    def node(self, name, parameter):
+        """The node ``name`` (a node name, or a module name for its last node)."""
+        pattern = re.compile(rf"{re.escape(name)}(\.|$)")
+        found = [node for node in self.graph.nodes if node in self.used and pattern.match(self.names.get(node, ""))]
+        if not found:
+            shown = [self.names[node] for node in self.graph.nodes if node in self.used and node in self.names]
+            raise ValueError(
+                f"{parameter}: {type(self.model).__name__} has no node or module {name!r} on its "
+                f"path from input to output. Its top-level nodes: {', '.join(shown[:40])}"
+                f"{' ...' if len(shown) > 40 else ''}; get_graph_node_names lists the inner ones."
+            )
+        return found[-1]
+
+    def classifier(self):
+        """The last Linear or convolution with nothing that has parameters after it; re-traces into containers."""
+        while True:
+            calls = [
+                node
+                for node in self.graph.nodes
+                if node in self.used and node.op == "call_module" and _has_parameters(self.modules[node.target])
+            ]
+            if not calls:
+                return None, f"{type(self.model).__name__} has no layer with parameters"
+            module = self.modules[calls[-1].target]
+            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                return calls[-1], None
+            if not any(_has_parameters(child) for child in module.children()):
+                return None, (
+                    f"its last layer with parameters, {calls[-1].target} ({type(module).__name__}), "
+                    "is not a Linear or convolution classifier"
+                )
+            self.expand.add(calls[-1].target)
+            self._trace()
+
+    def name(self, node):
+        return self.names.get(node, node.name)
+
+
+def _has_parameters(module):
+    return next(module.parameters(), None) is not None
+
+
+def _reachable(node, neighbours):
+    """``node`` and every node reached from it through ``neighbours(node)``."""
+    seen, stack = set(), [node]
+    while stack:
+        current = stack.pop()
+        if current not in seen:
+            seen.add(current)
+            stack.extend(neighbours(current))
+    return seen
+
+
+def _ancestors(node):
+    return _reachable(node, lambda current: current.all_input_nodes)
+
+
+def _descendants(node):
+    return _reachable(node, lambda current: current.users)
+
+
+def _segment(graph, start, end, parameter):
+    """A module computing ``end`` from the output of ``start`` (``None``: the network's input).
+
+    One module call is that module; a chain of module calls, each on the
+    previous one's output, an ``nn.Sequential`` of them (parameter names as
+    in the network's own blocks); anything else an ``fx.GraphModule``.
+    """
+    (placeholder,) = [node for node in graph.graph.nodes if node.op == "placeholder"]
+    start = placeholder if start is None else start
+    after, from_input = _descendants(start), _descendants(placeholder)
+    needed, stack = set(), [end]
+    while stack:
+        node = stack.pop()
+        if node in needed or node is start:
+            continue
+        # Besides the cut's output, a segment may only read constants (parameters, buffers).
+        if node not in after and node in from_input:
+            raise ValueError(
+                f"The network cannot be cut after {graph.name(start)!r}: the layers up to "
+                f"{graph.name(end)!r} also read {graph.name(node)!r}, computed before that cut "
+                f"(a skip connection or the input's shape). {parameter} must name points where "
+                "one tensor carries everything forward, such as the outputs of whole blocks."
+            )
+        needed.add(node)
+        stack.extend(node.all_input_nodes)
+    ordered = [node for node in graph.graph.nodes if node in needed]
+    previous, modules = start, []
+    for node in ordered:
+        if node.op != "call_module" or node.args != (previous,) or node.kwargs:
+            break
+        modules.append(graph.modules[node.target])
+        previous = node
+    else:
+        return modules[0] if len(modules) == 1 else nn.Sequential(*modules)
+    new = fx.Graph()
+    values = {start: new.placeholder("x")}
+    for node in ordered:
+        values[node] = new.node_copy(node, lambda argument: values[argument])
+    new.output(values[end])
+    return fx.GraphModule(graph.model, new)
+
+
+# ------------------------------------------------------------------ splitting
+
+
+def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None, vectors=False):
+    """Split a network into a :class:`FeatureNet` by node name.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The network, with its weights.
+    n_trainable_stages : int
+        How many of the last stages train (at least one stage stays frozen).
+    stage_ends : sequence of str or None, default=None
+        Names of the nodes (or modules, for their last node) that end each
+        stage, in forward order. ``None``: the family's own
+        (:func:`family_stage_ends`), up to ``feature_node``.
+    feature_node : str or None, default=None
+        The node whose output gives the features (average-pooled when it is
+        a feature map). ``None``: the family's, by default the input of the
+        model's classifier (its last Linear or convolution layer).
+    vectors : bool, default=False
+        Whether the input is vectors ``(n, d)``: a network that is not a
+        known image family and has no ``stage_ends`` is then a vector
+        backbone, all of it trainable and without a head. With images, such
+        a network is an error.
+
+    Returns
+    -------
+    FeatureNet
+        ``trunk``: the frozen stages (a :class:`Trunk`); ``stages``: the
+        trainable ones, then a :class:`PooledFeatures`; ``head``: the
+        classifier on the features, when the features are its input.
+
+    Examples
+    --------
+    >>> import torch, torchvision
+    >>> from sklearn_panda._stages import split_model
+    >>> net = split_model(torchvision.models.resnet18(), 2)
+    >>> net.stages[0] is net.stages[0], len(net.trunk), len(net.stages)  # layer3, layer4, pooling
+    (True, 3, 3)
+    >>> net(torch.zeros(1, 3, 32, 32)).shape, net.head.out_features
+    (torch.Size([1, 512]), 1000)
+    >>> net = split_model(torchvision.models.resnet18(), 1, stage_ends=["layer2", "layer3"], feature_node="layer3")
+    >>> net(torch.zeros(1, 3, 32, 32)).shape, net.head is None
+    (torch.Size([1, 256]), True)
+    """
+    model.eval()
+    family = family_stage_ends(model)
+    if stage_ends is None and family is None:
+        if vectors:
+            return FeatureNet(nn.Identity(), model, None, expects_images=False)
+        children = [name for name, _ in model.named_children()]
+        raise ValueError(
+            f"{type(model).__name__} is not a network whose stages are known (torchvision's "
+            "classifiers, EfficientNet-Lite), so it cannot be split into a frozen trunk and "
+            f"trainable stages. {SPLIT_PARAMETERS_HINT}"
+            + (f" Its top-level modules: {', '.join(children)}." if children else "")
+        )
+    if stage_ends is not None and (
+        isinstance(stage_ends, str) or not all(isinstance(name, str) for name in stage_ends) or not stage_ends
+    ):
+        raise ValueError(f"stage_ends must be a non-empty list of node or module names; got {stage_ends!r}.")
+    defaults = family if family is not None else FamilyStages([])
+    feature_node = feature_node if feature_node is not None else defaults.feature_node
+    ends = list(stage_ends) if stage_ends is not None else defaults.ends
+    graph = _Graph(model, [*ends, *[name for name in (feature_node, defaults.head) if name]])
+
+    classifier, missing = graph.classifier() if defaults.head is None else (None, None)
+    if feature_node is None:
+        if classifier is None:
+            raise ValueError(
+                f"No default feature node for {type(model).__name__}: {missing}. Set feature_node "
+                "to the node whose output gives the features."
+            )
+        features = classifier.args[0]
+    else:
+        features = graph.node(feature_node, "feature_node")
+    feature_name = graph.name(features)
+
+    upstream = _ancestors(features)
+    end_nodes = [graph.node(name, "stage_ends") for name in ends]
+    if stage_ends is None:
+        end_nodes = [node for node in end_nodes if node in upstream]
+    for name, node in zip(ends, end_nodes):
+        if node not in upstream:
+            raise ValueError(f"stage_ends: {name!r} does not come before the feature node {feature_name!r}.")
+    for first, second in zip(end_nodes, end_nodes[1:]):
+        if first not in _ancestors(second) or first is second:
+            raise ValueError(
+                f"stage_ends must be in forward order: {graph.name(first)!r} does not come before "
+                f"{graph.name(second)!r}."
+            )
+
+    cuts = [None, *end_nodes]
+    stages = [_segment(graph, start, end, "stage_ends") for start, end in zip(cuts, cuts[1:])]
+    if not 1 <= n_trainable_stages <= len(stages) - 1:
+        raise ValueError(
+            f"n_trainable_stages must be between 1 and {len(stages) - 1} for this backbone "
+            f"({len(stages)} stages including the stem, ending at "
+            f"{', '.join(graph.name(node) for node in end_nodes)}); got {n_trainable_stages}. "
+            "stage_ends sets where the stages end."
+        )
+    last = end_nodes[-1] if end_nodes else None
+    tail = None if last is features else _segment(graph, last, features, "feature_node")
+    split = len(stages) - n_trainable_stages
+    for index in range(split, len(stages)):
+        if not _has_parameters(stages[index]):
+            start = graph.name(cuts[index]) if cuts[index] is not None else "the input"
+            raise ValueError(
+                f"The trainable stage from {start} to {graph.name(end_nodes[index])!r} has no "
+                "parameters; stage_ends must end stages that have layers to train."
+            )
+    trunk = Trunk(*stages[:split])
+    trainable = nn.Sequential(*stages[split:], PooledFeatures(tail, feature_name))
+    _check_not_shared(trunk, trainable)
+
+    if defaults.head is not None:
+        head = graph.modules[defaults.head] if feature_node == defaults.feature_node else None
+    elif (
+        classifier is not None
+        and features is classifier.args[0]
+        and isinstance(graph.modules[classifier.target], nn.Linear)
+        and isinstance(graph.output.args[0], fx.Node)
+    ):
+        head = _segment(graph, features, graph.output.args[0], "feature_node")
+    else:
+        head = None
+    return FeatureNet(trunk, trainable, head, expects_images=family is not None or not vectors)
+
+
+def _check_not_shared(trunk, trainable):
+    frozen = {id(parameter) for parameter in trunk.parameters()}
+    shared = [name for name, parameter in trainable.named_parameters() if id(parameter) in frozen]
+    if shared:
+        raise ValueError(
+            f"Parameters used both before and after the cut ({', '.join(shared[:5])}) would be "
+            "frozen and trained at once; choose stage_ends so that they fall on one side."
+        )
