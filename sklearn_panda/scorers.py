@@ -86,6 +86,10 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     Subclasses implement ``_fit_distances(X)`` (fit and return the leave-one-out
     distances of the training points) and ``_distances(X)`` (distances of new
     points to the fitted model).
+
+    :func:`sklearn_panda.save` stores what ``_saved_state()`` returns and
+    :func:`sklearn_panda.load` gives it back to ``_restore_saved_state``: the
+    scorer alone decides what its fitted state is and how to rebuild the rest.
     """
 
     _parameter_constraints = {
@@ -206,6 +210,23 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             +1 for inliers, -1 for outliers.
         """
         return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def _saved_state(self):
+        """The fitted attributes, for :func:`sklearn_panda.save`: numbers, strings and arrays only.
+
+        A file must hold nothing whose loading runs code, so a scorer that
+        keeps anything else (a search index) leaves it out here and rebuilds
+        it in ``_restore_saved_state``.
+        """
+        params = self.get_params(deep=False)
+        return {name: value for name, value in vars(self).items() if name not in params}
+
+    def _restore_saved_state(self, state):
+        """Make this unfitted scorer, built with the saved parameters, the fitted one of ``state``.
+
+        ``state`` is what ``_saved_state`` returned, read back by :func:`sklearn_panda.load`.
+        """
+        self.__dict__.update(state)
 
     @abstractmethod
     def _fit_distances(self, X):
@@ -591,11 +612,39 @@ class KNNScorer(_BaseScorer):
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        algorithm = state.get("_algorithm")
-        if algorithm == "faiss":
+        if "_fit_X" in state:
+            self._restore_index(state["_index"])
+
+    def _saved_state(self):
+        state = super()._saved_state()
+        # Neither index can be stored without pickle; _restore_saved_state rebuilds it.
+        state.pop("_index", None)
+        return state
+
+    def _restore_saved_state(self, state):
+        super()._restore_saved_state(state)
+        if "_fit_X" in state:
+            self._restore_index(None)
+
+    def _restore_index(self, kept):
+        """Put back the search index that pickling or saving left out.
+
+        ``kept`` is what was kept of it: a pickled nndescent index (bytes),
+        unpickled here, or ``None``, and the index is rebuilt from the
+        training rows: faiss's exactly, or, where faiss is missing, none, and
+        the search becomes the exact brute-force one (the same neighbours);
+        nndescent's identically only with an integer ``random_state``.
+        """
+        if self._algorithm == "faiss" and not _faiss_available():
+            warnings.warn(
+                "This KNNScorer searched with faiss, which is not installed here; it uses "
+                "the exact brute-force search instead."
+            )
+            self._algorithm = "brute"
+        if kept is not None:
+            self._index = pickle.loads(kept)
+        else:
             self._index = self._build_index(self._fit_X)
-        elif algorithm == "nndescent":
-            self._index = pickle.loads(self._index)
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Find the nearest training neighbours of each point.
