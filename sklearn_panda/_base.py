@@ -67,6 +67,8 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
         "backbone": [str, callable],
         "weights": [str, os.PathLike, None],
         "n_trainable_stages": [Interval(numbers.Integral, 1, None, closed="left")],
+        "stage_ends": [list, tuple, None],
+        "feature_node": [str, None],
         "resize": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "crop_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "normalize_features": ["boolean"],
@@ -87,6 +89,8 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
         backbone,
         weights,
         n_trainable_stages,
+        stage_ends,
+        feature_node,
         resize,
         crop_size,
         normalize_features,
@@ -102,6 +106,8 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
         self.backbone = backbone
         self.weights = weights
         self.n_trainable_stages = n_trainable_stages
+        self.stage_ends = stage_ends
+        self.feature_node = feature_node
         self.resize = resize
         self.crop_size = crop_size
         self.normalize_features = normalize_features
@@ -202,7 +208,14 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
             example = preprocessor(np.arange(1)).cpu()
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            net = build_feature_net(self.backbone, self.weights, self.n_trainable_stages, example)
+            net = build_feature_net(
+                self.backbone,
+                self.weights,
+                self.n_trainable_stages,
+                example,
+                stage_ends=self.stage_ends,
+                feature_node=self.feature_node,
+            )
         if net.expects_images:
             # Convolutions run markedly faster on channels-last tensors (oneDNN, cuDNN).
             net = net.to(memory_format=torch.channels_last)

@@ -64,9 +64,9 @@ class PandaDetector(BasePandaDetector):
     ----------
     backbone, weights, n_steps, loss, temperature, regularization, ewc_lambda, \
 fisher, n_fisher_batches, learning_rate, momentum, weight_decay, clip_norm, \
-n_trainable_stages, resize, crop_size, normalize_features, batch_size, \
-inference_batch_size, precision, trunk_cache_mb, compile, device, \
-random_state, verbose
+n_trainable_stages, stage_ends, feature_node, resize, crop_size, \
+normalize_features, batch_size, inference_batch_size, precision, \
+trunk_cache_mb, compile, device, random_state, verbose
         The adaptation and the network's passes, with the same defaults and
         meaning as in :class:`PandaFeatures`: the backbone
         (``"resnet152"``, ImageNet weights), ``n_steps=300`` steps of the
@@ -187,6 +187,8 @@ random_state, verbose
         weight_decay=5e-5,
         clip_norm=1e-3,
         n_trainable_stages=2,
+        stage_ends=None,
+        feature_node=None,
         resize=256,
         crop_size=224,
         normalize_features=True,
@@ -205,6 +207,8 @@ random_state, verbose
             backbone=backbone,
             weights=weights,
             n_trainable_stages=n_trainable_stages,
+            stage_ends=stage_ends,
+            feature_node=feature_node,
             resize=resize,
             crop_size=crop_size,
             normalize_features=normalize_features,

@@ -36,17 +36,26 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
     Parameters
     ----------
     backbone : str or callable, default="resnet152"
-        A torchvision ResNet / EfficientNet / MobileNet name,
+        The name of any classification model of ``torchvision.models``
+        (ResNet, EfficientNet, MobileNet, RegNet, ConvNeXt, ViT, Swin,
+        DenseNet, ...; README's "Choosing a backbone"),
         ``"efficientnet_lite0"`` (extra ``lite``; works offline), or a callable
-        returning an ``nn.Module``. A module that is not one of these families
-        is used whole as a trainable vector backbone (for ``(n, d)`` input).
+        returning an ``nn.Module`` (a torchvision model of these families, or
+        any network with ``stage_ends``; a ``timm`` or ``torch.hub`` model,
+        say). A network that is neither is used whole as a trainable vector
+        backbone for ``(n, d)`` input, and is an error for images.
 
     weights : "imagenet", str, path or None, default="imagenet"
-        ``"imagenet"``: pretrained ImageNet weights (ResNets: torchvision's
-        ``IMAGENET1K_V1``, as in the paper). Another string: a torchvision
-        weights name. A path: a state dict. ``None``: random (for tests). When
-        the weights cannot be found or downloaded the error says where to put
-        them; random weights are never used silently.
+        For a named backbone: ``"imagenet"``, pretrained ImageNet weights
+        (ResNets: torchvision's ``IMAGENET1K_V1``, as in the paper; other
+        torchvision models: their ``DEFAULT``); another string, a torchvision
+        weights name; ``None``, random (for tests). For a callable: the
+        network keeps the weights its factory gave it, pretrained or not
+        (``timm.create_model(name, pretrained=True)`` brings its own), and
+        ``"imagenet"`` and ``None`` alike load nothing over them. A path: a
+        state dict, loaded over either. When the weights cannot be found or
+        downloaded the error says where to put them; random weights are
+        never used silently.
 
     n_steps : int, default=300
         Mini-batches of adaptation. ``0`` gives the unadapted pretrained
@@ -93,7 +102,27 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
 
     n_trainable_stages : int, default=2
         How many final stages train: ResNet ``layer3`` + ``layer4`` (the
-        paper's recommendation), EfficientNet-Lite0's last 5 blocks + head.
+        paper's recommendation), EfficientNet-Lite0's last 5 blocks + head,
+        the last two blocks of a ViT or Swin; the stages of each family are
+        in README's "Choosing a backbone". Layers between the last stage and
+        ``feature_node`` (pooling, a final norm) train with the last stage.
+
+    stage_ends : list of str or None, default=None
+        Where the network is cut into stages: the names of the nodes whose
+        outputs end each stage, in forward order (a module's name stands for
+        its last node; ``torchvision.models.feature_extraction.get_graph_node_names``
+        lists the nodes). ``None``: the family's stages, up to
+        ``feature_node``. Required for images with a network that is not a
+        torchvision classifier (a ``timm`` model, say). A cut must leave
+        one tensor that carries everything forward, such as the output of a
+        whole block; otherwise the error says which node is read across it.
+
+    feature_node : str or None, default=None
+        The node whose output gives the features; a feature map
+        ``(n, C, H, W)`` is average-pooled. ``None``: the input of the
+        network's classifier (its last Linear, or convolution), that is the
+        pooled penultimate features, the class token of a ViT. EWC's Fisher
+        needs that classifier: with another node, pass ``fisher``.
 
     resize, crop_size : int or None, default=256, 224
         Resize the shorter image side, then centre-crop (the paper's pipeline).
@@ -241,6 +270,8 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         weight_decay=5e-5,
         clip_norm=1e-3,
         n_trainable_stages=2,
+        stage_ends=None,
+        feature_node=None,
         resize=256,
         crop_size=224,
         normalize_features=True,
@@ -257,6 +288,8 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
             backbone=backbone,
             weights=weights,
             n_trainable_stages=n_trainable_stages,
+            stage_ends=stage_ends,
+            feature_node=feature_node,
             resize=resize,
             crop_size=crop_size,
             normalize_features=normalize_features,

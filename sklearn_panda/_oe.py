@@ -88,6 +88,8 @@ class PandaOE(BasePandaDetector):
     n_trainable_stages : int, default=1
         Only the last stage trains (ResNet ``layer4``), as in the paper.
 
+    stage_ends, feature_node : see :class:`PandaDetector`
+
     resize, crop_size, normalize_features, contamination, batch_size,
     inference_batch_size, precision, trunk_cache_mb, compile, device,
     random_state, verbose :
@@ -163,6 +165,8 @@ class PandaOE(BasePandaDetector):
         combine_knn=False,
         normal_label=1,
         n_trainable_stages=1,
+        stage_ends=None,
+        feature_node=None,
         resize=256,
         crop_size=224,
         normalize_features=False,
@@ -180,6 +184,8 @@ class PandaOE(BasePandaDetector):
             backbone=backbone,
             weights=weights,
             n_trainable_stages=n_trainable_stages,
+            stage_ends=stage_ends,
+            feature_node=feature_node,
             resize=resize,
             crop_size=crop_size,
             normalize_features=normalize_features,
