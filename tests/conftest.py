@@ -1,7 +1,10 @@
 """Tiny backbones shared by the tests: no download, a few milliseconds per batch."""
 
+import os
+
 import numpy as np
 import pytest
+import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -15,6 +18,23 @@ def tiny_mlp():
     """A vector backbone of any input width (the lazy layer sizes itself on first use)."""
     return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 4))
 
+
+def _share_the_cores_between_workers():
+    """Under pytest-xdist, give each worker (and the processes it starts) its share of the cores.
+
+    Without it every worker runs torch's default of one thread per core, and
+    two workers on two cores oversubscribe them (OpenMP threads then wait on
+    each other).
+    """
+    if "PYTEST_XDIST_WORKER_COUNT" not in os.environ:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+_share_the_cores_between_workers()
 
 TINY_IMAGES = dict(backbone=tiny_resnet, weights=None, resize=32, crop_size=32, batch_size=8)
 
