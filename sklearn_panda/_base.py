@@ -8,6 +8,12 @@ a head) and assigns the fitted attributes only at the very end, so that an
 exception or KeyboardInterrupt during ``fit`` leaves the estimator as it was;
 input checks for new samples, pickling and ``save``.
 
+Each estimator declares its torch state in ``_torch_attributes``: which fitted
+attributes hold modules or tensors, and whether they live on ``device_`` or
+on the CPU (as skorch declares its CUDA-dependent attributes). Pickling,
+:func:`sklearn_panda.save` / :func:`sklearn_panda.load` and device moves read
+that declaration alone, for the package's estimators and users' subclasses.
+
 :class:`BasePandaDetector` adds ``contamination`` and scikit-learn's outlier
 contract (``score_samples``, ``decision_function``, ``predict``, ``fit_predict``).
 """
@@ -30,7 +36,7 @@ from . import _persistence
 from ._backbones import build_feature_net
 from ._compilation import compiled
 from ._data import Preprocessor
-from ._device import loadable_device, resolve_device
+from ._device import loadable_device, place_torch_state, resolve_device
 from ._inference import cache_sized_batch, cache_trunk_outputs, extract_features, peak_activation_bytes
 from ._progress import ProgressBar
 from ._sklearn_compat import Interval, StrOptions
@@ -43,6 +49,8 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.floa
 _PEAK_ACTIVATION_BYTES = weakref.WeakKeyDictionary()
 # Set by validate_data(reset=True) as soon as fit starts.
 INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
+# The key of the pickled state that holds the torch state, saved by torch.
+TORCH_STATE = "__torch_state__"
 
 
 class FitRun(NamedTuple):
@@ -62,6 +70,14 @@ class FitRun(NamedTuple):
 
 class BasePanda(BaseEstimator, metaclass=ABCMeta):
     """The network's parameters and passes, the guarded ``fit``, pickling and ``save``."""
+
+    # The fitted attributes that hold torch modules or tensors, each with where
+    # it lives: ON_DEVICE (on ``device_``, moved with it) or ON_CPU. An
+    # estimator that owns a network declares ``net_`` ON_DEVICE and sets
+    # ``device_``. Subclasses extend the mapping,
+    # ``_torch_attributes = {**Parent._torch_attributes, "extra_": ON_DEVICE}``,
+    # so that pickling, save / load and device moves handle what they add.
+    _torch_attributes = {}
 
     _parameter_constraints = {
         "backbone": [str, callable],
@@ -337,23 +353,36 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
         """
         _persistence.save(self, path)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # load finds every estimator class by name, the package's and users' subclasses.
+        _persistence.register(cls)
+
     def __getstate__(self):
-        state = self.__dict__.copy()
-        if "net_" in state:
+        """The instance's state, with the declared torch state in one ``torch.save`` blob."""
+        state = dict(super().__getstate__())
+        torch_state = {name: state.pop(name) for name in self._torch_attributes if name in state}
+        if torch_state:
             buffer = io.BytesIO()
-            torch.save(state["net_"], buffer)
-            state["net_"] = buffer.getvalue()
+            torch.save(torch_state, buffer)
+            state[TORCH_STATE] = buffer.getvalue()
         return state
 
     def __setstate__(self, state):
-        if isinstance(state.get("net_"), bytes):
-            device = loadable_device(state["device_"])
+        """Read the torch state onto the CPU, then place it on ``device_`` (the CPU,
+        with a warning, when it was CUDA and CUDA is not available here)."""
+        state = dict(state)
+        blob = state.pop(TORCH_STATE, None)
+        if blob is not None:
             # The bytes come from the pickle being loaded, which is trusted
             # already; weights_only=False adds no new risk (see README: never
             # unpickle files from untrusted sources).
-            state["net_"] = torch.load(io.BytesIO(state["net_"]), map_location=device, weights_only=False)
-            state["device_"] = device
-        self.__dict__.update(state)
+            torch_state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+            if "device_" in state:
+                state["device_"] = loadable_device(state["device_"])
+            place_torch_state(torch_state, self._torch_attributes, state.get("device_"))
+            state.update(torch_state)
+        super().__setstate__(state)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

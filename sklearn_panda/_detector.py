@@ -7,7 +7,6 @@ from sklearn.base import clone
 
 from ._base import BasePandaDetector
 from ._features import PandaFeatures
-from ._persistence import loadable
 from ._sklearn_compat import HasMethods, StrOptions, _fit_context
 from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer, _BaseScorer
 
@@ -42,7 +41,6 @@ def _offset_of(scorer):
     return float(offset.reshape(()))
 
 
-@loadable
 class PandaDetector(BasePandaDetector):
     """PANDA: adapt pretrained features to the normal images, score by kNN.
 

@@ -1,8 +1,16 @@
-"""Which torch device an estimator runs on, when fitted and when loaded."""
+"""Which torch device an estimator runs on, when fitted and when loaded, and where its torch state lives."""
 
 import warnings
 
 import torch
+
+# Where a fitted attribute holding torch modules or tensors lives, as an
+# estimator declares it in ``_torch_attributes``:
+# on the estimator's ``device_``, and moved with it (the network, a head);
+ON_DEVICE = "device"
+# on the CPU whatever ``device_`` is, to spare the device's memory (SES's
+# checkpoints, moved there one at a time to score; the EWC Fisher).
+ON_CPU = "cpu"
 
 
 def resolve_device(device):
@@ -43,3 +51,38 @@ def loadable_device(fitted_device):
         )
         return torch.device("cpu")
     return fitted_device
+
+
+def place_torch_state(attributes, declaration, device):
+    """Move the torch state among ``attributes`` (a dict, changed in place) where ``declaration`` says.
+
+    ``declaration`` maps attribute names to :data:`ON_DEVICE` or :data:`ON_CPU`
+    (an estimator's ``_torch_attributes``); an entry that ``attributes`` lacks is
+    skipped. ``device`` is the estimator's ``device_``: unpickling and
+    :func:`sklearn_panda.load` read torch state onto the CPU, so that state
+    recorded on a GPU loads without CUDA, and put it in place here.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._device import ON_CPU, ON_DEVICE, place_torch_state
+    >>> attributes = {"head_": torch.nn.Linear(2, 1), "checkpoints_": [{"w": torch.zeros(2)}], "offset_": 0.5}
+    >>> place_torch_state(attributes, {"head_": ON_DEVICE, "checkpoints_": ON_CPU}, torch.device("cpu"))
+    >>> attributes["checkpoints_"][0]["w"].device
+    device(type='cpu')
+    """
+    for name, placement in declaration.items():
+        if name in attributes:
+            target = device if placement == ON_DEVICE else torch.device("cpu")
+            attributes[name] = _moved(attributes[name], target)
+
+
+def _moved(value, device):
+    """``value`` on ``device``: a module or tensor, a list or dict of them, or ``None``."""
+    if isinstance(value, (torch.nn.Module, torch.Tensor)):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {key: _moved(item, device) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_moved(item, device) for item in value]
+    return value

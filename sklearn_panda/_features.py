@@ -13,12 +13,11 @@ from sklearn.utils.validation import check_is_fitted
 from ._augment import ViewMaker
 from ._base import BasePanda
 from ._data import shuffled_batches
+from ._device import ON_CPU, ON_DEVICE
 from ._losses import compactness_loss, ewc_penalty, fisher_diagonal, mean_shifted_contrastive_loss
-from ._persistence import loadable
 from ._sklearn_compat import Interval, StrOptions, _fit_context
 
 
-@loadable
 class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda):
     """Pretrained features adapted to the normal images, as a transformer.
 
@@ -252,6 +251,8 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
     }
+
+    _torch_attributes = {**BasePanda._torch_attributes, "net_": ON_DEVICE, "fisher_": ON_CPU}
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ from torch import nn
 
 from ._base import BasePandaDetector
 from ._data import shuffled_batches
-from ._persistence import loadable
+from ._device import ON_DEVICE
 from ._sklearn_compat import Interval, _fit_context
 from .scorers import KNNScorer, offset_from_training_scores
 
@@ -39,7 +39,6 @@ def normal_mask(y, n_samples, normal_label):
     return normal
 
 
-@loadable
 class PandaOE(BasePandaDetector):
     """PANDA with outlier exposure: fine-tune with a linear head, normal vs exposure.
 
@@ -151,6 +150,8 @@ class PandaOE(BasePandaDetector):
         "combine_knn": ["boolean"],
         "normal_label": [numbers.Real, str],
     }
+
+    _torch_attributes = {**BasePandaDetector._torch_attributes, "net_": ON_DEVICE, "head_": ON_DEVICE}
 
     def __init__(
         self,

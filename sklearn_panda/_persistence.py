@@ -13,10 +13,16 @@ loads the saved weights into it.
 
 A backbone given as a factory is recorded only by its import path (module and
 qualified name) and must be passed to :func:`load` again: a file never makes
-:func:`load` import or call code.
+:func:`load` import or call code. Estimator and scorer classes are recorded by
+name too, and :func:`load` builds only classes defined in the process already:
+the package's, and users' subclasses once their module is imported. Where
+torch state goes on load is what each estimator declares in
+``_torch_attributes``; what a scorer's fitted state is, the scorer says
+(``_saved_state`` / ``_restore_saved_state``).
 """
 
 import importlib
+import inspect
 import numbers
 import os
 import pathlib
@@ -27,31 +33,70 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from . import scorers as scorers_module
 from ._backbones import build_feature_net
-from ._device import loadable_device, resolve_device
+from ._device import loadable_device, place_torch_state, resolve_device
 from ._validation import InputSpec
 from ._version import __version__
-from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
+from .scorers import _BaseScorer
 
 FORMAT = "sklearn-panda"
 # 2: a detector's adaptation is a nested PandaFeatures (``features_``).
 FORMAT_VERSION = 2
-SCORERS = {cls.__name__: cls for cls in (KNNScorer, KMeansScorer, CenterScorer, MahalanobisScorer)}
 # Marks an encoded value that is not a plain number, string, list or tensor.
 TAG = "__panda_type__"
-# The estimator classes save and load handle, by name (filled by ``loadable``).
+# The estimator classes load can build, by the name a file gives them (filled by ``register``).
 ESTIMATORS = {}
 
 
-def loadable(cls):
-    """Class decorator: :func:`save` and :func:`load` handle ``cls``, found again by its name.
+def register(cls):
+    """Let :func:`save` and :func:`load` handle the estimator class ``cls``, found again by its name.
 
-    The estimator modules register their classes here, so that this module
-    needs no import of theirs.
+    ``BasePanda`` registers each of its subclasses as it is defined, the
+    package's and users', so that this module needs no import of the
+    estimator modules, and a file never makes :func:`load` import one.
     """
-    ESTIMATORS[cls.__name__] = cls
-    return cls
+    ESTIMATORS[_class_name(cls)] = cls
+
+
+def _class_name(cls):
+    """How a file names an estimator or scorer class: the package's own by
+    their public name (``"PandaDetector"``, as files of format 2 do), any other
+    by module and qualified name (``"mypackage.models.MyDetector"``)."""
+    if cls.__module__.partition(".")[0] == __package__:
+        return cls.__name__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _saved_class_name(cls, classes, where):
+    """``_class_name(cls)``, or a TypeError when :func:`load` would not find
+    ``cls`` by that name among ``classes``."""
+    name = _class_name(cls)
+    if "<locals>" in cls.__qualname__:
+        raise TypeError(
+            f"{where} is a {cls.__qualname__}, a class defined inside a function, which load "
+            "cannot find again by name. Define the class at module level."
+        )
+    if classes.get(name) is not cls:
+        raise TypeError(
+            f"{where} is a {cls.__module__}.{cls.__qualname__}; save supports {_known(classes)} "
+            "and their subclasses."
+        )
+    return name
+
+
+def _known(classes):
+    """The package's own classes among ``classes``, which name no module."""
+    return ", ".join(name for name, cls in classes.items() if "." not in name and not inspect.isabstract(cls))
+
+
+def _scorer_classes():
+    """The package's scorers and every subclass of them defined so far, by the name a file gives them."""
+    found, pending = {}, [_BaseScorer]
+    while pending:
+        cls = pending.pop(0)
+        found[_class_name(cls)] = cls
+        pending.extend(cls.__subclasses__())
+    return found
 
 
 def _compatible(saved, current):
@@ -149,9 +194,9 @@ def _encode(value, where):
         return {TAG: "input_spec", "value": {"kind": value.kind, "channels": value.channels}}
     if isinstance(value, np.random.RandomState):
         return {TAG: "random_state", "value": _encode(value.get_state(), where)}
-    if type(value).__name__ in SCORERS and type(value) is SCORERS[type(value).__name__]:
+    if isinstance(value, _BaseScorer):
         return _encode_scorer(value, where)
-    if ESTIMATORS.get(type(value).__name__) is type(value):
+    if _class_name(type(value)) in ESTIMATORS:
         return {TAG: "estimator", "value": _encode_estimator(value, f"{where}.")}
     if type(value) is torch.nn.Linear:
         return {
@@ -170,17 +215,11 @@ def _encode(value, where):
 
 
 def _encode_scorer(scorer, where):
-    state = {
-        # The search index is rebuilt from the training features on load.
-        name: value
-        for name, value in vars(scorer).items()
-        if name not in scorer.get_params(deep=False) and name != "_index"
-    }
     return {
         TAG: "scorer",
-        "class": type(scorer).__name__,
+        "class": _saved_class_name(type(scorer), _scorer_classes(), where),
         "params": _encode(scorer.get_params(deep=False), f"{where}.get_params()"),
-        "state": _encode(state, where),
+        "state": _encode(scorer._saved_state(), where),
     }
 
 
@@ -224,33 +263,36 @@ def _decode(value, nested=None):
 
 
 def _decode_scorer(value):
-    cls = SCORERS.get(value["class"])
+    classes = _scorer_classes()
+    cls = classes.get(value["class"])
     if cls is None:
-        raise ValueError(f"Unknown scorer {value['class']!r} in the file; known: {', '.join(SCORERS)}.")
+        raise ValueError(f"Unknown scorer {value['class']!r} in the file; {_not_defined(classes)}")
     scorer = cls(**_decode(value["params"]))
-    _set_attributes(scorer, _decode(value["state"]))
-    if "_fit_X" in vars(scorer):
-        if scorer._algorithm == "faiss" and not scorers_module._faiss_available():
-            # Both searches are exact, so the scores stay the same.
-            warnings.warn(
-                "This KNNScorer searched with faiss, which is not installed here; it uses "
-                "the exact brute-force search instead."
-            )
-            scorer._algorithm = "brute"
-        rebuilt = scorer._algorithm in ("faiss", "nndescent")
-        scorer._index = scorer._build_index(scorer._fit_X) if rebuilt else None
+    state = _decode(value["state"])
+    _check_fitted_names(state)
+    scorer._restore_saved_state(state)
     return scorer
 
 
-def _set_attributes(target, attributes):
-    for name, value in attributes.items():
+def _not_defined(classes):
+    return (
+        f"known: {_known(classes)}, and the subclasses defined so far. load never imports "
+        "the module a file names: import the module that defines the class first."
+    )
+
+
+def _check_fitted_names(attributes):
+    for name in attributes:
         # Fitted attributes only (``offset_``, ``_fit_X``): a file must not reach
         # parameters, methods or dunders.
         fitted_name = name.endswith("_") or name.startswith("_")
         if not name.isidentifier() or name.startswith("__") or not fitted_name:
             raise ValueError(f"The file sets an attribute {name!r}, which no fitted estimator has.")
-        if isinstance(value, torch.nn.Module):
-            value = value.to(attributes.get("device_", "cpu"))
+
+
+def _set_attributes(target, attributes):
+    _check_fitted_names(attributes)
+    for name, value in attributes.items():
         setattr(target, name, value)
 
 
@@ -277,16 +319,19 @@ def save(estimator, path):
 
     Parameters
     ----------
-    estimator : PandaFeatures, PandaDetector, PandaSES or PandaOE
-        Fitted or not (an unfitted one keeps only its parameters).
+    estimator : PandaFeatures, PandaDetector, PandaSES, PandaOE or a subclass
+        Fitted or not (an unfitted one keeps only its parameters). A subclass
+        must be defined at module level, and its module imported before
+        :func:`load` reads the file.
     path : str or path-like
         Destination file (conventionally ``.pt``).
 
     Raises
     ------
     TypeError
-        For another estimator class, or a parameter or fitted attribute that
-        cannot be stored without pickle (the message names it).
+        For another estimator class or a class defined inside a function, or
+        a parameter or fitted attribute that cannot be stored without pickle
+        (the message names it).
     ValueError
         For a backbone factory that cannot be found again by name.
 
@@ -315,11 +360,7 @@ def save(estimator, path):
 
 def _encode_estimator(estimator, where):
     """Class name, parameters, network and other fitted attributes of ``estimator``, encoded."""
-    name = type(estimator).__name__
-    if ESTIMATORS.get(name) is not type(estimator):
-        raise TypeError(
-            f"save supports {', '.join(ESTIMATORS)}; got {type(estimator).__module__}.{name}."
-        )
+    name = _saved_class_name(type(estimator), ESTIMATORS, where.rstrip(".") or "the estimator")
     params = estimator.get_params(deep=False)
     encoded_params = {}
     for key, value in params.items():
@@ -389,7 +430,7 @@ def load(path, *, backbone=None, device=None):
 
     Returns
     -------
-    estimator : PandaFeatures, PandaDetector, PandaSES or PandaOE
+    estimator : PandaFeatures, PandaDetector, PandaSES, PandaOE or a subclass
 
     Raises
     ------
@@ -406,8 +447,7 @@ def _decode_estimator(payload, backbone, device, path):
     cls = ESTIMATORS.get(payload["estimator"])
     if cls is None:
         raise ValueError(
-            f"{path} holds a {payload['estimator']!r}, which this version cannot load; "
-            f"known: {', '.join(ESTIMATORS)}."
+            f"{path} holds a {payload['estimator']!r}, which is not defined here; {_not_defined(ESTIMATORS)}"
         )
     params = dict(payload["params"])
     saved_backbone = params.pop("backbone")
@@ -420,8 +460,11 @@ def _decode_estimator(payload, backbone, device, path):
 
     attributes = {key: _decode(value, nested) for key, value in payload["attributes"].items()}
     if payload["net"] is not None:
-        attributes["device_"] = _target_device(attributes["device_"], device)
         attributes["net_"] = _rebuild_net(estimator, attributes, payload["net"], path)
+    if "device_" in attributes:
+        attributes["device_"] = _target_device(attributes["device_"], device)
+    # Everything was read onto the CPU; the torch state goes where the estimator declares it.
+    place_torch_state(attributes, cls._torch_attributes, attributes.get("device_"))
     _set_attributes(estimator, attributes)
     return estimator
 
@@ -497,4 +540,4 @@ def _rebuild_net(estimator, attributes, saved, path):
         parameter.requires_grad_(key in trainable)
     if saved["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
-    return net.to(attributes["device_"])
+    return net

@@ -10,8 +10,8 @@ from sklearn.utils.validation import check_is_fitted
 from torch.func import functional_call
 
 from ._detector import PandaDetector
+from ._device import ON_CPU
 from ._inference import _run_in_batches, cache_trunk_outputs
-from ._persistence import loadable
 from ._progress import ProgressBar
 from ._sklearn_compat import Interval, StrOptions
 from .scorers import _BaseScorer, offset_from_training_scores
@@ -23,7 +23,6 @@ _FUNCTIONAL_CALL_LOCK = threading.Lock()
 CHECKPOINT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-@loadable
 class PandaSES(PandaDetector):
     """PANDA with sample-wise early stopping: every checkpoint votes, normalised.
 
@@ -156,6 +155,9 @@ class PandaSES(PandaDetector):
         "checkpoint_dtype": [StrOptions(set(CHECKPOINT_DTYPES))],
         "max_dispersion": [Interval(numbers.Real, 0, None, closed="neither"), None],
     }
+
+    # Only the trainable parameters, on the CPU: scoring moves one checkpoint at a time to the device.
+    _torch_attributes = {**PandaDetector._torch_attributes, "checkpoints_": ON_CPU}
 
     def __init__(
         self,
