@@ -1,0 +1,228 @@
+"""A fitted detector's whole scoring as one torch module, and its export to ONNX.
+
+:class:`ScoringGraph` maps a batch of uint8 images ``(n, H, W, C)`` of one
+fixed size to ``score_samples``: the preprocessing of :mod:`._data`, the
+adapted network, the feature normalisation and a nearest-neighbour search
+against a stored gallery. :func:`export_scoring_graph` exports it with
+torch's ONNX exporter.
+
+The resize is torch's uint8 one, reproduced exactly: torch (like PIL)
+resamples an axis with integer weights and ``p`` fraction bits,
+``out = (sum_i w_i x_i + 2**(p-1)) >> p`` clipped to [0, 255], the width
+first, then the height. For a fixed input size each pass is a matrix
+product with a constant matrix, and the centre crop keeps some of its
+columns. The sums reach ``2**30``, beyond float32's exact integers, so the
+weights are split into their high and low bytes: each half's products sum to
+integers below ``2**24``, exact in float32 in any order, and the two halves
+are joined in int32.
+
+This module is torch code: it reads a network and arrays, never an estimator.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from ._data import IMAGENET_MEAN, IMAGENET_STD
+
+# ONNX files are protocol buffers, which cannot exceed 2 GiB.
+ONNX_FILE_LIMIT_BYTES = 2**31
+OPSET = 18
+# A pass's low-byte sums, 255 * 255 * taps, stay exact in float32 up to this many taps
+# (a downscale by up to about 128 times).
+_MAX_TAPS = 2**24 // (255 * 255)
+
+
+def resampling_weights(n_in, n_out):
+    """torch's integer weights of an antialiased bilinear uint8 resize of one axis.
+
+    The float weights are torchvision's own (the resize of an identity
+    matrix); they are rounded to integers as torch rounds them, with as many
+    fraction bits (at most 22) as keep the largest below ``2**15``.
+
+    Parameters
+    ----------
+    n_in, n_out : int
+        Axis length before and after.
+
+    Returns
+    -------
+    weights : ndarray of shape (n_in, n_out), integer-valued float64
+        ``out[j] = (sum_i weights[i, j] * x[i] + 2**(bits - 1)) >> bits``.
+    bits : int
+
+    Examples
+    --------
+    >>> from sklearn_panda._onnx_graph import resampling_weights
+    >>> weights, bits = resampling_weights(4, 2)
+    >>> weights.shape, bits, bool((weights.sum(axis=0) == 2**bits).all())
+    ((4, 2), 16, True)
+    """
+    identity = torch.eye(n_in, dtype=torch.float64)[None, None]
+    resized = TF.resize(identity, size=[n_in, n_out], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    weights = resized[0, 0].numpy()
+    largest = weights.max()
+    bits = next((b for b in range(22) if int(0.5 + largest * 2 ** (b + 1)) >= 2**15), 22)
+    return np.floor(weights * 2**bits + 0.5), bits
+
+
+def _crop_window(height, width, crop_size):
+    """Rows and columns that torchvision's centre crop keeps of a ``height`` x ``width`` image."""
+    positions = torch.arange(height * width).reshape(1, height, width)
+    kept = TF.center_crop(positions, [crop_size, crop_size])[0]
+    return (kept[:, 0] // width).numpy(), (kept[0, :] % width).numpy()
+
+
+class _AxisResample(nn.Module):
+    """One exact uint8 resampling pass along the last axis (integer-valued float32 in and out)."""
+
+    def __init__(self, weights, bits):
+        super().__init__()
+        if int((weights > 0).sum(axis=0).max()) > _MAX_TAPS:
+            raise ValueError(
+                f"A downscale this large ({weights.shape[0]} to {weights.shape[1]} pixels) cannot be "
+                "reproduced exactly in float32; resize the images nearer to the model's size first."
+            )
+        weights = weights.astype(np.int64)
+        self.register_buffer("high", torch.from_numpy((weights >> 8).astype(np.float32)))
+        self.register_buffer("low", torch.from_numpy((weights & 255).astype(np.float32)))
+        self.bits = bits
+
+    def forward(self, x):
+        total = (x @ self.high).to(torch.int32) * 256 + (x @ self.low).to(torch.int32)
+        rounded = torch.div(total + 2 ** (self.bits - 1), 2**self.bits, rounding_mode="trunc")
+        return rounded.to(torch.float32).clamp(0.0, 255.0)
+
+
+class _AxisSelect(nn.Module):
+    """The kept positions of the last axis (a crop without a resize)."""
+
+    def __init__(self, positions):
+        super().__init__()
+        self.start, self.stop = int(positions[0]), int(positions[-1]) + 1
+
+    def forward(self, x):
+        return x[..., self.start : self.stop]
+
+
+def _axis_steps(n_in, resize_to, kept):
+    """The pass for one axis: a resize (crop folded in), a crop alone, or nothing."""
+    if resize_to != n_in:
+        weights, bits = resampling_weights(n_in, resize_to)
+        return _AxisResample(weights if kept is None else weights[:, kept], bits)
+    if kept is not None and len(kept) != n_in:
+        return _AxisSelect(kept)
+    return nn.Identity()
+
+
+class ScoringGraph(nn.Module):
+    """uint8 images ``(n, H, W, C)`` -> ``score_samples``, as the fitted detector computes it.
+
+    Parameters
+    ----------
+    net : nn.Module
+        The adapted network: ``(n, 3, h, w)`` normalised images -> ``(n, d)`` features.
+    image_size : tuple of int
+        ``(H, W)`` of the input images.
+    channels : {1, 3}
+    resize, crop_size : int or None
+        The detector's geometry (see :func:`sklearn_panda._data.resize_and_crop`).
+    normalize_features : bool
+        L2-normalise the features, as the detector does.
+    gallery : ndarray of shape (n_gallery, d), float32
+        The scorer's reference points (kNN: the training features; k-means: the centres).
+    n_neighbors : int
+        The anomaly distance is the mean distance to this many nearest gallery points.
+    metric : {"sqeuclidean", "euclidean", "cosine"}
+    """
+
+    def __init__(
+        self, net, *, image_size, channels, resize, crop_size, normalize_features, gallery, n_neighbors, metric
+    ):
+        super().__init__()
+        height, width = image_size
+        new_height, new_width = height, width
+        if resize is not None:
+            longer = int(resize * max(height, width) / min(height, width))
+            new_height, new_width = (resize, longer) if height <= width else (longer, resize)
+        rows = columns = None
+        if crop_size is not None:
+            if crop_size > min(new_height, new_width):
+                raise ValueError(
+                    f"crop_size={crop_size} is larger than the resized image ({new_height}x{new_width})."
+                )
+            rows, columns = _crop_window(new_height, new_width, crop_size)
+        self.width_pass = _axis_steps(width, new_width, columns)
+        self.height_pass = _axis_steps(height, new_height, rows)
+        self.channels = channels
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.net = net
+        self.normalize_features = normalize_features
+        gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+        self.register_buffer("gallery", torch.from_numpy(gallery))
+        # As the package's brute-force search: rank by ||g||^2 / 2 - q.g, then
+        # recompute the distances of the k found from the differences.
+        self.register_buffer("half_norms", torch.from_numpy(0.5 * np.einsum("ij,ij->i", gallery, gallery)))
+        self.n_neighbors = n_neighbors
+        self.metric = metric
+
+    def preprocess(self, images):
+        """uint8 ``(n, H, W, C)`` -> the network's input, equal to the package's preprocessing."""
+        x = images.permute(0, 3, 1, 2).to(torch.float32)
+        x = self.width_pass(x)
+        x = self.height_pass(x.transpose(-1, -2)).transpose(-1, -2)
+        # The same operations as the package's preprocessing, so the same float32 results.
+        x = x / 255.0
+        if self.channels == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+    def forward(self, images):
+        features = self.net(self.preprocess(images))
+        if self.normalize_features:
+            features = F.normalize(features, dim=1)
+        if self.metric == "cosine":
+            features = features / features.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        ranking = self.half_norms - features @ self.gallery.T
+        _, nearest = torch.topk(ranking, self.n_neighbors, dim=1, largest=False)
+        differences = self.gallery[nearest] - features[:, None, :]
+        squared = (differences * differences).sum(dim=2).clamp_min(0.0)
+        if self.metric == "euclidean":
+            squared = squared.sqrt()
+        elif self.metric == "cosine":
+            squared = squared / 2.0
+        return -squared.mean(dim=1)
+
+
+def export_scoring_graph(graph, image_size, channels):
+    """Export a :class:`ScoringGraph` to an ONNX model (any batch size, fixed image size).
+
+    Parameters
+    ----------
+    graph : ScoringGraph
+    image_size : tuple of int
+    channels : int
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        Input ``"images"`` uint8 ``(n, H, W, C)``; output ``"scores"`` float32 ``(n,)``.
+    """
+    graph = graph.eval()
+    example = torch.zeros((2, *image_size, channels), dtype=torch.uint8)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            graph,
+            (example,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["scores"],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            opset_version=OPSET,
+            verbose=False,
+        )
+    return program.model_proto

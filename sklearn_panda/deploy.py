@@ -1,0 +1,417 @@
+"""Deploy a fitted detector on CPUs: the whole scoring as one ONNX file, run by ONNX Runtime or OpenVINO.
+
+:func:`export_onnx` writes a fitted :class:`~sklearn_panda.PandaDetector` to a
+single ONNX file that maps a batch of uint8 images of one fixed size to
+``score_samples``: the preprocessing (torch's exact uint8 resize, the centre
+crop, ImageNet normalisation), the adapted network, the feature normalisation
+and the scorer's nearest-neighbour search against its stored gallery. The
+file's metadata state the input (name, layout, dtype, size) and ``offset_``, so
+``decision_function`` and ``predict`` follow. :class:`OnnxDetector` scores
+images with such a file; neither this package nor torch is needed to run it::
+
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession("detector.onnx")
+    meta = session.get_modelmeta().custom_metadata_map
+    # images: uint8, shape (n, input_height, input_width, input_channels)
+    scores = session.run(None, {meta["input_name"]: images})[0]
+    labels = np.where(scores - float(meta["offset"]) < 0, -1, 1)   # +1 inlier, -1 outlier
+
+Galleries: the file holds the scorer's gallery (kNN: every training
+feature) beside the network, and one ONNX file cannot exceed 2 GiB, so a
+kNN gallery of more than about ``2**31 / (4 * n_features)`` rows minus the
+network's size (about 260 000 training images at 2048 features) is refused
+with an error; a :class:`~sklearn_panda.KMeansScorer` keeps it small. Each
+scored batch also holds a ``(batch, n_gallery)`` float32 similarity block.
+"""
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ._validation import check_input
+
+__all__ = ["OnnxDetector", "export_onnx", "quantize_onnx"]
+
+# The metadata layout; files of any other number are refused.
+FORMAT_VERSION = "1"
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def _scorer_search(scorer):
+    """The gallery, number of neighbours and metric that reproduce a fitted scorer's distances."""
+    from .scorers import CenterScorer, KMeansScorer, KNNScorer
+
+    if isinstance(scorer, KNNScorer):
+        return scorer._fit_X, scorer.n_neighbors_, scorer.metric
+    if isinstance(scorer, KMeansScorer):
+        return scorer.cluster_centers_, 1, scorer.metric
+    if isinstance(scorer, CenterScorer):
+        return scorer.center_[None, :], 1, scorer.metric
+    raise TypeError(
+        f"export_onnx exports the scorers KNNScorer, KMeansScorer and CenterScorer; this detector's "
+        f"scorer_ is {type(scorer).__name__}."
+    )
+
+
+def _check_exportable(detector, image_size):
+    from sklearn.utils.validation import check_is_fitted
+
+    from ._detector import PandaDetector
+
+    if not isinstance(detector, PandaDetector):
+        raise TypeError(
+            f"export_onnx exports a fitted PandaDetector; got {type(detector).__name__} "
+            "(PandaSES and PandaOE are not exportable yet)."
+        )
+    check_is_fitted(detector)
+    if detector.input_spec_.kind == "vectors":
+        raise ValueError("export_onnx exports a detector of images; this one was fitted on vectors.")
+    if np.shape(image_size) != (2,) or any(int(side) != side or side < 1 for side in image_size):
+        raise ValueError(f"image_size must be (height, width) in pixels; got {image_size!r}.")
+
+
+def _metadata(detector, image_size, channels, search):
+    from ._version import __version__
+
+    gallery, n_neighbors, metric = search
+    height, width = image_size
+    return {
+        "sklearn_panda.format": FORMAT_VERSION,
+        "sklearn_panda.version": __version__,
+        "estimator": type(detector).__name__,
+        "scorer": type(detector.scorer_).__name__,
+        "input_name": "images",
+        "input_layout": "NHWC",
+        "input_dtype": "uint8",
+        "input_height": str(height),
+        "input_width": str(width),
+        "input_channels": str(channels),
+        "output": "score_samples",
+        "offset": repr(float(detector.offset_)),
+        "precision": "float32",
+        "n_gallery": str(len(gallery)),
+        "n_neighbors": str(n_neighbors),
+        "metric": metric,
+    }
+
+
+def export_onnx(detector, path, *, image_size):
+    """Write a fitted detector's scoring to one ONNX file.
+
+    The file maps uint8 images ``(n, height, width, channels)`` (NHWC; the
+    channels the detector was fitted on) to ``score_samples``, computed in
+    float32 whatever the detector's ``precision``: its scores equal the
+    detector's to float32 rounding (the preprocessing is bit-exact; the
+    network runs in the runtime's kernels). Other input sizes must be resized
+    to ``image_size`` first. :func:`quantize_onnx` makes an int8 version.
+
+    Parameters
+    ----------
+    detector : PandaDetector
+        Fitted on images, with a :class:`~sklearn_panda.KNNScorer`,
+        :class:`~sklearn_panda.KMeansScorer` or :class:`~sklearn_panda.CenterScorer`
+        (``scorer="knn"``, ``"kmeans"``, ``"center"``). A kNN search is
+        exported as the exact search, whatever the scorer's ``algorithm``.
+    path : str or path-like
+        Where to write the file.
+    image_size : tuple of int
+        ``(height, width)`` of the images the file takes.
+
+    Returns
+    -------
+    path : pathlib.Path
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> from torchvision.models.resnet import BasicBlock, ResNet
+    >>> from sklearn_panda import PandaDetector
+    >>> from sklearn_panda.deploy import OnnxDetector, export_onnx
+    >>> def tiny_resnet():
+    ...     return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
+    >>> images = np.random.default_rng(0).integers(0, 256, (12, 20, 20, 3), dtype=np.uint8)
+    >>> det = PandaDetector(backbone=tiny_resnet, weights=None, resize=32, crop_size=32,
+    ...                     n_steps=2, random_state=0).fit(images)
+    >>> path = export_onnx(det, tempfile.mkdtemp() + "/det.onnx", image_size=(20, 20))
+    >>> onnx_det = OnnxDetector(path)
+    >>> onnx_det.input_shape_, onnx_det.metadata_["input_layout"]
+    ((20, 20, 3), 'NHWC')
+    >>> bool(np.allclose(onnx_det.score_samples(images[:3]), det.score_samples(images[:3]), atol=1e-5))
+    True
+    >>> onnx_det.predict(images[:3]).tolist() == det.predict(images[:3]).tolist()
+    True
+    """
+    import onnx
+
+    from ._onnx_graph import ONNX_FILE_LIMIT_BYTES, ScoringGraph, export_scoring_graph
+
+    _check_exportable(detector, image_size)
+    image_size = (int(image_size[0]), int(image_size[1]))
+    channels = detector.input_spec_.channels
+    search = _scorer_search(detector.scorer_)
+    gallery = np.asarray(search[0], dtype=np.float32)
+    network_bytes = sum(t.numel() * t.element_size() for t in detector.net_.state_dict().values())
+    if gallery.nbytes + network_bytes > ONNX_FILE_LIMIT_BYTES * 0.95:
+        raise ValueError(
+            f"The gallery ({gallery.shape[0]} x {gallery.shape[1]} float32, {gallery.nbytes / 2**30:.2f} GiB) "
+            "and the network do not fit in one ONNX file (at most 2 GiB); fit the detector with "
+            "scorer='kmeans', or on fewer training images."
+        )
+    net = _cpu_float32_copy(detector.net_)
+    graph = ScoringGraph(
+        net,
+        image_size=image_size,
+        channels=channels,
+        resize=detector.resize,
+        crop_size=detector.crop_size,
+        normalize_features=detector.normalize_features,
+        gallery=gallery,
+        n_neighbors=search[1],
+        metric=search[2],
+    )
+    model = export_scoring_graph(graph, image_size, channels)
+    _set_metadata(model, _metadata(detector, image_size, channels, search))
+    onnx.save(model, path)
+    return Path(path)
+
+
+def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
+    """Write an int8 version of a float32 file from :func:`export_onnx`.
+
+    Post-training static quantisation with ONNX Runtime's tools: the
+    network's convolutions get int8 weights (per output channel) and uint8
+    activations, calibrated on ``calibration_images``; the preprocessing, the
+    feature normalisation and the neighbour search stay float32. The file
+    runs in ONNX Runtime and OpenVINO alike, and its metadata are the float32
+    file's with ``precision="int8"``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A float32 file written by :func:`export_onnx`.
+    int8_path : str or path-like
+        Where to write the int8 file.
+    calibration_images : array-like of uint8 images
+        Normal training images of the file's size (a few hundred are plenty),
+        in any layout the detector accepts.
+    keep_float32 : sequence of str, default=()
+        Names of convolutions to leave in float32, where int8 costs accuracy;
+        ``sklearn_panda._quantize.convolution_names(onnx.load(path))`` lists
+        them in order (the first is the stem).
+
+    Returns
+    -------
+    int8_path : pathlib.Path
+
+    Examples
+    --------
+    With ``images`` the normal training images and ``"detector.onnx"`` from
+    :func:`export_onnx`:
+
+    >>> from sklearn_panda.deploy import OnnxDetector, quantize_onnx
+    >>> quantize_onnx("detector.onnx", "detector-int8.onnx", images)  # doctest: +SKIP
+    >>> OnnxDetector("detector-int8.onnx", runtime="openvino").score_samples(images)  # doctest: +SKIP
+    """
+    import onnx
+
+    from ._quantize import quantize_int8
+
+    metadata = _read_metadata(path)
+    if metadata["precision"] != "float32":
+        raise ValueError(f"quantize_onnx takes a float32 file; {os.fspath(path)} is {metadata['precision']}.")
+    calibration = _as_file_input(calibration_images, metadata)
+    quantize_int8(path, int8_path, calibration, keep_float32=keep_float32)
+    model = onnx.load(int8_path)
+    _set_metadata(model, {**metadata, "precision": "int8"})
+    onnx.save(model, int8_path)
+    return Path(int8_path)
+
+
+def _cpu_float32_copy(net):
+    """``net`` in float32 on the CPU in eval mode; a copy when it is elsewhere."""
+    import copy
+
+    import torch
+
+    parameters = [*net.parameters(), *net.buffers()]
+    if any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32) for t in parameters):
+        net = copy.deepcopy(net).to(device="cpu", dtype=torch.float32)
+    return net.eval()
+
+
+def _set_metadata(model, metadata):
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _as_file_input(images, metadata):
+    """Images in any layout the package accepts -> the file's uint8 ``(n, H, W, C)``, or a clear error."""
+    checked = check_input(images)
+    if checked.spec.kind != "array_images":
+        raise ValueError(
+            "An exported detector scores image arrays of shape (n, H, W), (n, H, W, C) or "
+            f"(n, C, H, W); got {'vectors' if checked.spec.kind == 'vectors' else 'a list of files'}."
+        )
+    data = checked.data
+    expected = (int(metadata["input_height"]), int(metadata["input_width"]), int(metadata["input_channels"]))
+    if data.dtype != np.uint8:
+        raise ValueError(
+            f"The exported detector takes uint8 images; got {data.dtype}. Convert float images in "
+            "[0, 1] with np.round(images * 255).astype(np.uint8)."
+        )
+    if data.shape[1:] != expected:
+        raise ValueError(
+            f"The exported detector takes images of height x width x channels {expected[0]} x "
+            f"{expected[1]} x {expected[2]}; got {data.shape[1]} x {data.shape[2]} x {data.shape[3]}. "
+            "Resize them first, or export again with image_size set to their size."
+        )
+    return np.ascontiguousarray(data)
+
+
+def _read_metadata(path):
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    metadata = {entry.key: entry.value for entry in model.metadata_props}
+    version = metadata.get("sklearn_panda.format")
+    if version != FORMAT_VERSION:
+        found = "no sklearn-panda metadata" if version is None else f"format {version}"
+        raise ValueError(
+            f"{os.fspath(path)} is not an exported detector this version reads (format "
+            f"{FORMAT_VERSION}); it has {found}. Export it again with export_onnx."
+        )
+    return metadata
+
+
+class OnnxDetector:
+    """Score images with a file written by :func:`export_onnx`, in ONNX Runtime or OpenVINO.
+
+    Has the scoring methods of the exported detector (``score_samples``,
+    ``decision_function``, ``predict``), on uint8 images of the exported size.
+    No torch is involved.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The exported file.
+    runtime : {"onnxruntime", "openvino"}, default="onnxruntime"
+        ONNX Runtime (``pip install 'sklearn-panda[onnx]'``) or OpenVINO
+        (``pip install 'sklearn-panda[openvino]'``). OpenVINO runs in float32
+        arithmetic outside the int8 layers (it would otherwise use bfloat16 on
+        CPUs that have it).
+    n_threads : int, default=None
+        Threads of the runtime; ``None``: its default (every core).
+    batch_size : int, default=32
+        Images per call to the runtime.
+
+    Attributes
+    ----------
+    metadata_ : dict of str
+        The file's metadata: ``input_name``, ``input_layout`` ("NHWC"),
+        ``input_dtype`` ("uint8"), ``input_height``, ``input_width``,
+        ``input_channels``, ``offset``, ``precision``, the scorer and the
+        package version that wrote it.
+    offset_ : float
+        The exported detector's ``offset_``.
+    input_shape_ : tuple of int
+        ``(height, width, channels)`` of the images the file takes.
+
+    Examples
+    --------
+    With ``"detector.onnx"`` from :func:`export_onnx` (whose example runs
+    this class) and ``images`` uint8 of its size:
+
+    >>> from sklearn_panda.deploy import OnnxDetector
+    >>> detector = OnnxDetector("detector.onnx", n_threads=2)  # doctest: +SKIP
+    >>> detector.input_shape_  # doctest: +SKIP
+    (28, 28, 1)
+    >>> detector.predict(images)  # doctest: +SKIP
+    """
+
+    def __init__(self, path, *, runtime="onnxruntime", n_threads=None, batch_size=32):
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}; got {runtime!r}.")
+        self.path = path
+        self.runtime = runtime
+        self.n_threads = n_threads
+        self.batch_size = batch_size
+        self.metadata_ = _read_metadata(path)
+        self.offset_ = float(self.metadata_["offset"])
+        self.input_shape_ = tuple(int(self.metadata_[f"input_{name}"]) for name in ("height", "width", "channels"))
+        self._run = self._onnxruntime() if runtime == "onnxruntime" else self._openvino()
+
+    def _onnxruntime(self):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ImportError("runtime='onnxruntime' needs ONNX Runtime: pip install 'sklearn-panda[onnx]'.") from None
+        options = ort.SessionOptions()
+        if self.n_threads is not None:
+            options.intra_op_num_threads = self.n_threads
+            options.inter_op_num_threads = 1
+        session = ort.InferenceSession(os.fspath(self.path), options, providers=["CPUExecutionProvider"])
+        name = self.metadata_["input_name"]
+        return lambda images: session.run(None, {name: images})[0]
+
+    def _openvino(self):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ImportError("runtime='openvino' needs OpenVINO: pip install 'sklearn-panda[openvino]'.") from None
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if self.n_threads is not None:
+            config["INFERENCE_NUM_THREADS"] = self.n_threads
+        compiled = ov.Core().compile_model(os.fspath(self.path), "CPU", config)
+        request = compiled.create_infer_request()
+        return lambda images: request.infer({0: images})[0]
+
+    def score_samples(self, X):
+        """Negated anomaly distance, as the exported detector's: higher means more normal.
+
+        Parameters
+        ----------
+        X : array-like of uint8 images
+            Shape ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)`` with the
+            exported height, width and channels.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+        """
+        images = _as_file_input(X, self.metadata_)
+        parts = [
+            np.asarray(self._run(images[start : start + self.batch_size]), dtype=np.float64).reshape(-1)
+            for start in range(0, len(images), self.batch_size)
+        ]
+        return np.concatenate(parts)
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for outliers.
+
+        Parameters
+        ----------
+        X : array-like of uint8 images
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,)
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """+1 for inliers, -1 for outliers.
+
+        Parameters
+        ----------
+        X : array-like of uint8 images
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+        """
+        return np.where(self.decision_function(X) < 0, -1, 1)
