@@ -105,7 +105,7 @@ def _estimators_in(estimator):
     """``estimator`` and the estimators among its fitted attributes (a detector's ``features_``)."""
     found = [estimator]
     for value in vars(estimator).values():
-        if isinstance(value, BaseEstimator) and not isinstance(value, type):
+        if isinstance(value, BaseEstimator):
             found.extend(_estimators_in(value))
     return found
 
