@@ -20,6 +20,7 @@ that cannot be split is an error that names the parameters to set, never a
 silent fallback.
 """
 
+import inspect
 import math
 import re
 from typing import NamedTuple
@@ -382,7 +383,7 @@ class _Graph:
     def _trace(self):
         tracer = _Tracer(self.expand)
         try:
-            self.graph = tracer.trace(self.model)
+            self.graph = tracer.trace(self.model, concrete_args=_other_arguments(self.model))
         except Exception as error:  # torch.fx raises TraceError, TypeError, RuntimeError, ...
             raise ValueError(
                 f"Could not trace {type(self.model).__name__} with torch.fx to split it into stages "
@@ -390,6 +391,7 @@ class _Graph:
                 "where the forward pass has no data-dependent control flow."
             ) from error
         self.names = tracer.node_to_qualname
+        self.input = next(node for node in self.graph.nodes if node.op == "placeholder")
         (self.output,) = [node for node in self.graph.nodes if node.op == "output"]
         self.used = _ancestors(self.output)
 
@@ -431,6 +433,21 @@ class _Graph:
         return self.names.get(node, node.name)
 
 
+def _other_arguments(model):
+    """The forward's arguments after the input, fixed to their defaults for tracing."""
+    fixed = {}
+    for parameter in list(inspect.signature(model.forward).parameters.values())[1:]:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        if parameter.default is parameter.empty:
+            raise ValueError(
+                f"{type(model).__name__}.forward takes another input besides the images or "
+                f"vectors ({parameter.name}); a backbone takes one batch."
+            )
+        fixed[parameter.name] = parameter.default
+    return fixed or None
+
+
 def _has_parameters(module):
     return next(module.parameters(), None) is not None
 
@@ -461,9 +478,8 @@ def _segment(graph, start, end, parameter):
     previous one's output, an ``nn.Sequential`` of them (parameter names as
     in the network's own blocks); anything else an ``fx.GraphModule``.
     """
-    (placeholder,) = [node for node in graph.graph.nodes if node.op == "placeholder"]
-    start = placeholder if start is None else start
-    after, from_input = _descendants(start), _descendants(placeholder)
+    start = graph.input if start is None else start
+    after, from_input = _descendants(start), _descendants(graph.input)
     needed, stack = set(), [end]
     while stack:
         node = stack.pop()

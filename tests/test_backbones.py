@@ -130,3 +130,18 @@ def test_efficientnet_lite0_with_packaged_imagenet_weights():
     assert torch.softmax(logits, 1).max() > 0.01
     # The last two stages: 4 + 1 blocks plus the 1x1 convolution head.
     assert len(net.stages) == 3
+
+
+def test_efficientnet_lite0_split_is_the_model_s_own_features_and_last_groups():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    model = build_model("efficientnet_lite0", None)
+    net = split_model(model, 2).freeze_trunk()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        # The head convolution's output, average-pooled, and the model's own logits.
+        expected = model._avg_pooling(model.extract_features(x)).flatten(1)
+        assert torch.equal(net(x), expected)
+        assert torch.equal(net.head(net(x)), model(x))
+    # Trainable: the last two groups of blocks (4 + 1) and the head convolution, as before the node-name split.
+    last_groups = [*model._blocks[11:], model._conv_head, model._bn1]
+    assert {id(p) for p in net.trainable_parameters()} == {id(p) for m in last_groups for p in m.parameters()}
