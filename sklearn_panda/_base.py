@@ -350,6 +350,28 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
         Parameters
         ----------
         path : str or path-like
+            Destination file (conventionally ``.pt``); an existing file is
+            replaced only once the new one is complete.
+
+        See Also
+        --------
+        sklearn_panda.save : The same, as a function.
+        sklearn_panda.load : Read the file back.
+
+        Examples
+        --------
+        >>> import os
+        >>> import tempfile
+        >>> import numpy as np
+        >>> from torch import nn
+        >>> from sklearn_panda import PandaDetector, load
+        >>> X = np.random.default_rng(0).normal(size=(20, 4))
+        >>> det = PandaDetector(backbone=nn.Identity, weights=None, n_steps=0).fit(X)
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     det.save(os.path.join(folder, "detector.pt"))
+        ...     loaded = load(os.path.join(folder, "detector.pt"), backbone=nn.Identity)
+        >>> bool(np.array_equal(loaded.score_samples(X), det.score_samples(X)))
+        True
         """
         _persistence.save(self, path)
 
@@ -419,6 +441,21 @@ class BasePandaDetector(OutlierMixin, BasePanda):
         Returns
         -------
         features : ndarray of shape (n_samples, n_features_out)
+            The pooled features of ``X`` under the fitted ``net_``,
+            L2-normalised when ``normalize_features=True``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from torch import nn
+        >>> from sklearn_panda import PandaDetector
+        >>> def tiny_mlp():
+        ...     return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 4))
+        >>> rng = np.random.default_rng(0)
+        >>> det = PandaDetector(backbone=tiny_mlp, weights=None, n_steps=5, random_state=0)
+        >>> det = det.fit(rng.normal(size=(50, 6)))
+        >>> det.extract_features(rng.normal(size=(3, 6))).shape
+        (3, 4)
         """
         return self._embed_new(X)
 
@@ -433,6 +470,8 @@ class BasePandaDetector(OutlierMixin, BasePanda):
         Returns
         -------
         scores : ndarray of shape (n_samples,)
+            The scorer's score of each sample's adapted features; the lower,
+            the more abnormal.
         """
         return self._score_checked(self._check_new_input(X))
 
@@ -442,10 +481,12 @@ class BasePandaDetector(OutlierMixin, BasePanda):
         Parameters
         ----------
         X : array-like or list of paths / PIL images
+            Samples in the layout seen in ``fit``.
 
         Returns
         -------
         decision : ndarray of shape (n_samples,)
+            Shifted scores: negative for outliers, positive for inliers.
         """
         return self.score_samples(X) - self.offset_
 
@@ -455,10 +496,12 @@ class BasePandaDetector(OutlierMixin, BasePanda):
         Parameters
         ----------
         X : array-like or list of paths / PIL images
+            Samples in the layout seen in ``fit``.
 
         Returns
         -------
         labels : ndarray of shape (n_samples,)
+            -1 where ``decision_function`` is negative, +1 elsewhere.
         """
         return np.where(self.decision_function(X) < 0, -1, 1)
 
@@ -472,12 +515,15 @@ class BasePandaDetector(OutlierMixin, BasePanda):
         Parameters
         ----------
         X : array-like or list of paths / PIL images
+            Normal training samples, as in ``fit``.
         y : Ignored
             Not used, present for API consistency by convention.
 
         Returns
         -------
         labels : ndarray of shape (n_samples,)
+            -1 for the training samples whose training score is below
+            ``offset_``, +1 for the others.
         """
         self.fit(X, y)
         return np.where(self.training_scores_ < self.offset_, -1, 1)

@@ -1,7 +1,7 @@
 """``torch.compile`` for the inference passes, compiled once per module and batch size.
 
-Each distinct input shape costs ``torch.compile`` a new compilation (tens of
-seconds for a ResNet152 on a CPU), so a batch smaller than ``batch_size``, such
+Each distinct input shape costs ``torch.compile`` a new compilation (for a
+large network, far longer than the passes it speeds up), so a batch smaller than ``batch_size``, such
 as the last one of a dataset, is zero-padded to ``batch_size`` and the padding
 is cut from the output. This is exact because no layer mixes samples at
 inference time (BatchNorm runs on its running statistics). The compiled
@@ -10,8 +10,8 @@ wrappers are stored on the module itself (they go when the module goes), so
 
 Compilation uses Inductor's "freezing": the weights are treated as constants,
 so that BatchNorm folds into the convolutions and the weights are pre-packed
-for the CPU's convolution kernels (ResNet152 on a 2-core CPU: 18.7 images/s
-against 15.0 without freezing and 12.8 eager). Constants go stale when the
+for the CPU's convolution kernels (faster than compiling without freezing,
+which is faster than eager: ``benchmarks/RESULTS.md``). Constants go stale when the
 weights change, so the module is compiled again once its parameters have been
 modified in place (adaptation does so between the passes before and after
 training). Compiled code is also guarded on each parameter's

@@ -141,23 +141,20 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         GPU; on the CPU, the most samples (up to ``batch_size``) whose
         largest activation fills at most half the CPU's last-level cache,
         measured on one sample once per fitted model (read from Linux's
-        ``/sys``; 32 MiB assumed elsewhere). On a 2-core CPU with 32 MiB of
-        L3 that is 5 images for ResNet152 and 3 for EfficientNet-Lite0 in
-        float32, which ran 1.1-1.3x and 3.4-3.6x faster than batches of 32
-        (``benchmarks/RESULTS.md``). Features differ between batch sizes only
-        by floating-point rounding.
+        ``/sys``; 32 MiB assumed elsewhere): a CPU runs a forward pass fastest
+        when each layer's output stays in that cache, and falls off steeply
+        beyond (measurements: ``benchmarks/RESULTS.md``). Features differ
+        between batch sizes only by floating-point rounding.
 
     precision : {"float32", "bfloat16", "float16"}, default="float32"
         Autocast precision of the network's forward passes; the stem and
         the first block group always run in float32 (where rounding costs
         the most accuracy). ``"bfloat16"`` needs native support to be fast
-        (recent x86 CPUs with AVX512-BF16 or AMX, Ampere or later GPUs). On
-        a 2-core Zen 5 CPU it made extraction 1.5-1.7x (ResNet152) and 2.0-2.7x
-        (EfficientNet-Lite0) faster than float32 and moved ROC AUC by +0.05
-        to +0.11 points on four Fashion-MNIST classes (EfficientNet-Lite0,
-        ``benchmarks/RESULTS.md``);
-        float32 stays the default for results that do not depend on the
-        hardware.
+        (recent x86 CPUs with AVX512-BF16 or AMX, Ampere or later GPUs;
+        elsewhere it is emulated); where it is, it speeds extraction up with
+        ROC AUC within about a tenth of a point of float32's
+        (``benchmarks/RESULTS.md``). float32 stays the default for results
+        that do not depend on the hardware.
 
     trunk_cache_mb : float, default=2048
         The frozen trunk's outputs for the training images are computed once
@@ -167,12 +164,12 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
     compile : bool, default=False
         Run the forward passes without gradients (feature extraction, the
         trunk cache, ``transform``) through ``torch.compile`` with weight
-        freezing. On a 2-core CPU, with cache-sized batches, this made float32
-        extraction 1.02-1.16x (ResNet152) and 1.2-2.0x (EfficientNet-Lite0,
-        whose many small operations it fuses) faster than eager, with the
-        same ROC AUC (``benchmarks/RESULTS.md``), after a one-off compilation
-        of 10-30 s per fitted model and process: it pays off for thousands of
-        images, not for a few. Needs a C++ compiler (CPU) or
+        freezing. It gives the same ROC AUC as eager and helps most networks
+        made of many small operations, which it fuses (EfficientNet-Lite0
+        more than ResNet152), after a one-off compilation per fitted model
+        and process that takes far longer than a batch: it pays
+        off for thousands of images, not for a few
+        (``benchmarks/RESULTS.md``). Needs a C++ compiler (CPU) or
         Triton (CUDA). Partial batches are zero-padded to the inference batch
         size so that one compilation serves every call; for the same reason,
         the halving of batches after a GPU out-of-memory error does not help
@@ -356,6 +353,8 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         Returns
         -------
         features : ndarray of shape (n_samples, n_features_out), float32
+            The adapted features of the training samples, as ``transform``
+            gives them.
         """
         run = self._fit(X)
         return self._embed(self.net_, run.preprocessor, run.hidden)
@@ -373,6 +372,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         Returns
         -------
         features : ndarray of shape (n_samples, n_features_out), float32
+            One row of pooled features of the fitted ``net_`` per sample.
         """
         return self._embed_new(X)
 

@@ -226,12 +226,10 @@ def cache_sized_batch(per_sample_bytes, largest, cache_bytes=None):
     """The most samples (1 to ``largest``) whose biggest activation fills at most half the cache.
 
     On a CPU a forward pass runs fastest when each layer's output stays in
-    the last-level cache for the next layer to read. Measured on a 2-core
-    Zen 5 with 32 MiB of L3 (``benchmarks/RESULTS.md``): ResNet152 (3.2 MB
-    per image at its largest in float32) ran fastest in batches of 5-8 and
-    EfficientNet-Lite0 (4.9 MB) in batches of 3-4, where 6 was already 1.6x
-    slower; batches of 32 were 1.1-1.3x and 3.4-3.6x slower. Half the
-    cache leaves room for the weights and the layer's input.
+    the last-level cache for the next layer to read, and slows down steeply
+    once it does not (measurements: ``benchmarks/RESULTS.md``, "Cache-sized
+    inference batches"). Half the cache stays on the safe side of that
+    cliff and leaves room for the weights and the layer's input.
 
     Parameters
     ----------

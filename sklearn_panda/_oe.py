@@ -245,12 +245,14 @@ class PandaOE(BasePandaDetector):
         Parameters
         ----------
         X : array-like or list of paths / PIL images
+            Training samples, normal and exposure, as in ``fit``.
         y : array-like of shape (n_samples,)
             ``normal_label`` for normal images, any other label for exposure images.
 
         Returns
         -------
         labels : ndarray of shape (n_samples,)
+            ``predict(X)`` after ``fit(X, y)``: -1 for outliers, +1 for inliers.
         """
         return self.fit(X, y).predict(X)
 

@@ -340,7 +340,7 @@ def save(estimator, path):
     >>> import numpy as np, tempfile, os
     >>> from torch import nn
     >>> from sklearn_panda import PandaDetector
-    >>> from sklearn_panda._persistence import load, save
+    >>> from sklearn_panda import load, save
     >>> X = np.random.default_rng(0).normal(size=(20, 4))
     >>> det = PandaDetector(backbone=nn.Identity, weights=None, n_steps=0).fit(X)
     >>> path = os.path.join(tempfile.mkdtemp(), "detector.pt")
@@ -431,12 +431,33 @@ def load(path, *, backbone=None, device=None):
     Returns
     -------
     estimator : PandaFeatures, PandaDetector, PandaSES, PandaOE or a subclass
+        The estimator as it was saved: its parameters and, when it was
+        fitted, its fitted attributes, on ``device``.
 
     Raises
     ------
     ValueError
         When the file is not a sklearn-panda file, comes from an
         incompatible format or package version, or needs a ``backbone``.
+
+    See Also
+    --------
+    save : Write an estimator to such a file.
+
+    Examples
+    --------
+    >>> import os
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from torch import nn
+    >>> from sklearn_panda import PandaFeatures, load, save
+    >>> X = np.random.default_rng(0).normal(size=(20, 4))
+    >>> features = PandaFeatures(backbone=nn.Identity, weights=None, n_steps=0).fit(X)
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     save(features, os.path.join(folder, "features.pt"))
+    ...     loaded = load(os.path.join(folder, "features.pt"), backbone=nn.Identity, device="cpu")
+    >>> type(loaded).__name__, loaded.transform(X).shape
+    ('PandaFeatures', (20, 4))
     """
     payload = torch.load(path, map_location="cpu", weights_only=True)
     _check_header(payload, path)

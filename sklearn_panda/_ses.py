@@ -416,6 +416,25 @@ class PandaSES(PandaDetector):
         Returns
         -------
         distances : ndarray of shape (n_samples, n_checkpoints)
+            ``d_t(x) / s_t`` for every checkpoint ``t``, the pretrained one
+            first, whether active or not.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from torch import nn
+        >>> from sklearn_panda import PandaSES
+        >>> def tiny_mlp():
+        ...     return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 4))
+        >>> rng = np.random.default_rng(0)
+        >>> ses = PandaSES(backbone=tiny_mlp, weights=None, n_steps=4, checkpoint_every=2, random_state=0)
+        >>> ses = ses.fit(rng.normal(size=(40, 6)))
+        >>> X = rng.normal(size=(3, 6))
+        >>> distances = ses.checkpoint_distances(X)
+        >>> distances.shape
+        (3, 3)
+        >>> bool(np.allclose(-ses.score_samples(X), distances[:, ses.active_checkpoints_].max(axis=1)))
+        True
         """
         check_is_fitted(self)
         return self._checked_distances(self._check_new_input(X), np.ones(len(self.checkpoints_), dtype=bool))

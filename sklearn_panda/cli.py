@@ -130,10 +130,13 @@ def import_factory(spec):
     Parameters
     ----------
     spec : str
+        ``"module:function"``, the module's import path and the factory's
+        qualified name in it.
 
     Returns
     -------
     factory : callable
+        The named object, called with no arguments to build the backbone.
 
     Raises
     ------
@@ -379,6 +382,15 @@ def build_parser():
     Returns
     -------
     parser : argparse.ArgumentParser
+        The parser that :func:`main` uses; ``parse_args`` gives the chosen
+        subcommand in ``command``.
+
+    Examples
+    --------
+    >>> from sklearn_panda.cli import build_parser
+    >>> args = build_parser().parse_args(["score", "--model", "model.pt", "--output", "scores.csv", "images/"])
+    >>> args.command, args.model, args.sources
+    ('score', 'model.pt', ['images/'])
     """
     parser = argparse.ArgumentParser(
         prog=PROG,

@@ -101,7 +101,7 @@ _CIFAR100 = _TorchvisionSource(
 
 
 def available_datasets():
-    """Names of the datasets that :func:`load_one_class` knows.
+    """Return the names of the datasets that :func:`load_one_class` knows.
 
     Returns
     -------

@@ -25,7 +25,10 @@ class NormalOnlySplit:
     Parameters
     ----------
     n_splits : int, default=3
+        Number of folds of the normal samples (at least 2).
     shuffle : bool, default=False
+        Shuffle the normal samples before cutting them into folds (otherwise
+        the folds follow the order of ``X``).
     random_state : int, RandomState instance or None, default=None
         Used when ``shuffle=True``.
 
@@ -59,6 +62,7 @@ class NormalOnlySplit:
         y : array-like of shape (n_samples,)
             +1 normal, -1 anomaly.
         groups : Ignored
+            Not used, present for API consistency by convention.
 
         Yields
         ------
@@ -79,8 +83,14 @@ class NormalOnlySplit:
     def get_n_splits(self, X=None, y=None, groups=None):
         """Number of splits.
 
+        Parameters
+        ----------
+        X, y, groups : Ignored
+            Not used, present for API consistency by convention.
+
         Returns
         -------
         n_splits : int
+            ``n_splits``: one split per fold of the normal samples.
         """
         return self.n_splits
