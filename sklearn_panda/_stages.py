@@ -261,8 +261,10 @@ def _vgg(model):
 
 
 def _squeezenet(model):
-    pools = [f"features.{index}" for index, layer in enumerate(model.features) if isinstance(layer, nn.MaxPool2d)]
-    return pools + [f"features.{len(model.features) - 1}"]
+    # The first max pooling closes the stem; each later one opens a stage.
+    pools = [index for index, layer in enumerate(model.features) if isinstance(layer, nn.MaxPool2d)]
+    ends = [pools[0]] + [index - 1 for index in pools[1:]] + [len(model.features) - 1]
+    return [f"features.{index}" for index in ends]
 
 
 def _googlenet(model):
@@ -582,9 +584,13 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
     classifier, missing = graph.classifier() if defaults.head is None else (None, None)
     if feature_node is None:
         if classifier is None:
+            last = graph.output.args[0]
+            output = ""
+            if isinstance(last, fx.Node):
+                output = f" (its output, for a network without a classifier: {graph.name(last)!r})"
             raise ValueError(
                 f"No default feature node for {type(model).__name__}: {missing}. Set feature_node "
-                "to the node whose output gives the features."
+                f"to the node whose output gives the features{output}."
             )
         features = classifier.args[0]
     else:

@@ -2,10 +2,11 @@
 
 The test over every torchvision classifier builds each on the ``meta`` device
 (parameters without storage, so ViT-H/14 and RegNetY-128GF cost no memory or
-compute) and checks the split structurally: feature width, trainable part,
-which parameters a backward pass reaches, BatchNorm in eval mode. Real
-forward passes and SGD steps run on the smaller models that stand for each
-family in ``test_done_means_families_fit_and_score`` and on tiny networks.
+compute) and checks the split structurally: a forward pass gives the feature
+width, exactly the trainable stages require gradients, BatchNorm stays in eval
+mode. Real forward passes and SGD steps run on the smaller models that stand
+for their families in ``test_done_means_families_fit_and_score`` and on tiny
+networks.
 """
 
 import contextlib
@@ -93,7 +94,8 @@ def tiny_vit():
 def small_cnn():
     """A network of no known family: it needs stage_ends."""
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
+        nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 8, 3), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2),
     )
 
 
@@ -138,7 +140,8 @@ def test_vit_features_are_the_class_token_and_the_last_blocks_train(images):
     _assert_only_the_stages_trained(detector.net_, built)
     trainable = {id(parameter) for parameter in detector.net_.stages.parameters()}
     trained = {key.rsplit(".", 1)[0] for key, value in built["model"].named_parameters() if id(value) in trainable}
-    assert {key.split(".")[2] for key in trained if key.startswith("encoder.layers")} == {"encoder_layer_1", "encoder_layer_2"}
+    blocks = {key.split(".")[2] for key in trained if key.startswith("encoder.layers")}
+    assert blocks == {"encoder_layer_1", "encoder_layer_2"}
     assert {key for key in trained if not key.startswith("encoder.layers")} == {"encoder.ln"}
     # The class token after the final norm, as torchvision's head reads it.
     model = built["model"].eval()
@@ -215,6 +218,14 @@ def test_a_network_that_cannot_be_split_so_is_an_error(options, message):
         build_feature_net(tiny_resnet, None, options.pop("n_trainable_stages", 2), **options)
 
 
+def test_a_network_without_a_classifier_needs_feature_node():
+    headless = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match=r"last layer with parameters, 3 \(BatchNorm2d\).*without a classifier: '3'"):
+        split_model(headless, 1, stage_ends=["1", "3"])
+    net = split_model(headless, 1, stage_ends=["1", "3"], feature_node="3")
+    assert net(torch.rand(2, 3, 8, 8)).shape == (2, 4) and net.head is None
+
+
 def test_token_features_are_an_error_that_names_feature_node(images):
     detector = PandaDetector(backbone=tiny_vit, feature_node="encoder.layers.encoder_layer_2", n_steps=0, **TINY)
     with pytest.raises(ValueError, match=r"gives outputs of shape \(\d+, 17, 16\).*Set feature_node"):
@@ -236,4 +247,5 @@ def test_split_model_keeps_the_cut_modules_and_their_names():
     model = tiny_resnet()
     net = split_model(model, 2)
     assert net.trunk[1] is model.layer1 and net.stages[0] is model.layer3 and net.stages[1] is model.layer4
-    assert next(iter(net.stages.state_dict())) == "0.0.conv1.weight"  # as before node names: Fisher keys and saved files
+    # The names from before the node-name split: Fisher keys and saved files still fit.
+    assert next(iter(net.stages.state_dict())) == "0.0.conv1.weight"
