@@ -137,14 +137,14 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
 
     inference_batch_size : int or "auto", default="auto"
         Samples per forward pass without gradients (the trunk cache, the
-        training features, ``transform``). ``"auto"``: ``batch_size`` on a
-        GPU; on the CPU, the most samples (up to ``batch_size``) whose
-        largest activation fills at most half the CPU's last-level cache,
-        measured on one sample once per fitted model (read from Linux's
-        ``/sys``; 32 MiB assumed elsewhere): a CPU runs a forward pass fastest
-        when each layer's output stays in that cache, and falls off steeply
-        beyond (measurements: ``benchmarks/RESULTS.md``). Features differ
-        between batch sizes only by floating-point rounding.
+        features of the training and of new samples). ``"auto"``:
+        ``batch_size`` on a GPU; on the CPU, the most samples (up to
+        ``batch_size``) whose largest activation fills at most half the CPU's
+        last-level cache, measured on one sample once per fitted model (read
+        from Linux's ``/sys``; 32 MiB assumed elsewhere): a CPU runs a forward
+        pass fastest when each layer's output stays in that cache, and falls
+        off steeply beyond (measurements: ``benchmarks/RESULTS.md``).
+        Features differ between batch sizes only by floating-point rounding.
 
     precision : {"float32", "bfloat16", "float16"}, default="float32"
         Autocast precision of the network's forward passes; the stem and
@@ -162,15 +162,15 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         of once per step; results are identical. 0 turns the cache off.
 
     compile : bool, default=False
-        Run the forward passes without gradients (feature extraction, the
-        trunk cache, ``transform``) through ``torch.compile`` with weight
-        freezing. It gives the same ROC AUC as eager and helps most networks
-        made of many small operations, which it fuses (EfficientNet-Lite0
-        more than ResNet152), after a one-off compilation per fitted model
-        and process that takes far longer than a batch: it pays
-        off for thousands of images, not for a few
-        (``benchmarks/RESULTS.md``). Needs a C++ compiler (CPU) or
-        Triton (CUDA). Partial batches are zero-padded to the inference batch
+        Run the forward passes without gradients (the trunk cache, the
+        features of the training and of new samples) through
+        ``torch.compile`` with weight freezing. It gives the same ROC AUC as
+        eager and helps most networks made of many small operations, which it
+        fuses (EfficientNet-Lite0 more than ResNet152), after a one-off
+        compilation per fitted model and process that takes far longer than a
+        batch: it pays off for thousands of images, not for a few
+        (``benchmarks/RESULTS.md``). Needs a C++ compiler (CPU) or Triton
+        (CUDA). Partial batches are zero-padded to the inference batch
         size so that one compilation serves every call; for the same reason,
         the halving of batches after a GPU out-of-memory error does not help
         here: choose an ``inference_batch_size`` that fits.

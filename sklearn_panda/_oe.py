@@ -53,15 +53,27 @@ class PandaOE(BasePandaDetector):
 
     Parameters
     ----------
-    backbone, weights : see :class:`PandaDetector`
+    backbone : str or callable, default="resnet152"
+        The name of any classification model of ``torchvision.models``
+        (ResNet, EfficientNet, MobileNet, RegNet, ConvNeXt, ViT, Swin,
+        DenseNet, ...; README's "Choosing a backbone"),
+        ``"efficientnet_lite0"`` (extra ``lite``; works offline), or a callable
+        returning an ``nn.Module`` (a torchvision model of these families, or
+        any network with ``stage_ends``; a ``timm`` or ``torch.hub`` model,
+        say). A network that is neither is used whole as a trainable vector
+        backbone for ``(n, d)`` input, and is an error for images.
 
-    normal_label : int, float, bool or str, default=1
-        The label of the normal images in ``y``; every other label marks an
-        exposure image (one label, or several, such as the classes of another
-        data set). The default takes ``y`` as ``predict`` returns labels, 1
-        normal and -1 anomalous, so that ``GridSearchCV(..., scoring="roc_auc")``
-        works unchanged; for PyOD's labels (0 normal, 1 anomalous) set
-        ``normal_label=0``.
+    weights : "imagenet", str, path or None, default="imagenet"
+        For a named backbone: ``"imagenet"``, pretrained ImageNet weights
+        (ResNets: torchvision's ``IMAGENET1K_V1``, as in the paper; other
+        torchvision models: their ``DEFAULT``); another string, a torchvision
+        weights name; ``None``, random (for tests). For a callable: the
+        network keeps the weights its factory gave it, pretrained or not
+        (``timm.create_model(name, pretrained=True)`` brings its own), and
+        ``"imagenet"`` and ``None`` alike load nothing over them. A path: a
+        state dict, loaded over either. When the weights cannot be found or
+        downloaded the error says where to put them; random weights are
+        never used silently.
 
     n_steps : int, default=300
         Mini-batches of fine-tuning; each holds ``batch_size // 2`` normal and
@@ -69,12 +81,15 @@ class PandaOE(BasePandaDetector):
         1: the head starts from random weights.
 
     learning_rate : float, default=0.1
-        The paper's OE settings: SGD lr 0.1, momentum 0.9, no weight decay,
-        gradient clipping.
+        SGD learning rate. With ``momentum`` and ``weight_decay`` at their
+        defaults and ``clip_norm``, the paper's OE settings: lr 0.1, momentum
+        0.9, no weight decay, gradient clipping.
 
     momentum, weight_decay : float, default=0.9, 0.0
+        SGD momentum and weight decay (the paper's OE settings).
 
     clip_norm : float or None, default=1e-3
+        Gradient-norm clipping (the paper: 1e-3).
 
     combine_knn : bool, default=False
         Score by the head's logit plus the (negated) distance to the 2
@@ -84,20 +99,101 @@ class PandaOE(BasePandaDetector):
         the head alone, as in the paper. See ``benchmarks/RESULTS.md`` for what
         it gave.
 
+    normal_label : int, float, bool or str, default=1
+        The label of the normal images in ``y``; every other label marks an
+        exposure image (one label, or several, such as the classes of another
+        data set). The default takes ``y`` as ``predict`` returns labels, 1
+        normal and -1 anomalous, so that ``GridSearchCV(..., scoring="roc_auc")``
+        works unchanged; for PyOD's labels (0 normal, 1 anomalous) set
+        ``normal_label=0``.
+
     n_trainable_stages : int, default=1
-        Only the last stage trains (ResNet ``layer4``), as in the paper.
+        How many final stages train together with the head; by default only
+        the last (ResNet ``layer4``), as in the paper. The stages of each
+        family are in README's "Choosing a backbone".
 
-    stage_ends, feature_node : see :class:`PandaDetector`
+    stage_ends : list of str or None, default=None
+        Where the network is cut into stages: the names of the nodes whose
+        outputs end each stage, in forward order (a module's name stands for
+        its last node; ``torchvision.models.feature_extraction.get_graph_node_names``
+        lists the nodes). ``None``: the family's stages, up to
+        ``feature_node``. Required for images with a network that is not a
+        torchvision classifier (a ``timm`` model, say). A cut must leave
+        one tensor that carries everything forward, such as the output of a
+        whole block; otherwise the error says which node is read across it.
 
-    resize, crop_size, normalize_features, contamination, batch_size,
-    inference_batch_size, precision, trunk_cache_mb, compile, device,
-    random_state, verbose :
-        As in :class:`PandaDetector`. ``normalize_features`` defaults to
-        False here: the head reads the raw pooled features, as in the paper.
-        ``offset_`` is set from the logits of the normal training images
-        (a float ``contamination`` flags that fraction of them; ``"auto"``
-        means 1%); these are training scores, so expect new normal images to
-        be flagged somewhat more often.
+    feature_node : str or None, default=None
+        The node whose output gives the features; a feature map
+        ``(n, C, H, W)`` is average-pooled. ``None``: the input of the
+        network's classifier (its last Linear, or convolution), that is the
+        pooled penultimate features, the class token of a ViT.
+
+    resize, crop_size : int or None, default=256, 224
+        Resize the shorter image side, then centre-crop (the paper's pipeline).
+
+    normalize_features : bool, default=False
+        L2-normalise the pooled features that the head reads. False by
+        default: the head reads the raw pooled features, as in the paper
+        (``combine_knn``'s distances use L2-normalised features either way).
+
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Sets ``offset_`` from the scores of the normal training images (the
+        logits, or the combined scores with ``combine_knn``): a float flags
+        that fraction of them, ``"auto"`` 1%. These are training scores, so
+        expect new normal images to be flagged somewhat more often.
+
+    batch_size : int, default=32
+        Mini-batch size of adaptation (the paper: 32).
+
+    inference_batch_size : int or "auto", default="auto"
+        Samples per forward pass without gradients (the trunk cache, the
+        features of the training and of new samples). ``"auto"``:
+        ``batch_size`` on a GPU; on the CPU, the most samples (up to
+        ``batch_size``) whose largest activation fills at most half the CPU's
+        last-level cache, measured on one sample once per fitted model (read
+        from Linux's ``/sys``; 32 MiB assumed elsewhere): a CPU runs a forward
+        pass fastest when each layer's output stays in that cache, and falls
+        off steeply beyond (measurements: ``benchmarks/RESULTS.md``).
+        Features differ between batch sizes only by floating-point rounding.
+
+    precision : {"float32", "bfloat16", "float16"}, default="float32"
+        Autocast precision of the network's forward passes; the stem and
+        the first block group always run in float32 (where rounding costs
+        the most accuracy). ``"bfloat16"`` needs native support to be fast
+        (recent x86 CPUs with AVX512-BF16 or AMX, Ampere or later GPUs;
+        elsewhere it is emulated); where it is, it speeds extraction up with
+        ROC AUC within about a tenth of a point of float32's
+        (``benchmarks/RESULTS.md``). float32 stays the default for results
+        that do not depend on the hardware.
+
+    trunk_cache_mb : float, default=2048
+        The frozen trunk's outputs for the training images are computed once
+        and kept (on the device) when they fit in this many megabytes, instead
+        of once per step; results are identical. 0 turns the cache off.
+
+    compile : bool, default=False
+        Run the forward passes without gradients (the trunk cache, the
+        features of the training and of new samples) through
+        ``torch.compile`` with weight freezing. It gives the same ROC AUC as
+        eager and helps most networks made of many small operations, which it
+        fuses (EfficientNet-Lite0 more than ResNet152), after a one-off
+        compilation per fitted model and process that takes far longer than a
+        batch: it pays off for thousands of images, not for a few
+        (``benchmarks/RESULTS.md``). Needs a C++ compiler (CPU) or Triton
+        (CUDA). Partial batches are zero-padded to the inference batch
+        size so that one compilation serves every call; for the same reason,
+        the halving of batches after a GPU out-of-memory error does not help
+        here: choose an ``inference_batch_size`` that fits.
+
+    device : str or torch.device, default="auto"
+        ``"auto"``: CUDA when available, else the CPU.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the mini-batch order, the Fisher's label sampling and random
+        initialisation, through local generators only.
+
+    verbose : int, default=0
+        Progress bars on stderr when > 0.
 
     Attributes
     ----------
