@@ -123,6 +123,7 @@ def export_onnx(detector, path, *, image_size):
     Returns
     -------
     path : pathlib.Path
+        The written file, ``path``.
 
     Examples
     --------
@@ -205,6 +206,7 @@ def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
     Returns
     -------
     int8_path : pathlib.Path
+        The written int8 file, ``int8_path``.
 
     Examples
     --------
@@ -382,6 +384,8 @@ class OnnxDetector:
         Returns
         -------
         scores : ndarray of shape (n_samples,)
+            The file's ``score_samples`` output, as float64; the lower, the
+            more abnormal.
         """
         images = _as_file_input(X, self.metadata_)
         parts = [
@@ -396,10 +400,12 @@ class OnnxDetector:
         Parameters
         ----------
         X : array-like of uint8 images
+            As in ``score_samples``.
 
         Returns
         -------
         decision : ndarray of shape (n_samples,)
+            Shifted scores: negative for outliers, positive for inliers.
         """
         return self.score_samples(X) - self.offset_
 
@@ -409,9 +415,11 @@ class OnnxDetector:
         Parameters
         ----------
         X : array-like of uint8 images
+            As in ``score_samples``.
 
         Returns
         -------
         labels : ndarray of shape (n_samples,)
+            -1 where ``decision_function`` is negative, +1 elsewhere.
         """
         return np.where(self.decision_function(X) < 0, -1, 1)
