@@ -413,13 +413,21 @@ def build_parser():
     backbone = fit.add_mutually_exclusive_group()
     backbone.add_argument(
         "--backbone", default="efficientnet_lite0",
-        help="a torchvision model name (resnet152, ...) or efficientnet_lite0 (default)",
+        help="a torchvision classifier's name (resnet152, convnext_tiny, vit_b_16, ...) or "
+        "efficientnet_lite0 (default)",
     )
     backbone.add_argument("--backbone-factory", metavar="MODULE:FUNCTION", help=factory_help)
     fit.add_argument(
         "--weights", help="'imagenet' (default for a named backbone), a torchvision weights name, "
-        "a state-dict file, or 'none' (random; the default with --backbone-factory)"
+        "a state-dict file, or 'none' (random for a named backbone; a factory keeps its own weights)"
     )
+    fit.add_argument(
+        "--stage-ends", nargs="+", metavar="NODE",
+        help="the nodes or modules that end each stage (default: the family's; needed for a "
+        "factory that is not a torchvision classifier)",
+    )
+    fit.add_argument("--feature-node", metavar="NODE", help="the node that gives the features (default: "
+                     "the input of the classifier)")
     fit.add_argument("--n-steps", type=int, help="adaptation steps (default: PandaDetector's)")
     fit.add_argument("--resize", type=int, help="resize the shorter side to this (default 256)")
     fit.add_argument("--crop-size", type=int, help="then centre-crop this (default 224)")
@@ -471,6 +479,8 @@ def _detector_from_args(args):
         "n_steps": args.n_steps,
         "resize": args.resize,
         "crop_size": args.crop_size,
+        "stage_ends": args.stage_ends,
+        "feature_node": args.feature_node,
         "contamination": args.contamination,
         "random_state": args.random_state,
         "device": args.device,

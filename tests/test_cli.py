@@ -120,10 +120,12 @@ def test_fit_options_become_detector_parameters():
     named = _detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt"]))
     assert named.get_params() == PandaDetector(backbone="efficientnet_lite0").get_params()
     args = ["fit", "x", "--model", "m.pt", "--backbone", "resnet18", "--weights", "none", "-v",
-            "--contamination", "0.1", "--n-steps", "3", "--resize", "40", "--crop-size", "36"]
+            "--contamination", "0.1", "--n-steps", "3", "--resize", "40", "--crop-size", "36",
+            "--stage-ends", "layer2", "layer3", "--feature-node", "layer3"]
     params = _detector_from_args(parser.parse_args(args)).get_params()
     assert params["backbone"] == "resnet18" and params["weights"] is None and params["verbose"] == 1
     assert [params[key] for key in ("contamination", "n_steps", "resize", "crop_size")] == [0.1, 3, 40, 36]
+    assert params["stage_ends"] == ["layer2", "layer3"] and params["feature_node"] == "layer3"
 
 
 def test_score_writes_a_csv_sorted_by_score_with_labels(fitted, folders, tmp_path, capsys):
