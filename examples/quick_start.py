@@ -5,7 +5,8 @@ T-shirts (Fashion-MNIST class 0) are the normal images; every other class in
 the test set is an anomaly (the full Fashion-MNIST when it is installed,
 else the sample of it that ships with the package). A PandaDetector adapts
 ImageNet-pretrained EfficientNet-Lite0 features to the T-shirts (works
-offline: the weights come with the ``lite`` extra) and scores each test image
+offline: the weights come with the ``lite`` extra; any torchvision classifier's
+name works as well, README's "Choosing a backbone") and scores each test image
 by its distance to the nearest normal training features. We then measure the
 ROC AUC and compare two ways of turning scores into labels: the default
 threshold (``offset_``, set by ``contamination="auto"``) and a threshold
