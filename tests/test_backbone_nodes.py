@@ -99,6 +99,11 @@ def small_cnn():
     )
 
 
+def mlp():
+    """A vector network of any input width, in three layers."""
+    return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
 def _recording(factory, built):
     """``factory`` that keeps the module it builds and a copy of its initial state in ``built``."""
 
@@ -188,6 +193,15 @@ def test_a_network_of_no_family_needs_stage_ends(images):
     detector = PandaDetector(backbone=small_cnn, stage_ends=["1", "3"], n_trainable_stages=1, n_steps=1, **TINY)
     net = detector.fit(images).net_
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 8) and isinstance(net.head, nn.Linear)
+
+
+def test_a_vector_network_with_stage_ends_trains_only_its_last_stages():
+    rng = np.random.default_rng(0)
+    features = PandaFeatures(backbone=mlp, stage_ends=["1", "3"], n_trainable_stages=1, n_steps=1, **TINY)
+    net = features.fit(rng.normal(size=(12, 5))).net_
+    assert not net.expects_images and isinstance(net.head, nn.Linear)
+    assert features.transform(rng.normal(size=(3, 5))).shape == (3, 8)
+    assert [parameter.shape for parameter in net.stages.parameters()] == [(8, 8), (8,)]
 
 
 def test_custom_feature_node_and_stage_ends(images):
