@@ -201,7 +201,9 @@ def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
     keep_float32 : sequence of str, default=()
         Names of convolutions to leave in float32, where int8 costs accuracy;
         ``sklearn_panda._quantize.convolution_names(onnx.load(path))`` lists
-        them in order (the first is the stem).
+        them in order (the first is the stem). Keeping the first few in
+        float32 recovers most of what int8 loses on EfficientNet-Lite0
+        (``benchmarks/onnx_speed.py``).
 
     Returns
     -------
