@@ -20,6 +20,7 @@ from joblib import effective_n_jobs
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.cluster import KMeans
 from sklearn.covariance import ledoit_wolf_shrinkage, oas
+from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._sklearn_compat import Interval, StrOptions, _fit_context
@@ -397,6 +398,68 @@ def _faiss_threads(faiss, n_jobs):
         faiss.omp_set_num_threads(previous)
 
 
+# Settings KNNScorer applies itself rather than through faiss's parameter space.
+_OWN_FAISS_PARAMS = ("efConstruction", "k_factor")
+
+
+def _build_faiss_index(faiss, X, description, params, seed):
+    """A faiss index of ``X`` (L2) from its factory ``description``, trained, filled and set.
+
+    ``params`` are faiss's names: ``efConstruction`` before the rows are
+    added, the rest through faiss's parameter space afterwards (see
+    :func:`_set_faiss_search_params`). ``seed`` seeds an IVF index's k-means.
+    """
+    index = faiss.index_factory(X.shape[1], description)
+    params = dict(params or {})
+    ef_construction = params.pop("efConstruction", None)
+    if ef_construction is not None:
+        if not hasattr(index, "hnsw"):
+            raise ValueError(f"efConstruction is a setting of HNSW indexes; {description!r} is not one.")
+        index.hnsw.efConstruction = int(ef_construction)
+    ivf = faiss.try_extract_index_ivf(index) if hasattr(faiss, "try_extract_index_ivf") else None
+    if ivf is not None and seed is not None:
+        ivf.cp.seed = seed
+    if not index.is_trained:
+        index.train(X)
+    index.add(X)
+    index = _faiss_to_gpu(faiss, index)
+    _set_faiss_search_params(faiss, index, params)
+    return index
+
+
+def _set_faiss_search_params(faiss, index, params):
+    """Set search-time settings (``nprobe``, ``efSearch``, ...) by faiss's names."""
+    params = {name: value for name, value in (params or {}).items() if name not in _OWN_FAISS_PARAMS}
+    if not params:
+        return
+    space = faiss.GpuParameterSpace() if _is_faiss_gpu_index(faiss, index) else faiss.ParameterSpace()
+    for name, value in params.items():
+        space.set_index_parameter(index, name, value)
+
+
+def _is_faiss_gpu_index(faiss, index):
+    return hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex)
+
+
+def _faiss_to_gpu(faiss, index):
+    """``index`` on GPU 0 where faiss was built with GPUs and sees one; else ``index``."""
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        return index
+    try:
+        # faiss keeps the resources alive with the index it returns.
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    except RuntimeError:
+        # No GPU version of this index (HNSW): it is searched on the CPU.
+        return index
+
+
+def _serialize_faiss_index(faiss, index):
+    """The index as a uint8 array (faiss's own format; a GPU index is copied to the CPU first)."""
+    if _is_faiss_gpu_index(faiss, index):
+        index = faiss.index_gpu_to_cpu(index)
+    return faiss.serialize_index(index)
+
+
 class KNNScorer(_BaseScorer):
     """Anomaly distance to the ``k`` nearest normal training features.
 
@@ -416,11 +479,12 @@ class KNNScorer(_BaseScorer):
         Nearest-neighbour search:
 
         - ``"brute"``: exact, chunked float32 matrix products with bounded memory.
-        - ``"faiss"``: exact, ``faiss.IndexFlat`` (needs the ``faiss`` extra).
+        - ``"faiss"``: the faiss index that ``faiss_index`` describes (needs the
+          ``faiss`` extra); the default ``"Flat"`` is exact.
         - ``"nndescent"``: approximate, ``pynndescent``; may miss true neighbours.
-        - ``"auto"``: ``"brute"``. It came within 1.15x of the machine's
-          matrix-product bound and was never slower than faiss by more than
-          10%, while faiss's bundled BLAS ran 4x slower on some CPUs; approximate
+        - ``"auto"``: ``"brute"``. It runs close to the machine's
+          matrix-product bound and kept up with faiss's exact search, whose
+          bundled BLAS can be several times slower on some CPUs; approximate
           search is never chosen for you, because on 2048-d features it was
           both less accurate and, counting its index build, slower
           (``benchmarks/knn_speed.py``, ``benchmarks/RESULTS.md``).
@@ -438,6 +502,33 @@ class KNNScorer(_BaseScorer):
         natural scale to threshold, so "auto" fixes a small false-alarm rate:
         about 1% of new normal data is flagged.
 
+    faiss_index : str, default="Flat"
+        The index of ``algorithm="faiss"``, as a ``faiss.index_factory``
+        description: ``"Flat"`` (exact), ``"HNSW32"`` (a graph with ``M = 32``
+        links per vector; no training), ``"IVF1024,Flat"`` (``nlist = 1024``
+        k-means cells, trained on the gallery, which needs at least ``nlist``
+        rows and about 40 times more to train well) or ``"IVF1024,PQ64"``
+        (the same cells with each vector compressed to 64 one-byte codes; the
+        dimension must be a multiple of the code count). Approximate indexes
+        may miss true neighbours; the distances of the neighbours they return
+        are computed exactly from the training rows, and a query for which an
+        index returns too few neighbours (an IVF index whose ``nprobe``
+        visited cells hold fewer than ``k`` rows) is searched exactly.
+        Where faiss sees a GPU (``faiss-gpu``), the index is moved to GPU 0
+        if faiss has a GPU version of it (Flat, IVF; not HNSW).
+
+    faiss_params : dict, default=None
+        Settings of the faiss index, by faiss's names: ``"efConstruction"`` is
+        set on an HNSW graph before the gallery is added; every other name
+        (``"nprobe"``: IVF cells visited per query, ``"efSearch"``: HNSW
+        candidate list size, ...) through ``faiss.ParameterSpace`` once the
+        index is built, except ``"k_factor"``: the index proposes
+        ``k_factor`` times ``k`` candidates, which are re-ranked by their exact
+        distances to the training rows (as faiss's ``IndexRefineFlat`` does,
+        without a second copy of the rows); it makes up for the coarse
+        distances of PQ codes. ``None``: faiss's defaults (``nprobe=1``,
+        ``efSearch=16``, ``k_factor=1``), fast and inaccurate.
+
     working_memory : float, default=256
         Megabytes for one chunk of the brute-force distance block.
 
@@ -448,7 +539,8 @@ class KNNScorer(_BaseScorer):
         The brute-force search uses the BLAS thread pool (see ``threadpoolctl``).
 
     random_state : int, RandomState instance or None, default=None
-        Seeds ``"nndescent"``'s index construction.
+        Seeds ``"nndescent"``'s index construction and the k-means of a faiss
+        IVF index (faiss's own seed when ``None``).
 
     Attributes
     ----------
@@ -483,12 +575,21 @@ class KNNScorer(_BaseScorer):
     >>> scorer = KNNScorer(n_neighbors=2).fit(normal)
     >>> scorer.predict(np.array([np.zeros(8), np.full(8, 10.0)]))
     array([ 1, -1])
+
+    An approximate faiss index for a large gallery (needs the ``faiss`` extra):
+
+    >>> hnsw = KNNScorer(algorithm="faiss", faiss_index="HNSW32",
+    ...                  faiss_params={"efSearch": 64})  # doctest: +SKIP
+    >>> hnsw.fit(normal).predict(np.array([np.zeros(8)]))  # doctest: +SKIP
+    array([1])
     """
 
     _parameter_constraints = {
         **_BaseScorer._parameter_constraints,
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
         "algorithm": [StrOptions({"auto", "brute", "faiss", "nndescent"})],
+        "faiss_index": [str],
+        "faiss_params": [dict, None],
         "working_memory": [Interval(numbers.Real, 0, None, closed="neither")],
         "n_jobs": [numbers.Integral, None],
         "random_state": ["random_state"],
@@ -501,6 +602,8 @@ class KNNScorer(_BaseScorer):
         algorithm="auto",
         metric="sqeuclidean",
         contamination="auto",
+        faiss_index="Flat",
+        faiss_params=None,
         working_memory=256,
         n_jobs=None,
         random_state=None,
@@ -508,6 +611,8 @@ class KNNScorer(_BaseScorer):
         super().__init__(metric=metric, contamination=contamination)
         self.n_neighbors = n_neighbors
         self.algorithm = algorithm
+        self.faiss_index = faiss_index
+        self.faiss_params = faiss_params
         self.working_memory = working_memory
         self.n_jobs = n_jobs
         self.random_state = random_state
@@ -528,7 +633,13 @@ class KNNScorer(_BaseScorer):
         squared, _ = self._search(None, self.n_neighbors_)
         return _finish_distance(squared, self.metric).mean(axis=1)
 
+    def _faiss_seed(self):
+        if self.random_state is None:
+            return None
+        return int(check_random_state(self.random_state).randint(2**31 - 1))
+
     def _resolve_algorithm(self):
+        self._faiss_description = self.faiss_index
         if self.algorithm == "auto":
             return "brute"
         if self.algorithm == "faiss" and not _faiss_available():
@@ -542,10 +653,10 @@ class KNNScorer(_BaseScorer):
         if self._algorithm == "faiss":
             import faiss
 
-            index = faiss.IndexFlatL2(X.shape[1])
             with _faiss_threads(faiss, self.n_jobs):
-                index.add(X)
-            return index
+                return _build_faiss_index(
+                    faiss, X, self._faiss_description, self.faiss_params, self._faiss_seed()
+                )
         if self._algorithm == "nndescent":
             from pynndescent import NNDescent
 
@@ -578,20 +689,30 @@ class KNNScorer(_BaseScorer):
         # Approximate and library searches ask for one extra neighbour, drop each
         # point itself, then recompute exact distances for the indices kept.
         extra = 1 if exclude_self else 0
+        width = k + extra
         if self._algorithm == "faiss":
             import faiss
 
+            k_factor = int((self.faiss_params or {}).get("k_factor", 1))
+            width = min(self.n_samples_fit_, width * k_factor)
             with _faiss_threads(faiss, self.n_jobs):
-                _, indices = self._index.search(queries, k + extra)
+                _, indices = self._index.search(queries, width)
+            indices = indices.astype(np.intp)
+            # An IVF index returns -1 where the cells it visited hold too few rows.
+            short = np.flatnonzero((indices < 0).any(axis=1))
+            if short.size:
+                _, indices[short] = brute_force_kneighbors(
+                    queries[short], self._fit_X, width, working_memory_mb=self.working_memory
+                )
         else:
-            indices, _ = self._index.query(queries, k=k + extra, epsilon=0.3)
+            indices, _ = self._index.query(queries, k=width, epsilon=0.3)
         indices = indices.astype(np.intp)
         if exclude_self:
-            indices = _drop_self(indices, k)
-        neighbours = self._fit_X[indices.ravel()].reshape(indices.shape[0], k, -1)
+            indices = _drop_self(indices, width - extra)
+        neighbours = self._fit_X[indices.ravel()].reshape(indices.shape[0], indices.shape[1], -1)
         diff = neighbours - queries[:, None, :]
         squared = np.einsum("qkd,qkd->qk", diff, diff)
-        order = np.argsort(squared, axis=1, kind="stable")
+        order = np.argsort(squared, axis=1, kind="stable")[:, :k]
         return np.take_along_axis(squared, order, 1), np.take_along_axis(indices, order, 1)
 
     def _distances(self, X):
@@ -602,8 +723,7 @@ class KNNScorer(_BaseScorer):
         state = self.__dict__.copy()
         algorithm = state.get("_algorithm")
         if algorithm == "faiss":
-            # A faiss index does not pickle; it is only a copy of the training rows.
-            state["_index"] = None
+            state["_index"] = self._kept_faiss_index()
         elif algorithm == "nndescent":
             # joblib may load arrays as read-only memmaps, which crash
             # pynndescent's compiled search; as bytes, its arrays load writable.
@@ -615,33 +735,61 @@ class KNNScorer(_BaseScorer):
         if "_fit_X" in state:
             self._restore_index(state["_index"])
 
+    def _kept_faiss_index(self):
+        """What pickling and saving keep of a faiss index: faiss's serialisation, or None.
+
+        A flat index is only a copy of the training rows and is rebuilt; an
+        approximate one is kept as faiss's bytes (a uint8 array, no pickle),
+        so that loading neither repeats its training nor finds other neighbours.
+        """
+        import faiss
+
+        if self._faiss_description.replace(" ", "") == "Flat":
+            return None
+        return _serialize_faiss_index(faiss, self._index)
+
     def _saved_state(self):
         state = super()._saved_state()
-        # Neither index can be stored without pickle; _restore_saved_state rebuilds it.
-        state.pop("_index", None)
+        # No index is stored as a pickle; _restore_saved_state rebuilds or deserialises it.
+        index = state.pop("_index", None)
+        if state.get("_algorithm") == "faiss" and index is not None:
+            state["_faiss_bytes"] = self._kept_faiss_index()
         return state
 
     def _restore_saved_state(self, state):
+        state = dict(state)
+        kept = state.pop("_faiss_bytes", None)
         super()._restore_saved_state(state)
         if "_fit_X" in state:
-            self._restore_index(None)
+            self._restore_index(kept)
 
     def _restore_index(self, kept):
         """Put back the search index that pickling or saving left out.
 
         ``kept`` is what was kept of it: a pickled nndescent index (bytes),
-        unpickled here, or ``None``, and the index is rebuilt from the
-        training rows: faiss's exactly, or, where faiss is missing, none, and
-        the search becomes the exact brute-force one (the same neighbours);
-        nndescent's identically only with an integer ``random_state``.
+        unpickled here; a faiss index serialised by faiss (a uint8 array),
+        deserialised by faiss (and moved to a GPU where faiss sees one); or
+        ``None``, and the index is rebuilt from the training rows: faiss's
+        flat index exactly, nndescent's identically only with an integer
+        ``random_state``. Where faiss is missing there is no faiss index and the
+        search becomes the exact brute-force one (the neighbours of a flat
+        index; an approximate index's scores become the exact ones).
         """
+        # Fitted before faiss_index existed: the flat index was the only one.
+        self.__dict__.setdefault("_faiss_description", "Flat")
         if self._algorithm == "faiss" and not _faiss_available():
             warnings.warn(
                 "This KNNScorer searched with faiss, which is not installed here; it uses "
                 "the exact brute-force search instead."
             )
             self._algorithm = "brute"
-        if kept is not None:
+        if self._algorithm == "faiss" and kept is not None:
+            import faiss
+
+            index = _faiss_to_gpu(faiss, faiss.deserialize_index(np.asarray(kept, dtype=np.uint8)))
+            _set_faiss_search_params(faiss, index, self.faiss_params)
+            self._index = index
+        elif self._algorithm == "nndescent" and kept is not None:
             self._index = pickle.loads(kept)
         else:
             self._index = self._build_index(self._fit_X)

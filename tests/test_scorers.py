@@ -222,11 +222,14 @@ class _FakeFaiss(types.ModuleType):
     def omp_set_num_threads(self, threads):
         self.threads = threads
 
-    def IndexFlatL2(self, n_features):
+    def index_factory(self, n_features, description):
+        assert description == "Flat"
         return _FakeFlatIndex(self)
 
 
 class _FakeFlatIndex:
+    is_trained = True
+
     def __init__(self, faiss):
         self.faiss = faiss
 

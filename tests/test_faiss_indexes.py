@@ -1,0 +1,212 @@
+"""KNNScorer on faiss's approximate indexes (HNSW, IVF-Flat, IVF-PQ), checked against exact search."""
+
+import pickle
+import sys
+import types
+import warnings
+
+import numpy as np
+import pytest
+from conftest import tiny_mlp
+from sklearn.base import clone
+
+from sklearn_panda import KNNScorer, PandaDetector, load, save
+
+faiss = pytest.importorskip("faiss")
+
+INDEXES = {
+    "hnsw": ("HNSW16", {"efSearch": 64}),
+    "ivf-flat": ("IVF16,Flat", {"nprobe": 4}),
+    # 4-bit codes: 16 centroids per sub-quantizer train in a moment (8 bits: 256, slow).
+    # Coarse codes propose candidates, re-ranked exactly.
+    "ivf-pq": ("IVF16,PQ8x4", {"nprobe": 4, "k_factor": 16}),
+}
+MIN_RECALL = {"hnsw": 0.95, "ivf-flat": 0.9, "ivf-pq": 0.9}
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """Gallery and queries around 20 centres in 16 dimensions (features of a few kinds)."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4.0, size=(20, 16))
+    gallery = centres[rng.integers(20, size=1200)] + rng.normal(size=(1200, 16))
+    queries = centres[rng.integers(20, size=200)] + rng.normal(size=(200, 16))
+    return gallery.astype(np.float32), queries.astype(np.float32)
+
+
+def recall(found, exact):
+    return np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, exact)])
+
+
+@pytest.mark.parametrize("name", INDEXES)
+def test_approximate_indexes_find_the_exact_neighbours_and_their_exact_distances(clustered, name):
+    gallery, queries = clustered
+    description, params = INDEXES[name]
+    exact = KNNScorer(algorithm="brute").fit(gallery)
+    approx = KNNScorer(algorithm="faiss", faiss_index=description, faiss_params=params, random_state=0)
+    approx.fit(gallery)
+    exact_dist, exact_ind = exact.kneighbors(queries)
+    dist, ind = approx.kneighbors(queries)
+    assert recall(ind, exact_ind) >= MIN_RECALL[name]
+    # Where the neighbours agree, so do the distances: they are computed from the rows, not the codes.
+    same = (ind == exact_ind).all(axis=1)
+    assert same.mean() >= MIN_RECALL[name] - 0.1
+    np.testing.assert_allclose(dist[same], exact_dist[same], rtol=1e-5)
+    # A missed neighbour can only be farther than the true one.
+    assert (approx.score_samples(queries) <= exact.score_samples(queries) + 1e-4).all()
+
+
+@pytest.mark.parametrize("name", INDEXES)
+def test_leave_one_out_keeps_its_meaning(clustered, name):
+    gallery, _ = clustered
+    description, params = INDEXES[name]
+    approx = KNNScorer(
+        algorithm="faiss", faiss_index=description, faiss_params=params, contamination=0.05, random_state=0
+    ).fit(gallery)
+    exact = KNNScorer(algorithm="brute", contamination=0.05).fit(gallery)
+    indices = approx.kneighbors(return_distance=False)
+    assert not (indices == np.arange(len(gallery))[:, None]).any()
+    assert recall(indices, exact.kneighbors(return_distance=False)) >= MIN_RECALL[name]
+    assert approx.offset_ == pytest.approx(exact.offset_, rel=0.1)
+    assert np.mean(approx.fit_predict(gallery) == -1) == pytest.approx(0.05, abs=0.01)
+
+
+def test_a_query_whose_cells_hold_too_few_rows_is_searched_exactly():
+    # 64 cells for 80 rows, one cell visited: most queries see fewer than k rows,
+    # where faiss answers -1; those rows are searched exactly instead.
+    rng = np.random.default_rng(1)
+    gallery = rng.normal(size=(80, 8)).astype(np.float32)
+    queries = rng.normal(size=(30, 8)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # faiss may warn about 64 cells trained on 80 rows
+        approx = KNNScorer(
+            n_neighbors=5, algorithm="faiss", faiss_index="IVF64,Flat", random_state=0
+        ).fit(gallery)
+    raw = approx._index.search(queries, 5)[1]
+    assert (raw < 0).any()
+    exact = KNNScorer(n_neighbors=5, algorithm="brute").fit(gallery)
+    ind = approx.kneighbors(queries, return_distance=False)
+    assert (ind >= 0).all()
+    short = (raw < 0).any(axis=1)
+    np.testing.assert_array_equal(ind[short], exact.kneighbors(queries, return_distance=False)[short])
+    assert (approx.kneighbors(return_distance=False) >= 0).all()
+
+
+def test_search_and_build_settings_reach_the_index(clustered):
+    gallery, _ = clustered
+    ivf = KNNScorer(algorithm="faiss", faiss_index="IVF16,Flat", faiss_params={"nprobe": 7}).fit(gallery)
+    assert faiss.extract_index_ivf(ivf._index).nprobe == 7
+    hnsw = KNNScorer(
+        algorithm="faiss", faiss_index="HNSW8", faiss_params={"efConstruction": 80, "efSearch": 33}
+    ).fit(gallery)
+    assert (hnsw._index.hnsw.efConstruction, hnsw._index.hnsw.efSearch) == (80, 33)
+    with pytest.raises(ValueError, match="efConstruction"):
+        KNNScorer(algorithm="faiss", faiss_index="Flat", faiss_params={"efConstruction": 8}).fit(gallery)
+
+
+def test_random_state_fixes_the_ivf_training(clustered):
+    gallery, queries = clustered
+    scorer = KNNScorer(algorithm="faiss", faiss_index="IVF16,PQ8x4", faiss_params={"nprobe": 2}, random_state=3)
+    first = clone(scorer).fit(gallery).score_samples(queries)
+    np.testing.assert_array_equal(clone(scorer).fit(gallery).score_samples(queries), first)
+
+
+@pytest.mark.parametrize("name", INDEXES)
+def test_pickling_keeps_faiss_serialisation_not_a_raw_index(clustered, name):
+    gallery, queries = clustered
+    description, params = INDEXES[name]
+    scorer = KNNScorer(algorithm="faiss", faiss_index=description, faiss_params=params, random_state=0)
+    scorer.fit(gallery)
+    state = scorer.__getstate__()
+    assert isinstance(state["_index"], np.ndarray) and state["_index"].dtype == np.uint8
+    restored = pickle.loads(pickle.dumps(scorer))
+    np.testing.assert_array_equal(restored.score_samples(queries), scorer.score_samples(queries))
+    assert type(restored._index) is type(scorer._index)
+
+
+def test_save_and_load_keep_the_approximate_index(clustered, tmp_path):
+    gallery, queries = clustered
+    scorer = KNNScorer(algorithm="faiss", faiss_index="IVF4,PQ2x4", faiss_params={"nprobe": 2}, random_state=0)
+    det = PandaDetector(backbone=tiny_mlp, weights=None, n_steps=0, scorer=scorer, random_state=0).fit(gallery)
+    save(det, tmp_path / "det.pt")
+    restored = load(tmp_path / "det.pt", backbone=tiny_mlp)
+    np.testing.assert_array_equal(restored.score_samples(queries), det.score_samples(queries))
+    assert faiss.extract_index_ivf(restored.scorer_._index).nprobe == 2
+
+
+def test_without_faiss_an_approximate_index_falls_back_to_exact_search(clustered, monkeypatch):
+    gallery, queries = clustered
+    scorer = KNNScorer(algorithm="faiss", faiss_index="HNSW16").fit(gallery)
+    payload = pickle.dumps(scorer)
+    monkeypatch.setattr("sklearn_panda.scorers._faiss_available", lambda: False)
+    with pytest.warns(UserWarning, match="brute-force"):
+        restored = pickle.loads(payload)
+    assert restored._algorithm == "brute"
+    np.testing.assert_allclose(
+        restored.score_samples(queries), KNNScorer(algorithm="brute").fit(gallery).score_samples(queries)
+    )
+
+
+class _FakeGpuIndex:
+    """Stands in for a faiss GPU index: the CPU index it was copied from, searched as is."""
+
+    def __init__(self, cpu_index):
+        self.cpu_index = cpu_index
+
+    def search(self, queries, k):
+        return self.cpu_index.search(queries, k)
+
+
+class _FaissWithAGpu(types.ModuleType):
+    """The real faiss, seen as faiss-gpu on a machine with one GPU (no GPU is used)."""
+
+    GpuIndex = _FakeGpuIndex
+
+    def __init__(self):
+        super().__init__("faiss")
+        self.moved, self.gpu_settings = [], []
+
+    def __getattr__(self, name):
+        return getattr(faiss, name)
+
+    def get_num_gpus(self):
+        return 1
+
+    def StandardGpuResources(self):
+        return object()
+
+    def index_cpu_to_gpu(self, resources, device, index):
+        if hasattr(index, "hnsw"):
+            raise RuntimeError("not implemented for this type of index")
+        self.moved.append(device)
+        return _FakeGpuIndex(index)
+
+    def index_gpu_to_cpu(self, index):
+        return index.cpu_index
+
+    def GpuParameterSpace(self):
+        fake = self
+
+        class Space:
+            def set_index_parameter(self, index, name, value):
+                fake.gpu_settings.append((name, value))
+                faiss.ParameterSpace().set_index_parameter(index.cpu_index, name, value)
+
+        return Space()
+
+
+def test_a_gpu_index_is_used_where_faiss_has_a_gpu(clustered, monkeypatch):
+    # Mocked: this checks the calls, not a GPU run.
+    gallery, queries = clustered
+    fake = _FaissWithAGpu()
+    monkeypatch.setitem(sys.modules, "faiss", fake)
+    ivf = KNNScorer(algorithm="faiss", faiss_index="IVF16,Flat", faiss_params={"nprobe": 4}, random_state=0)
+    ivf.fit(gallery)
+    assert isinstance(ivf._index, _FakeGpuIndex) and fake.moved == [0]
+    assert fake.gpu_settings == [("nprobe", 4)]
+    hnsw = KNNScorer(algorithm="faiss", faiss_index="HNSW16").fit(gallery)
+    assert not isinstance(hnsw._index, _FakeGpuIndex)
+    # Pickling stores the CPU copy; unpickling puts it back on the GPU.
+    restored = pickle.loads(pickle.dumps(ivf))
+    assert isinstance(restored._index, _FakeGpuIndex) and fake.moved == [0, 0]
+    np.testing.assert_array_equal(restored.score_samples(queries), ivf.score_samples(queries))
