@@ -90,11 +90,17 @@ def panda_methods(args):
         normalize_features=not args.raw_features,
         learning_rate=args.learning_rate,
         clip_norm=None if args.clip_norm <= 0 else args.clip_norm,
+        scorer=args.scorer,
         verbose=args.verbose,
     )
     # PandaOE keeps its own defaults (the paper's OE settings) for these.
-    oe_common = {key: value for key, value in common.items() if key not in ("normalize_features", "learning_rate")}
+    oe_common = {
+        key: value for key, value in common.items() if key not in ("normalize_features", "learning_rate", "scorer")
+    }
+    # The backbone's recipe: n_steps, learning_rate and scorer left at "auto".
+    recipe_common = {key: value for key, value in common.items() if key not in ("learning_rate", "scorer")}
     return {
+        "recipe": lambda: PandaDetector(**recipe_common),
         "unadapted": lambda: PandaDetector(n_steps=0, **common),
         "panda": lambda: PandaDetector(n_steps=args.steps, **common),
         "panda-ewc": lambda: PandaDetector(
@@ -259,6 +265,10 @@ def parse_args(argv=None):
     parser.add_argument("--oe-steps", type=int, default=300)
     parser.add_argument("--exposure", default="digits", help="exposure set for the 'oe' method")
     parser.add_argument("--learning-rate", type=float, default=1e-2)
+    parser.add_argument(
+        "--scorer", default="knn",
+        help="scorer of every method but 'recipe' and the OE ones (default: kNN, k=2, the paper's)",
+    )
     parser.add_argument("--raw-features", action="store_true", help="no L2 normalisation")
     parser.add_argument("--clip-norm", type=float, default=1e-3, help="gradient clipping; 0 = none")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -7,6 +7,7 @@ from sklearn.base import clone
 
 from ._base import BasePandaDetector
 from ._features import PandaFeatures
+from ._recipes import AUTO, resolve
 from ._sklearn_compat import HasMethods, StrOptions, _fit_context
 from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer, _BaseScorer
 
@@ -82,11 +83,13 @@ class PandaDetector(BasePandaDetector):
         downloaded the error says where to put them; random weights are
         never used silently.
 
-    n_steps : int, default=300
+    n_steps : int or "auto", default="auto"
         Mini-batches of adaptation. ``0`` gives the unadapted pretrained
-        features, the paper's baseline. The paper uses 2,300 (7,800 with EWC)
-        with ResNet152 on a GPU; the default here is what helped on
-        Fashion-MNIST with EfficientNet-Lite0 on a CPU (``benchmarks/RESULTS.md``).
+        features, the paper's baseline. ``"auto"``: the backbone's recipe
+        (README's "Recipes"): 0 for ``"efficientnet_lite0"``, on which no
+        adaptation measured so far gained on Fashion-MNIST; 300 for every
+        other backbone (the paper used 2,300, 7,800 with EWC, with ResNet152
+        on a GPU). The value used is in ``recipe_``.
 
     loss : {"compactness", "mean_shifted"}, default="compactness"
         ``"compactness"``: the paper's Eq. 1, the mean squared distance of the
@@ -119,7 +122,12 @@ class PandaDetector(BasePandaDetector):
     n_fisher_batches : int, default=100
         Mini-batches for the Fisher estimate (the paper: 100).
 
-    learning_rate, momentum, weight_decay : float, default=1e-2, 0.9, 5e-5
+    learning_rate : float or "auto", default="auto"
+        SGD learning rate. ``"auto"``: the backbone's recipe, the paper's
+        1e-2 for every backbone but ``"efficientnet_lite0"`` (1e-1, the best
+        rate of the adaptation study). The value used is in ``recipe_``.
+
+    momentum, weight_decay : float, default=0.9, 5e-5
         SGD settings of the paper.
 
     clip_norm : float or None, default=1e-3
@@ -158,8 +166,10 @@ class PandaDetector(BasePandaDetector):
         EfficientNet-Lite0 this was several ROC AUC points better than raw
         features, and adaptation then helped instead of hurting.
 
-    scorer : {"knn", "kmeans", "center", "mahalanobis"} or estimator, default="knn"
-        What scores the adapted features. ``"knn"``: :class:`KNNScorer` with
+    scorer : {"auto", "knn", "kmeans", "center", "mahalanobis"} or estimator, default="auto"
+        What scores the adapted features. ``"auto"``: the backbone's recipe,
+        ``"mahalanobis"`` for ``"efficientnet_lite0"`` and ``"knn"`` for
+        every other backbone (the value used is in ``recipe_``). ``"knn"``: :class:`KNNScorer` with
         k=2, the paper's choice; ``"kmeans"``: :class:`KMeansScorer` with 10
         means (seeded by ``random_state``); ``"center"``: :class:`CenterScorer`; ``"mahalanobis"``:
         :class:`MahalanobisScorer` (a Gaussian with a Ledoit-Wolf
@@ -251,6 +261,9 @@ class PandaDetector(BasePandaDetector):
         The Fisher diagonal used with EWC, on the CPU (``features_.fisher_``).
     scorer_ : estimator
         The fitted clone of ``scorer`` on the adapted training features.
+    recipe_ : dict
+        The values used for ``n_steps``, ``learning_rate`` and ``scorer``
+        (``"auto"`` resolved by the backbone's recipe).
     offset_ : float
         Threshold of ``decision_function``: ``scorer_.offset_``, so that
         ``decision_function(X)`` is ``scorer_.decision_function`` of the
@@ -296,7 +309,7 @@ class PandaDetector(BasePandaDetector):
     _parameter_constraints = {
         **BasePandaDetector._parameter_constraints,
         **PandaFeatures._parameter_constraints,
-        "scorer": [StrOptions(SCORERS), HasMethods(["fit", "score_samples", "decision_function"])],
+        "scorer": [StrOptions(SCORERS | {AUTO}), HasMethods(["fit", "score_samples", "decision_function"])],
     }
 
     net_ = _FromFeatures()
@@ -312,14 +325,14 @@ class PandaDetector(BasePandaDetector):
         *,
         backbone="resnet152",
         weights="imagenet",
-        n_steps=300,
+        n_steps="auto",
         loss="compactness",
         temperature=0.25,
         regularization=None,
         ewc_lambda=1e4,
         fisher=None,
         n_fisher_batches=100,
-        learning_rate=1e-2,
+        learning_rate="auto",
         momentum=0.9,
         weight_decay=5e-5,
         clip_norm=1e-3,
@@ -329,7 +342,7 @@ class PandaDetector(BasePandaDetector):
         resize=256,
         crop_size=224,
         normalize_features=True,
-        scorer="knn",
+        scorer="auto",
         contamination="auto",
         batch_size=32,
         inference_batch_size="auto",
@@ -402,6 +415,7 @@ class PandaDetector(BasePandaDetector):
         run = features._fit(X, plan=plan)
         fitted = self._fit_scoring(features.net_, run.preprocessor, run.hidden, run.seed, plan)
         fitted["features_"] = features
+        fitted["recipe_"] = {**features.recipe_, "scorer": resolve(self, "scorer")}
         return fitted, run
 
     def _check_scorer(self):
@@ -424,15 +438,16 @@ class PandaDetector(BasePandaDetector):
     def _make_scorer(self, seed):
         """An unfitted scorer: built from its name with this detector's
         ``contamination``, or a clone of the given one, unchanged."""
-        if self.scorer == "knn":
+        scorer = resolve(self, "scorer")
+        if scorer == "knn":
             return KNNScorer(n_neighbors=2, contamination=self.contamination)
-        if self.scorer == "kmeans":
+        if scorer == "kmeans":
             return KMeansScorer(n_clusters=10, random_state=seed, contamination=self.contamination)
-        if self.scorer == "center":
+        if scorer == "center":
             return CenterScorer(contamination=self.contamination)
-        if self.scorer == "mahalanobis":
+        if scorer == "mahalanobis":
             return MahalanobisScorer(contamination=self.contamination)
-        return clone(self.scorer)
+        return clone(scorer)
 
     def _fit_scoring(self, net, preprocessor, hidden, seed, plan):
         """The scorer fitted on the training features of ``net`` (from the

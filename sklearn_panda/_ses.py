@@ -9,11 +9,11 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch.func import functional_call
 
-from ._detector import PandaDetector
+from ._detector import SCORERS, PandaDetector
 from ._device import ON_CPU
 from ._inference import _run_in_batches, cache_trunk_outputs
 from ._progress import ProgressBar
-from ._sklearn_compat import Interval, StrOptions
+from ._sklearn_compat import HasMethods, Interval, StrOptions
 from .scorers import _BaseScorer, offset_from_training_scores
 
 # functional_call swaps checkpoint tensors into net_.stages while it runs: two
@@ -139,7 +139,11 @@ class PandaSES(PandaDetector):
     n_fisher_batches : int, default=100
         Mini-batches for the Fisher estimate (the paper: 100).
 
-    learning_rate, momentum, weight_decay : float, default=1e-2, 0.9, 5e-5
+    learning_rate : float, default=1e-2
+        SGD learning rate, the paper's. SES takes no recipe: its checkpoints,
+        not a fixed number of steps, decide how far adaptation goes.
+
+    momentum, weight_decay : float, default=0.9, 5e-5
         SGD settings of the paper.
 
     clip_norm : float or None, default=1e-3
@@ -293,6 +297,10 @@ class PandaSES(PandaDetector):
 
     _parameter_constraints = {
         **PandaDetector._parameter_constraints,
+        # SES keeps the paper's numbers: its checkpoints, not a recipe, choose when to stop.
+        "n_steps": [Interval(numbers.Integral, 0, None, closed="left")],
+        "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "scorer": [StrOptions(SCORERS), HasMethods(["fit", "score_samples", "decision_function"])],
         "checkpoint_every": [Interval(numbers.Integral, 1, None, closed="left")],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],
         "checkpoint_dtype": [StrOptions(set(CHECKPOINT_DTYPES))],

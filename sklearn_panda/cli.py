@@ -500,7 +500,7 @@ def _fit(args):
     n_flagged = int(np.sum(detector.training_scores_ < detector.offset_))
     print(
         f"Fitted on {len(paths)} images ({args.backbone_factory or args.backbone}, "
-        f"{detector.n_steps} steps); threshold {_number(detector.offset_)}, below which "
+        f"{detector.recipe_['n_steps']} steps); threshold {_number(detector.offset_)}, below which "
         f"{n_flagged} training images fall (leave-one-out)."
     )
     print(f"Model saved to {args.model}")

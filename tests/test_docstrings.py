@@ -167,6 +167,8 @@ def _parameters(cls):
 DIFFERENT_ON_PURPOSE = {
     # SES trains longer by default: later, collapsed checkpoints are out-voted.
     ("PandaSES", "n_steps"),
+    # SES takes no recipe ("auto"): its checkpoints decide how far adaptation goes.
+    ("PandaSES", "learning_rate"),
     # OE fine-tunes with a new head and a logistic loss, with the paper's OE settings: its
     # own number of steps (at least 1), SGD defaults, one trainable stage, raw features.
     ("PandaOE", "n_steps"),

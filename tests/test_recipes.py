@@ -1,0 +1,65 @@
+"""Per-backbone recipes: what "auto" means, and that it means exactly the recipe's values."""
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+from conftest import TINY_IMAGES
+from sklearn_panda import PandaDetector, PandaFeatures, PandaSES, _recipes
+from sklearn_panda._recipes import PAPER, RECIPES, Recipe, recipe_for
+
+
+@pytest.fixture
+def small_images():
+    rng = np.random.default_rng(0)
+    return (rng.random((12, 20, 20, 3)) * 255).astype(np.uint8)
+
+
+def test_lite0_has_a_measured_recipe_and_every_other_backbone_the_papers():
+    assert recipe_for("efficientnet_lite0") is RECIPES["efficientnet_lite0"]
+    for backbone in ("resnet152", "resnet18", "mobilenet_v2", TINY_IMAGES["backbone"]):
+        assert recipe_for(backbone) is PAPER
+    assert (PAPER.n_steps, PAPER.learning_rate, PAPER.scorer) == (300, 1e-2, "knn")
+
+
+def test_auto_is_the_default_of_the_recipe_parameters():
+    for estimator in (PandaDetector(), PandaFeatures()):
+        assert estimator.n_steps == estimator.learning_rate == "auto"
+    assert PandaDetector().scorer == "auto"
+    # SES's checkpoints, not a recipe, decide how far it adapts.
+    assert (PandaSES().n_steps, PandaSES().learning_rate, PandaSES().scorer) == (500, 1e-2, "knn")
+
+
+def test_auto_gives_the_same_scores_as_the_recipes_values_passed_explicitly(small_images, monkeypatch):
+    # A short paper recipe, so that the fit is quick; "auto" must read it at fit time.
+    monkeypatch.setattr(_recipes, "PAPER", Recipe(n_steps=3, learning_rate=0.05, scorer="mahalanobis", source="test"))
+    params = dict(TINY_IMAGES, random_state=0)
+    auto = PandaDetector(**params).fit(small_images)
+    explicit = PandaDetector(**params, n_steps=3, learning_rate=0.05, scorer="mahalanobis").fit(small_images)
+    assert auto.recipe_ == {"n_steps": 3, "learning_rate": 0.05, "scorer": "mahalanobis"}
+    assert len(auto.history_["loss"]) == 3
+    assert type(auto.scorer_).__name__ == "MahalanobisScorer"
+    assert_array_equal(auto.score_samples(small_images), explicit.score_samples(small_images))
+    # Another value is another result: the recipe really is what ran.
+    other = PandaDetector(**params, n_steps=3, learning_rate=0.01, scorer="mahalanobis").fit(small_images)
+    assert not np.array_equal(auto.score_samples(small_images), other.score_samples(small_images))
+
+
+def test_explicit_values_override_the_recipe(small_images):
+    detector = PandaDetector(**TINY_IMAGES, n_steps=2, learning_rate=0.1, scorer="center", random_state=0)
+    detector.fit(small_images)
+    assert detector.recipe_ == {"n_steps": 2, "learning_rate": 0.1, "scorer": "center"}
+    features = PandaFeatures(**TINY_IMAGES, n_steps=2, random_state=0).fit(small_images)
+    assert features.recipe_ == {"n_steps": 2, "learning_rate": PAPER.learning_rate}
+
+
+def test_lite0_recipe_runs_and_equals_its_explicit_values(small_images):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    params = dict(backbone="efficientnet_lite0", resize=32, crop_size=32, random_state=0)
+    auto = PandaDetector(**params).fit(small_images)
+    recipe = RECIPES["efficientnet_lite0"]
+    explicit = PandaDetector(
+        **params, n_steps=recipe.n_steps, learning_rate=recipe.learning_rate, scorer=recipe.scorer
+    ).fit(small_images)
+    assert auto.recipe_ == {"n_steps": recipe.n_steps, "learning_rate": recipe.learning_rate, "scorer": recipe.scorer}
+    assert_array_equal(auto.score_samples(small_images), explicit.score_samples(small_images))
