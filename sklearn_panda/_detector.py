@@ -168,8 +168,7 @@ class PandaDetector(BasePandaDetector):
 
     scorer : {"auto", "knn", "kmeans", "center", "mahalanobis"} or estimator, default="auto"
         What scores the adapted features. ``"auto"``: the backbone's recipe,
-        ``"mahalanobis"`` for ``"efficientnet_lite0"`` and ``"knn"`` for
-        every other backbone (the value used is in ``recipe_``). ``"knn"``: :class:`KNNScorer` with
+        ``"knn"`` for every backbone so far (the value used is in ``recipe_``). ``"knn"``: :class:`KNNScorer` with
         k=2, the paper's choice; ``"kmeans"``: :class:`KMeansScorer` with 10
         means (seeded by ``random_state``); ``"center"``: :class:`CenterScorer`; ``"mahalanobis"``:
         :class:`MahalanobisScorer` (a Gaussian with a Ledoit-Wolf
