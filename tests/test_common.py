@@ -18,6 +18,7 @@ from sklearn_panda import (
     PandaOE,
     PandaSES,
 )
+from sklearn_panda._recipes import resolve
 
 FIT_PREDICT_REASON = (
     "fit_predict labels each training point by its leave-one-out score (a point "
@@ -41,7 +42,7 @@ def _scorer_of(estimator):
     if isinstance(estimator, PandaDetector):
         return {
             "knn": KNNScorer, "kmeans": KMeansScorer, "center": CenterScorer, "mahalanobis": MahalanobisScorer,
-        }[estimator.scorer]
+        }[resolve(estimator, "scorer")]
     return type(estimator)
 
 
