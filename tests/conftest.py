@@ -43,3 +43,24 @@ TINY_IMAGES = dict(backbone=tiny_resnet, weights=None, resize=32, crop_size=32, 
 def images():
     rng = np.random.default_rng(0)
     return (rng.random((24, 20, 20, 3)) * 255).astype(np.uint8)
+
+
+def pytest_collection_modifyitems(items):
+    """Keep tests that share a costly set-up on one xdist worker.
+
+    With ``--dist loadgroup`` (``pyproject.toml``) tests of one ``xdist_group``
+    run on the same worker: a module's tests that share a module-scoped
+    fixture (a fitted model, a Dask cluster) build it once instead of once per
+    worker, and the tests of pynndescent compile its numba functions (some
+    20 s) in one process only.
+    """
+    for item in items:
+        if "nndescent" in item.nodeid:
+            item.add_marker(pytest.mark.xdist_group("nndescent"))
+            continue
+        fixtures = getattr(item, "_fixtureinfo", None)
+        if fixtures is None:
+            continue
+        scopes = {definitions[-1].scope for definitions in fixtures.name2fixturedefs.values()}
+        if scopes & {"module", "session"}:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
