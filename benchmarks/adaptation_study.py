@@ -40,6 +40,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils import check_random_state
 
 from sklearn_panda import KNNScorer, MahalanobisScorer, PandaDetector, PandaSES
+from sklearn_panda._augment import ViewMaker
 from sklearn_panda._backbones import build_feature_net
 from sklearn_panda._data import Preprocessor
 from sklearn_panda._inference import extract_features
@@ -84,7 +85,7 @@ SETTINGS = {
     # (lr 1e-5, no clipping) and at a larger rate.
     **{
         f"s2-msc-lr{label}": _setting(2, rate, loss="mean_shifted", clip_norm=None)
-        for label, rate in (("1e-5", 1e-5), ("1e-4", 1e-4), ("1e-3", 1e-3))
+        for label, rate in (("1e-5", 1e-5), ("1e-4", 1e-4), ("1e-3", 1e-3), ("1e-2", 1e-2))
     },
 }
 
@@ -172,6 +173,71 @@ class CachedInput:
         raise RuntimeError("the study computes no images: trunk outputs must be cached")
 
 
+def view_bank(images, n_stages, n_views, name, cache_dir, seed, chunk=64):
+    """Trunk outputs of ``n_views`` augmented views of every image, memory-mapped; resumable.
+
+    The study's stand-in for fresh views at every step of the mean-shifted
+    loss: the views are drawn once, by the package's :class:`ViewMaker`, and
+    each training step contrasts two different ones of an image's
+    ``n_views``. Steps then cost what compactness steps cost (the trunk does
+    not run), at the price of seeing ``n_views`` views of an image instead of
+    new ones every time.
+    """
+    if n_views < 2 or n_views % 2:
+        raise ValueError(f"the view bank needs an even number of views >= 2, got {n_views}")
+    net = build_feature_net(BACKBONE, "imagenet", n_stages).to(memory_format=torch.channels_last)
+    detector = PandaDetector(backbone=BACKBONE)
+    preprocessor = Preprocessor(check_input(images), resize=detector.resize, crop_size=detector.crop_size,
+                                device=torch.device("cpu"))
+    with torch.inference_mode():
+        shape = tuple(net.trunk(preprocessor(np.arange(1))).shape[1:])
+    first = preprocessor(np.arange(min(8, len(images)))).contiguous().numpy()
+    path = Path(cache_dir) / (f"views{n_views}-s{seed}_{name}_{BACKBONE}_cut{n_stages}"
+                              f"_pre{zlib.crc32(first.tobytes()):08x}.f32")
+    done_path = path.with_suffix(".done")
+    mode = "r+" if path.exists() else "w+"
+    bank = np.lib.format.open_memmap(path, mode=mode, dtype=np.float32, shape=(len(images), n_views, *shape))
+    done = int(done_path.read_text()) if done_path.exists() else 0
+    views = ViewMaker(torch.Generator().manual_seed(seed))
+    # Each chunk's views come from its own seed, so that a resumed run draws the same views.
+    for start in range(done, len(images), chunk):
+        stop = min(start + chunk, len(images))
+        began = time.perf_counter()
+        views.generator.manual_seed(seed * 1_000_003 + start)
+        batch = preprocessor(np.arange(start, stop))
+        with torch.inference_mode():
+            for pair in range(n_views // 2):
+                one, two = views(batch)
+                out = net.trunk(torch.cat([one, two])).float().numpy()
+                bank[start:stop, 2 * pair] = out[: stop - start]
+                bank[start:stop, 2 * pair + 1] = out[stop - start :]
+        bank.flush()
+        done_path.write_text(str(stop))
+        if stop == len(images) or (start // chunk) % 8 == 0:
+            print(f"views {name}: {stop}/{len(images)} ({n_views * (stop - start) / (time.perf_counter() - began):.0f} views/s)",
+                  file=sys.stderr, flush=True)
+    return bank
+
+
+class BankViews:
+    """``_view_trunk_outputs`` of :class:`PandaFeatures` served from a :func:`view_bank`.
+
+    For each image of a batch, two different views are drawn uniformly from
+    its bank (from ``generator``); first views first, as the package stacks them.
+    """
+
+    def __init__(self, bank, generator):
+        self.bank = bank
+        self.generator = generator
+
+    def __call__(self, net, preprocessor, views, batch):
+        n_views = self.bank.shape[1]
+        first = torch.randint(n_views, (len(batch),), generator=self.generator).numpy()
+        second = (first + torch.randint(1, n_views, (len(batch),), generator=self.generator).numpy()) % n_views
+        rows = np.concatenate([self.bank[batch, first], self.bank[batch, second]])
+        return torch.from_numpy(rows).contiguous(memory_format=torch.channels_last)
+
+
 # ------------------------------------------------------------------ runs
 
 
@@ -194,11 +260,13 @@ def rewrite_without(csv_path, drop):
         writer.writerows(rows)
 
 
-def run_setting(label, name, params, hidden, train_images, labels_val, labels_test, eval_steps, seed, write):
+def run_setting(label, name, params, hidden, train_images, labels_val, labels_test, eval_steps, seed, write,
+                view_bank=None):
     """Adapt on the class's training images with the package's code; score at ``eval_steps``.
 
     Compactness runs read the cached trunk outputs ``hidden``; the
-    mean-shifted loss augments ``train_images`` and runs the trunk on them.
+    mean-shifted loss augments ``train_images`` and runs the trunk on them,
+    or, given ``view_bank``, draws its views' trunk outputs from it.
     A PandaSES setting is scored once, after its own ``n_steps``.
     """
     params = dict(params)
@@ -213,7 +281,10 @@ def run_setting(label, name, params, hidden, train_images, labels_val, labels_te
     net = build_feature_net(BACKBONE, "imagenet", n_stages).to(memory_format=torch.channels_last)
     inputs = {split: torch.from_numpy(np.ascontiguousarray(h)) for split, h in hidden[n_stages].items()}
     inputs = {split: h.contiguous(memory_format=torch.channels_last) for split, h in inputs.items()}
-    if detector.loss == "mean_shifted":
+    if detector.loss == "mean_shifted" and view_bank is not None:
+        train_input = CachedInput(len(inputs["train"]), device)
+        adaptation._view_trunk_outputs = BankViews(view_bank, torch.Generator().manual_seed(seed))
+    elif detector.loss == "mean_shifted":
         train_input = Preprocessor(check_input(train_images), resize=detector.resize, crop_size=detector.crop_size,
                                    device=device)
     else:
@@ -344,10 +415,18 @@ def run(args):
         labels_test = np.where(test_labels[test] == label, 1, -1)
         stages = sorted({SETTINGS[name]["n_trainable_stages"] for name in todo})
         hidden = hidden_for_class(cache, per_class, validation, test, label, stages)
+        train_images_of_class = train_images[per_class[label][0]]
+        banks = {}
         for name in todo:
-            train_images_of_class = train_images[per_class[label][0]]
+            bank = None
+            if SETTINGS[name].get("loss") == "mean_shifted" and args.view_bank:
+                n_stages = SETTINGS[name]["n_trainable_stages"]
+                if n_stages not in banks:
+                    banks[n_stages] = view_bank(train_images_of_class, n_stages, args.view_bank, f"class{label}",
+                                                args.cache_dir, args.seed)
+                bank = banks[n_stages]
             run_setting(label, name, SETTINGS[name], hidden, train_images_of_class, labels_val, labels_test,
-                        args.eval_steps, args.seed, write)
+                        args.eval_steps, args.seed, write, view_bank=bank)
     handle.close()
 
 
@@ -390,6 +469,9 @@ def parse_args(argv=None):
     parser.add_argument("--n-val-anomalies", type=int, default=1000)
     parser.add_argument("--max-test", type=int, default=None, help="default: the whole test split")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--view-bank", type=int, default=0, metavar="N_VIEWS",
+                        help="mean-shifted settings draw their views from N_VIEWS precomputed views per "
+                             "training image (even; 0: fresh views through the trunk at every step)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/sklearn-panda-study"))
     parser.add_argument("--csv", default="benchmarks/adaptation_study.csv")

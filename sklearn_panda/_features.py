@@ -511,9 +511,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         unit_center = F.normalize(F.normalize(torch.from_numpy(pretrained), dim=1).mean(dim=0), dim=0).to(device)
 
         def objective(batch):
-            first, second = views(preprocessor(batch))
-            with torch.no_grad(), self._autocast(device):
-                trunk_output = net.trunk(torch.cat([first, second]))
+            trunk_output = self._view_trunk_outputs(net, preprocessor, views, batch)
             with self._autocast(device):
                 features = net.stages(trunk_output).float()
             first_features, second_features = features.chunk(2)
@@ -521,6 +519,16 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
             return loss, compactness_loss(self._project(first_features.detach()), center)
 
         return objective
+
+    def _view_trunk_outputs(self, net, preprocessor, views, batch):
+        """The frozen trunk's outputs of two augmented views of ``batch``, stacked: ``(2 n, ...)``.
+
+        The first ``n`` rows are the first views. Both run through the trunk
+        together, without gradients.
+        """
+        first, second = views(preprocessor(batch))
+        with torch.no_grad(), self._autocast(preprocessor.device):
+            return net.trunk(torch.cat([first, second]))
 
     def _fisher(self, net, preprocessor, hidden, parameters, generator, indices):
         names = [name for name, _ in net.stages.named_parameters()]

@@ -3,7 +3,7 @@
 Each runs in its own interpreter (``sys.executable``) with
 ``SKLEARN_PANDA_EXAMPLES_FAST=1`` (tiny data, a few steps), the Agg backend
 and a temporary output folder. A script is skipped only when an extra it
-needs is not installed here (``lite``, ``plot``). The Fashion-MNIST examples
+needs is not installed here (``lite``, ``plot``, ``dask``). The Fashion-MNIST examples
 take the full set when it is installed and the sample that ships with the
 package otherwise, so none is skipped for want of data.
 """
@@ -27,6 +27,8 @@ def _skip_if_unavailable(source):
                 pytest.skip(f"needs the lite extra ({module} is not installed)")
     if "matplotlib" in source and importlib.util.find_spec("matplotlib") is None:
         pytest.skip("needs matplotlib (the plot extra)")
+    if "import dask" in source and importlib.util.find_spec("distributed") is None:
+        pytest.skip("needs dask and distributed (the dask extra)")
 
 
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda path: path.name)
