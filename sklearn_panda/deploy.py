@@ -27,6 +27,7 @@ scored batch also holds a ``(batch, n_gallery)`` float32 similarity block.
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,19 +42,26 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 
 def _scorer_search(scorer):
-    """The gallery, number of neighbours and metric that reproduce a fitted scorer's distances."""
-    from .scorers import CenterScorer, KMeansScorer, KNNScorer
+    """The gallery, number of neighbours and metric that reproduce a fitted scorer's distances.
 
-    if isinstance(scorer, KNNScorer):
-        return scorer._fit_X, scorer.n_neighbors_, scorer.metric
-    if isinstance(scorer, KMeansScorer):
-        return scorer.cluster_centers_, 1, scorer.metric
-    if isinstance(scorer, CenterScorer):
-        return scorer.center_[None, :], 1, scorer.metric
-    raise TypeError(
-        f"export_onnx exports the scorers KNNScorer, KMeansScorer and CenterScorer; this detector's "
-        f"scorer_ is {type(scorer).__name__}."
-    )
+    Warns where the scorer searches approximately: the exported graph searches
+    its gallery exactly, so its scores can differ from the scorer's.
+    """
+    gallery_search = getattr(scorer, "_gallery_search", None)
+    if gallery_search is None:
+        raise TypeError(
+            f"export_onnx exports the scorers KNNScorer, KMeansScorer and CenterScorer; this detector's "
+            f"scorer_ is {type(scorer).__name__}."
+        )
+    gallery, n_neighbors, metric, exact = gallery_search()
+    if not exact:
+        warnings.warn(
+            f"The detector's {type(scorer).__name__} searches approximately (algorithm={scorer.algorithm!r}); "
+            "the exported file searches the same gallery exactly, so its scores can differ from "
+            "score_samples where the approximate search missed a neighbour.",
+            UserWarning,
+        )
+    return gallery, n_neighbors, metric
 
 
 def _check_exportable(detector, image_size):

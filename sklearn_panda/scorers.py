@@ -633,6 +633,16 @@ class KNNScorer(_BaseScorer):
         squared, _ = self._search(None, self.n_neighbors_)
         return _finish_distance(squared, self.metric).mean(axis=1)
 
+    def _gallery_search(self):
+        """``(gallery, k, metric, exact)``: the search that reproduces these distances.
+
+        ``exact`` is False where the fitted search is approximate (an
+        nndescent graph or a faiss index other than ``"Flat"``), whose
+        neighbours an exact search over ``gallery`` may not find.
+        """
+        exact = self._algorithm == "brute" or (self._algorithm == "faiss" and self._faiss_description == "Flat")
+        return self._fit_X, self.n_neighbors_, self.metric, exact
+
     def _faiss_seed(self):
         if self.random_state is None:
             return None
@@ -980,6 +990,10 @@ class KMeansScorer(_BaseScorer):
         squared[rows, labels] = np.where(own_size > 1, own, np.inf)
         return _finish_distance(squared.min(axis=1), self.metric)
 
+    def _gallery_search(self):
+        """``(gallery, k, metric, exact)``: the distance to the nearest of the centres."""
+        return self.cluster_centers_, 1, self.metric, True
+
     def _distances(self, X):
         return _finish_distance(_squared_to_centers(X, self.cluster_centers_).min(axis=1), self.metric)
 
@@ -1033,6 +1047,10 @@ class CenterScorer(_BaseScorer):
         squared = _rowwise_squared_distances(X, self.center_[None, :])
         squared = squared * (n_samples / (n_samples - 1)) ** 2
         return _finish_distance(squared, self.metric)
+
+    def _gallery_search(self):
+        """``(gallery, k, metric, exact)``: the distance to the one centre."""
+        return self.center_[None, :], 1, self.metric, True
 
     def _distances(self, X):
         return _finish_distance(_rowwise_squared_distances(X, self.center_[None, :]), self.metric)

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -251,3 +252,18 @@ def test_openvino_scores_equal_the_detector(exported, tmp_path):
     np.testing.assert_allclose(scores, detector.score_samples(test), rtol=0, atol=ATOL)
     int8 = OnnxDetector(quantize_onnx(path, tmp_path / "int8.onnx", train), runtime="openvino", n_threads=1)
     assert spearmanr(int8.score_samples(test), scores).statistic > 0.9
+
+
+def test_approximate_knn_search_warns_that_the_file_searches_exactly():
+    pytest.importorskip("faiss")
+    from sklearn_panda import KNNScorer
+
+    features = np.random.default_rng(0).normal(size=(60, 8)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gallery, k, metric = deploy._scorer_search(KNNScorer(algorithm="faiss").fit(features))
+    np.testing.assert_array_equal(gallery, features)
+    assert (k, metric) == (2, "sqeuclidean")
+    approximate = KNNScorer(algorithm="faiss", faiss_index="HNSW8").fit(features)
+    with pytest.warns(UserWarning, match="searches approximately .* exported file searches the same gallery exactly"):
+        deploy._scorer_search(approximate)
