@@ -118,8 +118,9 @@ def indexes(n):
     return {
         "brute (KNNScorer)": None,
         "faiss Flat": ("Flat", {}),
-        "HNSW32 efSearch=64": ("HNSW32", {"efSearch": 64}),
-        f"IVF{nlist},Flat nprobe=16": (f"IVF{nlist},Flat", {"nprobe": 16}),
+        # The search-time knobs swept: a smaller efSearch / nprobe answers faster at a lower recall.
+        **{f"HNSW32 efSearch={ef}": ("HNSW32", {"efSearch": ef}) for ef in (16, 32, 64)},
+        **{f"IVF{nlist},Flat nprobe={nprobe}": (f"IVF{nlist},Flat", {"nprobe": nprobe}) for nprobe in (4, 8, 16)},
         f"IVF{nlist},PQ128x4 nprobe=16 k_factor=16": (f"IVF{nlist},PQ128x4", {"nprobe": 16, "k_factor": 16}),
     }
 
