@@ -29,6 +29,16 @@ def client():
         yield client
 
 
+# A computation on the cluster that has not finished in this time has hung
+# (a tiny model on 24 images takes about a second): fail instead of waiting
+# for the CI's time limit.
+TIMEOUT_S = 120
+
+
+def _compute(client, collection):
+    return client.compute(collection).result(timeout=TIMEOUT_S)
+
+
 @pytest.fixture(scope="module")
 def fitted(images_module):
     return PandaDetector(**TINY_IMAGES, n_steps=2, random_state=0).fit(images_module)
@@ -45,7 +55,7 @@ def test_a_dask_array_scores_as_in_memory(client, fitted, images_module, method)
     X = da.from_array(images_module, chunks=(7, 10, 20, 3))
     result = score_dask(fitted, X, method=method)
     assert result.chunks[0] == X.chunks[0]
-    np.testing.assert_array_equal(result.compute(), getattr(fitted, method)(images_module))
+    np.testing.assert_array_equal(_compute(client, result), getattr(fitted, method)(images_module))
 
 
 def test_a_bag_of_paths_scores_as_in_memory(client, fitted, images_module, tmp_path):
@@ -53,14 +63,14 @@ def test_a_bag_of_paths_scores_as_in_memory(client, fitted, images_module, tmp_p
     for i, image in enumerate(images_module):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
         paths.append(str(tmp_path / f"{i}.png"))
-    result = score_dask(fitted, db.from_sequence(paths, npartitions=3)).compute()
+    result = _compute(client, score_dask(fitted, db.from_sequence(paths, npartitions=3)))
     np.testing.assert_array_equal(result, fitted.score_samples(paths))
 
 
 def test_features_transform_on_the_cluster(client, images_module):
     features = PandaFeatures(**TINY_IMAGES, n_steps=0, random_state=0).fit(images_module)
     X = da.from_array(images_module, chunks=(10, 20, 20, 3))
-    np.testing.assert_array_equal(score_dask(features, X, method="transform").compute(),
+    np.testing.assert_array_equal(_compute(client, score_dask(features, X, method="transform")),
                                   features.transform(images_module))
 
 
