@@ -91,7 +91,7 @@ class PandaDetector(BasePandaDetector):
         other backbone (the paper used 2,300, 7,800 with EWC, with ResNet152
         on a GPU). The value used is in ``recipe_``.
 
-    loss : {"compactness", "mean_shifted"}, default="compactness"
+    loss : {"compactness", "mean_shifted"} or "auto", default="auto"
         ``"compactness"``: the paper's Eq. 1, the mean squared distance of the
         (projected) features to the fixed centre. ``"mean_shifted"``: the
         mean-shifted contrastive loss of the paper's follow-up (Reiss and
@@ -100,7 +100,9 @@ class PandaDetector(BasePandaDetector):
         the fixed unit centre, and a contrastive loss between the views. It
         does not collapse, but each step runs the frozen trunk on both views
         (the trunk cache serves only the centre and the gallery), so a step
-        costs far more; images only.
+        costs far more; images only. ``"auto"``: the backbone's recipe,
+        ``"compactness"`` for every backbone so far. The value used is in
+        ``recipe_``.
 
     temperature : float, default=0.25
         Temperature of ``loss="mean_shifted"`` (the follow-up paper's value).
@@ -130,8 +132,10 @@ class PandaDetector(BasePandaDetector):
     momentum, weight_decay : float, default=0.9, 5e-5
         SGD settings of the paper.
 
-    clip_norm : float or None, default=1e-3
-        Gradient-norm clipping (the paper: 1e-3).
+    clip_norm : float, None or "auto", default="auto"
+        Gradient-norm clipping; ``None`` clips nothing. ``"auto"``: the
+        backbone's recipe, the paper's 1e-3 for every backbone so far. The
+        value used is in ``recipe_``.
 
     n_trainable_stages : int, default=2
         How many final stages train: ResNet ``layer3`` + ``layer4`` (the
@@ -261,8 +265,9 @@ class PandaDetector(BasePandaDetector):
     scorer_ : estimator
         The fitted clone of ``scorer`` on the adapted training features.
     recipe_ : dict
-        The values used for ``n_steps``, ``learning_rate`` and ``scorer``
-        (``"auto"`` resolved by the backbone's recipe).
+        The values used for ``n_steps``, ``learning_rate``, ``loss``,
+        ``clip_norm`` and ``scorer`` (``"auto"`` resolved by the backbone's
+        recipe).
     offset_ : float
         Threshold of ``decision_function``: ``scorer_.offset_``, so that
         ``decision_function(X)`` is ``scorer_.decision_function`` of the
@@ -325,7 +330,7 @@ class PandaDetector(BasePandaDetector):
         backbone="resnet152",
         weights="imagenet",
         n_steps="auto",
-        loss="compactness",
+        loss="auto",
         temperature=0.25,
         regularization=None,
         ewc_lambda=1e4,
@@ -334,7 +339,7 @@ class PandaDetector(BasePandaDetector):
         learning_rate="auto",
         momentum=0.9,
         weight_decay=5e-5,
-        clip_norm=1e-3,
+        clip_norm="auto",
         n_trainable_stages=2,
         stage_ends=None,
         feature_node=None,

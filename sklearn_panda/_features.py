@@ -65,7 +65,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         other backbone (the paper used 2,300, 7,800 with EWC, with ResNet152
         on a GPU). The value used is in ``recipe_``.
 
-    loss : {"compactness", "mean_shifted"}, default="compactness"
+    loss : {"compactness", "mean_shifted"} or "auto", default="auto"
         ``"compactness"``: the paper's Eq. 1, the mean squared distance of the
         (projected) features to the fixed centre. ``"mean_shifted"``: the
         mean-shifted contrastive loss of the paper's follow-up (Reiss and
@@ -74,7 +74,9 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         the fixed unit centre, and a contrastive loss between the views. It
         does not collapse, but each step runs the frozen trunk on both views
         (the trunk cache serves only the centre and the gallery), so a step
-        costs far more; images only.
+        costs far more; images only. ``"auto"``: the backbone's recipe,
+        ``"compactness"`` for every backbone so far. The value used is in
+        ``recipe_``.
 
     temperature : float, default=0.25
         Temperature of ``loss="mean_shifted"`` (the follow-up paper's value).
@@ -104,8 +106,10 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
     momentum, weight_decay : float, default=0.9, 5e-5
         SGD settings of the paper.
 
-    clip_norm : float or None, default=1e-3
-        Gradient-norm clipping (the paper: 1e-3).
+    clip_norm : float, None or "auto", default="auto"
+        Gradient-norm clipping; ``None`` clips nothing. ``"auto"``: the
+        backbone's recipe, the paper's 1e-3 for every backbone so far. The
+        value used is in ``recipe_``.
 
     n_trainable_stages : int, default=2
         How many final stages train: ResNet ``layer3`` + ``layer4`` (the
@@ -208,8 +212,8 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
     fisher_ : dict or None
         The Fisher diagonal used with EWC, on the CPU.
     recipe_ : dict
-        The values used for ``n_steps`` and ``learning_rate`` (``"auto"``
-        resolved by the backbone's recipe).
+        The values used for ``n_steps``, ``learning_rate``, ``loss`` and
+        ``clip_norm`` (``"auto"`` resolved by the backbone's recipe).
     n_features_in_ : int
         Only for 2-D vector input.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -248,7 +252,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
     _parameter_constraints = {
         **BasePanda._parameter_constraints,
         "n_steps": [Interval(numbers.Integral, 0, None, closed="left"), StrOptions({AUTO})],
-        "loss": [StrOptions({"compactness", "mean_shifted"})],
+        "loss": [StrOptions({"compactness", "mean_shifted", AUTO})],
         "temperature": [Interval(numbers.Real, 0, None, closed="neither")],
         "regularization": [StrOptions({"ewc"}), None],
         "ewc_lambda": [Interval(numbers.Real, 0, None, closed="left")],
@@ -257,7 +261,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither"), StrOptions({AUTO})],
         "momentum": [Interval(numbers.Real, 0, 1, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
-        "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
+        "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None, StrOptions({AUTO})],
     }
 
     _torch_attributes = {**BasePanda._torch_attributes, "net_": ON_DEVICE, "fisher_": ON_CPU}
@@ -268,7 +272,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         backbone="resnet152",
         weights="imagenet",
         n_steps="auto",
-        loss="compactness",
+        loss="auto",
         temperature=0.25,
         regularization=None,
         ewc_lambda=1e4,
@@ -277,7 +281,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         learning_rate="auto",
         momentum=0.9,
         weight_decay=5e-5,
-        clip_norm=1e-3,
+        clip_norm="auto",
         n_trainable_stages=2,
         stage_ends=None,
         feature_node=None,
@@ -425,8 +429,8 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         ``indices`` selects the samples to train on (default: all of them).
         """
         history = {"loss": [], "compactness": [], "compactness_ratio": [], "ewc_penalty": []}
-        n_steps, learning_rate = resolve(self, "n_steps"), resolve(self, "learning_rate")
-        recipe = {"n_steps": n_steps, "learning_rate": learning_rate}
+        recipe = {name: resolve(self, name) for name in ("n_steps", "learning_rate", "loss", "clip_norm")}
+        n_steps, learning_rate = recipe["n_steps"], recipe["learning_rate"]
         if n_steps == 0:
             return {"net_": net, "center_": None, "history_": history, "fisher_": None, "recipe_": recipe}
         device = preprocessor.device
@@ -452,7 +456,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
             def regularizer():
                 return ewc_penalty(parameters, anchors, fisher_tensors)
 
-        if self.loss == "mean_shifted":
+        if recipe["loss"] == "mean_shifted":
             objective = self._mean_shifted_objective(net, preprocessor, pretrained, center, generator)
         else:
 
@@ -483,7 +487,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
             learning_rate=learning_rate,
             momentum=self.momentum,
             weight_decay=self.weight_decay,
-            clip_norm=self.clip_norm,
+            clip_norm=recipe["clip_norm"],
             callbacks=[record, *callbacks],
         )
         return {

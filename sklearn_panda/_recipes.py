@@ -1,7 +1,8 @@
 """Per-backbone defaults: what ``"auto"`` means for the adaptation and the scorer.
 
-A recipe gives the values that ``n_steps="auto"``, ``learning_rate="auto"``
-and ``scorer="auto"`` take for a backbone. Every backbone without a measured
+A recipe gives the values that ``n_steps="auto"``, ``learning_rate="auto"``,
+``loss="auto"``, ``clip_norm="auto"`` and ``scorer="auto"`` take for a
+backbone. Every backbone without a measured
 recipe gets the paper's (compactness loss, SGD at 1e-2, kNN with k=2), with
 300 steps instead of the paper's 2,300 so that a fit stays affordable on a
 CPU. EfficientNet-Lite0's recipe is the best setting measured on
@@ -27,6 +28,8 @@ class Recipe(NamedTuple):
     learning_rate: float
     scorer: str
     source: str
+    loss: str = "compactness"
+    clip_norm: float | None = 1e-3
 
 
 PAPER = Recipe(
@@ -60,8 +63,8 @@ def recipe_for(backbone):
     Returns
     -------
     Recipe
-        The defaults for ``n_steps``, ``learning_rate`` and ``scorer``, and
-        their source.
+        The defaults for ``n_steps``, ``learning_rate``, ``loss``,
+        ``clip_norm`` and ``scorer``, and their source.
 
     Examples
     --------
@@ -81,7 +84,7 @@ def resolve(estimator, name):
     ----------
     estimator : estimator
         An estimator with a ``backbone`` parameter and the parameter ``name``.
-    name : {"n_steps", "learning_rate", "scorer"}
+    name : {"n_steps", "learning_rate", "loss", "clip_norm", "scorer"}
         The parameter to resolve.
 
     Returns

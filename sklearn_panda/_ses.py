@@ -117,7 +117,7 @@ class PandaSES(PandaDetector):
         the fixed unit centre, and a contrastive loss between the views. It
         does not collapse, but each step runs the frozen trunk on both views
         (the trunk cache serves only the centre and the gallery), so a step
-        costs far more; images only.
+        costs far more; images only. SES takes no recipe.
 
     temperature : float, default=0.25
         Temperature of ``loss="mean_shifted"`` (the follow-up paper's value).
@@ -147,7 +147,7 @@ class PandaSES(PandaDetector):
         SGD settings of the paper.
 
     clip_norm : float or None, default=1e-3
-        Gradient-norm clipping (the paper: 1e-3).
+        Gradient-norm clipping (the paper: 1e-3). SES takes no recipe.
 
     n_trainable_stages : int, default=2
         How many final stages train: ResNet ``layer3`` + ``layer4`` (the
@@ -300,6 +300,8 @@ class PandaSES(PandaDetector):
         # SES keeps the paper's numbers: its checkpoints, not a recipe, choose when to stop.
         "n_steps": [Interval(numbers.Integral, 0, None, closed="left")],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
+        "loss": [StrOptions({"compactness", "mean_shifted"})],
+        "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None],
         "scorer": [StrOptions(SCORERS), HasMethods(["fit", "score_samples", "decision_function"])],
         "checkpoint_every": [Interval(numbers.Integral, 1, None, closed="left")],
         "validation_fraction": [Interval(numbers.Real, 0, 1, closed="neither")],

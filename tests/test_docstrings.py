@@ -169,6 +169,8 @@ DIFFERENT_ON_PURPOSE = {
     ("PandaSES", "n_steps"),
     # SES takes no recipe ("auto"): its checkpoints decide how far adaptation goes.
     ("PandaSES", "learning_rate"),
+    ("PandaSES", "loss"),
+    ("PandaSES", "clip_norm"),
     # OE fine-tunes with a new head and a logistic loss, with the paper's OE settings: its
     # own number of steps (at least 1), SGD defaults, one trainable stage, raw features.
     ("PandaOE", "n_steps"),
@@ -177,6 +179,7 @@ DIFFERENT_ON_PURPOSE = {
     ("PandaOE", "weight_decay"),
     ("PandaOE", "n_trainable_stages"),
     ("PandaOE", "normalize_features"),
+    ("PandaOE", "clip_norm"),
     # OE has no EWC, so its feature_node leaves out what EWC's Fisher needs.
     ("PandaOE", "feature_node"),
 }

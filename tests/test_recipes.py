@@ -19,38 +19,47 @@ def test_lite0_has_a_measured_recipe_and_every_other_backbone_the_papers():
     assert recipe_for("efficientnet_lite0") is RECIPES["efficientnet_lite0"]
     for backbone in ("resnet152", "resnet18", "mobilenet_v2", TINY_IMAGES["backbone"]):
         assert recipe_for(backbone) is PAPER
-    assert (PAPER.n_steps, PAPER.learning_rate, PAPER.scorer) == (300, 1e-2, "knn")
+    assert (PAPER.n_steps, PAPER.learning_rate, PAPER.loss, PAPER.clip_norm, PAPER.scorer) == (
+        300, 1e-2, "compactness", 1e-3, "knn"
+    )
 
 
 def test_auto_is_the_default_of_the_recipe_parameters():
     for estimator in (PandaDetector(), PandaFeatures()):
-        assert estimator.n_steps == estimator.learning_rate == "auto"
+        assert estimator.n_steps == estimator.learning_rate == estimator.loss == estimator.clip_norm == "auto"
     assert PandaDetector().scorer == "auto"
     # SES's checkpoints, not a recipe, decide how far it adapts.
-    assert (PandaSES().n_steps, PandaSES().learning_rate, PandaSES().scorer) == (500, 1e-2, "knn")
+    ses = PandaSES()
+    assert (ses.n_steps, ses.learning_rate, ses.loss, ses.clip_norm, ses.scorer) == (500, 1e-2, "compactness", 1e-3, "knn")
 
 
 def test_auto_gives_the_same_scores_as_the_recipes_values_passed_explicitly(small_images, monkeypatch):
     # A short paper recipe, so that the fit is quick; "auto" must read it at fit time.
-    monkeypatch.setattr(_recipes, "PAPER", Recipe(n_steps=3, learning_rate=0.05, scorer="mahalanobis", source="test"))
+    recipe = Recipe(n_steps=3, learning_rate=0.05, scorer="mahalanobis", source="test", loss="mean_shifted",
+                    clip_norm=None)
+    monkeypatch.setattr(_recipes, "PAPER", recipe)
     params = dict(TINY_IMAGES, random_state=0)
     auto = PandaDetector(**params).fit(small_images)
-    explicit = PandaDetector(**params, n_steps=3, learning_rate=0.05, scorer="mahalanobis").fit(small_images)
-    assert auto.recipe_ == {"n_steps": 3, "learning_rate": 0.05, "scorer": "mahalanobis"}
+    values = dict(n_steps=3, learning_rate=0.05, loss="mean_shifted", clip_norm=None)
+    explicit = PandaDetector(**params, **values, scorer="mahalanobis").fit(small_images)
+    assert auto.recipe_ == {**values, "scorer": "mahalanobis"}
     assert len(auto.history_["loss"]) == 3
     assert type(auto.scorer_).__name__ == "MahalanobisScorer"
     assert_array_equal(auto.score_samples(small_images), explicit.score_samples(small_images))
     # Another value is another result: the recipe really is what ran.
-    other = PandaDetector(**params, n_steps=3, learning_rate=0.01, scorer="mahalanobis").fit(small_images)
-    assert not np.array_equal(auto.score_samples(small_images), other.score_samples(small_images))
+    for name, value in (("learning_rate", 0.01), ("loss", "compactness"), ("clip_norm", 1e-3)):
+        other = PandaDetector(**params, **{**values, name: value}, scorer="mahalanobis").fit(small_images)
+        assert not np.array_equal(auto.score_samples(small_images), other.score_samples(small_images)), name
 
 
 def test_explicit_values_override_the_recipe(small_images):
     detector = PandaDetector(**TINY_IMAGES, n_steps=2, learning_rate=0.1, scorer="center", random_state=0)
     detector.fit(small_images)
-    assert detector.recipe_ == {"n_steps": 2, "learning_rate": 0.1, "scorer": "center"}
-    features = PandaFeatures(**TINY_IMAGES, n_steps=2, random_state=0).fit(small_images)
-    assert features.recipe_ == {"n_steps": 2, "learning_rate": PAPER.learning_rate}
+    paper_loss = {"loss": PAPER.loss, "clip_norm": PAPER.clip_norm}
+    assert detector.recipe_ == {"n_steps": 2, "learning_rate": 0.1, **paper_loss, "scorer": "center"}
+    features = PandaFeatures(**TINY_IMAGES, n_steps=2, clip_norm=None, random_state=0).fit(small_images)
+    assert features.recipe_ == {"n_steps": 2, "learning_rate": PAPER.learning_rate, "loss": PAPER.loss,
+                                "clip_norm": None}
 
 
 def test_lite0_recipe_runs_and_equals_its_explicit_values(small_images):
@@ -58,8 +67,7 @@ def test_lite0_recipe_runs_and_equals_its_explicit_values(small_images):
     params = dict(backbone="efficientnet_lite0", resize=32, crop_size=32, random_state=0)
     auto = PandaDetector(**params).fit(small_images)
     recipe = RECIPES["efficientnet_lite0"]
-    explicit = PandaDetector(
-        **params, n_steps=recipe.n_steps, learning_rate=recipe.learning_rate, scorer=recipe.scorer
-    ).fit(small_images)
-    assert auto.recipe_ == {"n_steps": recipe.n_steps, "learning_rate": recipe.learning_rate, "scorer": recipe.scorer}
+    values = {name: getattr(recipe, name) for name in ("n_steps", "learning_rate", "loss", "clip_norm", "scorer")}
+    explicit = PandaDetector(**params, **values).fit(small_images)
+    assert auto.recipe_ == values
     assert_array_equal(auto.score_samples(small_images), explicit.score_samples(small_images))
