@@ -583,21 +583,38 @@ def _plot(summary, path):
     except ImportError:
         print("matplotlib is not installed: no plot (pip install 'sklearn-panda[plot]').", file=sys.stderr)
         return
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    # Gains over the paper's baseline of the same classes: settings measured on
+    # different classes stay comparable.
+    baseline = summary.get(("unadapted", 0, "knn"))
+    if baseline is None:
+        print("no unadapted kNN rows: no plot", file=sys.stderr)
+        return
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for axis, scorer in zip(axes, SCORERS):
-        unadapted = summary.get(("unadapted", 0, scorer))
-        for setting in sorted({key[0] for key in summary if key[0] != "unadapted"}):
+        for setting in sorted({key[0] for key in summary}):
             points = sorted((step, entry) for (name, step, kind), entry in summary.items() if name == setting and kind == scorer)
-            if not points or unadapted is None:
+            if not points:
                 continue
             classes = points[0][1]["classes"]
-            start = np.mean([unadapted["by_class"][c]["test_auc"] for c in classes])
-            steps = [0] + [step for step, _ in points]
-            values = [start] + [entry["test"] for _, entry in points]
-            axis.plot(steps, values, marker="o", label=f"{setting} ({len(classes)} classes)")
-        axis.set(xscale="symlog", xlabel="adaptation steps", title=f"scorer: {scorer}")
+            steps, gains = [], []
+            for step, entry in points:
+                steps.append(step)
+                gains.append(np.mean([entry["by_class"][c]["test_auc"] - baseline["by_class"][c]["test_auc"]
+                                      for c in entry["classes"]]))
+            if setting != "unadapted" and steps[0] != 0:
+                unadapted = summary.get(("unadapted", 0, scorer))
+                if unadapted is not None:
+                    steps.insert(0, 0)
+                    gains.insert(0, np.mean([unadapted["by_class"][c]["test_auc"] - baseline["by_class"][c]["test_auc"]
+                                             for c in classes]))
+            counts = sorted({len(entry["classes"]) for _, entry in points})
+            label = "-".join(str(count) for count in (counts[0], counts[-1]) if count) if len(counts) > 1 else counts[0]
+            axis.plot(steps, gains, marker="o", label=f"{setting} ({label} classes)")
+        axis.axhline(0, color="black", linewidth=0.8)
+        axis.set_xscale("symlog", linthresh=10)
+        axis.set(xlim=(0, None), xlabel="adaptation steps (linear to 10, logarithmic above)", title=f"scorer: {scorer}")
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("mean test ROC AUC (%)")
+    axes[0].set_ylabel("mean test ROC AUC gain over unadapted kNN (points)")
     axes[1].legend(fontsize=7)
     figure.savefig(path, dpi=100, bbox_inches="tight")
 
