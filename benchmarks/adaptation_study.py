@@ -589,26 +589,24 @@ def _plot(summary, path):
     if baseline is None:
         print("no unadapted kNN rows: no plot", file=sys.stderr)
         return
+
+    def mean_gain(entry, classes):
+        return np.mean([entry["by_class"][c]["test_auc"] - baseline["by_class"][c]["test_auc"] for c in classes])
+
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for axis, scorer in zip(axes, SCORERS):
         for setting in sorted({key[0] for key in summary}):
             points = sorted((step, entry) for (name, step, kind), entry in summary.items() if name == setting and kind == scorer)
             if not points:
                 continue
-            classes = points[0][1]["classes"]
-            steps, gains = [], []
-            for step, entry in points:
-                steps.append(step)
-                gains.append(np.mean([entry["by_class"][c]["test_auc"] - baseline["by_class"][c]["test_auc"]
-                                      for c in entry["classes"]]))
-            if setting != "unadapted" and steps[0] != 0:
-                unadapted = summary.get(("unadapted", 0, scorer))
-                if unadapted is not None:
-                    steps.insert(0, 0)
-                    gains.insert(0, np.mean([unadapted["by_class"][c]["test_auc"] - baseline["by_class"][c]["test_auc"]
-                                             for c in classes]))
+            steps = [step for step, _ in points]
+            gains = [mean_gain(entry, entry["classes"]) for _, entry in points]
+            unadapted = summary.get(("unadapted", 0, scorer))
+            if steps[0] != 0 and unadapted is not None:
+                steps.insert(0, 0)
+                gains.insert(0, mean_gain(unadapted, points[0][1]["classes"]))
             counts = sorted({len(entry["classes"]) for _, entry in points})
-            label = "-".join(str(count) for count in (counts[0], counts[-1]) if count) if len(counts) > 1 else counts[0]
+            label = f"{counts[0]}-{counts[-1]}" if len(counts) > 1 else counts[0]
             axis.plot(steps, gains, marker="o", label=f"{setting} ({label} classes)")
         axis.axhline(0, color="black", linewidth=0.8)
         axis.set_xscale("symlog", linthresh=10)
