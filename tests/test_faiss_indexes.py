@@ -24,14 +24,18 @@ INDEXES = {
 MIN_RECALL = {"hnsw": 0.95, "ivf-flat": 0.9, "ivf-pq": 0.9}
 
 
+def _clusters(n_features, n_gallery, seed):
+    """Gallery and 200 queries around 20 centres (features of a few kinds), float32."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=4.0, size=(20, n_features))
+    gallery = centres[rng.integers(20, size=n_gallery)] + rng.normal(size=(n_gallery, n_features))
+    queries = centres[rng.integers(20, size=200)] + rng.normal(size=(200, n_features))
+    return gallery.astype(np.float32), queries.astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def clustered():
-    """Gallery and queries around 20 centres in 16 dimensions (features of a few kinds)."""
-    rng = np.random.default_rng(0)
-    centres = rng.normal(scale=4.0, size=(20, 16))
-    gallery = centres[rng.integers(20, size=1200)] + rng.normal(size=(1200, 16))
-    queries = centres[rng.integers(20, size=200)] + rng.normal(size=(200, 16))
-    return gallery.astype(np.float32), queries.astype(np.float32)
+    return _clusters(16, 1200, seed=0)
 
 
 def recall(found, exact):
@@ -210,3 +214,57 @@ def test_a_gpu_index_is_used_where_faiss_has_a_gpu(clustered, monkeypatch):
     restored = pickle.loads(pickle.dumps(ivf))
     assert isinstance(restored._index, _FakeGpuIndex) and fake.moved == [0, 0]
     np.testing.assert_array_equal(restored.score_samples(queries), ivf.score_samples(queries))
+
+
+@pytest.fixture
+def small_auto_thresholds(monkeypatch):
+    """algorithm="auto"'s index from 600 rows of 160 features on (20,000 and 512 in use)."""
+    from sklearn_panda import scorers
+
+    monkeypatch.setattr(scorers, "AUTO_INDEX_MIN_SAMPLES", 600)
+    monkeypatch.setattr(scorers, "AUTO_INDEX_MIN_FEATURES", 160)
+
+
+@pytest.fixture(scope="module")
+def wide_clustered():
+    """Like ``clustered``, in 160 dimensions: wider than the PCA128 of auto's index."""
+    return _clusters(160, 800, seed=1)
+
+
+def test_auto_searches_a_large_gallery_with_its_faiss_index(wide_clustered, small_auto_thresholds):
+    from sklearn_panda.scorers import AUTO_INDEX, AUTO_INDEX_PARAMS
+
+    gallery, queries = wide_clustered
+    exact = KNNScorer(algorithm="brute").fit(gallery)
+    auto = KNNScorer(random_state=0).fit(gallery)
+    assert (auto._algorithm, auto._faiss_description, auto._faiss_params) == ("faiss", AUTO_INDEX, AUTO_INDEX_PARAMS)
+    assert isinstance(auto._index, faiss.IndexPreTransform)
+    # Its candidates are re-ranked exactly: the neighbours found have their exact distances.
+    exact_dist, exact_ind = exact.kneighbors(queries)
+    dist, ind = auto.kneighbors(queries)
+    assert recall(ind, exact_ind) >= 0.95
+    same = (ind == exact_ind).all(axis=1)
+    np.testing.assert_allclose(dist[same], exact_dist[same], rtol=1e-5)
+    # Leave-one-out training scores and the offset keep their meaning.
+    assert np.corrcoef(auto.training_scores_, exact.training_scores_)[0, 1] > 0.99
+    assert auto.offset_ == pytest.approx(exact.offset_, rel=0.05)
+    # The parameters still say "auto"; a pickle keeps the index it built.
+    assert auto.get_params()["algorithm"] == "auto" and auto.faiss_index == "Flat"
+    restored = pickle.loads(pickle.dumps(auto))
+    np.testing.assert_array_equal(restored.score_samples(queries), auto.score_samples(queries))
+
+
+def test_auto_stays_exact_below_its_thresholds_and_without_faiss(wide_clustered, small_auto_thresholds, monkeypatch):
+    from sklearn_panda import scorers
+
+    gallery, _ = wide_clustered
+    assert KNNScorer().fit(gallery[:599])._algorithm == "brute"
+    assert KNNScorer().fit(gallery[:, :159])._algorithm == "brute"
+    monkeypatch.setattr(scorers, "_faiss_available", lambda: False)
+    assert KNNScorer().fit(gallery)._algorithm == "brute"
+
+
+def test_ef_construction_reaches_the_graph_behind_a_pca(wide_clustered):
+    gallery, _ = wide_clustered
+    scorer = KNNScorer(algorithm="faiss", faiss_index="PCA32,HNSW16", faiss_params={"efConstruction": 80}).fit(gallery)
+    assert faiss.downcast_index(scorer._index.index).hnsw.efConstruction == 80
