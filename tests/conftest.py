@@ -45,22 +45,48 @@ def images():
     return (rng.random((24, 20, 20, 3)) * 255).astype(np.uint8)
 
 
+# Groups that take minutes on one worker: run first, while the other worker
+# takes the many short tests, so that neither waits for the other at the end.
+LONG_GROUPS = ("nndescent", "inductor")
+
+
+def _group(item):
+    if "nndescent" in item.nodeid:
+        return "nndescent"
+    if "compile" in item.name or item.nodeid.startswith("tests/test_compilation.py"):
+        # torch.compile's first compilation in a process sets up Inductor
+        # and its C++ toolchain (some 20 s); once is enough.
+        return "inductor"
+    fixtures = getattr(item, "_fixtureinfo", None)
+    if fixtures is None:
+        return None
+    # The suite's own fixtures only: pytest's tmp_path, for one, rests on a
+    # session-scoped factory, and would otherwise group every test that uses it.
+    scopes = {
+        definitions[-1].scope
+        for definitions in fixtures.name2fixturedefs.values()
+        if definitions and definitions[-1].baseid
+    }
+    if scopes & {"module", "session"}:
+        return item.module.__name__
+    return None
+
+
+# First: pytest-xdist's own hook reads the xdist_group marks (into the node ids) after it.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """Keep tests that share a costly set-up on one xdist worker.
+    """Keep tests that share a costly set-up on one xdist worker, the longest first.
 
     With ``--dist loadgroup`` (``pyproject.toml``) tests of one ``xdist_group``
     run on the same worker: a module's tests that share a module-scoped
     fixture (a fitted model, a Dask cluster) build it once instead of once per
-    worker, and the tests of pynndescent compile its numba functions (some
-    20 s) in one process only.
+    worker, the tests of pynndescent compile its numba functions (some
+    30 s, over 100 s with a cold cache) in one process only, and the tests
+    of ``compile=True`` set up ``torch.compile`` in one process only.
     """
     for item in items:
-        if "nndescent" in item.nodeid:
-            item.add_marker(pytest.mark.xdist_group("nndescent"))
-            continue
-        fixtures = getattr(item, "_fixtureinfo", None)
-        if fixtures is None:
-            continue
-        scopes = {definitions[-1].scope for definitions in fixtures.name2fixturedefs.values()}
-        if scopes & {"module", "session"}:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        group = _group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    rank = {group: position for position, group in enumerate(LONG_GROUPS)}
+    items.sort(key=lambda item: rank.get(_group(item), len(LONG_GROUPS)))
