@@ -30,8 +30,12 @@ From the repository root (extraction first, in the background; then the tables):
     nice -n 10 python benchmarks/faiss_scale.py --extract-only --threads 1
     python benchmarks/faiss_scale.py --threads 2
 
-``--quick`` runs the tables on random features (no extraction) to check the script.
-The tables go to stdout and to ``benchmarks/out/faiss_scale.md``.
+The ROC AUC of chosen searches on every class, without the speed table::
+
+    python benchmarks/faiss_scale.py --threads 2 --sizes --classes 0 1 2 3 4 5 6 7 8 9 \
+        --auc-searches brute "PCA128,HNSW32 efSearch=32 k_factor=8"
+
+The tables go to stdout and to ``--output`` (``benchmarks/out/faiss_scale.md``).
 """
 
 import argparse
@@ -173,8 +177,8 @@ def speed_rows(gallery, queries, sizes, threads, repeats):
     return rows
 
 
-def auc_rows(train, train_labels, test, test_labels, classes, threads):
-    """ROC AUC of one-class kNN scoring (k=2) with each search, per class."""
+def auc_rows(train, train_labels, test, test_labels, classes, threads, searches=None):
+    """ROC AUC of one-class kNN scoring (k=2) with each search (those starting with one of ``searches``), per class."""
     from sklearn.metrics import roc_auc_score
 
     from sklearn_panda import KNNScorer
@@ -184,6 +188,8 @@ def auc_rows(train, train_labels, test, test_labels, classes, threads):
         gallery = train[train_labels == normal_class]
         y = np.where(test_labels == normal_class, 1, -1)
         for name, spec in indexes(len(gallery)).items():
+            if searches and not name.startswith(tuple(searches)):
+                continue
             if spec is None:
                 scorer = KNNScorer(algorithm="brute")
             else:
@@ -200,9 +206,12 @@ def main(argv=None):
     parser.add_argument("--extract-only", action="store_true", help="cache the features and stop")
     parser.add_argument("--threads", type=int, default=1, help="torch and faiss threads")
     parser.add_argument("--size", type=int, default=64, help="input resolution of the backbone")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[6000, 20000, 60000], help="gallery sizes")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[6000, 20000, 60000],
+                        help="gallery sizes (none: the ROC AUC table only)")
     parser.add_argument("--classes", type=int, nargs="+", default=[0, 1], help="one-class AUC classes")
     parser.add_argument("--repeats", type=int, default=1, help="query timings: best of")
+    parser.add_argument("--auc-searches", nargs="*", default=None,
+                        help="ROC AUC of these searches only (names as in the table, or their beginnings)")
     parser.add_argument("--output", type=Path, default=OUT / "faiss_scale.md")
     args = parser.parse_args(argv)
     if args.extract_only:
@@ -216,10 +225,13 @@ def main(argv=None):
         f"# faiss_scale: {datetime.date.today()}, {platform.processor() or platform.machine()}, "
         f"{args.threads} threads, features at {args.size}x{args.size}, d={train.shape[1]}",
         f"command: python {' '.join(sys.argv)}",
-        "",
-        "| N | search | build s | 10k queries s | speed-up vs brute | recall@2 | bytes / vector |",
-        "|---|---|---|---|---|---|---|",
     ]
+    if args.sizes:
+        lines += [
+            "",
+            "| N | search | build s | 10k queries s | speed-up vs brute | recall@2 | bytes / vector |",
+            "|---|---|---|---|---|---|---|",
+        ]
     with threadpool_limits(args.threads):
         speed = speed_rows(train[order], test, args.sizes, args.threads, args.repeats)
         brute = {n: query for n, name, _, query, _, _ in speed if name.startswith("brute")}
@@ -228,7 +240,7 @@ def main(argv=None):
                          f"{rec:.4f} | {size:.0f} |")
         lines += ["", "| class | search | ROC AUC |", "|---|---|---|"]
         for normal_class, name, auc in auc_rows(train, train_labels, test, test_labels, args.classes,
-                                                args.threads):
+                                                args.threads, args.auc_searches):
             lines.append(f"| {normal_class} | {name} | {auc:.4f} |")
     text = "\n".join(lines)
     print(text)
