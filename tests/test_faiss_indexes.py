@@ -268,3 +268,21 @@ def test_ef_construction_reaches_the_graph_behind_a_pca(wide_clustered):
     gallery, _ = wide_clustered
     scorer = KNNScorer(algorithm="faiss", faiss_index="PCA32,HNSW16", faiss_params={"efConstruction": 80}).fit(gallery)
     assert faiss.downcast_index(scorer._index.index).hnsw.efConstruction == 80
+
+
+def test_save_and_load_keep_the_index_auto_chose(clustered, tmp_path, monkeypatch):
+    from sklearn_panda import scorers
+
+    # tiny_mlp's features are 4-d: a 2-component PCA stands in for auto's PCA128 here.
+    monkeypatch.setattr(scorers, "AUTO_INDEX_MIN_SAMPLES", 600)
+    monkeypatch.setattr(scorers, "AUTO_INDEX_MIN_FEATURES", 4)
+    monkeypatch.setattr(scorers, "AUTO_INDEX", "PCA2,HNSW16")
+    gallery, queries = clustered
+    det = PandaDetector(
+        backbone=tiny_mlp, weights=None, n_steps=0, scorer=KNNScorer(random_state=0), random_state=0
+    ).fit(gallery)
+    assert (det.scorer_._algorithm, det.scorer_._faiss_description) == ("faiss", "PCA2,HNSW16")
+    save(det, tmp_path / "det.pt")
+    restored = load(tmp_path / "det.pt", backbone=tiny_mlp)
+    assert restored.scorer_._faiss_params == scorers.AUTO_INDEX_PARAMS
+    np.testing.assert_array_equal(restored.score_samples(queries), det.score_samples(queries))
