@@ -500,13 +500,13 @@ class KNNScorer(_BaseScorer):
           fewer than 512 dimensions, and where faiss is not installed;
           otherwise ``"faiss"`` with the index ``"PCA128,HNSW32"``
           (``efSearch=32``, ``k_factor=8``): a graph on 128 principal
-          components whose 16 candidates per query are re-ranked by their
-          exact distances. On 60,000 real 1280-d features it answered 18x
-          faster than the exact search at recall@2 0.998 with the exact ROC
-          AUC, and from 20,000 rows on its build cost less than the exact
-          leave-one-out search of ``fit`` saves (``benchmarks/faiss_scale.py``,
-          ``benchmarks/RESULTS.md``). A missed neighbour can only raise a
-          distance, never lower it.
+          components whose ``8 * k`` candidates per query are re-ranked by
+          their exact distances. On 60,000 real 1280-d features it answered
+          18x faster than the exact search at recall@2 0.998 with the exact
+          ROC AUC, and from 20,000 rows on, building it costs less than the
+          exact leave-one-out search of ``fit`` that it replaces
+          (``benchmarks/faiss_scale.py``, ``benchmarks/RESULTS.md``). A missed
+          neighbour can only raise a distance, never lower it.
           ``faiss_index`` and ``faiss_params`` apply to ``"faiss"`` only.
           The exact search runs close to the machine's matrix-product bound
           and kept up with faiss's exact search (``benchmarks/knn_speed.py``).
