@@ -84,9 +84,9 @@ def pytest_collection_modifyitems(items):
     30 s, over 100 s with a cold cache) in one process only, and the tests
     of ``compile=True`` set up ``torch.compile`` in one process only.
     """
-    for item in items:
-        group = _group(item)
+    groups = {item: _group(item) for item in items}
+    for item, group in groups.items():
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
     rank = {group: position for position, group in enumerate(LONG_GROUPS)}
-    items.sort(key=lambda item: rank.get(_group(item), len(LONG_GROUPS)))
+    items.sort(key=lambda item: rank.get(groups[item], len(LONG_GROUPS)))
