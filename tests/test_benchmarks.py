@@ -85,3 +85,34 @@ def test_speed_benchmark_mean_cosine():
     assert speed.mean_cosine(reference, 3 * reference) == pytest.approx(1)
     assert speed.mean_cosine(reference, np.array([[0.0, 2.0], [1.0, 1.0]])) == pytest.approx(0.5)
     assert speed.mean_cosine(reference, -reference) == pytest.approx(-1)
+
+
+def test_adaptation_study_report_compares_runs_by_learning_rate_times_steps(tmp_path, capsys):
+    # Under the paper's clip a step moves the parameters by a length proportional to the
+    # learning rate: the report puts runs with the same lr x steps side by side, against the
+    # unadapted kNN baseline of the classes every run of the row has, and leaves out runs
+    # that are not plain clipped compactness (EWC here).
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("adaptation_study", ROOT / "benchmarks" / "adaptation_study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    rows = [
+        (0, "unadapted", 0, 90.0, 91.0), (1, "unadapted", 0, 80.0, 81.0),
+        (0, "s2-lr1e-2", 1000, 91.0, 91.5), (1, "s2-lr1e-2", 1000, 79.0, 80.0),
+        (0, "s2-lr1e-1", 100, 90.5, 91.5),  # class 1 not measured: the row compares on class 0
+        (0, "s2-lr1e-1-ewc", 100, 99.0, 99.0), (1, "s2-lr1e-1-ewc", 100, 99.0, 99.0),
+    ]
+    path = tmp_path / "rows.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=study.FIELDS)
+        writer.writeheader()
+        for label, setting, step, val, test in rows:
+            writer.writerow({"class": label, "setting": setting, "step": step, "scorer": "knn", "val_auc": val,
+                             "test_auc": test, "train_seconds": 1, "compactness_ratio": "", "n_train": 2,
+                             "n_val": 2, "n_test": 2, "threads": 1, "cpu": "test"})
+    study.main(["--report", "--csv", str(path), "--out", str(tmp_path / "out")])
+    table = capsys.readouterr().out
+    assert "| 2 | 10 | 0 | s2-lr1e-1 x 100: +0.50 / +0.50; s2-lr1e-2 x 1000: +1.00 / +0.50 |" in table
+    assert "ewc x" not in table
+    assert (tmp_path / "out" / "adaptation_study.md").read_text().strip() == table.strip()
