@@ -531,8 +531,8 @@ def summarise(rows):
 def report(args):
     """Markdown tables from the CSV: every (setting, step, scorer) averaged over
     the classes it has, then per class the best by *validation* ROC AUC against
-    the paper's baseline (unadapted, kNN), then the clipped compactness runs by
-    learning rate x steps; and a plot of ROC AUC against steps."""
+    the paper's baseline (unadapted, kNN), then pairs of clipped compactness
+    runs with the same learning rate x steps; and a plot of ROC AUC against steps."""
     rows = [row for path in args.csv for row in _read_rows(path)]
     summary = summarise(rows)
     baseline = {row["class"]: row for row in rows if row["setting"] == "unadapted" and row["scorer"] == "knn"}
@@ -586,34 +586,44 @@ def _clipped_compactness_rate(setting):
 
 
 def _path_length_table(summary, baseline):
-    """Mean gains of the clipped compactness settings by learning rate x steps.
+    """Pairs of clipped compactness runs that went equally far, compared class by class.
 
     The paper's gradient clip (norm 1e-3) binds at every step of these runs,
     so a step moves the parameters by a length proportional to the learning
-    rate, and ``learning_rate * step`` is how far a run can have gone. Where
-    two rates reach the same product, their gains are compared on the classes
-    both were measured on: if they agree, a higher rate stands for
-    proportionally more steps at the lower one.
+    rate, and ``learning_rate * step`` is how far a run can have gone. For
+    every two runs (kNN, same trainable stages) with the same product, the
+    table gives their gains on the classes both were measured on and the mean
+    absolute difference between them per class: where it is small, a higher
+    rate stands for proportionally more steps at the lower one.
     """
     by_path = {}
     for (setting, step, scorer), entry in summary.items():
         rate = _clipped_compactness_rate(setting)
         if rate is not None and scorer == "knn":
-            by_path.setdefault((f"{rate * step:.3g}", SETTINGS[setting]["n_trainable_stages"]), []).append(
+            by_path.setdefault((SETTINGS[setting]["n_trainable_stages"], float(f"{rate * step:.3g}")), []).append(
                 (setting, step, entry))
-    lines = ["", "Clipped compactness runs (kNN) by learning rate x steps; gains over the classes that every "
-             "run of the row was measured on, val / test:", "",
-             "| stages | lr x steps | classes | runs: val / test gain |", "|---|---|---|---|"]
-    for (path, stages), runs in sorted(by_path.items(), key=lambda item: (item[0][1], float(item[0][0]))):
-        classes = sorted(set.intersection(*(set(entry["classes"]) for _, _, entry in runs)) & set(baseline))
-        if not classes:
-            continue
-        cells = []
-        for setting, step, entry in sorted(runs, key=lambda run: run[1]):
-            val = np.mean([entry["by_class"][c]["val_auc"] - baseline[c]["val_auc"] for c in classes])
-            test = np.mean([entry["by_class"][c]["test_auc"] - baseline[c]["test_auc"] for c in classes])
-            cells.append(f"{setting} x {step}: {val:+.2f} / {test:+.2f}")
-        lines.append(f"| {stages} | {path} | {','.join(map(str, classes))} | {'; '.join(cells)} |")
+    lines = ["", "Clipped compactness runs (kNN) that went equally far (learning rate x steps), on the classes "
+             "both were measured on:", "",
+             "| stages | lr x steps | run a | run b | classes | a: val / test gain | b: val / test gain "
+             "| mean abs. difference, val / test |", "|---|---|---|---|---|---|---|---|"]
+    for (stages, path), runs in sorted(by_path.items()):
+        runs = sorted(runs, key=lambda run: run[1])
+        for i, (setting_a, step_a, a) in enumerate(runs):
+            for setting_b, step_b, b in runs[i + 1:]:
+                classes = sorted(set(a["classes"]) & set(b["classes"]) & set(baseline))
+                if not classes:
+                    continue
+
+                def gains(entry, split):
+                    return np.array([entry["by_class"][c][split] - baseline[c][split] for c in classes])
+
+                val_a, test_a, val_b, test_b = (gains(e, split) for e in (a, b) for split in ("val_auc", "test_auc"))
+                lines.append(
+                    f"| {stages} | {path:g} | {setting_a} x {step_a} | {setting_b} x {step_b} | "
+                    f"{','.join(map(str, classes))} | {val_a.mean():+.2f} / {test_a.mean():+.2f} | "
+                    f"{val_b.mean():+.2f} / {test_b.mean():+.2f} | "
+                    f"{np.abs(val_a - val_b).mean():.2f} / {np.abs(test_a - test_b).mean():.2f} |"
+                )
     return lines
 
 

@@ -87,11 +87,11 @@ def test_speed_benchmark_mean_cosine():
     assert speed.mean_cosine(reference, -reference) == pytest.approx(-1)
 
 
-def test_adaptation_study_report_compares_runs_by_learning_rate_times_steps(tmp_path, capsys):
+def test_adaptation_study_report_pairs_runs_by_learning_rate_times_steps(tmp_path, capsys):
     # Under the paper's clip a step moves the parameters by a length proportional to the
-    # learning rate: the report puts runs with the same lr x steps side by side, against the
-    # unadapted kNN baseline of the classes every run of the row has, and leaves out runs
-    # that are not plain clipped compactness (EWC here).
+    # learning rate: the report pairs runs with the same lr x steps, against the unadapted
+    # kNN baseline, on the classes both have, and leaves out runs that are not plain
+    # clipped compactness (EWC here).
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("adaptation_study", ROOT / "benchmarks" / "adaptation_study.py")
@@ -113,6 +113,6 @@ def test_adaptation_study_report_compares_runs_by_learning_rate_times_steps(tmp_
                              "n_val": 2, "n_test": 2, "threads": 1, "cpu": "test"})
     study.main(["--report", "--csv", str(path), "--out", str(tmp_path / "out")])
     table = capsys.readouterr().out
-    assert "| 2 | 10 | 0 | s2-lr1e-1 x 100: +0.50 / +0.50; s2-lr1e-2 x 1000: +1.00 / +0.50 |" in table
+    assert "| 2 | 10 | s2-lr1e-1 x 100 | s2-lr1e-2 x 1000 | 0 | +0.50 / +0.50 | +1.00 / +0.50 | 0.50 / 0.00 |" in table
     assert "ewc x" not in table
     assert (tmp_path / "out" / "adaptation_study.md").read_text().strip() == table.strip()
