@@ -649,7 +649,11 @@ def _plot(summary, path):
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for axis, scorer in zip(axes, SCORERS):
         for setting in sorted({key[0] for key in summary}):
-            points = sorted((step, entry) for (name, step, kind), entry in summary.items() if name == setting and kind == scorer)
+            # A point measured on one class is that class, not a mean: left out.
+            points = sorted(
+                (step, entry) for (name, step, kind), entry in summary.items()
+                if name == setting and kind == scorer and len(entry["classes"]) > 1
+            )
             if not points:
                 continue
             steps = [step for step, _ in points]
