@@ -116,3 +116,44 @@ def test_adaptation_study_report_pairs_runs_by_learning_rate_times_steps(tmp_pat
     assert "| 2 | 10 | s2-lr1e-1 x 100 | s2-lr1e-2 x 1000 | 0 | +0.50 / +0.50 | +1.00 / +0.50 | 0.50 / 0.00 |" in table
     assert "ewc x" not in table
     assert (tmp_path / "out" / "adaptation_study.md").read_text().strip() == table.strip()
+
+
+def _load_benchmark(name):
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # feature_study imports adaptation_study
+    try:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
+
+def test_feature_study_variants_weigh_each_tap_the_same(tmp_path, capsys):
+    # A variant concatenates its taps, each L2-normalised; unknown taps or grids are an error;
+    # the report ranks variants by the mean validation gain over head@1 kNN, per class.
+    import numpy as np
+
+    study = _load_benchmark("feature_study")
+    assert study.parse_variant("head@1+b14@2") == [("head", 1), ("b14", 2)]
+    with pytest.raises(ValueError, match="unknown part 'head@3'"):
+        study.parse_variant("head@3")
+    taps = {("head", 1): np.array([[3.0, 4.0], [0.0, 2.0]]), ("b14", 2): np.array([[0.0, 5.0, 0.0, 0.0]] * 2)}
+    features = study.features(taps, np.array([1, 0]), "head@1+b14@2")
+    np.testing.assert_allclose(features, [[0, 1, 0, 1, 0, 0], [0.6, 0.8, 0, 1, 0, 0]])
+
+    rows = [(0, "head@1", "knn", 90.0, 91.0), (1, "head@1", "knn", 80.0, 81.0),
+            (0, "head@2", "knn", 92.0, 91.5), (1, "head@2", "knn", 79.0, 80.0)]
+    path = tmp_path / "rows.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=study.FIELDS)
+        writer.writeheader()
+        for label, variant, scorer, val, test in rows:
+            writer.writerow({"class": label, "variant": variant, "scorer": scorer, "dim": 4, "val_auc": val,
+                             "test_auc": test, "n_train": 2, "n_val": 2, "n_test": 2, "cpu": "test"})
+    study.main(["--report", "--csv", str(path)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| head")]
+    assert lines[0] == "| head@2 | knn | 4 | 2 | 85.50 | +0.50 | 1 (-1.00) | 85.75 | -0.25 | 91.50 | 80.00 |"
+    assert lines[1].startswith("| head@1 | knn | 4 | 2 | 85.00 | +0.00 |")
