@@ -261,13 +261,15 @@ def rewrite_without(csv_path, drop):
 
 
 def run_setting(label, name, params, hidden, train_images, labels_val, labels_test, eval_steps, seed, write,
-                view_bank=None):
+                view_bank=None, ses_dump=None):
     """Adapt on the class's training images with the package's code; score at ``eval_steps``.
 
     Compactness runs read the cached trunk outputs ``hidden``; the
     mean-shifted loss augments ``train_images`` and runs the trunk on them,
     or, given ``view_bank``, draws its views' trunk outputs from it.
-    A PandaSES setting is scored once, after its own ``n_steps``.
+    A PandaSES setting is scored once, after its own ``n_steps``; given
+    ``ses_dump`` (a folder), each checkpoint's anomaly distances on both splits
+    are saved there too.
     """
     params = dict(params)
     is_ses = params.pop("ses", False)
@@ -322,16 +324,27 @@ def run_setting(label, name, params, hidden, train_images, labels_val, labels_te
         fitted = adaptation._adapt(net, train_input, inputs["train"], generator, plan)
         fitted.update(detector._fit_scoring(net, CachedInput(len(inputs["train"]), device), inputs["train"], seed, plan))
         clock["train"] += time.perf_counter() - clock["since"]
-        active = np.flatnonzero(fitted["active_checkpoints_"])
-        scores = {}
+        # Every checkpoint is scored (SES's maximum reads the active ones), so
+        # that ses_variants.py can try other lengths and aggregates offline.
+        active = fitted["active_checkpoints_"]
+        scores, raw = {}, {}
         for split in ("val", "test"):
             features = detector._checkpoint_features(
-                net, [fitted["checkpoints_"][t] for t in active], CachedInput(len(inputs[split]), device),
-                inputs[split], split,
+                net, fitted["checkpoints_"], CachedInput(len(inputs[split]), device), inputs[split], split,
             )
+            raw[split] = np.stack([-scorer.score_samples(f) for scorer, f in zip(fitted["scorers_"], features)])
             # As PandaSES.score_samples: the largest normalised distance over the active checkpoints.
-            distances = [-fitted["scorers_"][t].score_samples(f) / fitted["normalizers_"][t] for t, f in zip(active, features)]
-            scores[split] = -np.max(distances, axis=0)
+            distances = raw[split] / fitted["normalizers_"][:, None]
+            scores[split] = -distances[active].max(axis=0)
+        if ses_dump is not None:
+            Path(ses_dump).mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(
+                Path(ses_dump) / f"class{label}-{name}.npz",
+                steps=np.asarray(fitted["checkpoint_steps_"]), normalizers=fitted["normalizers_"],
+                dispersions=fitted["dispersions_"], active=active,
+                val_distances=raw["val"].astype(np.float32), test_distances=raw["test"].astype(np.float32),
+                labels_val=labels_val, labels_test=labels_test,
+            )
         ratio = fitted["history_"]["compactness_ratio"][-1]
         emit(params["n_steps"], detector.scorer, scores["val"], scores["test"], ratio)
         return
@@ -431,7 +444,7 @@ def run(args):
                                                 args.cache_dir, args.seed)
                 bank = banks[n_stages]
             run_setting(label, name, SETTINGS[name], hidden, train_images_of_class, labels_val, labels_test,
-                        args.eval_steps, args.seed, write, view_bank=bank)
+                        args.eval_steps, args.seed, write, view_bank=bank, ses_dump=args.ses_dump)
     handle.close()
 
 
@@ -477,6 +490,8 @@ def parse_args(argv=None):
     parser.add_argument("--view-bank", type=int, default=0, metavar="N_VIEWS",
                         help="mean-shifted settings draw their views from N_VIEWS precomputed views per "
                              "training image (even; 0: fresh views through the trunk at every step)")
+    parser.add_argument("--ses-dump", default=None, metavar="DIR",
+                        help="save each SES checkpoint's distances on both splits in DIR (for ses_variants.py)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/sklearn-panda-study"))
     parser.add_argument("--csv", nargs="+", default=["benchmarks/adaptation_study.csv"],

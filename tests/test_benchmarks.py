@@ -157,3 +157,24 @@ def test_feature_study_variants_weigh_each_tap_the_same(tmp_path, capsys):
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| head")]
     assert lines[0] == "| head@2 | knn | 4 | 2 | 85.50 | +0.50 | 1 (-1.00) | 85.75 | -0.25 | 91.50 | 80.00 |"
     assert lines[1].startswith("| head@1 | knn | 4 | 2 | 85.00 | +0.00 |")
+
+
+def test_ses_variants_take_the_checkpoints_of_a_shorter_run():
+    # A variant's checkpoints are those a PandaSES(n_steps, checkpoint_every) would keep, less
+    # the too-dispersed ones; checkpoint 0 always takes part; "max" of d_t / s_t is SES's score.
+    import numpy as np
+
+    variants = _load_benchmark("ses_variants")
+    dump = {
+        "steps": np.array([0, 50, 100, 150, 200]),
+        "normalizers": np.array([1.0, 2.0, 4.0, 1.0, 2.0]),
+        "dispersions": np.array([0.1, 0.1, 0.2, 0.5, 0.3]),
+        "val_distances": np.array([[1.0, 3.0], [4.0, 2.0], [4.0, 12.0], [9.0, 9.0], [2.0, 2.0]]),
+    }
+    assert variants.selected_checkpoints(dump, 200, 50, 3.0).tolist() == [0, 1, 2, 4]
+    assert variants.selected_checkpoints(dump, 200, 50, None).tolist() == [0, 1, 2, 3, 4]
+    assert variants.selected_checkpoints(dump, 100, 100, 3.0).tolist() == [0, 2]
+    np.testing.assert_allclose(variants.variant_scores(dump, "val", 100, 50, "max", "mean", 3.0), [-2.0, -3.0])
+    np.testing.assert_allclose(variants.variant_scores(dump, "val", 100, 100, "mean", "mean", 3.0), [-1.0, -3.0])
+    # z: (d - s) / (dispersion * s), checkpoint 0 and 2: (0, 20) and (0, 10).
+    np.testing.assert_allclose(variants.variant_scores(dump, "val", 100, 100, "max", "z", 3.0), [0.0, -20.0])
