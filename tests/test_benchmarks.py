@@ -115,6 +115,9 @@ def test_adaptation_study_report_pairs_runs_by_learning_rate_times_steps(tmp_pat
     table = capsys.readouterr().out
     assert "| 2 | 10 | s2-lr1e-1 x 100 | s2-lr1e-2 x 1000 | 0 | +0.50 / +0.50 | +1.00 / +0.50 | 0.50 / 0.00 |" in table
     assert "ewc x" not in table
+    # Each class's own best setting, by validation and by test gain, bounds any one setting's mean.
+    assert "| 0 | s2-lr1e-1-ewc at 100, knn | +9.00 / +8.00 | s2-lr1e-1-ewc at 100, knn | +8.00 |" in table
+    assert "| mean | | +14.00 / +13.00 | | +13.00 |" in table
     assert (tmp_path / "out" / "adaptation_study.md").read_text().strip() == table.strip()
 
 
