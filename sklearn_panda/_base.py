@@ -39,6 +39,7 @@ from ._data import Preprocessor
 from ._device import loadable_device, place_torch_state, resolve_device
 from ._inference import cache_sized_batch, cache_trunk_outputs, extract_features, peak_activation_bytes
 from ._progress import ProgressBar
+from ._recipes import AUTO, resolve
 from ._sklearn_compat import Interval, StrOptions
 from ._training import run_sgd
 from ._validation import check_consistent, check_input
@@ -85,8 +86,8 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
         "n_trainable_stages": [Interval(numbers.Integral, 1, None, closed="left")],
         "stage_ends": [list, tuple, None],
         "feature_node": [str, None],
-        "resize": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        "crop_size": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "resize": [Interval(numbers.Integral, 1, None, closed="left"), tuple, list, None, StrOptions({AUTO})],
+        "crop_size": [Interval(numbers.Integral, 1, None, closed="left"), None, StrOptions({AUTO})],
         "normalize_features": ["boolean"],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "inference_batch_size": [Interval(numbers.Integral, 1, None, closed="left"), StrOptions({"auto"})],
@@ -158,6 +159,7 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
         checked = self._check_fit_input(X)
         y = self._check_target(y, len(checked))
         fitted, run = self._fit_checked(X, checked, y, **options)
+        fitted["preprocessing_"] = self._preprocessing()
         # Assign only now: an interrupted fit leaves the estimator untouched.
         self._reset_input_attributes(checked)
         for name, value in fitted.items():
@@ -176,7 +178,7 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
         """Device, seed, network and trunk cache of a fit on ``checked``: a :class:`FitRun`."""
         device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        preprocessor = self._preprocessor(checked, device)
+        preprocessor = Preprocessor(checked, **self._preprocessing(), device=device)
         net = self._build_net(seed, device, preprocessor)
         if net.expects_images and checked.spec.kind == "vectors":
             raise ValueError(
@@ -239,8 +241,30 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
 
     # ------------------------------------------------------- network passes
 
+    def _preprocessing(self):
+        """``resize`` and ``crop_size`` for a fit, ``"auto"`` resolved by the backbone's recipe."""
+        resize = resolve(self, "resize")
+        if isinstance(resize, (tuple, list)):
+            if len(resize) != 2 or not all(isinstance(side, numbers.Integral) and side >= 1 for side in resize):
+                raise ValueError(
+                    f"resize must be an integer (the shorter side), a pair (height, width) of integers "
+                    f">= 1, None or 'auto'; got {resize!r}."
+                )
+            resize = (int(resize[0]), int(resize[1]))
+        return {"resize": resize, "crop_size": resolve(self, "crop_size")}
+
+    def _fitted_preprocessing(self):
+        """The ``resize`` and ``crop_size`` the estimator was fitted with.
+
+        ``preprocessing_`` keeps them, so that a model scores as it was fitted
+        even where a later release changes a recipe; estimators pickled before
+        that attribute existed hold explicit values.
+        """
+        return getattr(self, "preprocessing_", None) or self._preprocessing()
+
     def _preprocessor(self, checked, device):
-        return Preprocessor(checked, resize=self.resize, crop_size=self.crop_size, device=device)
+        """Preprocessing of new samples, with the fitted geometry."""
+        return Preprocessor(checked, **self._fitted_preprocessing(), device=device)
 
     def _autocast(self, device):
         dtype = PRECISIONS[self.precision]

@@ -1,12 +1,14 @@
 """Validated input -> batched, normalised tensors on the device.
 
-Preprocessing follows the paper's code (resize the shorter side to 256,
-centre-crop 224, ImageNet mean and standard deviation) with the same
-torchvision operations, but through ``torchvision.transforms.v2.functional``
+Preprocessing follows the paper's code (resize, centre-crop, ImageNet mean
+and standard deviation; the paper resizes the shorter side to 256 and crops
+224) with the same torchvision operations, but through ``torchvision.transforms.v2.functional``
 on whole batches of tensors on the device instead of image by image in PIL.
 Data are streamed batch by batch, so memory grows with the batch, not the
 data set.
 """
+
+import numbers
 
 import numpy as np
 import torch
@@ -17,12 +19,34 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def resized_shape(height, width, resize):
+    """The ``(height, width)`` an image of that size takes under ``resize``, as torchvision's ``Resize``.
+
+    An integer is the new shorter side, the longer one becoming
+    ``int(resize * longer / shorter)``; a pair is the new ``(height, width)``
+    itself; ``None`` keeps the size.
+
+    Examples
+    --------
+    >>> from sklearn_panda._data import resized_shape
+    >>> resized_shape(28, 40, 256), resized_shape(28, 40, (224, 224)), resized_shape(28, 40, None)
+    ((256, 365), (224, 224), (28, 40))
+    """
+    if resize is None:
+        return height, width
+    if not isinstance(resize, numbers.Integral):
+        return int(resize[0]), int(resize[1])
+    longer = int(resize * max(height, width) / min(height, width))
+    return (resize, longer) if height <= width else (longer, resize)
+
+
 def resize_and_crop(images, resize, crop_size):
-    """Resize the shorter side to ``resize`` then centre-crop ``crop_size`` (``None`` skips a step).
+    """Resize to ``resize`` then centre-crop ``crop_size`` (``None`` skips a step).
 
     The sizes are torchvision's, as in the paper's ``Resize(resize)`` then
-    ``CenterCrop(crop_size)``: the longer side becomes
-    ``int(resize * longer / shorter)``. Resizing is bilinear and antialiased,
+    ``CenterCrop(crop_size)``: an integer ``resize`` is the new shorter side
+    (the longer side becomes ``int(resize * longer / shorter)``), a pair the
+    new ``(height, width)``. Resizing is bilinear and antialiased,
     and uint8 images stay uint8, as in PIL, which resamples the width, then
     the height, rounding to uint8 after each pass. The two passes are made
     here too, so that the result matches PIL's to a grey level here and there
@@ -35,7 +59,8 @@ def resize_and_crop(images, resize, crop_size):
     Parameters
     ----------
     images : Tensor of shape (n, C, H, W), uint8 or floating point
-    resize, crop_size : int or None
+    resize : int, (int, int) or None
+    crop_size : int or None
 
     Returns
     -------
@@ -53,11 +78,12 @@ def resize_and_crop(images, resize, crop_size):
     >>> from sklearn_panda._data import resize_and_crop
     >>> resize_and_crop(torch.rand(2, 3, 28, 40), 256, 224).shape
     torch.Size([2, 3, 224, 224])
+    >>> resize_and_crop(torch.rand(2, 3, 28, 40), (224, 224), None).shape
+    torch.Size([2, 3, 224, 224])
     """
     if resize is not None:
         height, width = images.shape[-2:]
-        longer = int(resize * max(height, width) / min(height, width))
-        new_height, new_width = (resize, longer) if height <= width else (longer, resize)
+        new_height, new_width = resized_shape(height, width, resize)
         for size in ([height, new_width], [new_height, new_width]):
             images = TF.resize(images, size=size, interpolation=InterpolationMode.BILINEAR, antialias=True)
     if crop_size is not None:

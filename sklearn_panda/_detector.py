@@ -161,8 +161,16 @@ class PandaDetector(BasePandaDetector):
         pooled penultimate features, the class token of a ViT. EWC's Fisher
         needs that classifier: with another node, pass ``fisher``.
 
-    resize, crop_size : int or None, default=256, 224
-        Resize the shorter image side, then centre-crop (the paper's pipeline).
+    resize : int, (int, int), None or "auto", default="auto"
+        Resize the images: an integer is the new shorter side (the aspect
+        ratio kept), a pair the new ``(height, width)``; ``None`` keeps their
+        size. ``"auto"``: the backbone's recipe (with ``crop_size``;
+        README's "Recipes"): the paper's 256, then a 224 crop, for every
+        backbone so far. The values used are in ``preprocessing_``.
+
+    crop_size : int, None or "auto", default="auto"
+        Then centre-crop a ``crop_size`` square; ``None`` crops nothing.
+        ``"auto"``: the backbone's recipe (above).
 
     normalize_features : bool, default=True
         L2-normalise the pooled features for both the compactness loss (an
@@ -268,6 +276,10 @@ class PandaDetector(BasePandaDetector):
         The values used for ``n_steps``, ``learning_rate``, ``loss``,
         ``clip_norm`` and ``scorer`` (``"auto"`` resolved by the backbone's
         recipe).
+    preprocessing_ : dict
+        The ``resize`` and ``crop_size`` the images were fitted with
+        (``"auto"`` resolved by the backbone's recipe); new images are
+        preprocessed the same way.
     offset_ : float
         Threshold of ``decision_function``: ``scorer_.offset_``, so that
         ``decision_function(X)`` is ``scorer_.decision_function`` of the
@@ -343,8 +355,8 @@ class PandaDetector(BasePandaDetector):
         n_trainable_stages=2,
         stage_ends=None,
         feature_node=None,
-        resize=256,
-        crop_size=224,
+        resize="auto",
+        crop_size="auto",
         normalize_features=True,
         scorer="auto",
         contamination="auto",

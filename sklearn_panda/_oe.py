@@ -128,8 +128,16 @@ class PandaOE(BasePandaDetector):
         network's classifier (its last Linear, or convolution), that is the
         pooled penultimate features, the class token of a ViT.
 
-    resize, crop_size : int or None, default=256, 224
-        Resize the shorter image side, then centre-crop (the paper's pipeline).
+    resize : int, (int, int), None or "auto", default="auto"
+        Resize the images: an integer is the new shorter side (the aspect
+        ratio kept), a pair the new ``(height, width)``; ``None`` keeps their
+        size. ``"auto"``: the backbone's recipe (with ``crop_size``;
+        README's "Recipes"): the paper's 256, then a 224 crop, for every
+        backbone so far. The values used are in ``preprocessing_``.
+
+    crop_size : int, None or "auto", default="auto"
+        Then centre-crop a ``crop_size`` square; ``None`` crops nothing.
+        ``"auto"``: the backbone's recipe (above).
 
     normalize_features : bool, default=False
         L2-normalise the pooled features that the head reads. False by
@@ -203,6 +211,10 @@ class PandaOE(BasePandaDetector):
         The trained linear head (features -> one logit).
     history_ : dict of lists
         ``"loss"`` per step.
+    preprocessing_ : dict
+        The ``resize`` and ``crop_size`` the images were fitted with
+        (``"auto"`` resolved by the backbone's recipe); new images are
+        preprocessed the same way.
     knn_scorer_ : KNNScorer or None
         With ``combine_knn``: fitted on the normal training images' features.
     score_scales_ : ndarray of shape (2, 2) or None
@@ -264,8 +276,8 @@ class PandaOE(BasePandaDetector):
         n_trainable_stages=1,
         stage_ends=None,
         feature_node=None,
-        resize=256,
-        crop_size=224,
+        resize="auto",
+        crop_size="auto",
         normalize_features=False,
         contamination="auto",
         batch_size=32,

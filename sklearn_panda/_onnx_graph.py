@@ -26,7 +26,7 @@ from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ._data import IMAGENET_MEAN, IMAGENET_STD
+from ._data import IMAGENET_MEAN, IMAGENET_STD, resized_shape
 
 # ONNX files are protocol buffers, which cannot exceed 2 GiB.
 ONNX_FILE_LIMIT_BYTES = 2**31
@@ -128,7 +128,8 @@ class ScoringGraph(nn.Module):
     image_size : tuple of int
         ``(H, W)`` of the input images.
     channels : {1, 3}
-    resize, crop_size : int or None
+    resize : int, (int, int) or None
+    crop_size : int or None
         The detector's geometry (see :func:`sklearn_panda._data.resize_and_crop`).
     normalize_features : bool
         L2-normalise the features, as the detector does.
@@ -144,10 +145,7 @@ class ScoringGraph(nn.Module):
     ):
         super().__init__()
         height, width = image_size
-        new_height, new_width = height, width
-        if resize is not None:
-            longer = int(resize * max(height, width) / min(height, width))
-            new_height, new_width = (resize, longer) if height <= width else (longer, resize)
+        new_height, new_width = resized_shape(height, width, resize)
         rows = columns = None
         if crop_size is not None:
             if crop_size > min(new_height, new_width):

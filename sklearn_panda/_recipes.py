@@ -30,6 +30,9 @@ class Recipe(NamedTuple):
     source: str
     loss: str = "compactness"
     clip_norm: float | None = 1e-3
+    # The paper's preprocessing: resize the shorter side to 256, centre-crop 224.
+    resize: int | tuple[int, int] | None = 256
+    crop_size: int | None = 224
 
 
 PAPER = Recipe(
@@ -84,7 +87,7 @@ def resolve(estimator, name):
     ----------
     estimator : estimator
         An estimator with a ``backbone`` parameter and the parameter ``name``.
-    name : {"n_steps", "learning_rate", "loss", "clip_norm", "scorer"}
+    name : {"n_steps", "learning_rate", "loss", "clip_norm", "scorer", "resize", "crop_size"}
         The parameter to resolve.
 
     Returns

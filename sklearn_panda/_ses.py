@@ -173,8 +173,16 @@ class PandaSES(PandaDetector):
         pooled penultimate features, the class token of a ViT. EWC's Fisher
         needs that classifier: with another node, pass ``fisher``.
 
-    resize, crop_size : int or None, default=256, 224
-        Resize the shorter image side, then centre-crop (the paper's pipeline).
+    resize : int, (int, int), None or "auto", default="auto"
+        Resize the images: an integer is the new shorter side (the aspect
+        ratio kept), a pair the new ``(height, width)``; ``None`` keeps their
+        size. ``"auto"``: the backbone's recipe (with ``crop_size``;
+        README's "Recipes"): the paper's 256, then a 224 crop, for every
+        backbone so far. The values used are in ``preprocessing_``.
+
+    crop_size : int, None or "auto", default="auto"
+        Then centre-crop a ``crop_size`` square; ``None`` crops nothing.
+        ``"auto"``: the backbone's recipe (above).
 
     normalize_features : bool, default=True
         L2-normalise the pooled features for both the compactness loss (an
@@ -271,7 +279,7 @@ class PandaSES(PandaDetector):
         themselves out; validation samples are scored against the gallery).
     offset_ : float
         Threshold of ``decision_function``.
-    net_, center_, history_, fisher_ : see :class:`PandaDetector`
+    net_, center_, history_, fisher_, preprocessing_ : see :class:`PandaDetector`
         ``net_`` holds the parameters after all ``n_steps`` steps, which are
         a checkpoint only when ``n_steps`` is a multiple of
         ``checkpoint_every``. Scoring takes the trainable stages' parameters
@@ -335,8 +343,8 @@ class PandaSES(PandaDetector):
         n_trainable_stages=2,
         stage_ends=None,
         feature_node=None,
-        resize=256,
-        crop_size=224,
+        resize="auto",
+        crop_size="auto",
         normalize_features=True,
         scorer="knn",
         contamination="auto",

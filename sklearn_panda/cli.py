@@ -376,6 +376,27 @@ def _positive_int(text):
     return value
 
 
+def _size_or_none(text):
+    """A side length of at least 1 pixel, or ``"none"`` (that step is skipped)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1 or 'none'; got {text!r}") from None
+
+
+def _resize(text):
+    """``--resize``: a shorter side, ``HxW`` (both sides), or ``"none"``."""
+    height, sep, width = text.lower().partition("x")
+    if not sep:
+        return _size_or_none(text)
+    try:
+        return (_positive_int(height), _positive_int(width))
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be HxW with whole numbers of at least 1; got {text!r}") from None
+
+
 def build_parser():
     """The ``sklearn-panda`` argument parser, with its ``fit`` and ``score`` subcommands.
 
@@ -429,8 +450,16 @@ def build_parser():
     fit.add_argument("--feature-node", metavar="NODE", help="the node that gives the features (default: "
                      "the input of the classifier)")
     fit.add_argument("--n-steps", type=int, help="adaptation steps (default: PandaDetector's)")
-    fit.add_argument("--resize", type=int, help="resize the shorter side to this (default 256)")
-    fit.add_argument("--crop-size", type=int, help="then centre-crop this (default 224)")
+    fit.add_argument(
+        "--resize", type=_resize, default=argparse.SUPPRESS,
+        help="resize the shorter side to this, or to HxW, or 'none' (default: the backbone's recipe; "
+        "256 as in the paper, 224x224 for efficientnet_lite0)",
+    )
+    fit.add_argument(
+        "--crop-size", type=_size_or_none, default=argparse.SUPPRESS,
+        help="then centre-crop this, or 'none' (default: the backbone's recipe; 224 as in the paper, "
+        "none for efficientnet_lite0)",
+    )
     fit.add_argument(
         "--contamination", type=_contamination,
         help="'auto' (default; flags about 1%% of normal images) or the fraction of training images to flag",
@@ -477,8 +506,6 @@ def _detector_from_args(args):
         params["weights"] = None if args.weights.lower() == "none" else args.weights
     options = {
         "n_steps": args.n_steps,
-        "resize": args.resize,
-        "crop_size": args.crop_size,
         "stage_ends": args.stage_ends,
         "feature_node": args.feature_node,
         "contamination": args.contamination,
@@ -487,6 +514,8 @@ def _detector_from_args(args):
     }
     # Options not given keep PandaDetector's defaults, so the two never drift apart.
     params.update({key: value for key, value in options.items() if value is not None})
+    # For these, None ("none": skip the step) is a value of its own; not given, they are absent.
+    params.update({key: getattr(args, key) for key in ("resize", "crop_size") if hasattr(args, key)})
     return PandaDetector(**params)
 
 

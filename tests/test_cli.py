@@ -128,6 +128,19 @@ def test_fit_options_become_detector_parameters():
     assert params["stage_ends"] == ["layer2", "layer3"] and params["feature_node"] == "layer3"
 
 
+def test_fit_size_options_take_none_and_default_to_the_recipe():
+    parser = build_parser()
+    params = _detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--crop-size", "none"])).get_params()
+    assert (params["resize"], params["crop_size"]) == ("auto", None)
+    params = _detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--resize", "NONE"])).get_params()
+    assert (params["resize"], params["crop_size"]) == (None, "auto")
+    params = _detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--resize", "24x32"])).get_params()
+    assert params["resize"] == (24, 32)
+    for bad in ("0", "-3", "big", "24x", "0x3"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["fit", "x", "--model", "m.pt", "--resize", bad])
+
+
 def test_score_writes_a_csv_sorted_by_score_with_labels(fitted, folders, tmp_path, capsys):
     output = tmp_path / "scores.csv"
     status, out, err = run(capsys, "score", folders.test, "--model", fitted.model,

@@ -60,6 +60,8 @@ def test_preprocessing_is_bit_exact():
         ((300, 200), 256, 224, 3),
         ((37, 53), 19, None, 1),
         ((30, 30), None, 24, 3),
+        ((28, 40), (224, 224), None, 1),  # EfficientNet-Lite0's recipe: the whole image, squared
+        ((37, 53), (30, 24), 20, 3),
     ]:
         images = rng.integers(0, 256, (2, height, width, channels), dtype=np.uint8)
         graph = ScoringGraph(

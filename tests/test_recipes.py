@@ -5,7 +5,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from conftest import TINY_IMAGES
-from sklearn_panda import PandaDetector, PandaFeatures, PandaSES, _recipes
+from sklearn_panda import PandaDetector, PandaFeatures, PandaOE, PandaSES, _recipes
 from sklearn_panda._recipes import PAPER, RECIPES, Recipe, recipe_for
 
 
@@ -22,6 +22,8 @@ def test_lite0_has_a_measured_recipe_and_every_other_backbone_the_papers():
     assert (PAPER.n_steps, PAPER.learning_rate, PAPER.loss, PAPER.clip_norm, PAPER.scorer) == (
         300, 1e-2, "compactness", 1e-3, "knn"
     )
+    # The paper's preprocessing.
+    assert (PAPER.resize, PAPER.crop_size) == (256, 224)
 
 
 def test_auto_is_the_default_of_the_recipe_parameters():
@@ -31,6 +33,23 @@ def test_auto_is_the_default_of_the_recipe_parameters():
     # SES's checkpoints, not a recipe, decide how far it adapts.
     ses = PandaSES()
     assert (ses.n_steps, ses.learning_rate, ses.loss, ses.clip_norm, ses.scorer) == (500, 1e-2, "compactness", 1e-3, "knn")
+    # The preprocessing belongs to the backbone: every estimator takes it from the recipe.
+    for estimator in (PandaDetector(), PandaFeatures(), PandaSES(), PandaOE()):
+        assert estimator.resize == estimator.crop_size == "auto"
+
+
+def test_preprocessing_auto_resolves_by_backbone_and_is_kept_at_fit(small_images, monkeypatch):
+    detector = PandaDetector(**{**TINY_IMAGES, "resize": "auto", "crop_size": "auto"}, n_steps=0, random_state=0)
+    monkeypatch.setattr(_recipes, "PAPER", PAPER._replace(resize=24, crop_size=None))
+    detector.fit(small_images)
+    assert detector.preprocessing_ == {"resize": 24, "crop_size": None}
+    explicit = PandaDetector(**{**TINY_IMAGES, "resize": 24, "crop_size": None}, n_steps=0, random_state=0)
+    assert_array_equal(detector.score_samples(small_images), explicit.fit(small_images).score_samples(small_images))
+    # A later change of the recipe does not change how a fitted model preprocesses.
+    scores = detector.score_samples(small_images)
+    monkeypatch.setattr(_recipes, "PAPER", PAPER._replace(resize=32, crop_size=28))
+    assert_array_equal(detector.score_samples(small_images), scores)
+    assert detector.fit(small_images).preprocessing_ == {"resize": 32, "crop_size": 28}
 
 
 def test_auto_gives_the_same_scores_as_the_recipes_values_passed_explicitly(small_images, monkeypatch):
@@ -64,10 +83,26 @@ def test_explicit_values_override_the_recipe(small_images):
 
 def test_lite0_recipe_runs_and_equals_its_explicit_values(small_images):
     pytest.importorskip("efficientnet_lite_pytorch")
-    params = dict(backbone="efficientnet_lite0", resize=32, crop_size=32, random_state=0)
-    auto = PandaDetector(**params).fit(small_images)
+    # The recipe's own geometry on 12 images: a few seconds.
+    auto = PandaDetector(backbone="efficientnet_lite0", random_state=0).fit(small_images)
     recipe = RECIPES["efficientnet_lite0"]
     values = {name: getattr(recipe, name) for name in ("n_steps", "learning_rate", "loss", "clip_norm", "scorer")}
-    explicit = PandaDetector(**params, **values).fit(small_images)
+    geometry = {"resize": recipe.resize, "crop_size": recipe.crop_size}
+    explicit = PandaDetector(backbone="efficientnet_lite0", random_state=0, **values, **geometry).fit(small_images)
     assert auto.recipe_ == values
+    assert auto.preprocessing_ == geometry
     assert_array_equal(auto.score_samples(small_images), explicit.score_samples(small_images))
+
+
+def test_resize_pair_is_height_and_width_and_a_bad_one_is_named(small_images):
+    wide = np.concatenate([small_images, small_images], axis=2)  # 20 x 40
+    params = {**TINY_IMAGES, "crop_size": None, "n_steps": 0, "random_state": 0}
+    pair = PandaDetector(**{**params, "resize": (24, 32)}).fit(wide)
+    assert pair.preprocessing_ == {"resize": (24, 32), "crop_size": None}
+    assert pair._preprocessor(pair._check_fit_input(wide[:1]), pair.device_)(np.arange(1)).shape[-2:] == (24, 32)
+    # An integer keeps the aspect ratio: the shorter side.
+    side = PandaDetector(**{**params, "resize": 24}).fit(wide)
+    assert side._preprocessor(side._check_fit_input(wide[:1]), side.device_)(np.arange(1)).shape[-2:] == (24, 48)
+    for bad in ((24,), (24, 0), (24, 2.5), [1, 2, 3]):
+        with pytest.raises(ValueError, match="resize must be an integer"):
+            PandaDetector(**{**params, "resize": bad}).fit(small_images)
