@@ -18,6 +18,10 @@ reused by every setting, so a setting costs only its trainable stages. Rows
 are appended to ``--csv`` as they are measured; a rerun skips the (class,
 setting) pairs that are complete and redoes those that were interrupted.
 
+Every setting preprocesses as the paper does (resize 256, centre-crop 224)
+but those named ``-nocrop``, which resize the whole image to 224 (each
+preprocessing has its own trunk cache).
+
 Run the sweep, then print the tables and the plot from the CSV::
 
     python benchmarks/adaptation_study.py --classes 0 1 2 3 4 5 6 7 8 9 \\
@@ -59,8 +63,14 @@ FIELDS = [
 ]
 
 
+# The paper's preprocessing (resize 256, centre-crop 224) drops a border of
+# 1/16 of the side all round; "-nocrop" settings resize the whole image to 224.
+PAPER_PREPROCESSING = {"resize": 256, "crop_size": 224}
+NO_CROP = {"resize": (224, 224), "crop_size": None}
+
+
 def _setting(n_stages=2, learning_rate=1e-2, **extra):
-    return {"n_trainable_stages": n_stages, "learning_rate": learning_rate, **extra}
+    return {"n_trainable_stages": n_stages, "learning_rate": learning_rate, **PAPER_PREPROCESSING, **extra}
 
 
 # name -> PandaDetector (or PandaSES with "ses": True) parameters.
@@ -88,6 +98,16 @@ SETTINGS = {
         for label, rate in (("1e-5", 1e-5), ("1e-4", 1e-4), ("1e-3", 1e-3), ("1e-2", 1e-2))
     },
 }
+SETTINGS.update({
+    f"{name}-nocrop": {**SETTINGS[name], **NO_CROP}
+    for name in ("unadapted", "s2-lr1e-2", "s2-lr1e-1", "s2-lr1", "s3-lr1e-1", "s2-lr1e-1-ewc", "s2-msc-lr1e-4",
+                 "ses-defaults")
+})
+
+
+def preprocessing(params):
+    """(resize, crop_size) of a setting's parameters."""
+    return params["resize"], params["crop_size"]
 
 
 def cpu_name():
@@ -124,10 +144,11 @@ def splits(n_train, n_val, n_val_anomalies, max_test, seed):
     return train_images, test_images, test_labels, per_class, validation, test
 
 
-def trunk_outputs(images, name, cache_dir, chunk=1000):
+def trunk_outputs(images, name, cache_dir, resize=PAPER_PREPROCESSING["resize"],
+                  crop_size=PAPER_PREPROCESSING["crop_size"], chunk=1000):
     """The frozen trunk's output for every image, memory-mapped in ``cache_dir``; resumable."""
     net = build_feature_net(BACKBONE, "imagenet", DEEPEST_TRAINABLE).to(memory_format=torch.channels_last)
-    detector = PandaDetector(backbone=BACKBONE)
+    detector = PandaDetector(backbone=BACKBONE, resize=resize, crop_size=crop_size)
     checked = check_input(images)
     preprocessor = Preprocessor(checked, resize=detector.resize, crop_size=detector.crop_size, device=torch.device("cpu"))
     with torch.inference_mode():
@@ -173,7 +194,7 @@ class CachedInput:
         raise RuntimeError("the study computes no images: trunk outputs must be cached")
 
 
-def view_bank(images, n_stages, n_views, name, cache_dir, seed, chunk=64):
+def view_bank(images, n_stages, n_views, name, cache_dir, seed, resize, crop_size, chunk=64):
     """Trunk outputs of ``n_views`` augmented views of every image, memory-mapped; resumable.
 
     The study's stand-in for fresh views at every step of the mean-shifted
@@ -186,7 +207,7 @@ def view_bank(images, n_stages, n_views, name, cache_dir, seed, chunk=64):
     if n_views < 2 or n_views % 2:
         raise ValueError(f"the view bank needs an even number of views >= 2, got {n_views}")
     net = build_feature_net(BACKBONE, "imagenet", n_stages).to(memory_format=torch.channels_last)
-    detector = PandaDetector(backbone=BACKBONE)
+    detector = PandaDetector(backbone=BACKBONE, resize=resize, crop_size=crop_size)
     preprocessor = Preprocessor(check_input(images), resize=detector.resize, crop_size=detector.crop_size,
                                 device=torch.device("cpu"))
     with torch.inference_mode():
@@ -399,10 +420,12 @@ def run(args):
     # Only the needed training images go through the trunk; the cache is
     # indexed by position in the training split, other rows stay zero.
     Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
-    cache = {
-        "train": trunk_outputs_subset(train_images, needed, "train", args.cache_dir),
-        "test": trunk_outputs(test_images, "test", args.cache_dir),
-    }
+    caches = {}
+    for prep in sorted({preprocessing(SETTINGS[name]) for name in args.settings}, key=str):
+        caches[prep] = {
+            "train": trunk_outputs_subset(train_images, needed, "train", args.cache_dir, *prep),
+            "test": trunk_outputs(test_images, "test", args.cache_dir, *prep),
+        }
     csv_path = args.csv[0]
     done = completed(csv_path)
     # Only the settings of this run: another run's rows may have been measured at other steps.
@@ -431,19 +454,21 @@ def run(args):
         val_normal, val_anomalies = validation[label]
         labels_val = np.r_[np.ones(len(val_normal)), -np.ones(len(val_anomalies))]
         labels_test = np.where(test_labels[test] == label, 1, -1)
-        stages = sorted({SETTINGS[name]["n_trainable_stages"] for name in todo})
-        hidden = hidden_for_class(cache, per_class, validation, test, label, stages)
         train_images_of_class = train_images[per_class[label][0]]
-        banks = {}
+        hidden, banks = {}, {}
         for name in todo:
+            prep, n_stages = preprocessing(SETTINGS[name]), SETTINGS[name]["n_trainable_stages"]
+            if prep not in hidden:
+                stages = sorted({SETTINGS[other]["n_trainable_stages"] for other in todo
+                                 if preprocessing(SETTINGS[other]) == prep})
+                hidden[prep] = hidden_for_class(caches[prep], per_class, validation, test, label, stages)
             bank = None
             if SETTINGS[name].get("loss") == "mean_shifted" and args.view_bank:
-                n_stages = SETTINGS[name]["n_trainable_stages"]
-                if n_stages not in banks:
-                    banks[n_stages] = view_bank(train_images_of_class, n_stages, args.view_bank, f"class{label}",
-                                                args.cache_dir, args.seed)
-                bank = banks[n_stages]
-            run_setting(label, name, SETTINGS[name], hidden, train_images_of_class, labels_val, labels_test,
+                if (prep, n_stages) not in banks:
+                    banks[prep, n_stages] = view_bank(train_images_of_class, n_stages, args.view_bank,
+                                                      f"class{label}", args.cache_dir, args.seed, *prep)
+                bank = banks[prep, n_stages]
+            run_setting(label, name, SETTINGS[name], hidden[prep], train_images_of_class, labels_val, labels_test,
                         args.eval_steps, args.seed, write, view_bank=bank, ses_dump=args.ses_dump)
     handle.close()
 
@@ -454,11 +479,12 @@ def _complete(setting, rows, eval_steps):
     return any(int(row["step"]) == last for row in rows)
 
 
-def trunk_outputs_subset(images, needed, name, cache_dir):
+def trunk_outputs_subset(images, needed, name, cache_dir, resize=PAPER_PREPROCESSING["resize"],
+                         crop_size=PAPER_PREPROCESSING["crop_size"]):
     """:func:`trunk_outputs` of ``images[needed]``, indexable by position in ``images``."""
     # The file name tells which images it holds.
     fingerprint = zlib.crc32(np.asarray(needed, dtype=np.int64).tobytes())
-    outputs = trunk_outputs(images[needed], f"{name}{len(needed)}-{fingerprint:08x}", cache_dir)
+    outputs = trunk_outputs(images[needed], f"{name}{len(needed)}-{fingerprint:08x}", cache_dir, resize, crop_size)
     return _Positions(outputs, needed, len(images))
 
 
@@ -609,7 +635,7 @@ def _path_length_table(summary, baseline):
     The paper's gradient clip (norm 1e-3) binds at every step of these runs,
     so a step moves the parameters by a length proportional to the learning
     rate, and ``learning_rate * step`` is how far a run can have gone. For
-    every two runs (kNN, same trainable stages) with the same product, the
+    every two runs (kNN, same trainable stages and preprocessing) with the same product, the
     table gives their gains on the classes both were measured on and the mean
     absolute difference between them per class: where it is small, a higher
     rate stands for proportionally more steps at the lower one.
@@ -618,13 +644,14 @@ def _path_length_table(summary, baseline):
     for (setting, step, scorer), entry in summary.items():
         rate = _clipped_compactness_rate(setting)
         if rate is not None and scorer == "knn":
-            by_path.setdefault((SETTINGS[setting]["n_trainable_stages"], float(f"{rate * step:.3g}")), []).append(
-                (setting, step, entry))
+            # Runs pair only with runs of the same trainable stages and preprocessing.
+            key = (SETTINGS[setting]["n_trainable_stages"], float(f"{rate * step:.3g}"), preprocessing(SETTINGS[setting]))
+            by_path.setdefault(key, []).append((setting, step, entry))
     lines = ["", "Clipped compactness runs (kNN) that went equally far (learning rate x steps), on the classes "
              "both were measured on:", "",
              "| stages | lr x steps | run a | run b | classes | a: val / test gain | b: val / test gain "
              "| mean abs. difference, val / test |", "|---|---|---|---|---|---|---|---|"]
-    for (stages, path), runs in sorted(by_path.items()):
+    for (stages, path, _), runs in sorted(by_path.items(), key=lambda item: (*item[0][:2], str(item[0][2]))):
         runs = sorted(runs, key=lambda run: run[1])
         for i, (setting_a, step_a, a) in enumerate(runs):
             for setting_b, step_b, b in runs[i + 1:]:
