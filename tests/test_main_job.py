@@ -39,6 +39,9 @@ def fresh_machine(monkeypatch, tmp_path):
 def test_auto_is_the_default_and_takes_the_sample_without_the_full_set(one_class, fresh_machine):
     args = one_class.parse_args([])
     assert args.dataset == "auto"
+    # The preprocessing is the backbone's recipe unless given; "none" skips a step.
+    assert (args.resize, args.crop_size) == ("auto", "auto")
+    assert one_class.parse_args(["--resize", "224", "--crop-size", "none"]).crop_size is None
     name, line = one_class.resolve_dataset(args)
     assert name == "fashion_mnist_sample"
     assert line.startswith(SAMPLE_LINE)
