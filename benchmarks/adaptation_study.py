@@ -20,7 +20,9 @@ setting) pairs that are complete and redoes those that were interrupted.
 
 Every setting preprocesses as the paper does (resize 256, centre-crop 224)
 but those named ``-nocrop``, which resize the whole image to 224 (each
-preprocessing has its own trunk cache).
+preprocessing has its own trunk cache). ``s2-lr1e-1-nocrop`` at step 100 is
+EfficientNet-Lite0's recipe, the default ``PandaDetector``, and
+``ses-defaults-nocrop`` is ``PandaSES`` with its defaults.
 
 Run the sweep, then print the tables and the plot from the CSV::
 

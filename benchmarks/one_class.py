@@ -12,11 +12,11 @@ set (an error names where it looked and how to get it);
 ``--dataset fashion_mnist_sample`` always takes the sample.
 
 The README's main job, offline on a 2-core CPU in a few minutes: the paper's
-unadapted baseline (its preprocessing, kNN), the package's default for the
-backbone (its recipe) and 50 steps of PANDA adaptation::
+unadapted baseline (its preprocessing, kNN) against the package's default for
+the backbone (its recipe)::
 
     python benchmarks/one_class.py --classes 0 1 2 --max-train 200 --max-test 400 \
-        --methods paper-unadapted recipe panda --steps 50
+        --methods paper-unadapted recipe
 
 A forced collapse (raw features, no gradient clipping): fixed-step
 adaptation against SES, with and without leaving erratic checkpoints out::

@@ -43,7 +43,8 @@ def main():
     X_train, X_test, y_test = load_one_class(
         dataset, normal_class=0, max_train=MAX_TRAIN, max_test=MAX_TEST, random_state=0
     )
-    # n_steps=0: EfficientNet-Lite0's recipe (README, "Recipes"); one pass over the images.
+    # n_steps=0: the unadapted features, one pass over the images, to keep the example short
+    # (the backbone's recipe adapts for 100 steps first: README, "Recipes").
     detector = PandaDetector(
         backbone="efficientnet_lite0", n_steps=0, resize=SIZE, crop_size=SIZE, random_state=0
     ).fit(X_train)

@@ -182,3 +182,22 @@ def test_ses_variants_take_the_checkpoints_of_a_shorter_run():
     np.testing.assert_allclose(variants.variant_scores(dump, "val", 100, 100, "mean", "mean", 3.0), [-1.0, -3.0])
     # z: (d - s) / (dispersion * s), checkpoint 0 and 2: (0, 20) and (0, 10).
     np.testing.assert_allclose(variants.variant_scores(dump, "val", 100, 100, "max", "z", 3.0), [0.0, -20.0])
+
+
+def test_adaptation_study_measures_the_defaults_of_efficientnet_lite0():
+    # RESULTS.md reports "s2-lr1e-1-nocrop" at step 100 as the default PandaDetector of
+    # EfficientNet-Lite0 and "ses-defaults-nocrop" as PandaSES's defaults: pin both to the recipe.
+    from sklearn_panda import PandaDetector, PandaSES
+    from sklearn_panda._recipes import resolve
+
+    study = _load_benchmark("adaptation_study")
+    for setting, estimator, n_steps in (
+        ("s2-lr1e-1-nocrop", PandaDetector(backbone="efficientnet_lite0"), 100),
+        ("ses-defaults-nocrop", PandaSES(backbone="efficientnet_lite0"), 500),
+    ):
+        params = {key: value for key, value in study.SETTINGS[setting].items() if key != "ses"}
+        params.setdefault("n_steps", n_steps)
+        for key, value in params.items():
+            assert resolve(estimator, key) == value, (setting, key)
+    assert resolve(PandaDetector(backbone="efficientnet_lite0"), "n_steps") == 100
+    assert resolve(PandaDetector(backbone="efficientnet_lite0"), "scorer") == "knn"

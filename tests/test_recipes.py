@@ -22,8 +22,13 @@ def test_lite0_has_a_measured_recipe_and_every_other_backbone_the_papers():
     assert (PAPER.n_steps, PAPER.learning_rate, PAPER.loss, PAPER.clip_norm, PAPER.scorer) == (
         300, 1e-2, "compactness", 1e-3, "knn"
     )
-    # The paper's preprocessing.
+    # The paper's preprocessing; EfficientNet-Lite0 adapts briefly on the whole image.
     assert (PAPER.resize, PAPER.crop_size) == (256, 224)
+    lite0 = RECIPES["efficientnet_lite0"]
+    assert (lite0.n_steps, lite0.learning_rate, lite0.loss, lite0.clip_norm, lite0.scorer) == (
+        100, 1e-1, "compactness", 1e-3, "knn"
+    )
+    assert (lite0.resize, lite0.crop_size) == ((224, 224), None)
 
 
 def test_auto_is_the_default_of_the_recipe_parameters():
@@ -81,11 +86,12 @@ def test_explicit_values_override_the_recipe(small_images):
                                 "clip_norm": None}
 
 
-def test_lite0_recipe_runs_and_equals_its_explicit_values(small_images):
+def test_lite0_recipe_runs_and_equals_its_explicit_values(small_images, monkeypatch):
     pytest.importorskip("efficientnet_lite_pytorch")
-    # The recipe's own geometry on 12 images: a few seconds.
+    # The recipe's own geometry and rate on 12 images, with 3 of its steps to keep it short.
+    recipe = RECIPES["efficientnet_lite0"]._replace(n_steps=3)
+    monkeypatch.setitem(RECIPES, "efficientnet_lite0", recipe)
     auto = PandaDetector(backbone="efficientnet_lite0", random_state=0).fit(small_images)
-    recipe = RECIPES["efficientnet_lite0"]
     values = {name: getattr(recipe, name) for name in ("n_steps", "learning_rate", "loss", "clip_norm", "scorer")}
     geometry = {"resize": recipe.resize, "crop_size": recipe.crop_size}
     explicit = PandaDetector(backbone="efficientnet_lite0", random_state=0, **values, **geometry).fit(small_images)
