@@ -713,6 +713,15 @@ def _per_class_bound(summary, baseline):
     return lines
 
 
+def unadapted_of(setting):
+    """The setting of the unadapted features a run of ``setting`` starts from: same preprocessing.
+
+    >>> unadapted_of("s2-lr1e-1-nocrop"), unadapted_of("s2-lr1e-1")
+    ('unadapted-nocrop', 'unadapted')
+    """
+    return "unadapted-nocrop" if setting.endswith("-nocrop") else "unadapted"
+
+
 def _plot(summary, path):
     try:
         import matplotlib
@@ -744,7 +753,7 @@ def _plot(summary, path):
                 continue
             steps = [step for step, _ in points]
             gains = [mean_gain(entry, entry["classes"]) for _, entry in points]
-            unadapted = summary.get(("unadapted", 0, scorer))
+            unadapted = summary.get((unadapted_of(setting), 0, scorer))
             if steps[0] != 0 and unadapted is not None:
                 steps.insert(0, 0)
                 gains.insert(0, mean_gain(unadapted, points[0][1]["classes"]))

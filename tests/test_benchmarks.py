@@ -201,3 +201,11 @@ def test_adaptation_study_measures_the_defaults_of_efficientnet_lite0():
             assert resolve(estimator, key) == value, (setting, key)
     assert resolve(PandaDetector(backbone="efficientnet_lite0"), "n_steps") == 100
     assert resolve(PandaDetector(backbone="efficientnet_lite0"), "scorer") == "knn"
+
+
+def test_adaptation_study_plots_each_run_from_the_unadapted_features_of_its_preprocessing():
+    study = _load_benchmark("adaptation_study")
+    for setting in study.SETTINGS:
+        start = study.unadapted_of(setting)
+        assert study.preprocessing(study.SETTINGS[start]) == study.preprocessing(study.SETTINGS[setting]), setting
+        assert study.SETTINGS[start]["n_steps"] == 0
