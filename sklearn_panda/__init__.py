@@ -9,6 +9,7 @@ nearest normal features; and the adapted features alone, as a transformer.
 from ._detector import PandaDetector
 from ._features import PandaFeatures
 from ._oe import PandaOE
+from ._patch import PandaPatchDetector
 from ._persistence import load, save
 from ._ses import PandaSES
 from ._version import __version__
@@ -24,6 +25,7 @@ __all__ = [
     "PandaDetector",
     "PandaFeatures",
     "PandaOE",
+    "PandaPatchDetector",
     "PandaSES",
     "__version__",
     "load",

@@ -8,17 +8,13 @@ a head) and assigns the fitted attributes only at the very end, so that an
 exception or KeyboardInterrupt during ``fit`` leaves the estimator as it was;
 input checks for new samples, pickling and ``save``.
 
-Each estimator declares its torch state in ``_torch_attributes``: which fitted
-attributes hold modules or tensors, and whether they live on ``device_`` or
-on the CPU (as skorch declares its CUDA-dependent attributes). Pickling,
-:func:`sklearn_panda.save` / :func:`sklearn_panda.load` and device moves read
-that declaration alone, for the package's estimators and users' subclasses.
+Pickling and ``save`` come from :class:`~sklearn_panda._torch_state.TorchStateMixin`,
+driven by each estimator's ``_torch_attributes``.
 
 :class:`BasePandaDetector` adds ``contamination`` and scikit-learn's outlier
 contract (``score_samples``, ``decision_function``, ``predict``, ``fit_predict``).
 """
 
-import io
 import numbers
 import os
 import weakref
@@ -28,19 +24,20 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from . import _persistence
 from ._backbones import build_feature_net
 from ._compilation import compiled
 from ._data import Preprocessor
-from ._device import loadable_device, place_torch_state, resolve_device
+from ._device import resolve_device
 from ._inference import cache_sized_batch, cache_trunk_outputs, extract_features, peak_activation_bytes
+from ._outlier import OutlierContractMixin
 from ._progress import ProgressBar
 from ._recipes import AUTO, resolve
 from ._sklearn_compat import Interval, StrOptions
+from ._torch_state import TorchStateMixin
 from ._training import run_sgd
 from ._validation import check_consistent, check_input
 
@@ -50,8 +47,6 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.floa
 _PEAK_ACTIVATION_BYTES = weakref.WeakKeyDictionary()
 # Set by validate_data(reset=True) as soon as fit starts.
 INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
-# The key of the pickled state that holds the torch state, saved by torch.
-TORCH_STATE = "__torch_state__"
 
 
 class FitRun(NamedTuple):
@@ -69,16 +64,8 @@ class FitRun(NamedTuple):
     hidden: torch.Tensor | None
 
 
-class BasePanda(BaseEstimator, metaclass=ABCMeta):
+class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
     """The network's parameters and passes, the guarded ``fit``, pickling and ``save``."""
-
-    # The fitted attributes that hold torch modules or tensors, each with where
-    # it lives: ON_DEVICE (on ``device_``, moved with it) or ON_CPU. An
-    # estimator that owns a network declares ``net_`` ON_DEVICE and sets
-    # ``device_``. Subclasses extend the mapping,
-    # ``_torch_attributes = {**Parent._torch_attributes, "extra_": ON_DEVICE}``,
-    # so that pickling, save / load and device moves handle what they add.
-    _torch_attributes = {}
 
     _parameter_constraints = {
         "backbone": [str, callable],
@@ -197,6 +184,14 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
             verbose=self.verbose,
         )
         return FitRun(device, seed, generator, preprocessor, net, hidden)
+
+    def _split_arguments(self, attributes):
+        """How :func:`sklearn_panda.load` splits the rebuilt backbone: as ``fit`` did."""
+        return {
+            "n_trainable_stages": self.n_trainable_stages,
+            "stage_ends": self.stage_ends,
+            "feature_node": self.feature_node,
+        }
 
     def _check_fit_input(self, X):
         checked = check_input(X)
@@ -362,74 +357,6 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
         checked = self._check_new_input(X)
         return self._embed(self.net_, self._preprocessor(checked, self.device_))
 
-    # ---------------------------------------------------------- persistence
-
-    def save(self, path):
-        """Write the fitted estimator to ``path`` without pickle.
-
-        Read it back with :func:`sklearn_panda.load`, which uses
-        ``torch.load(weights_only=True)`` and so runs no code from the file.
-        A backbone given as a factory must be passed to ``load`` again.
-
-        Parameters
-        ----------
-        path : str or path-like
-            Destination file (conventionally ``.pt``); an existing file is
-            replaced only once the new one is complete.
-
-        See Also
-        --------
-        sklearn_panda.save : The same, as a function.
-        sklearn_panda.load : Read the file back.
-
-        Examples
-        --------
-        >>> import os
-        >>> import tempfile
-        >>> import numpy as np
-        >>> from torch import nn
-        >>> from sklearn_panda import PandaDetector, load
-        >>> X = np.random.default_rng(0).normal(size=(20, 4))
-        >>> det = PandaDetector(backbone=nn.Identity, weights=None, n_steps=0).fit(X)
-        >>> with tempfile.TemporaryDirectory() as folder:
-        ...     det.save(os.path.join(folder, "detector.pt"))
-        ...     loaded = load(os.path.join(folder, "detector.pt"), backbone=nn.Identity)
-        >>> bool(np.array_equal(loaded.score_samples(X), det.score_samples(X)))
-        True
-        """
-        _persistence.save(self, path)
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        # load finds every estimator class by name, the package's and users' subclasses.
-        _persistence.register(cls)
-
-    def __getstate__(self):
-        """The instance's state, with the declared torch state in one ``torch.save`` blob."""
-        state = dict(super().__getstate__())
-        torch_state = {name: state.pop(name) for name in self._torch_attributes if name in state}
-        if torch_state:
-            buffer = io.BytesIO()
-            torch.save(torch_state, buffer)
-            state[TORCH_STATE] = buffer.getvalue()
-        return state
-
-    def __setstate__(self, state):
-        """Read the torch state onto the CPU, then place it on ``device_`` (the CPU,
-        with a warning, when it was CUDA and CUDA is not available here)."""
-        state = dict(state)
-        blob = state.pop(TORCH_STATE, None)
-        if blob is not None:
-            # The bytes come from the pickle being loaded, which is trusted
-            # already; weights_only=False adds no new risk (see README: never
-            # unpickle files from untrusted sources).
-            torch_state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
-            if "device_" in state:
-                state["device_"] = loadable_device(state["device_"])
-            place_torch_state(torch_state, self._torch_attributes, state.get("device_"))
-            state.update(torch_state)
-        super().__setstate__(state)
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None
@@ -437,7 +364,7 @@ class BasePanda(BaseEstimator, metaclass=ABCMeta):
         return tags
 
 
-class BasePandaDetector(OutlierMixin, BasePanda):
+class BasePandaDetector(OutlierContractMixin, BasePanda):
     """``contamination`` and the outlier contract shared by the detectors."""
 
     _parameter_constraints = {
@@ -498,56 +425,3 @@ class BasePandaDetector(OutlierMixin, BasePanda):
             the more abnormal.
         """
         return self._score_checked(self._check_new_input(X))
-
-    def decision_function(self, X):
-        """``score_samples(X) - offset_``: negative for outliers.
-
-        Parameters
-        ----------
-        X : array-like or list of paths / PIL images
-            Samples in the layout seen in ``fit``.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_samples,)
-            Shifted scores: negative for outliers, positive for inliers.
-        """
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X):
-        """+1 for inliers, -1 for outliers.
-
-        Parameters
-        ----------
-        X : array-like or list of paths / PIL images
-            Samples in the layout seen in ``fit``.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-            -1 where ``decision_function`` is negative, +1 elsewhere.
-        """
-        return np.where(self.decision_function(X) < 0, -1, 1)
-
-    def fit_predict(self, X, y=None):
-        """Fit, then label each training sample by its training score.
-
-        With the package's scorers a training sample is not its own neighbour
-        here (``training_scores_`` are leave-one-out), so a float
-        ``contamination`` is the fraction of training samples flagged.
-
-        Parameters
-        ----------
-        X : array-like or list of paths / PIL images
-            Normal training samples, as in ``fit``.
-        y : Ignored
-            Not used, present for API consistency by convention.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-            -1 for the training samples whose training score is below
-            ``offset_``, +1 for the others.
-        """
-        self.fit(X, y)
-        return np.where(self.training_scores_ < self.offset_, -1, 1)

@@ -536,14 +536,7 @@ def _rebuild_net(estimator, attributes, saved, path):
     example = torch.zeros(1, spec.channels) if spec.kind == "vectors" else None
     # Random initialisation, overwritten just below, must not move the global generator.
     with torch.random.fork_rng(devices=[]):
-        net = build_feature_net(
-            estimator.backbone,
-            None,
-            estimator.n_trainable_stages,
-            example,
-            stage_ends=estimator.stage_ends,
-            feature_node=estimator.feature_node,
-        )
+        net = build_feature_net(estimator.backbone, None, example=example, **estimator._split_arguments(attributes))
     state = saved["state_dict"]
     own = net.state_dict()
     mismatched = sorted(set(own) ^ set(state)) + sorted(

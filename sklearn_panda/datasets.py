@@ -2,6 +2,7 @@
 
 Each loader follows the one-class protocol of the PANDA paper: train on the images of
 one normal class, test on the whole test split, where every other class is an anomaly.
+:func:`load_deeppcb` gives defect masks too, for local (patch-level) detectors.
 """
 
 import gzip
@@ -15,10 +16,13 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 
+from ._deeppcb import load_deeppcb
+
 __all__ = [
     "MVTEC_CATEGORIES",
     "available_datasets",
     "fashion_mnist_or_sample",
+    "load_deeppcb",
     "load_one_class",
 ]
 

@@ -14,6 +14,17 @@ def tiny_resnet():
     return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
 
 
+def tiny_cnn():
+    """Four strided convolutions (strides 2 to 16): patch maps at strides 8 and 16, ``layers=TINY_LAYERS``."""
+    layers = []
+    for n_in, n_out in ((3, 8), (8, 8), (8, 16), (16, 16)):
+        layers += [nn.Conv2d(n_in, n_out, 3, stride=2, padding=1), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+TINY_LAYERS = ["5", "7"]
+
+
 def tiny_mlp():
     """A vector backbone of any input width (the lazy layer sizes itself on first use)."""
     return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 4))

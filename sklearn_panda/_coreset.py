@@ -1,0 +1,118 @@
+"""PatchCore's memory-bank subsampling: a greedy k-center coreset on a random projection.
+
+Roth et al., "Towards Total Recall in Industrial Anomaly Detection" (CVPR 2022),
+keep a small subset of the normal patch features whose nearest-neighbour
+distances approximate those to the whole set: start from one random feature,
+then repeatedly add the feature farthest from everything chosen so far (the
+greedy 2-approximation of the k-center problem). Distances are taken on a
+random Gaussian projection of the features (a Johnson-Lindenstrauss map) to a
+few dimensions, which keeps each step, one pass over all features, cheap.
+
+Pure torch, so that the selection runs where the features are (a GPU when
+the detector has one); no estimator code.
+"""
+
+import math
+
+import torch
+
+
+def greedy_coreset(features, n_select, *, projection_dim=128, generator=None):
+    """Indices of ``n_select`` rows of ``features`` chosen by greedy k-center selection.
+
+    Parameters
+    ----------
+    features : Tensor of shape (n_samples, n_features), float32
+    n_select : int
+        How many rows to keep, 1 to ``n_samples``.
+    projection_dim : int or None, default=128
+        Dimension of the random Gaussian projection the distances are taken
+        on (PatchCore's 128); ``None`` or at least ``n_features`` keeps the
+        features as they are.
+    generator : torch.Generator or None
+        A CPU generator: the projection and the first row come from it alone.
+
+    Returns
+    -------
+    indices : Tensor of shape (n_select,), int64, on ``features``' device
+        In the order they were chosen; distinct.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._coreset import greedy_coreset
+    >>> points = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [10.0, 0.0]])
+    >>> sorted(greedy_coreset(points, 3, generator=torch.Generator().manual_seed(0)).tolist())
+    [0, 2, 3]
+    """
+    n_samples, n_features = features.shape
+    if not 1 <= n_select <= n_samples:
+        raise ValueError(f"n_select must be between 1 and {n_samples}; got {n_select}.")
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    reduced = features.float()
+    if projection_dim is not None and projection_dim < n_features:
+        projection = torch.randn(n_features, projection_dim, generator=generator) / math.sqrt(projection_dim)
+        reduced = reduced @ projection.to(features.device)
+    first = int(torch.randint(n_samples, (1,), generator=generator))
+    return _lazy_greedy(reduced, n_select, first).to(features.device)
+
+
+def _half_squared_distances(rows, half_norms, centers, center_half_norms):
+    """``||x - c||^2 / 2`` between each row and each centre: ``(n_rows, n_centers)``."""
+    distances = torch.mm(rows, centers.T).neg_()
+    return distances.add_(half_norms[:, None]).add_(center_half_norms[None, :])
+
+
+def _lazy_greedy(points, n_select, first, block_size=256, n_candidates=2048, chunk_rows=65536):
+    """Exact greedy k-center selection from ``first``, with the distance updates batched.
+
+    Plain greedy selection updates every point's distance to the chosen set
+    after each pick: one matrix-vector product over all points per pick, which
+    a CPU runs at memory speed. Here the update waits for a block of picks and
+    is then one matrix product (compute speed). Within a block, the next pick
+    is still exact: a point's true distance is the smaller of its distance
+    before the block (``nearest``, exact) and its distances to the block's
+    picks, and true <= nearest, so it is enough to look at the points with the
+    largest ``nearest`` in turn: once the best true distance found is at least
+    the ``nearest`` of every point not looked at, it is the maximum. When the
+    candidates looked at cannot decide that, the block ends early.
+    """
+    n_samples = points.shape[0]
+    half_norms = 0.5 * (points * points).sum(dim=1)
+    nearest = torch.full((n_samples,), float("inf"), device=points.device)
+    chosen = [first]
+    block = [first]
+    n_candidates = min(n_candidates, n_samples - 1)
+    while True:
+        # Fold the block's picks into ``nearest``, a chunk of rows at a time.
+        centers = points[block]
+        center_half_norms = half_norms[block]
+        for start in range(0, n_samples, chunk_rows):
+            stop = min(start + chunk_rows, n_samples)
+            block_distances = _half_squared_distances(
+                points[start:stop], half_norms[start:stop], centers, center_half_norms
+            )
+            torch.minimum(nearest[start:stop], block_distances.min(dim=1).values, out=nearest[start:stop])
+        # A chosen point is never a candidate again, whatever the rounding of its distance to itself.
+        nearest[block] = -float("inf")
+        if len(chosen) == n_select:
+            return torch.tensor(chosen, dtype=torch.int64)
+        block = []
+        # The candidates: the points farthest from the chosen set, and the next
+        # one's distance, which bounds every point not among them.
+        top_values, top_indices = torch.topk(nearest, n_candidates + 1)
+        candidates, bound = top_indices[:-1], float(top_values[-1])
+        candidate_points, candidate_half_norms = points[candidates], half_norms[candidates]
+        true_distances = top_values[:-1].clone()
+        while len(chosen) < n_select and len(block) < block_size:
+            best = int(torch.argmax(true_distances))
+            if float(true_distances[best]) < bound and n_candidates < n_samples - len(chosen):
+                break  # a point outside the candidates may be farther: update everything first
+            pick = int(candidates[best])
+            chosen.append(pick)
+            block.append(pick)
+            to_pick = _half_squared_distances(
+                candidate_points, candidate_half_norms, points[pick : pick + 1], half_norms[pick : pick + 1]
+            )[:, 0]
+            torch.minimum(true_distances, to_pick, out=true_distances)
+            true_distances[best] = -float("inf")

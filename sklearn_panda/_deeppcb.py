@@ -1,0 +1,128 @@
+"""DeepPCB: printed-circuit-board images with defect masks, for local-defect detection.
+
+DeepPCB (Tang et al., "Online PCB Defect Detector On A New PCB Defect Dataset",
+2019; MIT licence) holds 1,500 aligned pairs of 640 x 640 board images from a
+linear-scan CCD, in 11 groups (boards): a defect-free template and the same
+region with defects (opens, shorts, mousebites, spurs, spurious copper,
+pin-holes), each annotated by a box. The one-class protocol here fits on
+templates of some boards and tests on templates (normal) and defective images
+(anomalous) of the *other* boards, so that no test board was seen in training;
+a test image's mask is 1 inside its defect boxes (0 everywhere for templates).
+
+``load_deeppcb()`` without ``root`` reads the small sample that ships with the
+package (made by ``benchmarks/make_deeppcb_sample.py``): 320 x 320 crops at the
+native resolution, so that defects keep their size in pixels; a defective crop
+is centred near a defect.
+"""
+
+import importlib.resources
+from pathlib import Path
+
+import numpy as np
+
+# Boards (group folders) for training and for testing, each set about half the pairs.
+TRAIN_GROUPS = ("00041", "12300", "20085", "50600", "90100")
+TEST_GROUPS = ("12000", "12100", "13000", "44000", "77000", "92000")
+SAMPLE_FILE = "deeppcb_sample.npz"
+
+
+def _pairs(root, groups):
+    """``(template, tested, mask)`` paths of every pair in ``groups``, sorted by name."""
+    found = []
+    for group in groups:
+        folder = root / group
+        for template in sorted((folder / "template").glob("*.png")):
+            tested, mask = folder / "tested" / template.name, folder / "mask" / template.name
+            if tested.is_file() and mask.is_file():
+                found.append((str(template), str(tested), str(mask)))
+    return found
+
+
+def _read_mask(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("L")) > 0
+
+
+def load_deeppcb(root=None, *, max_train=None, max_test=None, random_state=0):
+    """A one-class split of DeepPCB with defect masks: normal templates to fit on, boards unseen to test.
+
+    Parameters
+    ----------
+    root : str, path-like or None, default=None
+        The DeepPCB folder (one subfolder per group, each with ``template/``,
+        ``tested/`` and ``mask/`` holding PNG files of the same names). ``None``:
+        the sample shipped with the package (uint8 arrays of 320 x 320 crops:
+        60 training templates, 20 normal and 20 defective test images).
+    max_train : int or None, default=None
+        Keep at most this many training templates, a random subset.
+    max_test : int or None, default=None
+        Keep at most this many test images, half of them normal templates and
+        half defective images, of different board regions.
+    random_state : int, default=0
+        Seeds the subsets and which test regions give their template and
+        which their defective image.
+
+    Returns
+    -------
+    X_train : list of str or ndarray of shape (n_train, H, W), uint8
+        Normal templates of the training boards (file paths; arrays for the sample).
+    X_test : list of str or ndarray of shape (n_test, H, W), uint8
+        Templates and defective images of the test boards.
+    y_test : ndarray of shape (n_test,)
+        +1 for a template (normal), -1 for a defective image.
+    masks : ndarray of shape (n_test, H, W), bool
+        True inside a defect box.
+
+    Examples
+    --------
+    >>> from sklearn_panda.datasets import load_deeppcb
+    >>> X_train, X_test, y_test, masks = load_deeppcb()
+    >>> X_train.shape, X_test.shape, masks.shape, int((y_test == -1).sum())
+    ((60, 320, 320), (40, 320, 320), (40, 320, 320), 20)
+    >>> bool(masks[y_test == 1].any()), bool(masks[y_test == -1].any(axis=(1, 2)).all())
+    (False, True)
+    """
+    rng = np.random.default_rng(random_state)
+    if root is None:
+        return _load_sample(max_train, max_test, rng)
+    root = Path(root).expanduser()
+    train_pairs, test_pairs = _pairs(root, TRAIN_GROUPS), _pairs(root, TEST_GROUPS)
+    if not train_pairs or not test_pairs:
+        raise FileNotFoundError(
+            f"No DeepPCB pairs under {root}: expected the group folders {', '.join(TRAIN_GROUPS + TEST_GROUPS)}, "
+            "each with template/, tested/ and mask/ folders of PNG files."
+        )
+    train = [train_pairs[i][0] for i in _subset(len(train_pairs), max_train, rng)]
+    # Each test region gives either its template or its defective image, never both.
+    order = rng.permutation(len(test_pairs))
+    n_each = len(order) // 2 if max_test is None else min(len(order) // 2, max_test // 2)
+    normal = [test_pairs[i] for i in sorted(order[:n_each])]
+    defective = [test_pairs[i] for i in sorted(order[n_each : 2 * n_each])]
+    X_test = [template for template, _, _ in normal] + [tested for _, tested, _ in defective]
+    y_test = np.r_[np.ones(len(normal), dtype=int), -np.ones(len(defective), dtype=int)]
+    masks = [np.zeros_like(_read_mask(mask)) for _, _, mask in normal] + [_read_mask(mask) for _, _, mask in defective]
+    return train, X_test, y_test, np.stack(masks)
+
+
+def _subset(n, cap, rng):
+    if cap is None or cap >= n:
+        return np.arange(n)
+    return np.sort(rng.choice(n, size=cap, replace=False))
+
+
+def _load_sample(max_train, max_test, rng):
+    with importlib.resources.files("sklearn_panda").joinpath("data", SAMPLE_FILE).open("rb") as file:
+        saved = np.load(file)
+        size = tuple(saved["size"])
+        train = np.unpackbits(saved["train"], axis=1)[:, : size[0] * size[1]].reshape(-1, *size) * np.uint8(255)
+        test = np.unpackbits(saved["test"], axis=1)[:, : size[0] * size[1]].reshape(-1, *size) * np.uint8(255)
+        masks = np.unpackbits(saved["masks"], axis=1)[:, : size[0] * size[1]].reshape(-1, *size).astype(bool)
+        y_test = saved["y_test"].astype(int)
+    train = train[_subset(len(train), max_train, rng)]
+    if max_test is not None and max_test < len(test):
+        normal, defective = np.flatnonzero(y_test == 1), np.flatnonzero(y_test == -1)
+        keep = np.r_[normal[: max_test // 2], defective[: max_test - max_test // 2]]
+        test, y_test, masks = test[keep], y_test[keep], masks[keep]
+    return train, test, y_test, masks

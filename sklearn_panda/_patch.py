@@ -1,0 +1,535 @@
+"""PandaPatchDetector: local defects, a memory bank of normal patch features and anomaly maps."""
+
+import math
+import numbers
+import os
+import warnings
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted, validate_data
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from ._backbones import build_feature_net, build_model
+from ._coreset import greedy_coreset
+from ._data import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
+from ._device import ON_DEVICE, resolve_device
+from ._outlier import OutlierContractMixin
+from ._patch_features import (
+    aggregate,
+    default_layers,
+    gaussian_smoothing,
+    resize_maps,
+    split_patch_net,
+    stage_outputs,
+    working_size,
+)
+from ._progress import ProgressBar
+from ._sklearn_compat import Interval, StrOptions, _fit_context
+from ._torch_state import TorchStateMixin
+from ._validation import check_consistent, check_input
+from .scorers import KNNScorer, brute_force_kneighbors, offset_from_training_scores
+
+
+class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
+    """Local defects: nearest normal patch features, an anomaly map per image.
+
+    Where :class:`PandaDetector` pools a whole image into one feature vector
+    (and finds a different *kind* of object), this detector describes every
+    small region of an image and compares it with the regions of the normal
+    training images (and finds a *defect on a known object*: a scratch, a
+    crack, a missing solder joint), as PatchCore does (Roth et al., CVPR
+    2022) and as PANDA's authors extended PANDA to segmentation with SPADE:
+
+    1. the feature maps of two mid-level stages of a pretrained backbone
+       (``layers``), each averaged over a ``neighbourhood`` x ``neighbourhood``
+       window, the deeper one upsampled to the finer grid, concatenated: one
+       feature per position of a stride-8 grid;
+    2. a memory bank of the training images' patch features, subsampled by
+       PatchCore's greedy k-center coreset (``coreset_ratio``) on a random
+       projection;
+    3. for a new image, each patch's distance to its nearest bank patches
+       (the package's kNN engine, :class:`KNNScorer`), upsampled to the image,
+       smoothed by a Gaussian of ``sigma`` pixels: the anomaly map
+       (:meth:`anomaly_maps`). The image's anomaly score is its map's maximum.
+
+    Resolution decides what can be found: a defect a few pixels wide is
+    averaged away in a map of a downsized image. ``resize="auto"`` therefore
+    keeps each image at its own size (within 224 to 1024 pixels on the
+    shorter side); the cost grows with the number of pixels.
+
+    Parameters
+    ----------
+    backbone : str or callable, default="efficientnet_lite0"
+        A torchvision classification model's name (ResNet, Wide ResNet,
+        EfficientNet, MobileNet, RegNet, ConvNeXt, DenseNet, ...),
+        ``"efficientnet_lite0"`` (extra ``lite``; its ImageNet weights work
+        offline and it runs fast on a CPU: the default), or a callable
+        returning an ``nn.Module`` (then give ``layers``). For ``(n, d)``
+        vectors, a network that maps them to features: each sample is one
+        "patch" and the detector is a kNN detector with a coreset bank.
+
+    weights : "imagenet", str, path or None, default="imagenet"
+        As in :class:`PandaDetector`: ``"imagenet"`` pretrained weights,
+        another torchvision weights name, a state dict file, or ``None``
+        (random; for tests).
+
+    layers : list of str or "auto", default="auto"
+        The nodes (or modules, for their last node) whose feature maps make
+        the patch features, finest first, at least two. ``"auto"``: the
+        family's last stage ends at strides 8 and 16 (ResNet ``layer2`` and
+        ``layer3``, EfficientNet-Lite0 ``_blocks.4`` and ``_blocks.10``). The
+        values used are in ``layers_``.
+
+    resize : int, (int, int), None or "auto", default="auto"
+        The size images are scored at: an integer is the new shorter side,
+        a pair the new ``(height, width)``, ``None`` each image's own size.
+        ``"auto"``: the image's own size when its shorter side is between 224
+        and 1024 pixels, otherwise scaled to the nearer bound. Maps always
+        come back at each input image's size.
+
+    neighbourhood : int, default=3
+        Odd side of the window each feature map is averaged over (PatchCore's
+        patch size 3); 1 averages nothing.
+
+    n_features : int or None, default=None
+        Average adjacent channels of the patch features down to this many
+        (PatchCore's projection, for wide backbones); ``None`` keeps all (152
+        for EfficientNet-Lite0, 1,536 for ``wide_resnet50_2``).
+
+    coreset_ratio : float in (0, 1], default=0.1
+        Fraction of the training patches kept in the memory bank, chosen by
+        greedy k-center selection (1 keeps every patch).
+
+    projection_dim : int or None, default=128
+        Dimension of the random projection the coreset selection measures
+        distances on (PatchCore's 128); ``None`` measures on the features.
+
+    n_neighbors : int, default=1
+        A patch's anomaly is its mean distance to this many nearest bank
+        patches (PatchCore: 1).
+
+    sigma : float, default=4.0
+        Standard deviation in pixels, at the scored size, of the Gaussian
+        that smooths the maps (PatchCore's 4); 0 does not smooth.
+
+    algorithm : {"auto", "brute", "faiss", "nndescent"}, default="auto"
+        The bank's search, as ``KNNScorer``'s: ``"auto"`` is exact float32
+        search, or a faiss graph for banks of 20,000+ rows of 512+ features
+        where faiss is installed; leave-one-out training scores are always exact.
+
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Sets ``offset_`` from the leave-one-out image scores of the training
+        images (each image scored against a bank without its own patches):
+        that fraction of them is flagged (``"auto"``: 1%).
+
+    batch_size : int, default=8
+        Images per forward pass (files of different sizes go one at a time).
+
+    device : str or torch.device, default="auto"
+        ``"auto"``: CUDA when available, else the CPU.
+
+    random_state : int, RandomState instance or None, default=None
+        Seeds the coreset's projection and first pick (and random
+        initialisation with ``weights=None``), through local generators only.
+
+    verbose : int, default=0
+        Progress bars on stderr when > 0.
+
+    Attributes
+    ----------
+    net_ : FeatureNet
+        The backbone up to the last layer, frozen.
+    layers_ : list of str
+        The layers used (``"auto"`` resolved); empty for vectors.
+    memory_bank_ : ndarray of shape (n_bank, n_features_out), float32
+        The coreset of the training patch features.
+    scorer_ : KNNScorer
+        The nearest-neighbour search over ``memory_bank_``.
+    n_training_patches_ : int
+        How many patch features the training images gave before the coreset.
+    training_scores_ : ndarray of shape (n_training_images,)
+        Leave-one-out ``score_samples`` of the training images.
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    input_spec_ : InputSpec
+        What kind of input ``fit`` saw.
+    device_ : torch.device
+    n_features_in_ : int
+        Only for 2-D vector input.
+
+    See Also
+    --------
+    PandaDetector : Whole images: a different kind of object.
+    sklearn_panda.metrics.pixel_roc_auc, sklearn_panda.metrics.pro_score :
+        Evaluate the maps against defect masks.
+
+    References
+    ----------
+    Roth, Pemula, Zepeda, Schölkopf, Brox, Gehler. "Towards Total Recall in
+    Industrial Anomaly Detection", CVPR 2022.
+    Cohen, Hoshen. "Sub-Image Anomaly Detection with Deep Pyramid
+    Correspondences" (SPADE), 2020.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda import PandaPatchDetector
+    >>> rng = np.random.default_rng(0)
+    >>> normal = rng.normal(0.5, 0.02, size=(6, 32, 32, 3)).clip(0, 1)
+    >>> detector = PandaPatchDetector(backbone="resnet18", weights=None, random_state=0).fit(normal)
+    >>> defective = normal[:2].copy()
+    >>> defective[:, 10:14, 10:14] = 1.0   # a bright square
+    >>> maps = detector.anomaly_maps(defective)
+    >>> maps.shape, maps.dtype
+    ((2, 32, 32), dtype('float32'))
+    >>> bool(detector.score_samples(defective).max() < detector.score_samples(normal).min())
+    True
+    """
+
+    _torch_attributes = {"net_": ON_DEVICE}
+
+    _parameter_constraints = {
+        "backbone": [str, callable],
+        "weights": [str, os.PathLike, None],
+        "layers": [list, tuple, StrOptions({"auto"})],
+        "resize": [Interval(numbers.Integral, 1, None, closed="left"), tuple, list, None, StrOptions({"auto"})],
+        "neighbourhood": [Interval(numbers.Integral, 1, None, closed="left")],
+        "n_features": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "coreset_ratio": [Interval(numbers.Real, 0, 1, closed="right")],
+        "projection_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
+        "sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "algorithm": [StrOptions({"auto", "brute", "faiss", "nndescent"})],
+        "contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
+        "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        backbone="efficientnet_lite0",
+        weights="imagenet",
+        layers="auto",
+        resize="auto",
+        neighbourhood=3,
+        n_features=None,
+        coreset_ratio=0.1,
+        projection_dim=128,
+        n_neighbors=1,
+        sigma=4.0,
+        algorithm="auto",
+        contamination="auto",
+        batch_size=8,
+        device="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.weights = weights
+        self.layers = layers
+        self.resize = resize
+        self.neighbourhood = neighbourhood
+        self.n_features = n_features
+        self.coreset_ratio = coreset_ratio
+        self.projection_dim = projection_dim
+        self.n_neighbors = n_neighbors
+        self.sigma = sigma
+        self.algorithm = algorithm
+        self.contamination = contamination
+        self.batch_size = batch_size
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Build the memory bank of the normal images' patch features.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Normal training images: ``(n, H, W)``, ``(n, H, W, C)`` or
+            ``(n, C, H, W)`` (uint8 in [0, 255] or float in [0, 1]), or a list
+            of image files / PIL images of any sizes; or vectors ``(n, d)``
+            for a vector backbone.
+
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted detector.
+        """
+        self._check_parameters()
+        checked = check_input(X)
+        if checked.spec.kind == "vectors":
+            validate_data(self, X, dtype=None, ensure_min_samples=1)
+        if len(checked) < 2:
+            raise ValueError(
+                "PandaPatchDetector needs at least 2 training images (got 1 sample): each image's "
+                "leave-one-out score is measured against the patches of the others."
+            )
+        device = resolve_device(self.device)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        net, layers = self._build_net(checked, seed, device)
+        patches, owners, geometry = self._training_patches(net, checked, device)
+        # At least one patch more than n_neighbors: the bank's search leaves one out of its own fit.
+        n_bank = min(max(self.n_neighbors + 1, math.ceil(self.coreset_ratio * len(patches))), len(patches))
+        if n_bank < len(patches):
+            generator = torch.Generator().manual_seed(seed)
+            chosen = greedy_coreset(
+                torch.from_numpy(patches).to(device), n_bank, projection_dim=self.projection_dim, generator=generator
+            ).cpu().numpy()
+            chosen.sort()
+        else:
+            chosen = np.arange(len(patches))
+        bank, bank_owners = patches[chosen], owners[chosen]
+        n_neighbors = self._neighbours_for(len(bank))
+        scorer = KNNScorer(
+            n_neighbors=n_neighbors, metric="euclidean", algorithm=self.algorithm, random_state=seed
+        ).fit(bank)
+        training_scores = self._leave_one_out_scores(patches, owners, geometry, bank, bank_owners)
+        fitted = {
+            "net_": net,
+            "layers_": layers,
+            "memory_bank_": bank,
+            "scorer_": scorer,
+            "n_training_patches_": len(patches),
+            "training_scores_": training_scores,
+            "offset_": offset_from_training_scores(training_scores, self.contamination),
+            "input_spec_": checked.spec,
+            "device_": device,
+        }
+        if checked.spec.kind != "vectors":
+            for name in ("n_features_in_", "feature_names_in_"):
+                self.__dict__.pop(name, None)
+        for name, value in fitted.items():
+            setattr(self, name, value)
+        return self
+
+    def _check_parameters(self):
+        if self.neighbourhood % 2 == 0:
+            raise ValueError(f"neighbourhood must be odd (a window centred on each position); got {self.neighbourhood}.")
+        if isinstance(self.resize, (tuple, list)) and (
+            len(self.resize) != 2 or not all(isinstance(side, numbers.Integral) and side >= 1 for side in self.resize)
+        ):
+            raise ValueError(
+                f"resize must be an integer (the shorter side), a pair (height, width) of integers >= 1, "
+                f"None or 'auto'; got {self.resize!r}."
+            )
+
+    def _neighbours_for(self, n_bank):
+        if self.n_neighbors >= n_bank:
+            warnings.warn(
+                f"n_neighbors ({self.n_neighbors}) is not smaller than the memory bank ({n_bank} patches, "
+                "one of which is left out of each training image's score); using "
+                f"{max(1, n_bank - 1)}.",
+                UserWarning,
+            )
+            return max(1, n_bank - 1)
+        return self.n_neighbors
+
+    def _build_net(self, checked, seed, device):
+        # Random initialisation (weights=None) is seeded without touching the global generator.
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            if checked.spec.kind == "vectors":
+                if self.layers != "auto":
+                    raise ValueError("layers names feature maps of images; with vectors (n, d) leave it 'auto'.")
+                example = torch.zeros(1, checked.spec.channels)
+                net = build_feature_net(self.backbone, self.weights, 1, example)
+                if net.expects_images:
+                    raise ValueError(
+                        f"The backbone {self.backbone!r} expects images of shape (n, H, W), (n, H, W, C) or "
+                        f"(n, C, H, W); got a 2-D array, which is read as vectors (n_samples, n_features)."
+                    )
+                layers = []
+            else:
+                model = build_model(self.backbone, self.weights)
+                layers = default_layers(model) if self.layers == "auto" else list(self.layers)
+                net = split_patch_net(model, layers)
+        for parameter in net.parameters():
+            parameter.requires_grad_(False)
+        if net.expects_images:
+            net = net.to(memory_format=torch.channels_last)
+        return net.to(device).eval(), layers
+
+    def _split_arguments(self, attributes):
+        """How :func:`sklearn_panda.load` splits the rebuilt backbone: as ``fit`` did."""
+        if attributes["input_spec_"].kind == "vectors":
+            return {"n_trainable_stages": 1}
+        layers = attributes["layers_"]
+        return {"n_trainable_stages": len(layers) - 1, "stage_ends": layers, "feature_node": layers[-1]}
+
+    # --------------------------------------------------------- patch features
+
+    def _batches(self, checked):
+        """Index batches: ``batch_size`` at a time, files one at a time (their sizes may differ)."""
+        size = 1 if checked.spec.kind == "file_images" else self.batch_size
+        for start in range(0, len(checked), size):
+            yield np.arange(start, min(start + size, len(checked)))
+
+    def _embeddings(self, net, checked, device, label):
+        """``(indices, patch features (n, D, h, w), scored size, original size)`` batch by batch."""
+        preprocessor = Preprocessor(checked, resize=None, crop_size=None, device=device, normalize=False)
+        progress = ProgressBar(len(checked), label, self.verbose > 0)
+        for indices in self._batches(checked):
+            images = preprocessor(indices)
+            with torch.inference_mode():
+                if checked.spec.kind == "vectors":
+                    features = net.stages(images).float()[:, :, None, None]
+                    yield indices, features, (1, 1), (1, 1)
+                else:
+                    original = tuple(images.shape[-2:])
+                    size = working_size(*original, self.resize)
+                    if size != original:
+                        images = TF.resize(images, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+                    images = TF.normalize(images, list(IMAGENET_MEAN), list(IMAGENET_STD))
+                    maps = stage_outputs(net, images.contiguous(memory_format=torch.channels_last))
+                    yield indices, aggregate(maps, self.neighbourhood, self.n_features), size, original
+            progress.update(int(indices[-1]) + 1)
+
+    def _training_patches(self, net, checked, device):
+        """Every training patch feature ``(N, D)`` float32, the index of the image each came
+        from, and each image's patch grid and scored size."""
+        patches, owners, geometry = [], [], []
+        for indices, features, size, _ in self._embeddings(net, checked, device, "patch features"):
+            n_images, n_channels, height, width = features.shape
+            rows = features.permute(0, 2, 3, 1).reshape(-1, n_channels)
+            patches.append(rows.cpu().numpy())
+            owners.append(np.repeat(indices, height * width))
+            geometry.extend([((height, width), size)] * n_images)
+        return np.concatenate(patches), np.concatenate(owners), geometry
+
+    # ----------------------------------------------------------------- maps
+
+    def _maps_from_distances(self, distances, grid, size):
+        """Patch distances ``(n * h * w,)`` -> smoothed maps ``(n, 1, H, W)`` at the scored size."""
+        maps = torch.from_numpy(np.ascontiguousarray(distances, dtype=np.float32)).reshape(-1, 1, *grid)
+        if tuple(grid) != tuple(size):
+            maps = torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+        return gaussian_smoothing(maps, self.sigma)
+
+    def _patch_distances(self, features):
+        """Mean distance of each patch to its nearest bank patches: ``(n * h * w,)``."""
+        n_channels = features.shape[1]
+        rows = features.permute(0, 2, 3, 1).reshape(-1, n_channels).cpu().numpy()
+        distances, _ = self.scorer_.kneighbors(rows)
+        return distances.mean(axis=1)
+
+    def _leave_one_out_scores(self, patches, owners, geometry, bank, bank_owners):
+        """Each training image scored against the bank without its own patches (exact search)."""
+        n_neighbors = self._neighbours_for(len(bank))
+        scores = np.empty(len(geometry))
+        progress = ProgressBar(len(geometry), "training scores", self.verbose > 0)
+        # Patches are stored image after image: each image's rows are one run.
+        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        stops = np.r_[starts[1:], len(owners)]
+        for index, (start, stop) in enumerate(zip(starts, stops)):
+            gallery = bank[bank_owners != index]
+            if len(gallery) == 0:
+                # The coreset kept only this image's patches: compare with every other image's.
+                gallery = patches[owners != index]
+            squared, _ = brute_force_kneighbors(patches[start:stop], gallery, min(n_neighbors, len(gallery)))
+            distances = np.sqrt(np.maximum(squared, 0)).mean(axis=1)
+            grid, size = geometry[index]
+            scores[index] = -float(self._maps_from_distances(distances, grid, size).amax())
+            progress.update(index + 1)
+        return scores
+
+    def _maps_and_scores(self, X, *, at_input_size):
+        check_is_fitted(self)
+        checked = check_input(X)
+        if checked.spec.kind == self.input_spec_.kind == "vectors":
+            validate_data(self, X, dtype=None, reset=False)
+        check_consistent(checked.spec, self.input_spec_)
+        scores = np.empty(len(checked))
+        maps = [None] * len(checked)
+        for indices, features, size, original in self._embeddings(self.net_, checked, self.device_, "anomaly maps"):
+            grid = features.shape[-2:]
+            smoothed = self._maps_from_distances(self._patch_distances(features), grid, size)
+            scores[indices] = -smoothed.amax(dim=(1, 2, 3)).numpy()
+            if at_input_size:
+                resized = resize_maps(smoothed, original)
+                for offset, index in enumerate(indices):
+                    maps[index] = resized[offset, 0].numpy().astype(np.float32, copy=False)
+        return checked, maps, scores
+
+    # ------------------------------------------------------------ new input
+
+    def anomaly_maps(self, X, *, return_scores=False):
+        """One anomaly map per image, at the image's own size: higher = more anomalous.
+
+        Each pixel's value is the distance of its patch features to the
+        nearest normal patches in the memory bank, upsampled from the
+        stride-8 grid and smoothed (``sigma``). The maps are computed at the
+        scored size (``resize``) and then resized (bilinear) to each input
+        image's size; ``-score_samples`` is the maximum of the map at the
+        scored size (the same as this map's maximum when the image is scored
+        at its own size).
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Images in the layout seen in ``fit``.
+        return_scores : bool, default=False
+            Also return ``score_samples(X)``, computed in the same pass.
+
+        Returns
+        -------
+        maps : ndarray of shape (n_images, H, W), float32, or list of ndarrays
+            An array for array input (all images share a size); a list of 2-D
+            float32 arrays, each of its image's size, for a list of files or
+            PIL images.
+        scores : ndarray of shape (n_images,)
+            Only with ``return_scores=True``: the images' ``score_samples``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_panda import PandaPatchDetector
+        >>> rng = np.random.default_rng(0)
+        >>> normal = (rng.random((4, 40, 60)) * 255).astype(np.uint8)
+        >>> detector = PandaPatchDetector(backbone="resnet18", weights=None, resize=None).fit(normal)
+        >>> maps, scores = detector.anomaly_maps(normal[:2], return_scores=True)
+        >>> maps.shape, bool(np.allclose(scores, -maps.max(axis=(1, 2))))
+        ((2, 40, 60), True)
+        """
+        check_is_fitted(self)
+        if self.input_spec_.kind == "vectors":
+            raise ValueError("anomaly_maps needs images; this detector was fitted on vectors (n, d).")
+        checked, maps, scores = self._maps_and_scores(X, at_input_size=True)
+        maps = np.stack(maps) if checked.spec.kind == "array_images" else maps
+        return (maps, scores) if return_scores else maps
+
+    def score_samples(self, X):
+        """Negated maximum of each image's anomaly map: higher means more normal.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Images in the layout seen in ``fit``.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_images,)
+            Minus the largest value of each image's map at the scored size;
+            the lower, the more anomalous its worst region.
+        """
+        return self._maps_and_scores(X, at_input_size=False)[2]
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        tags.input_tags.allow_nan = False
+        return tags

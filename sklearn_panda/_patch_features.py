@@ -1,0 +1,217 @@
+"""Patch features for local defects: mid-level feature maps of a split backbone, aggregated.
+
+A local detector describes every small region of an image instead of the
+whole image: the outputs of two mid-level stages (PatchCore's choice, Roth et
+al. CVPR 2022: ResNet ``layer2`` and ``layer3``, at strides 8 and 16), each
+averaged over a small neighbourhood of positions so that a feature sees a
+little context, the deeper map upsampled to the finer grid, and both
+concatenated: one feature vector per position of a stride-8 grid.
+
+The backbone is split by node name (:func:`~sklearn_panda._stages.split_model`)
+with the chosen layers as its stage ends, so that the same network can be
+saved, moved and adapted as the image-level detectors' are. Default layers
+come from the family's stage ends: the last one at stride 8 and the last at
+stride 16, measured on a blank image. No estimator code here.
+"""
+
+import numbers
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from ._backbones import build_model
+from ._stages import family_stage_ends, split_model
+
+# The strides of the default layers: the finest maps that still carry mid-level meaning.
+DEFAULT_STRIDES = (8, 16)
+# Side of the blank image the stage ends' strides are measured on.
+PROBE_SIZE = 224
+# "auto" resolution: images keep their size between these shorter sides.
+SMALLEST_SIDE = 224
+LARGEST_SIDE = 1024
+
+LAYERS_HINT = (
+    "Set layers to the names of two nodes or modules whose outputs are feature maps (n, C, H, W), "
+    "such as the ends of whole blocks (torchvision.models.feature_extraction.get_graph_node_names "
+    "lists them)."
+)
+
+
+def stage_outputs(net, images):
+    """The output of every stage of a split network for ``images``, in order.
+
+    The last entry of ``net.stages`` (the pooling to vectors) is not run.
+    """
+    outputs = []
+    for stage in (*net.trunk, *list(net.stages)[:-1]):
+        images = stage(images)
+        outputs.append(images)
+    return outputs
+
+
+def default_layers(model):
+    """The family's stage ends at strides 8 and 16 (the last of each), for ``model``.
+
+    Examples
+    --------
+    >>> import torchvision
+    >>> from sklearn_panda._patch_features import default_layers
+    >>> default_layers(torchvision.models.resnet18())
+    ['layer2', 'layer3']
+    >>> default_layers(torchvision.models.mobilenet_v2())
+    ['features.6', 'features.13']
+    """
+    family = family_stage_ends(model)
+    if family is None:
+        raise ValueError(
+            f"{type(model).__name__} is not a network whose stages are known (torchvision's classifiers, "
+            f"EfficientNet-Lite), so there are no default layers. {LAYERS_HINT}"
+        )
+    net = split_model(model, 1, stage_ends=family.ends, feature_node=family.ends[-1])
+    with torch.no_grad():
+        outputs = stage_outputs(net, torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
+    strides = {
+        name: PROBE_SIZE // output.shape[-1]
+        for name, output in zip(family.ends, outputs)
+        if output.ndim == 4 and output.shape[-1] == output.shape[-2]
+    }
+    layers = []
+    for stride in DEFAULT_STRIDES:
+        at_stride = [name for name, found in strides.items() if found == stride]
+        if not at_stride:
+            raise ValueError(
+                f"{type(model).__name__} has no stage ending in a feature map at stride {stride} "
+                f"(found {strides or 'none'}). {LAYERS_HINT}"
+            )
+        layers.append(at_stride[-1])
+    return layers
+
+
+def build_patch_net(backbone, weights, layers):
+    """The backbone split at ``layers`` (``"auto"``: :func:`default_layers`), and the layers.
+
+    The first layer's stage is frozen (the trunk), the last stage ends at the
+    last layer; nothing after it is kept.
+
+    Returns
+    -------
+    net : FeatureNet
+    layers : list of str
+    """
+    model = build_model(backbone, weights)
+    layers = default_layers(model) if layers == "auto" else list(layers)
+    return split_patch_net(model, layers), layers
+
+
+def split_patch_net(model, layers):
+    """``model`` split with ``layers`` as its stage ends; every parameter frozen."""
+    if isinstance(layers, str) or len(layers) < 2 or not all(isinstance(name, str) for name in layers):
+        raise ValueError(
+            f"layers must be 'auto' or a list of at least two node or module names, finest first "
+            f"(their maps are combined); got {layers!r}."
+        )
+    net = split_model(model, len(layers) - 1, stage_ends=layers, feature_node=layers[-1])
+    for parameter in net.parameters():
+        parameter.requires_grad_(False)
+    return net.eval()
+
+
+def aggregate(maps, neighbourhood, n_features=None):
+    """One feature map from several: local averages, on the first map's grid, concatenated.
+
+    Parameters
+    ----------
+    maps : list of Tensor (n, C_i, H_i, W_i)
+        The finest first.
+    neighbourhood : int
+        Odd side of the square each position is averaged over (1: none).
+    n_features : int or None
+        Average adjacent channels down to this many (PatchCore's projection);
+        ``None`` keeps all of them.
+
+    Returns
+    -------
+    Tensor (n, D, H_0, W_0), float32
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._patch_features import aggregate
+    >>> aggregate([torch.ones(2, 4, 8, 8), torch.ones(2, 6, 4, 4)], 3).shape
+    torch.Size([2, 10, 8, 8])
+    >>> aggregate([torch.ones(2, 4, 8, 8), torch.ones(2, 6, 4, 4)], 3, n_features=5).shape
+    torch.Size([2, 5, 8, 8])
+    """
+    grid = maps[0].shape[-2:]
+    parts = []
+    for feature_map in maps:
+        feature_map = feature_map.float()
+        if neighbourhood > 1:
+            feature_map = F.avg_pool2d(
+                feature_map, neighbourhood, stride=1, padding=neighbourhood // 2, count_include_pad=False
+            )
+        if feature_map.shape[-2:] != grid:
+            feature_map = F.interpolate(feature_map, size=grid, mode="bilinear", align_corners=False)
+        parts.append(feature_map)
+    features = torch.cat(parts, dim=1)
+    n_images, n_channels, height, width = features.shape
+    if n_features is not None and n_features < n_channels:
+        rows = features.permute(0, 2, 3, 1).reshape(-1, 1, n_channels)
+        features = F.adaptive_avg_pool1d(rows, n_features).reshape(n_images, height, width, n_features)
+        features = features.permute(0, 3, 1, 2)
+    return features.contiguous()
+
+
+def working_size(height, width, resize):
+    """The ``(height, width)`` an image is scored at.
+
+    ``None`` keeps it; an integer is the new shorter side (the aspect ratio
+    kept); a pair is the size itself; ``"auto"`` keeps the size when the
+    shorter side is between 224 and 1024 pixels and otherwise scales it to the
+    nearer bound (a stride-8 grid of a smaller image is too coarse to place a
+    defect; a larger one costs time and memory out of proportion).
+
+    Examples
+    --------
+    >>> from sklearn_panda._patch_features import working_size
+    >>> working_size(640, 640, "auto"), working_size(28, 56, "auto"), working_size(2048, 1024, "auto")
+    ((640, 640), (224, 448), (2048, 1024))
+    >>> working_size(100, 200, None), working_size(100, 200, 50), working_size(100, 200, (32, 48))
+    ((100, 200), (50, 100), (32, 48))
+    """
+    if resize is None:
+        return height, width
+    if resize == "auto":
+        shorter = min(height, width)
+        target = min(max(shorter, SMALLEST_SIDE), LARGEST_SIDE)
+        if target == shorter:
+            return height, width
+        resize = target
+    if isinstance(resize, numbers.Integral):
+        scale = resize / min(height, width)
+        return (resize, round(width * scale)) if height <= width else (round(height * scale), resize)
+    return int(resize[0]), int(resize[1])
+
+
+def gaussian_smoothing(maps, sigma):
+    """Maps ``(n, 1, H, W)`` blurred by a Gaussian of ``sigma`` pixels (0: unchanged).
+
+    The kernel reaches 4 sigma on each side, with reflected borders, as
+    ``scipy.ndimage.gaussian_filter`` does (PatchCore's smoothing).
+    """
+    if sigma <= 0:
+        return maps
+    radius = int(4 * sigma + 0.5)
+    # A kernel may not exceed the map it blurs (reflection needs the pixels).
+    height, width = maps.shape[-2:]
+    size_y, size_x = min(2 * radius + 1, 2 * ((height - 1) // 2) + 1), min(2 * radius + 1, 2 * ((width - 1) // 2) + 1)
+    return TF.gaussian_blur(maps, kernel_size=[size_x, size_y], sigma=[sigma, sigma])
+
+
+def resize_maps(maps, size):
+    """Maps ``(n, 1, h, w)`` resized (bilinear) to ``size``."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return TF.resize(maps, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)

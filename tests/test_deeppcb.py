@@ -1,0 +1,57 @@
+"""DeepPCB's one-class split with defect masks: the shipped sample and the full folder's layout."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sklearn_panda._deeppcb import TEST_GROUPS, TRAIN_GROUPS
+from sklearn_panda.datasets import load_deeppcb
+
+
+def test_the_sample_ships_with_the_package():
+    X_train, X_test, y_test, masks = load_deeppcb()
+    assert X_train.shape == (60, 320, 320) and X_train.dtype == np.uint8
+    assert set(np.unique(X_train)) == {0, 255}
+    assert X_test.shape == masks.shape == (40, 320, 320) and masks.dtype == bool
+    assert (y_test == 1).sum() == (y_test == -1).sum() == 20
+    assert not masks[y_test == 1].any()
+    assert masks[y_test == -1].any(axis=(1, 2)).all()
+    capped = load_deeppcb(max_train=10, max_test=6)
+    assert len(capped[0]) == 10 and list(capped[2]) == [1, 1, 1, -1, -1, -1]
+
+
+def make_folder(root, pairs_per_group=4, size=16):
+    rng = np.random.default_rng(0)
+    for group in TRAIN_GROUPS + TEST_GROUPS:
+        for kind in ("template", "tested", "mask"):
+            (root / group / kind).mkdir(parents=True)
+        for index in range(pairs_per_group):
+            name = f"{group}{index:03d}.png"
+            image = (rng.random((size, size)) > 0.5).astype(np.uint8) * 255
+            mask = np.zeros((size, size), dtype=np.uint8)
+            mask[2:5, 3:7] = 1
+            Image.fromarray(image).save(root / group / "template" / name)
+            Image.fromarray(255 - image).save(root / group / "tested" / name)
+            Image.fromarray(mask).save(root / group / "mask" / name)
+
+
+def test_the_full_folder_splits_by_board_and_never_shows_both_halves_of_a_pair(tmp_path):
+    make_folder(tmp_path)
+    X_train, X_test, y_test, masks = load_deeppcb(tmp_path)
+    assert len(X_train) == 4 * len(TRAIN_GROUPS)
+    assert all(path.split("/")[-3] in TRAIN_GROUPS for path in X_train)
+    assert all(path.split("/")[-3] in TEST_GROUPS and path not in X_train for path in X_test)
+    normal = [path for path, label in zip(X_test, y_test) if label == 1]
+    defective = [path for path, label in zip(X_test, y_test) if label == -1]
+    assert all("/template/" in path for path in normal) and all("/tested/" in path for path in defective)
+    names = lambda paths: {path.split("/")[-1] for path in paths}  # noqa: E731
+    assert not names(normal) & names(defective)
+    assert len(normal) == len(defective) == 2 * len(TEST_GROUPS)
+    assert not masks[y_test == 1].any() and masks[y_test == -1][:, 2:5, 3:7].all()
+    capped = load_deeppcb(tmp_path, max_train=5, max_test=4)
+    assert len(capped[0]) == 5 and list(capped[2]) == [1, 1, -1, -1]
+
+
+def test_a_folder_without_deeppcb_says_what_it_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="template/, tested/ and mask/"):
+        load_deeppcb(tmp_path)

@@ -1,0 +1,223 @@
+"""PandaPatchDetector: maps at each input's size, local defects found, the outlier contract, persistence."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from sklearn.utils._param_validation import InvalidParameterError
+
+from conftest import TINY_LAYERS, tiny_cnn, tiny_mlp
+
+from sklearn_panda import PandaDetector, PandaPatchDetector, load
+from sklearn_panda._coreset import greedy_coreset
+from sklearn_panda._patch_features import default_layers, working_size
+
+TINY = dict(backbone=tiny_cnn, weights=None, layers=TINY_LAYERS, resize=None, random_state=0)
+
+
+def stripes(n, size=48, seed=0):
+    """Normal images: horizontal stripes, each of the 8 phases in turn, a little noise; uint8 (n, size, size)."""
+    rng = np.random.default_rng(seed)
+    rows = np.arange(size)[None, :, None]
+    phase = (np.arange(n) % 8)[:, None, None]
+    images = np.where((rows + phase) % 8 < 4, 200, 40) + rng.normal(0, 4, size=(n, size, size))
+    return np.clip(images, 0, 255).astype(np.uint8)
+
+
+def with_square(images, top=20, left=24, side=8):
+    """A checkerboard square, a texture the stripes never show, at rows and columns [top, top + side)."""
+    defective = images.copy()
+    checker = np.add.outer(np.arange(side), np.arange(side)) % 2 == 0
+    defective[:, top : top + side, left : left + side] = np.where(checker, 255, 0)
+    return defective
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    return PandaPatchDetector(**TINY).fit(stripes(16))
+
+
+def test_a_square_on_stripes_is_found_where_it_is():
+    detector = PandaPatchDetector(**TINY).fit(stripes(16, size=96))
+    normal = stripes(6, seed=1, size=96)
+    defective = with_square(normal, top=44, left=40)
+    assert detector.score_samples(defective).max() < detector.score_samples(normal).min()
+    maps = detector.anomaly_maps(defective)
+    assert maps.shape == (6, 96, 96) and maps.dtype == np.float32
+    for one in maps:
+        row, col = np.unravel_index(np.argmax(one), one.shape)
+        # Near the square's centre (47.5, 43.5), within a stride-8 cell; the far corner is 60 away.
+        assert np.hypot(row - 47.5, col - 43.5) <= 12
+        assert one[44:52, 40:48].mean() > 3 * one[:16, :16].mean()
+
+
+def test_scores_are_minus_the_maps_maximum_and_come_with_the_maps(fitted):
+    images = with_square(stripes(3, seed=2))
+    maps, scores = fitted.anomaly_maps(images, return_scores=True)
+    np.testing.assert_allclose(scores, fitted.score_samples(images), rtol=1e-6)
+    np.testing.assert_allclose(scores, -maps.reshape(3, -1).max(axis=1), rtol=1e-6)
+    np.testing.assert_array_equal(fitted.decision_function(images), scores - fitted.offset_)
+    np.testing.assert_array_equal(fitted.predict(images), np.where(scores < fitted.offset_, -1, 1))
+
+
+def test_maps_have_each_inputs_size_for_files_and_pil_images(tmp_path):
+    rng = np.random.default_rng(0)
+    sizes = [(40, 56), (64, 48), (36, 36)]
+    paths = []
+    for index, (height, width) in enumerate(sizes):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)).save(path)
+        paths.append(str(path))
+    detector = PandaPatchDetector(**{**TINY, "resize": "auto"}).fit(paths)
+    maps = detector.anomaly_maps(paths)
+    assert isinstance(maps, list) and [m.shape for m in maps] == sizes
+    assert all(m.dtype == np.float32 for m in maps)
+    pil_maps = detector.anomaly_maps([Image.open(path) for path in reversed(paths)])
+    assert [m.shape for m in pil_maps] == sizes[::-1]
+    np.testing.assert_allclose(pil_maps[0], maps[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_leave_one_out_training_scores_leave_each_images_own_patches_out():
+    images = stripes(6)
+    detector = PandaPatchDetector(**{**TINY, "coreset_ratio": 1.0}).fit(images)
+    # With every patch in the bank, a training image finds itself: distance 0 everywhere.
+    np.testing.assert_allclose(detector.score_samples(images), 0.0, atol=1e-3)
+    assert (detector.training_scores_ < -1e-2).all()
+    assert len(detector.memory_bank_) == detector.n_training_patches_ == 6 * 6 * 6
+
+
+def test_contamination_flags_that_fraction_of_the_training_images():
+    images = stripes(20)
+    labels = PandaPatchDetector(**TINY, contamination=0.25).fit_predict(images)
+    assert (labels == -1).sum() == 5
+
+
+def test_coreset_ratio_sets_the_banks_size(fitted):
+    assert len(fitted.memory_bank_) == int(np.ceil(0.1 * fitted.n_training_patches_))
+    assert fitted.memory_bank_.shape[1] == 16 + 16  # both maps concatenated
+    projected = PandaPatchDetector(**TINY, n_features=12, coreset_ratio=0.5).fit(stripes(4))
+    assert projected.memory_bank_.shape == (int(np.ceil(0.5 * 4 * 36)), 12)
+
+
+def test_same_seed_same_scores_and_nothing_global_is_seeded():
+    images = stripes(8)
+    state = torch.random.get_rng_state()
+    first = PandaPatchDetector(**TINY).fit(images).score_samples(images)
+    assert torch.equal(state, torch.random.get_rng_state())
+    np.testing.assert_array_equal(first, PandaPatchDetector(**TINY).fit(images).score_samples(images))
+
+
+def test_save_load_and_pickle_give_the_same_maps(fitted, tmp_path):
+    images = with_square(stripes(3, seed=3))
+    expected = fitted.anomaly_maps(images)
+    fitted.save(tmp_path / "patch.pt")
+    loaded = load(tmp_path / "patch.pt", backbone=tiny_cnn)
+    np.testing.assert_array_equal(loaded.anomaly_maps(images), expected)
+    assert loaded.layers_ == TINY_LAYERS and loaded.offset_ == fitted.offset_
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(fitted)).anomaly_maps(images), expected)
+
+
+def test_a_named_backbone_takes_its_familys_layers_and_saves():
+    detector = PandaPatchDetector(backbone="resnet18", weights=None, resize=None, random_state=0)
+    detector.fit(stripes(3, size=32))
+    assert detector.layers_ == ["layer2", "layer3"]
+    assert detector.memory_bank_.shape[1] == 128 + 256
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("resnet18", ["layer2", "layer3"]), ("wide_resnet50_2", ["layer2", "layer3"]), ("convnext_tiny", None)],
+)
+def test_default_layers_are_the_stage_ends_at_strides_8_and_16(name, expected):
+    model = torchvision.models.get_model(name, weights=None)
+    layers = default_layers(model)
+    if expected is not None:
+        assert layers == expected
+    strides = {}
+    from sklearn_panda._patch_features import split_patch_net, stage_outputs
+
+    with torch.no_grad():
+        outputs = stage_outputs(split_patch_net(model, layers), torch.zeros(1, 3, 224, 224))
+    strides = [224 // output.shape[-1] for output in outputs]
+    assert strides == [8, 16]
+
+
+def test_efficientnet_lite0_layers():
+    pytest.importorskip("efficientnet_lite_pytorch")
+    from sklearn_panda._backbones import build_model
+
+    assert default_layers(build_model("efficientnet_lite0", None)) == ["_blocks.4", "_blocks.10"]
+
+
+def test_networks_without_stride_8_and_16_maps_need_layers():
+    with pytest.raises(ValueError, match="set layers|Set layers"):
+        PandaPatchDetector(backbone=tiny_cnn, weights=None).fit(stripes(3))
+    with pytest.raises(ValueError, match="no stage ending in a feature map at stride 8"):
+        PandaPatchDetector(backbone="vit_b_16", weights=None).fit(stripes(2, size=32))
+
+
+@pytest.mark.parametrize(
+    "parameters, error, message",
+    [
+        ({"coreset_ratio": 0}, InvalidParameterError, "coreset_ratio"),
+        ({"coreset_ratio": 1.5}, InvalidParameterError, "coreset_ratio"),
+        ({"neighbourhood": 2}, ValueError, "neighbourhood must be odd"),
+        ({"layers": ["5"]}, ValueError, "at least two"),
+        ({"resize": (10, 0)}, ValueError, "resize must be"),
+        ({"layers": ["5", "nope"]}, ValueError, "no node or module 'nope'"),
+    ],
+)
+def test_bad_parameters_get_a_clear_error(parameters, error, message):
+    with pytest.raises(error, match=message):
+        PandaPatchDetector(**{**TINY, **parameters}).fit(stripes(3))
+
+
+def test_one_training_image_is_refused():
+    with pytest.raises(ValueError, match="at least 2 training images"):
+        PandaPatchDetector(**TINY).fit(stripes(1))
+
+
+def test_vectors_are_single_patches_and_have_no_maps():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 5))
+    detector = PandaPatchDetector(backbone=tiny_mlp, weights=None, coreset_ratio=0.5, random_state=0).fit(X)
+    assert detector.score_samples(X[:3]).shape == (3,)
+    with pytest.raises(ValueError, match="needs images"):
+        detector.anomaly_maps(X[:3])
+    with pytest.raises(ValueError, match="expects images"):
+        PandaPatchDetector(backbone="resnet18", weights=None).fit(X)
+
+
+def test_new_images_must_match_the_training_layout(fitted):
+    with pytest.raises(ValueError, match="1-channel images; got 3-channel"):
+        fitted.score_samples(np.zeros((2, 48, 48, 3), dtype=np.uint8))
+
+
+def test_maps_are_asked_of_the_patch_detector_only():
+    assert not hasattr(PandaDetector(), "anomaly_maps")
+
+
+def test_greedy_coreset_picks_the_farthest_point_each_time():
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(3000, 6))
+    generator = torch.Generator().manual_seed(3)
+    chosen = greedy_coreset(torch.from_numpy(points.astype(np.float32)), 700, projection_dim=None, generator=generator)
+    chosen = chosen.tolist()
+    assert len(set(chosen)) == 700
+    # Each pick is the point farthest from those before it (up to float32 rounding of near-ties).
+    nearest = ((points - points[chosen[0]]) ** 2).sum(1)
+    for pick in chosen[1:]:
+        assert nearest[pick] >= nearest.max() * (1 - 1e-5)
+        nearest = np.minimum(nearest, ((points - points[pick]) ** 2).sum(1))
+    # Duplicated points: still distinct rows.
+    assert len(set(greedy_coreset(torch.zeros(50, 3), 50).tolist())) == 50
+
+
+def test_working_size():
+    assert working_size(640, 640, "auto") == (640, 640)
+    assert working_size(100, 50, "auto") == (448, 224)
+    assert working_size(3000, 2000, "auto") == (1536, 1024)
+    assert working_size(100, 50, (30, 40)) == (30, 40)
