@@ -1,10 +1,12 @@
 """Command line for folders of images: ``sklearn-panda fit`` and ``sklearn-panda score``.
 
 ``fit`` adapts a :class:`~sklearn_panda.PandaDetector` to a folder of normal
-images and saves it with :func:`~sklearn_panda.save`; ``score`` loads a saved
-model with :func:`~sklearn_panda.load`, scores images and writes a CSV sorted
-from the most anomalous image to the most normal one, and optionally a
-self-contained HTML report. The same is available as
+images (``--local``: fits a :class:`~sklearn_panda.PandaPatchDetector`, for
+defects on known objects) and saves it with :func:`~sklearn_panda.save`;
+``score`` loads a saved model with :func:`~sklearn_panda.load`, scores images
+and writes a CSV sorted from the most anomalous image to the most normal one,
+optionally a self-contained HTML report and, for a local model, a heat-map
+overlay PNG per image (``--maps``). The same is available as
 ``python -m sklearn_panda``.
 
 Images are named by folders (searched recursively for ``.png``, ``.jpg``,
@@ -20,23 +22,24 @@ are ready.
 """
 
 import argparse
-import base64
 import csv
-import html
+import heapq
 import importlib
 import io
 import os
 import pathlib
 import pickle
+import shutil
 import sys
 import warnings
 import zipfile
 
 import numpy as np
 
+from ._report import heat_overlay, number, open_rgb, report_html
+
 PROG = "sklearn-panda"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
-THUMBNAIL_SIZE = 160
 
 
 # ------------------------------------------------------------------ inputs
@@ -228,130 +231,14 @@ def _write_files(contents):
                 os.unlink(temporary)
 
 
-def _scores_csv(paths, scores, flagged):
+def _scores_csv(paths, scores, flagged, map_files=None):
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "score", "label"])
-    for path, score, is_flagged in zip(paths, scores, flagged):
-        writer.writerow([path, repr(float(score)), "anomaly" if is_flagged else "normal"])
+    writer.writerow(["path", "score", "label"] + (["map"] if map_files is not None else []))
+    for index, (path, score, is_flagged) in enumerate(zip(paths, scores, flagged)):
+        row = [path, repr(float(score)), "anomaly" if is_flagged else "normal"]
+        writer.writerow(row + ([map_files[index]] if map_files is not None else []))
     return text.getvalue().encode("utf-8")
-
-
-def _number(value):
-    return f"{value:.6g}"
-
-
-def _thumbnail(path):
-    """A PNG data URI of the image as the model read it (RGB, no EXIF rotation)."""
-    from PIL import Image
-
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
-    image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _histogram_svg(scores, threshold, width=640, height=220):
-    """Inline SVG histogram of ``scores`` with a line at ``threshold`` (no plotting library needed)."""
-    low, high = min(scores.min(), threshold), max(scores.max(), threshold)
-    bin_width = (high - low or 1.0) / min(30, max(10, len(scores) // 2))
-    # The threshold is a bin edge, so that every bar is wholly flagged or wholly not; a score
-    # equal to the threshold is not flagged and falls in the bin that starts there.
-    steps = np.arange(np.floor((low - threshold) / bin_width), np.floor((high - threshold) / bin_width) + 2)
-    edges = threshold + bin_width * steps
-    counts, _ = np.histogram(scores, bins=edges)
-    low, high = edges[0], edges[-1]
-    left, right, top, bottom = 40, 20, 24, 36
-    plot_width, plot_height = width - left - right, height - top - bottom
-
-    def x(value):
-        return left + (value - low) / (high - low) * plot_width
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="Histogram of the scores">'
-    ]
-    for count, start, stop in zip(counts, edges[:-1], edges[1:]):
-        if count == 0:
-            continue
-        bar_height = count / counts.max() * plot_height
-        kind = "flagged" if start < threshold else "normal"
-        parts.append(
-            f'<rect class="{kind}" x="{x(start):.1f}" y="{top + plot_height - bar_height:.1f}" '
-            f'width="{max(x(stop) - x(start) - 1, 1):.1f}" height="{bar_height:.1f}">'
-            f"<title>{count} image(s), scores {_number(start)} to {_number(stop)}</title></rect>"
-        )
-    baseline = top + plot_height
-    parts += [
-        f'<line x1="{left}" y1="{baseline}" x2="{left + plot_width}" y2="{baseline}" stroke="#444"/>',
-        f'<text x="{left}" y="{baseline + 16}" text-anchor="start">{_number(low)}</text>',
-        f'<text x="{left + plot_width}" y="{baseline + 16}" text-anchor="end">{_number(high)}</text>',
-        f'<text x="{left + plot_width / 2}" y="{baseline + 30}" text-anchor="middle">'
-        "score (higher = more normal)</text>",
-        f'<text x="{left - 6}" y="{top + 10}" text-anchor="end">{counts.max()}</text>',
-        f'<line class="threshold" x1="{x(threshold):.1f}" y1="{top - 8}" x2="{x(threshold):.1f}" '
-        f'y2="{baseline}"/>',
-        f'<text x="{x(threshold):.1f}" y="{top - 12}" text-anchor="middle">'
-        f"threshold {_number(threshold)}</text>",
-        "</svg>",
-    ]
-    return "\n".join(parts)
-
-
-REPORT_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-svg text { font-size: 12px; fill: #333; }
-rect.normal { fill: #4a7fb5; } rect.flagged { fill: #c8453c; }
-line.threshold { stroke: #c8453c; stroke-width: 2; stroke-dasharray: 5 3; }
-.grid { display: flex; flex-wrap: wrap; gap: 12px; }
-figure { margin: 0; width: 176px; padding: 6px; border: 3px solid #4a7fb5; border-radius: 4px; }
-figure.flagged { border-color: #c8453c; }
-figure img { width: 160px; height: 160px; object-fit: contain; image-rendering: pixelated; background: #eee; }
-figcaption { font-size: 12px; overflow-wrap: anywhere; }
-"""
-
-
-def _report_html(paths, scores, flagged, threshold, model, top):
-    order = np.argsort(scores, kind="stable")
-    anomalous = order[:top]
-    # The normal side never repeats an image already shown as anomalous.
-    normal = order[max(top, len(order) - top) :][::-1]
-
-    def figures(indices):
-        return "\n".join(
-            f'<figure class="{"flagged" if flagged[i] else "normal"}">'
-            f'<img src="{_thumbnail(paths[i])}" alt="{html.escape(paths[i])}">'
-            f"<figcaption><b>{_number(scores[i])}</b> "
-            f'{"anomaly" if flagged[i] else "normal"}<br>{html.escape(paths[i])}</figcaption></figure>'
-            for i in indices
-        )
-
-    sections = [
-        f"<h2>The {len(anomalous)} most anomalous</h2>\n<div class=\"grid\">\n{figures(anomalous)}\n</div>"
-    ]
-    if len(normal):
-        sections.append(
-            f"<h2>The {len(normal)} most normal</h2>\n<div class=\"grid\">\n{figures(normal)}\n</div>"
-        )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>sklearn-panda report</title>
-<style>{REPORT_STYLE}</style>
-</head>
-<body>
-<h1>sklearn-panda report</h1>
-<p>Model {html.escape(str(model))}: {len(scores)} images scored, {int(flagged.sum())} flagged as
-anomalies (score below the threshold {_number(threshold)}). Scores are the model's
-<code>score_samples</code>: higher means more normal.</p>
-{_histogram_svg(scores, threshold)}
-{chr(10).join(sections)}
-</body>
-</html>
-""".encode("utf-8")
 
 
 # ---------------------------------------------------------------- commands
@@ -449,11 +336,23 @@ def build_parser():
     )
     fit.add_argument("--feature-node", metavar="NODE", help="the node that gives the features (default: "
                      "the input of the classifier)")
+    fit.add_argument(
+        "--local", action="store_true",
+        help="fit a PandaPatchDetector instead: local defects on known objects (a scratch on a part), "
+        "with an anomaly map per image (score --maps); each image at its own size by default",
+    )
+    fit.add_argument("--coreset-ratio", type=float, help="--local: the share of patches kept in the memory bank")
+    fit.add_argument(
+        "--layers", nargs="+", metavar="NODE",
+        help="--local: the two (or more) nodes whose feature maps make the patches (default: the "
+        "family's stage ends at strides 8 and 16)",
+    )
     fit.add_argument("--n-steps", type=int, help="adaptation steps (default: PandaDetector's)")
     fit.add_argument(
         "--resize", type=_resize, default=argparse.SUPPRESS,
         help="resize the shorter side to this, or to HxW, or 'none' (default: the backbone's recipe; "
-        "256 as in the paper, 224x224 for efficientnet_lite0)",
+        "256 as in the paper, 224x224 for efficientnet_lite0; with --local, each image's own size "
+        "within 224 to 1024 pixels)",
     )
     fit.add_argument(
         "--crop-size", type=_size_or_none, default=argparse.SUPPRESS,
@@ -481,6 +380,11 @@ def build_parser():
         "images, and a histogram of the scores with the threshold"
     )
     score.add_argument(
+        "--maps", metavar="FOLDER",
+        help="a local model (fit --local) only: write each image's anomaly map over it as a PNG "
+        "(blue normal, red anomalous) into this folder; the CSV gets a map column",
+    )
+    score.add_argument(
         "--top", type=_positive_int, default=8, help="images shown on each side of the report (default 8)"
     )
     score.add_argument(
@@ -492,9 +396,19 @@ def build_parser():
     return parser
 
 
+IMAGE_LEVEL_OPTIONS = ("n_steps", "stage_ends", "feature_node", "crop_size")
+LOCAL_OPTIONS = ("coreset_ratio", "layers")
+
+
 def _detector_from_args(args):
     from ._detector import PandaDetector
+    from ._patch import PandaPatchDetector
 
+    other_kinds_options = LOCAL_OPTIONS if not args.local else IMAGE_LEVEL_OPTIONS
+    wrong = [f"--{name.replace('_', '-')}" for name in other_kinds_options if getattr(args, name, None) is not None]
+    if wrong:
+        kind = "a local model (--local)" if args.local else "an image-level model (without --local)"
+        raise ValueError(f"{', '.join(wrong)} cannot be used for {kind}.")
     params = {"verbose": args.verbose}
     if args.backbone_factory is not None:
         params["backbone"] = import_factory(args.backbone_factory)
@@ -504,19 +418,12 @@ def _detector_from_args(args):
         params["backbone"] = args.backbone
     if args.weights is not None:
         params["weights"] = None if args.weights.lower() == "none" else args.weights
-    options = {
-        "n_steps": args.n_steps,
-        "stage_ends": args.stage_ends,
-        "feature_node": args.feature_node,
-        "contamination": args.contamination,
-        "random_state": args.random_state,
-        "device": args.device,
-    }
-    # Options not given keep PandaDetector's defaults, so the two never drift apart.
-    params.update({key: value for key, value in options.items() if value is not None})
+    names = ("contamination", "random_state", "device") + (LOCAL_OPTIONS if args.local else IMAGE_LEVEL_OPTIONS[:3])
+    # Options not given keep the estimator's defaults, so the two never drift apart.
+    params.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
     # For these, None ("none": skip the step) is a value of its own; not given, they are absent.
     params.update({key: getattr(args, key) for key in ("resize", "crop_size") if hasattr(args, key)})
-    return PandaDetector(**params)
+    return (PandaPatchDetector if args.local else PandaDetector)(**params)
 
 
 def _fit(args):
@@ -527,35 +434,104 @@ def _fit(args):
     detector = _detector_from_args(args).fit(paths)
     save(detector, args.model)
     n_flagged = int(np.sum(detector.training_scores_ < detector.offset_))
+    what = (
+        f"layers {', '.join(detector.layers_)}, a memory bank of {len(detector.memory_bank_)} patches"
+        if args.local
+        else f"{detector.recipe_['n_steps']} steps"
+    )
     print(
-        f"Fitted on {len(paths)} images ({args.backbone_factory or args.backbone}, "
-        f"{detector.recipe_['n_steps']} steps); threshold {_number(detector.offset_)}, below which "
-        f"{n_flagged} training images fall (leave-one-out)."
+        f"Fitted on {len(paths)} images ({args.backbone_factory or args.backbone}, {what}); threshold "
+        f"{number(detector.offset_)}, below which {n_flagged} training images fall (leave-one-out)."
     )
     print(f"Model saved to {args.model}")
+
+
+# Images scored at once by a local model: their maps are held in memory together.
+MAP_CHUNK = 32
+
+
+def _map_file(index, path):
+    return f"{index:05d}-{pathlib.Path(path).stem}.png"
+
+
+def _score_with_maps(estimator, paths, maps_folder, top):
+    """Scores of a local model, its maps written to ``maps_folder`` (when given) as they
+    come, and the overlays of the ``top`` most anomalous images for the report."""
+    threshold = -float(estimator.offset_)
+    if not threshold > 0:
+        threshold = None
+    scores, kept = np.empty(len(paths)), []
+    for start in range(0, len(paths), MAP_CHUNK):
+        chunk = paths[start : start + MAP_CHUNK]
+        maps, chunk_scores = estimator.anomaly_maps(chunk, return_scores=True)
+        scores[start : start + len(chunk)] = chunk_scores
+        scale = threshold if threshold is not None else max(float(np.max(m)) for m in maps) / 2 or 1.0
+        for offset, (path, anomaly_map) in enumerate(zip(chunk, maps)):
+            index = start + offset
+            if maps_folder is None and len(kept) >= top and -chunk_scores[offset] <= kept[0][0]:
+                continue
+            overlay = heat_overlay(open_rgb(path), anomaly_map, scale)
+            if maps_folder is not None:
+                overlay.save(os.path.join(maps_folder, _map_file(index, path)))
+            # The report's overlays: the most anomalous so far, smallest first (a heap).
+            heapq.heappush(kept, (-chunk_scores[offset], index, overlay))
+            if len(kept) > top:
+                heapq.heappop(kept)
+    return scores, {index: overlay for _, index, overlay in kept}
 
 
 def _score(args):
     _check_destination(args.output, "--output")
     if args.report is not None:
         _check_destination(args.report, "--report")
+    if args.maps is not None and not os.path.isdir(args.maps):
+        if os.path.exists(args.maps):
+            raise NotADirectoryError(f"--maps {args.maps} is a file; give a folder.")
+        _check_destination(args.maps, "--maps")  # made at the end; its parent must exist
     paths = collect_images(args.sources)
     factory = None if args.backbone_factory is None else import_factory(args.backbone_factory)
     estimator = _load_model(args.model, factory, args.device)
-    scores = np.asarray(estimator.score_samples(paths), dtype=float)
-    threshold = float(estimator.offset_)
-    # The same rule as predict: decision_function = score - offset_ < 0.
-    flagged = scores - threshold < 0
-    order = np.argsort(scores, kind="stable")
-    outputs = {args.output: _scores_csv([paths[i] for i in order], scores[order], flagged[order])}
-    if args.report is not None:
-        outputs[args.report] = _report_html(paths, scores, flagged, threshold, args.model, args.top)
-    _write_files(outputs)
+    local = hasattr(estimator, "anomaly_maps")
+    if args.maps is not None and not local:
+        raise ValueError(
+            f"--maps needs a local model (fit --local, a PandaPatchDetector); {args.model} holds a "
+            f"{type(estimator).__name__}, which scores whole images and gives no maps."
+        )
+    overlays, staging = {}, None
+    try:
+        if local:
+            if args.maps is not None:
+                os.makedirs(args.maps, exist_ok=True)
+                staging = os.path.join(args.maps, f".{PROG}-{os.getpid()}.tmp")
+                os.mkdir(staging)
+            top = args.top if args.report is not None else 0
+            scores, overlays = _score_with_maps(estimator, paths, staging, top)
+        else:
+            scores = np.asarray(estimator.score_samples(paths), dtype=float)
+        threshold = float(estimator.offset_)
+        # The same rule as predict: decision_function = score - offset_ < 0.
+        flagged = scores - threshold < 0
+        order = np.argsort(scores, kind="stable")
+        map_files = None
+        if args.maps is not None:
+            map_files = [os.path.join(args.maps, _map_file(i, paths[i])) for i in order]
+        outputs = {args.output: _scores_csv([paths[i] for i in order], scores[order], flagged[order], map_files)}
+        if args.report is not None:
+            outputs[args.report] = report_html(paths, scores, flagged, threshold, args.model, args.top, overlays)
+        _write_files(outputs)
+        if staging is not None:
+            for name in os.listdir(staging):
+                os.replace(os.path.join(staging, name), os.path.join(args.maps, name))
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     print(
         f"Scored {len(paths)} images: {int(flagged.sum())} flagged as anomalies "
-        f"(score below the threshold {_number(threshold)})."
+        f"(score below the threshold {number(threshold)})."
     )
     print(f"Scores written to {args.output}")
+    if args.maps is not None:
+        print(f"Maps written to {args.maps}")
     if args.report is not None:
         print(f"Report written to {args.report}")
 

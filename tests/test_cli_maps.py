@@ -1,0 +1,166 @@
+"""The command line's local models: fit --local, score --maps, and the report's overlays."""
+
+import base64
+import csv
+import importlib
+import io
+import os
+import re
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sklearn_panda import PandaPatchDetector, load
+from sklearn_panda.cli import _detector_from_args, build_parser, collect_images, main
+
+MODULE = "panda_cli_patch_backbones"
+FACTORY = f"{MODULE}:tiny_cnn"
+LOCAL_FIT = ["--local", "--layers", "5", "7", "--resize", "none", "--random-state", "0", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def backbone_module(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("patch_backbones")
+    (folder / f"{MODULE}.py").write_text(
+        "from torch import nn\n\n\n"
+        "def tiny_cnn():\n"
+        "    layers = []\n"
+        "    for n_in, n_out in ((3, 8), (8, 8), (8, 16), (16, 16)):\n"
+        "        layers += [nn.Conv2d(n_in, n_out, 3, stride=2, padding=1), nn.ReLU()]\n"
+        "    return nn.Sequential(*layers)\n"
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(folder))
+        yield importlib.import_module(MODULE)
+        sys.modules.pop(MODULE)
+
+
+def _stripes(rng, height, width, phase=None):
+    rows = (np.arange(height)[:, None] + (rng.integers(8) if phase is None else phase)) % 8 < 4
+    image = np.where(rows, 200, 40) + rng.normal(0, 4, size=(height, width))
+    return np.repeat(np.clip(image, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+@pytest.fixture(scope="module")
+def local(backbone_module, tmp_path_factory):
+    """Stripes to fit on; test images of two sizes, two with a checkerboard defect; a fitted local model."""
+    root = tmp_path_factory.mktemp("local")
+    rng = np.random.default_rng(0)
+    (root / "train").mkdir()
+    (root / "test").mkdir()
+    for i in range(10):
+        Image.fromarray(_stripes(rng, 48, 64, phase=i % 8)).save(root / "train" / f"good{i}.png")
+    for i, (height, width) in enumerate([(48, 64), (56, 72), (48, 64)]):
+        Image.fromarray(_stripes(rng, height, width)).save(root / "test" / f"good{i}.png")
+    for i in range(2):
+        image = _stripes(rng, 48, 64)
+        image[16:28, 24:36] = np.where(np.add.outer(np.arange(12), np.arange(12)) % 2 == 0, 255, 0)[..., None]
+        Image.fromarray(image).save(root / "test" / f"scratched{i}.png")
+    model = root / "local.pt"
+    status = main(["fit", str(root / "train"), "--model", str(model), "--backbone-factory", FACTORY, *LOCAL_FIT])
+    assert status == 0
+    return types.SimpleNamespace(root=root, model=model, detector=load(model, backbone=backbone_module.tiny_cnn))
+
+
+def run(capsys, *args):
+    status = main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_fit_local_options_become_patch_detector_parameters():
+    parser = build_parser()
+    detector = _detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--local"]))
+    assert detector.get_params() == PandaPatchDetector(backbone="efficientnet_lite0").get_params()
+    args = ["fit", "x", "--model", "m.pt", "--local", "--coreset-ratio", "0.05", "--layers", "a", "b",
+            "--resize", "320", "--contamination", "0.1"]
+    params = _detector_from_args(parser.parse_args(args)).get_params()
+    assert (params["coreset_ratio"], params["layers"], params["resize"], params["contamination"]) == (
+        0.05, ["a", "b"], 320, 0.1,
+    )
+
+
+def test_score_maps_writes_an_overlay_per_image_at_its_size(local, tmp_path, capsys):
+    output, maps = tmp_path / "scores.csv", tmp_path / "maps"
+    status, out, err = run(capsys, "score", local.root / "test", "--model", local.model, "--backbone-factory",
+                           FACTORY, "--output", output, "--maps", maps)
+    assert status == 0, err
+    assert f"Maps written to {maps}" in out
+    with open(output, newline="") as file:
+        header, *rows = list(csv.reader(file))
+    assert header == ["path", "score", "label", "map"]
+    paths = collect_images([local.root / "test"])
+    assert sorted(os.listdir(maps)) == sorted(os.path.basename(row[3]) for row in rows)
+    for path, _, _, map_file in rows:
+        with Image.open(path) as image, Image.open(map_file) as overlay:
+            assert overlay.size == image.size and overlay.mode == "RGB"
+    # The most anomalous are the scratched ones, and their overlays are reddest where the scratch is.
+    assert {os.path.basename(row[0]) for row in rows[:2]} == {"scratched0.png", "scratched1.png"}
+    overlay = np.asarray(Image.open(rows[0][3]), dtype=float)
+    redness = overlay[..., 0] - overlay[..., 2]
+    assert redness[16:28, 24:36].mean() > redness[:, :12].mean() + 10
+    scores = dict(zip(paths, local.detector.score_samples(paths)))
+    np.testing.assert_allclose([float(row[1]) for row in rows], [scores[row[0]] for row in rows], rtol=1e-6)
+
+
+def test_the_report_shows_overlays_beside_the_most_anomalous(local, tmp_path, capsys):
+    report = tmp_path / "report.html"
+    status, _, err = run(capsys, "score", local.root / "test", "--model", local.model, "--backbone-factory",
+                         FACTORY, "--output", tmp_path / "s.csv", "--report", report, "--top", "2")
+    assert status == 0, err
+    page = report.read_text()
+    anomalous_part, normal_part = page.split("most normal")
+    overlays = re.findall(r'<img class="overlay" src="data:image/png;base64,([^"]+)"', anomalous_part)
+    assert len(overlays) == 2 and "scratched" in anomalous_part
+    assert 'class="overlay"' not in normal_part
+    assert Image.open(io.BytesIO(base64.b64decode(overlays[0]))).size == (64, 48)
+    assert not (tmp_path / "maps").exists()
+
+
+@pytest.mark.parametrize(
+    "case, words",
+    [
+        ("image-level model", ["--maps needs a local model", "PandaDetector"]),
+        ("maps is a file", ["is a file; give a folder"]),
+        ("maps parent missing", ["does not exist"]),
+    ],
+)
+def test_maps_errors_are_one_line_and_write_nothing(case, words, local, tmp_path, capsys):
+    model, factory, maps = local.model, FACTORY, tmp_path / "maps"
+    if case == "image-level model":
+        from sklearn_panda import PandaDetector, save
+
+        image_level = PandaDetector(backbone=load_factory(), weights=None, n_steps=0, resize=None, crop_size=None,
+                                    stage_ends=["3", "5"], feature_node="7", n_trainable_stages=1).fit(
+            collect_images([local.root / "train"])
+        )
+        model = tmp_path / "image.pt"
+        save(image_level, model)
+    elif case == "maps is a file":
+        maps.write_text("a file")
+    else:
+        maps = tmp_path / "absent" / "maps"
+    status, out, err = run(capsys, "score", local.root / "test", "--model", model, "--backbone-factory", factory,
+                           "--output", tmp_path / "s.csv", "--maps", maps)
+    assert status == 2 and out == ""
+    assert err.splitlines() == [err.strip()] and err.startswith("sklearn-panda: error: ")
+    for word in words:
+        assert word in err
+    assert not (tmp_path / "s.csv").exists()
+    assert case == "maps is a file" or not maps.exists()
+
+
+def load_factory():
+    return importlib.import_module(MODULE).tiny_cnn
+
+
+def test_fit_refuses_options_of_the_other_kind(local, tmp_path, capsys):
+    status, _, err = run(capsys, "fit", local.root / "train", "--model", tmp_path / "m.pt", "--backbone-factory",
+                         FACTORY, *LOCAL_FIT, "--n-steps", "3")
+    assert status == 2 and "--n-steps cannot be used for a local model" in err
+    status, _, err = run(capsys, "fit", local.root / "train", "--model", tmp_path / "m.pt", "--coreset-ratio", "0.1")
+    assert status == 2 and "--coreset-ratio cannot be used for an image-level model" in err
+    assert not (tmp_path / "m.pt").exists()
