@@ -2,9 +2,9 @@
 
 From the full DeepPCB folder (``--root``, the layout of ``load_deeppcb(root)``),
 with the package's own split (training boards for templates, other boards for
-testing): 60 training templates, 20 test templates and 20 defective test
-images, each a 320 x 320 crop at the native resolution (defects keep their
-size in pixels). A defective crop has a defect pixel at least 40 pixels inside
+testing): 60 training templates and 20 test regions, each as a template and as
+a defective image, each a 320 x 320 crop at the native resolution (defects keep
+their size in pixels). A defective crop has a defect pixel at least 40 pixels inside
 its border; its mask is 1 inside the defect boxes. The images are one bit per pixel (DeepPCB's are
 binary) and stored packed, about 0.3 MB::
 
@@ -53,25 +53,22 @@ def make_sample(root, seed=0, n_train=60, n_test_each=20):
         image = read_binary(train_pairs[index][0])
         top, left = rng.integers(0, image.shape[0] - CROP + 1, size=2)
         train.append(image[top : top + CROP, left : left + CROP])
-    order = rng.permutation(len(test_pairs))
-    test, masks = [], []
-    for index in order[:n_test_each]:
-        image = read_binary(test_pairs[index][0])
-        top, left = rng.integers(0, image.shape[0] - CROP + 1, size=2)
-        test.append(image[top : top + CROP, left : left + CROP])
-        masks.append(np.zeros((CROP, CROP), dtype=bool))
-    defective = 0
-    for index in order[n_test_each:]:
-        if defective == n_test_each:
+    # Test regions: the same crop of a template and of its defective image.
+    normal, defective, masks = [], [], []
+    for index in rng.permutation(len(test_pairs)):
+        if len(defective) == n_test_each:
             break
-        _, tested, mask_path = test_pairs[index]
+        template, tested, mask_path = test_pairs[index]
         corner = crop_with_a_whole_defect(mask_path, rng)
         if corner is None:
             continue
         top, left = corner
-        test.append(read_binary(tested)[top : top + CROP, left : left + CROP])
-        masks.append(_read_mask(mask_path)[top : top + CROP, left : left + CROP])
-        defective += 1
+        crop = (slice(top, top + CROP), slice(left, left + CROP))
+        normal.append(read_binary(template)[crop])
+        defective.append(read_binary(tested)[crop])
+        masks.append(_read_mask(mask_path)[crop])
+    test = normal + defective
+    masks = [np.zeros_like(mask) for mask in masks] + masks
     y_test = np.r_[np.ones(n_test_each, dtype=np.int8), -np.ones(n_test_each, dtype=np.int8)]
 
     def packed(images):

@@ -6,8 +6,10 @@ linear-scan CCD, in 11 groups (boards): a defect-free template and the same
 region with defects (opens, shorts, mousebites, spurs, spurious copper,
 pin-holes), each annotated by a box. The one-class protocol here fits on
 templates of some boards and tests on templates (normal) and defective images
-(anomalous) of the *other* boards, so that no test board was seen in training;
-a test image's mask is 1 inside its defect boxes (0 everywhere for templates).
+(anomalous) of the *other* boards, so that no test board was seen in training:
+each test region gives both its template and its defective image, so that
+normal and defective test images come from the same mix of boards. A test
+image's mask is 1 inside its defect boxes (0 everywhere for templates).
 
 ``load_deeppcb()`` without ``root`` reads the small sample that ships with the
 package (made by ``benchmarks/make_deeppcb_sample.py``): 320 x 320 crops at the
@@ -54,15 +56,15 @@ def load_deeppcb(root=None, *, max_train=None, max_test=None, random_state=0):
         The DeepPCB folder (one subfolder per group, each with ``template/``,
         ``tested/`` and ``mask/`` holding PNG files of the same names). ``None``:
         the sample shipped with the package (uint8 arrays of 320 x 320 crops:
-        60 training templates, 20 normal and 20 defective test images).
+        60 training templates; 20 test regions, each as a template and as a
+        defective image).
     max_train : int or None, default=None
         Keep at most this many training templates, a random subset.
     max_test : int or None, default=None
-        Keep at most this many test images, half of them normal templates and
-        half defective images, of different board regions.
+        Keep at most this many test images: the templates (normal) and the
+        defective images of half as many board regions, a random subset.
     random_state : int, default=0
-        Seeds the subsets and which test regions give their template and
-        which their defective image.
+        Seeds the subsets.
 
     Returns
     -------
@@ -95,15 +97,14 @@ def load_deeppcb(root=None, *, max_train=None, max_test=None, random_state=0):
             "each with template/, tested/ and mask/ folders of PNG files."
         )
     train = [train_pairs[i][0] for i in _subset(len(train_pairs), max_train, rng)]
-    # Each test region gives either its template or its defective image, never both.
-    order = rng.permutation(len(test_pairs))
-    n_each = len(order) // 2 if max_test is None else min(len(order) // 2, max_test // 2)
-    normal = [test_pairs[i] for i in sorted(order[:n_each])]
-    defective = [test_pairs[i] for i in sorted(order[n_each : 2 * n_each])]
-    X_test = [template for template, _, _ in normal] + [tested for _, tested, _ in defective]
-    y_test = np.r_[np.ones(len(normal), dtype=int), -np.ones(len(defective), dtype=int)]
-    masks = [np.zeros_like(_read_mask(mask)) for _, _, mask in normal] + [_read_mask(mask) for _, _, mask in defective]
-    return train, X_test, y_test, np.stack(masks)
+    # Each test region gives both its template and its defective image: the two halves hold
+    # the same board regions, so that an image's score is compared with the same mix of boards
+    # (boards differ far more from each other than a defect changes an image).
+    regions = [test_pairs[i] for i in _subset(len(test_pairs), None if max_test is None else max_test // 2, rng)]
+    X_test = [template for template, _, _ in regions] + [tested for _, tested, _ in regions]
+    y_test = np.r_[np.ones(len(regions), dtype=int), -np.ones(len(regions), dtype=int)]
+    defect_masks = [_read_mask(mask) for _, _, mask in regions]
+    return train, X_test, y_test, np.stack([np.zeros_like(mask) for mask in defect_masks] + defect_masks)
 
 
 def _subset(n, cap, rng):
@@ -123,6 +124,6 @@ def _load_sample(max_train, max_test, rng):
     train = train[_subset(len(train), max_train, rng)]
     if max_test is not None and max_test < len(test):
         normal, defective = np.flatnonzero(y_test == 1), np.flatnonzero(y_test == -1)
-        keep = np.r_[normal[: max_test // 2], defective[: max_test - max_test // 2]]
+        keep = np.r_[normal[: max_test // 2], defective[: max_test // 2]]
         test, y_test, masks = test[keep], y_test[keep], masks[keep]
     return train, test, y_test, masks

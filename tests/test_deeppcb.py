@@ -16,6 +16,9 @@ def test_the_sample_ships_with_the_package():
     assert (y_test == 1).sum() == (y_test == -1).sum() == 20
     assert not masks[y_test == 1].any()
     assert masks[y_test == -1].any(axis=(1, 2)).all()
+    # Each test region twice: its template, then the same crop with defects (and a scan of its own).
+    changed = X_test[:20] != X_test[20:]
+    assert changed.any(axis=(1, 2)).all() and (changed & masks[20:]).any(axis=(1, 2)).all()
     capped = load_deeppcb(max_train=10, max_test=6)
     assert len(capped[0]) == 10 and list(capped[2]) == [1, 1, 1, -1, -1, -1]
 
@@ -35,7 +38,7 @@ def make_folder(root, pairs_per_group=4, size=16):
             Image.fromarray(mask).save(root / group / "mask" / name)
 
 
-def test_the_full_folder_splits_by_board_and_never_shows_both_halves_of_a_pair(tmp_path):
+def test_the_full_folder_splits_by_board_and_tests_both_halves_of_each_pair(tmp_path):
     make_folder(tmp_path)
     X_train, X_test, y_test, masks = load_deeppcb(tmp_path)
     assert len(X_train) == 4 * len(TRAIN_GROUPS)
@@ -44,9 +47,9 @@ def test_the_full_folder_splits_by_board_and_never_shows_both_halves_of_a_pair(t
     normal = [path for path, label in zip(X_test, y_test) if label == 1]
     defective = [path for path, label in zip(X_test, y_test) if label == -1]
     assert all("/template/" in path for path in normal) and all("/tested/" in path for path in defective)
-    names = lambda paths: {path.split("/")[-1] for path in paths}  # noqa: E731
-    assert not names(normal) & names(defective)
-    assert len(normal) == len(defective) == 2 * len(TEST_GROUPS)
+    # The same regions in both halves, in the same order.
+    assert [path.replace("/template/", "/tested/") for path in normal] == defective
+    assert len(normal) == 4 * len(TEST_GROUPS)
     assert not masks[y_test == 1].any() and masks[y_test == -1][:, 2:5, 3:7].all()
     capped = load_deeppcb(tmp_path, max_train=5, max_test=4)
     assert len(capped[0]) == 5 and list(capped[2]) == [1, 1, -1, -1]
