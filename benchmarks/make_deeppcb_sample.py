@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sklearn_panda._deeppcb import SAMPLE_FILE, TEST_GROUPS, TRAIN_GROUPS, _pairs, _read_mask
+from sklearn_panda._deeppcb import SAMPLE_FILE, TEST_GROUPS, TRAIN_GROUPS, _pairs
+from sklearn_panda._image_io import read_binary_mask
 
 OUT = Path(__file__).resolve().parents[1] / "sklearn_panda" / "data" / SAMPLE_FILE
 CROP = 320
@@ -30,7 +31,7 @@ def read_binary(path):
 
 def crop_with_a_whole_defect(mask_path, rng):
     """A crop corner ``(top, left)`` with a defect pixel at least 40 pixels inside, or None."""
-    mask = _read_mask(mask_path)
+    mask = read_binary_mask(mask_path)
     rows, cols = np.nonzero(mask)
     if rows.size == 0:
         return None
@@ -66,7 +67,7 @@ def make_sample(root, seed=0, n_train=60, n_test_each=20):
         crop = (slice(top, top + CROP), slice(left, left + CROP))
         normal.append(read_binary(template)[crop])
         defective.append(read_binary(tested)[crop])
-        masks.append(_read_mask(mask_path)[crop])
+        masks.append(read_binary_mask(mask_path)[crop])
     test = normal + defective
     masks = [np.zeros_like(mask) for mask in masks] + masks
     y_test = np.r_[np.ones(n_test_each, dtype=np.int8), -np.ones(n_test_each, dtype=np.int8)]

@@ -15,6 +15,8 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
+from ._image_io import read_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -95,20 +97,8 @@ def resize_and_crop(images, resize, crop_size):
 
 
 def _load_image(item):
-    """A path or PIL image -> uint8 tensor (3, H, W); the error names a bad file."""
-    from PIL import Image, UnidentifiedImageError
-
-    if hasattr(item, "convert"):
-        image = item.convert("RGB")
-    else:
-        try:
-            with Image.open(item) as opened:
-                image = opened.convert("RGB")
-        except FileNotFoundError:
-            raise FileNotFoundError(f"Image file not found: {item!s}") from None
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"Could not read image file {item!s}: {error}") from None
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    """A path or PIL image -> tensor (3, H, W): uint8, or float32 in [0, 1] beyond 8 bits."""
+    return torch.from_numpy(np.ascontiguousarray(read_image(item))).permute(2, 0, 1)
 
 
 class Preprocessor:
@@ -163,14 +153,15 @@ class Preprocessor:
         images = []
         for index in np.asarray(indices):
             image = _load_image(self.checked.data[index]).to(self.device)
-            images.append(resize_and_crop(image[None], self.resize, self.crop_size)[0])
+            # Each image in [0, 1] before stacking: 8-bit and 16-bit files may share a batch.
+            images.append(_unit_range_rgb(resize_and_crop(image[None], self.resize, self.crop_size))[0])
         shapes = {tuple(image.shape) for image in images}
         if len(shapes) > 1:
             raise ValueError(
                 f"Images of different sizes {sorted(shapes)} cannot form a batch; set "
                 "crop_size (and resize) so that every image ends the same size."
             )
-        return _unit_range_rgb(torch.stack(images))
+        return torch.stack(images)
 
 
 def _unit_range_rgb(images):

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._image_io import read_binary_mask
+
 # Boards (group folders) for training and for testing, each set about half the pairs.
 TRAIN_GROUPS = ("00041", "12300", "20085", "50600", "90100")
 TEST_GROUPS = ("12000", "12100", "13000", "44000", "77000", "92000")
@@ -38,13 +40,6 @@ def _pairs(root, groups):
             if tested.is_file() and mask.is_file():
                 found.append((str(template), str(tested), str(mask)))
     return found
-
-
-def _read_mask(path):
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("L")) > 0
 
 
 def load_deeppcb(root=None, *, max_train=None, max_test=None, random_state=0):
@@ -103,7 +98,7 @@ def load_deeppcb(root=None, *, max_train=None, max_test=None, random_state=0):
     regions = [test_pairs[i] for i in _subset(len(test_pairs), None if max_test is None else max_test // 2, rng)]
     X_test = [template for template, _, _ in regions] + [tested for _, tested, _ in regions]
     y_test = np.r_[np.ones(len(regions), dtype=int), -np.ones(len(regions), dtype=int)]
-    defect_masks = [_read_mask(mask) for _, _, mask in regions]
+    defect_masks = [read_binary_mask(mask) for _, _, mask in regions]
     return train, X_test, y_test, np.stack([np.zeros_like(mask) for mask in defect_masks] + defect_masks)
 
 

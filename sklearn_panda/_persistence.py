@@ -23,10 +23,10 @@ torch state goes on load is what each estimator declares in
 
 import importlib
 import inspect
+import io
 import numbers
 import os
 import pathlib
-import tempfile
 import warnings
 
 import numpy as np
@@ -35,6 +35,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._backbones import build_feature_net
 from ._device import loadable_device, place_torch_state, resolve_device
+from ._image_io import write_files
 from ._validation import InputSpec
 from ._version import __version__
 from .scorers import _BaseScorer
@@ -395,16 +396,9 @@ def _is_channels_last(net):
 
 
 def _write_atomically(payload, path):
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=".panda-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(payload, file)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_files({os.fspath(path): buffer.getvalue()})
 
 
 def load(path, *, backbone=None, device=None):

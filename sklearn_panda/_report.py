@@ -16,6 +16,8 @@ from string import Template
 
 import numpy as np
 
+from ._image_io import read_image
+
 THUMBNAIL_SIZE = 160
 # A blue-to-red ramp (ColorBrewer's RdYlBu, reversed): low anomaly blue, the threshold pale, high red.
 RAMP = np.array([(49, 54, 149), (116, 173, 209), (255, 255, 191), (244, 109, 67), (165, 0, 38)], dtype=float)
@@ -27,11 +29,13 @@ def number(value):
 
 
 def open_rgb(path):
-    """The image file at ``path`` as an RGB PIL image."""
+    """The image file at ``path`` as an 8-bit RGB PIL image, as the model reads it (any bit depth, EXIF turned)."""
     from PIL import Image
 
-    with Image.open(path) as opened:
-        return opened.convert("RGB")
+    image = read_image(path)
+    if image.dtype != np.uint8:
+        image = np.round(image * 255).astype(np.uint8)
+    return Image.fromarray(image)
 
 
 def heat_overlay(image, anomaly_map, threshold):

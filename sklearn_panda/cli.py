@@ -36,93 +36,13 @@ import zipfile
 
 import numpy as np
 
+from ._image_io import collect_images, write_files
 from ._report import heat_overlay, number, open_rgb, report_html
 
 PROG = "sklearn-panda"
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 
 
 # ------------------------------------------------------------------ inputs
-
-
-def collect_images(sources):
-    """Image paths named by folders, image files and ``.txt`` list files.
-
-    Parameters
-    ----------
-    sources : list of str or path-like
-        A folder: its image files, searched recursively, sorted, skipping
-        hidden files and folders (names starting with ``.``). A ``.txt`` file:
-        one image path a line, relative to the list file's folder; blank
-        lines and lines starting with ``#`` are skipped. Any other file: that
-        image.
-
-    Returns
-    -------
-    paths : list of str
-        In the order of ``sources``.
-
-    Raises
-    ------
-    FileNotFoundError
-        For a source, or an entry of a list file, that does not exist.
-    ValueError
-        For a folder without images or a list file without entries.
-
-    Examples
-    --------
-    >>> import pathlib, tempfile
-    >>> from sklearn_panda.cli import collect_images
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> for name in ("b.PNG", "a.jpg", "notes.md"):
-    ...     _ = (folder / name).write_bytes(b"")
-    >>> [pathlib.Path(path).name for path in collect_images([folder])]
-    ['a.jpg', 'b.PNG']
-    """
-    paths = []
-    for source in map(pathlib.Path, sources):
-        if not source.exists():
-            raise FileNotFoundError(f"No such file or folder: {source}")
-        if source.is_dir():
-            paths.extend(_folder_images(source))
-        elif source.suffix.lower() == ".txt":
-            paths.extend(_listed_images(source))
-        else:
-            paths.append(str(source))
-    return paths
-
-
-def _folder_images(folder):
-    found = sorted(
-        path
-        for path in folder.rglob("*")
-        if path.suffix.lower() in IMAGE_EXTENSIONS
-        and path.is_file()
-        # Hidden entries are tool debris (macOS's "._name.png" are not images).
-        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
-    if not found:
-        raise ValueError(
-            f"No images in folder {folder} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, "
-            "in subfolders too)."
-        )
-    return [str(path) for path in found]
-
-
-def _listed_images(list_file):
-    paths = []
-    for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
-        entry = line.strip()
-        if not entry or entry.startswith("#"):
-            continue
-        path = list_file.parent / entry
-        if not path.is_file():
-            raise FileNotFoundError(f"{list_file}, line {number}: no image file {path}")
-        paths.append(str(path))
-    if not paths:
-        raise ValueError(f"The list file {list_file} names no images.")
-    return paths
-
 
 def import_factory(spec):
     """The backbone factory named ``"module:function"`` (``"module:Class.method"`` works too).
@@ -210,25 +130,6 @@ def _check_destination(path, option):
         raise FileNotFoundError(f"The folder for {option} does not exist: {folder}")
     if os.path.isdir(path):
         raise IsADirectoryError(f"{option} {path} is a folder; give a file name.")
-
-
-def _write_files(contents):
-    """Write ``{path: bytes}``: temporary files first, renamed into place only once all are written."""
-    written = {}
-    try:
-        for path, data in contents.items():
-            folder, name = os.path.split(os.path.abspath(path))
-            temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
-            with open(temporary, "xb") as file:
-                written[temporary] = path
-                file.write(data)
-        for temporary, path in list(written.items()):
-            os.replace(temporary, path)
-            del written[temporary]
-    finally:
-        for temporary in written:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
 
 
 def _scores_csv(paths, scores, flagged, map_files=None):
@@ -518,7 +419,7 @@ def _score(args):
         outputs = {args.output: _scores_csv([paths[i] for i in order], scores[order], flagged[order], map_files)}
         if args.report is not None:
             outputs[args.report] = report_html(paths, scores, flagged, threshold, args.model, args.top, overlays)
-        _write_files(outputs)
+        write_files(outputs)
         if staging is not None:
             for name in os.listdir(staging):
                 os.replace(os.path.join(staging, name), os.path.join(args.maps, name))

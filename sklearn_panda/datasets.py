@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from ._deeppcb import load_deeppcb
+from ._image_io import IMAGE_EXTENSIONS
 
 __all__ = [
     "MVTEC_CATEGORIES",
@@ -44,7 +45,6 @@ MVTEC_CATEGORIES = (
     "zipper",
 )
 
-_IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 # The Fashion-MNIST subset that ships with the package (made by
 # benchmarks/make_fashion_mnist_sample.py; licence notice next to it).
@@ -561,7 +561,7 @@ def _list_images(directory):
     paths = [
         path
         for path in directory.iterdir()
-        if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
     ]
     return [str(path) for path in sorted(paths, key=_file_number_order)]
 
@@ -574,7 +574,7 @@ def _read_image_folder(directory, normal_folder):
     X_train = _list_images(directory / "train" / normal_folder)
     if not X_train:
         raise FileNotFoundError(
-            f"No image files ({', '.join(_IMAGE_SUFFIXES)}) in "
+            f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in "
             f"{directory / 'train' / normal_folder}."
         )
     X_test, test_labels = [], []

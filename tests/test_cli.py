@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from sklearn_panda import PandaDetector, load
-from sklearn_panda.cli import _detector_from_args, _write_files, build_parser, collect_images, main
+from sklearn_panda._image_io import write_files
+from sklearn_panda.cli import _detector_from_args, build_parser, collect_images, main
 
 BACKBONE_MODULE = "panda_cli_backbones"
 FACTORY = f"{BACKBONE_MODULE}:tiny_resnet"
@@ -280,7 +281,7 @@ def test_score_errors_are_one_line_and_write_nothing(case, fitted, folders, tmp_
 def test_outputs_are_replaced_only_once_all_are_written(tmp_path):
     (tmp_path / "scores.csv").write_text("earlier result\n")
     with pytest.raises(FileNotFoundError):
-        _write_files({tmp_path / "scores.csv": b"new\n", tmp_path / "absent" / "report.html": b"<html>"})
+        write_files({tmp_path / "scores.csv": b"new\n", tmp_path / "absent" / "report.html": b"<html>"})
     assert os.listdir(tmp_path) == ["scores.csv"]
     assert (tmp_path / "scores.csv").read_text() == "earlier result\n"
 

@@ -1,0 +1,217 @@
+"""One door for image files: decoding at any bit depth, discovery in folders and lists, atomic writes.
+
+Every part of the package that reads or writes files goes through here: the
+estimators' data layer (paths and PIL images), the data sets, the command line
+and its report, ``save``. numpy and Pillow only; no torch.
+
+Decoding keeps what the file holds: 8-bit images (and palettes, bilevel,
+CMYK, ...) come as RGB uint8; 16-bit images (PNG, TIFF) as float32 in [0, 1]
+(divided by 65,535), not clipped to white as Pillow's ``convert("RGB")``
+would; float images as they are when in [0, 1]; anything else, and 32-bit
+integer images beyond the 16-bit range, is refused with an error naming the
+file and its range. The EXIF orientation is applied, as a viewer shows the
+image. Alpha channels are dropped.
+"""
+
+import os
+import pathlib
+
+import numpy as np
+
+# The file types read in folders (any case), for the command line and the data sets alike.
+IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def read_image(item):
+    """An image file or PIL image as an ``(H, W, 3)`` array: uint8, or float32 in [0, 1] beyond 8 bits.
+
+    Parameters
+    ----------
+    item : str, path-like or PIL.Image.Image
+
+    Returns
+    -------
+    image : ndarray of shape (H, W, 3)
+        uint8 for 8-bit images; float32 in [0, 1] for 16-bit and float ones.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the file does not exist.
+    ValueError
+        When the file cannot be decoded, or holds values that are not
+        intensities (negative, beyond 16 bits, float outside [0, 1]).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from PIL import Image
+    >>> from sklearn_panda._image_io import read_image
+    >>> ramp = Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))
+    >>> read_image(ramp)[0, :, 0].tolist()  # 16 bits: not clipped to white
+    [0.0, 0.5000076293945312, 1.0]
+    >>> read_image(Image.new("L", (2, 1), 128)).dtype
+    dtype('uint8')
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    name = "the PIL image" if hasattr(item, "getdata") else os.fspath(item)
+    if hasattr(item, "getdata"):
+        return _as_array(ImageOps.exif_transpose(item), name)
+    try:
+        with Image.open(item) as opened:
+            return _as_array(ImageOps.exif_transpose(opened), name)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Image file not found: {name}") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"Could not read image file {name}: {error}") from None
+
+
+def _as_array(image, name):
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        values = np.asarray(image)
+        if values.ndim == 3:  # multi-channel images Pillow keeps at their depth
+            values = values[..., :3]
+        values = values.astype(np.float32 if mode == "F" else np.float64)
+        if mode == "F":
+            low, high = float(values.min()), float(values.max())
+            if not (np.isfinite(values).all() and low >= 0 and high <= 1):
+                raise ValueError(
+                    f"{name} is a float image with values in [{low:.4g}, {high:.4g}]; float images must "
+                    "hold intensities in [0, 1]. Rescale it (or save it as 8- or 16-bit) first."
+                )
+        else:
+            low, high = int(values.min()), int(values.max())
+            if low < 0 or high > 65535:
+                raise ValueError(
+                    f"{name} is a {mode!r} integer image with values in [{low}, {high}], beyond 16 bits; "
+                    "save it as an 8- or 16-bit image, or as float in [0, 1]."
+                )
+            values = values / 65535.0
+        values = values.astype(np.float32)
+        return np.repeat(values[..., None], 3, axis=2) if values.ndim == 2 else values
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_binary_mask(path):
+    """A mask file as a bool array: True where the pixel is not 0."""
+    return read_image(path)[..., 0] > 0
+
+
+# ------------------------------------------------------------- discovery
+
+
+def collect_images(sources):
+    """Image paths named by folders, image files and ``.txt`` list files.
+
+    Parameters
+    ----------
+    sources : list of str or path-like
+        A folder: its image files (``IMAGE_EXTENSIONS``, any case), searched
+        recursively, sorted, skipping hidden files and folders (names
+        starting with ``.``). A ``.txt`` file: one image path a line,
+        relative to the list file's folder; blank lines and lines starting
+        with ``#`` are skipped. Any other file: that image.
+
+    Returns
+    -------
+    paths : list of str
+        In the order of ``sources``.
+
+    Raises
+    ------
+    FileNotFoundError
+        For a source, or an entry of a list file, that does not exist.
+    ValueError
+        For a folder without images or a list file without entries.
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from sklearn_panda.cli import collect_images
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("b.PNG", "a.jpg", "notes.md"):
+    ...     _ = (folder / name).write_bytes(b"")
+    >>> [pathlib.Path(path).name for path in collect_images([folder])]
+    ['a.jpg', 'b.PNG']
+    """
+    paths = []
+    for source in map(pathlib.Path, sources):
+        if not source.exists():
+            raise FileNotFoundError(f"No such file or folder: {source}")
+        if source.is_dir():
+            paths.extend(_folder_images(source))
+        elif source.suffix.lower() == ".txt":
+            paths.extend(_listed_images(source))
+        else:
+            paths.append(str(source))
+    return paths
+
+
+def _folder_images(folder):
+    found = sorted(
+        path
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_EXTENSIONS
+        and path.is_file()
+        # Hidden entries are tool debris (macOS's "._name.png" are not images).
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+    )
+    if not found:
+        raise ValueError(
+            f"No images in folder {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}, in subfolders too)."
+        )
+    return [str(path) for path in found]
+
+
+def _listed_images(list_file):
+    paths = []
+    for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        path = list_file.parent / entry
+        if not path.is_file():
+            raise FileNotFoundError(f"{list_file}, line {number}: no image file {path}")
+        paths.append(str(path))
+    if not paths:
+        raise ValueError(f"The list file {list_file} names no images.")
+    return paths
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_files(contents):
+    """Write ``{path: bytes}``: temporary files first, renamed into place only once all are written.
+
+    An interrupted or failing write leaves every existing file as it was.
+    New files get the usual permissions (``0o666`` less the umask).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from sklearn_panda._image_io import write_files
+    >>> folder = tempfile.mkdtemp()
+    >>> write_files({os.path.join(folder, "a.txt"): b"one", os.path.join(folder, "b.txt"): b"two"})
+    >>> sorted(os.listdir(folder))
+    ['a.txt', 'b.txt']
+    """
+    written = {}
+    try:
+        for path, data in contents.items():
+            folder, name = os.path.split(os.path.abspath(path))
+            temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
+            with open(temporary, "xb") as file:
+                written[temporary] = path
+                file.write(data)
+        for temporary, path in list(written.items()):
+            os.replace(temporary, path)
+            del written[temporary]
+    finally:
+        for temporary in written:
+            if os.path.exists(temporary):
+                os.unlink(temporary)

@@ -1,0 +1,111 @@
+"""One decoder for image files: bit depths, EXIF orientation, refusals; and the writer's permissions."""
+
+import os
+import stat
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sklearn_panda import PandaDetector
+from sklearn_panda._image_io import read_image, write_files
+from sklearn_panda._report import open_rgb
+
+from conftest import TINY_IMAGES
+
+
+def ramp16(height=8, width=32):
+    return np.tile(np.linspace(0, 65535, width).round().astype(np.uint16), (height, 1))
+
+
+def test_a_16_bit_png_keeps_its_values(tmp_path):
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp16()).save(path)
+    image = read_image(path)
+    assert image.dtype == np.float32 and image.shape == (8, 32, 3)
+    np.testing.assert_allclose(image[0, :, 0], np.linspace(0, 1, 32), atol=1e-4)
+    # Pillow's convert("RGB") would have made nearly all of it white.
+    assert (image > 0.99).mean() < 0.1
+
+
+def test_16_bit_tiff_and_float_tiff(tmp_path):
+    Image.fromarray(ramp16()).save(tmp_path / "ramp16.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "ramp16.tif")[0, :, 1], np.linspace(0, 1, 32), atol=1e-4)
+    Image.fromarray(np.linspace(0, 1, 32, dtype=np.float32)[None].repeat(4, 0)).save(tmp_path / "float.tif")
+    np.testing.assert_allclose(read_image(tmp_path / "float.tif")[0, :, 2], np.linspace(0, 1, 32), atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        (np.full((4, 4), 3.5, dtype=np.float32), ["float image", "[3.5, 3.5]", "[0, 1]"]),
+        (np.full((4, 4), -7, dtype=np.int32), ["integer image", "-7", "16 bits"]),
+        (np.full((4, 4), 70000, dtype=np.int32), ["integer image", "70000", "16 bits"]),
+    ],
+)
+def test_values_that_are_not_intensities_are_refused_by_name(values, words, tmp_path):
+    path = tmp_path / "odd.tif"
+    Image.fromarray(values).save(path)
+    with pytest.raises(ValueError) as error:
+        read_image(path)
+    assert str(path) in str(error.value)
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    image = np.zeros((10, 20, 3), dtype=np.uint8)
+    image[:, :5] = 255  # a bright band on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the stored image is to be turned 90 degrees clockwise
+    Image.fromarray(image).save(tmp_path / "turned.jpg", exif=exif, quality=100)
+    decoded = read_image(tmp_path / "turned.jpg")
+    assert decoded.shape == (20, 10, 3)
+    assert decoded[:5].mean() > 200 and decoded[-5:].mean() < 50  # the band is now on top
+
+
+def test_eight_bit_modes_stay_uint8_and_alpha_is_dropped():
+    assert read_image(Image.new("RGBA", (3, 2), (10, 20, 30, 0))).tolist()[0][0] == [10, 20, 30]
+    assert read_image(Image.new("1", (3, 2), 1)).dtype == np.uint8
+
+
+def test_a_detector_reads_16_bit_files_as_their_8_bit_equivalents_score(tmp_path):
+    rng = np.random.default_rng(0)
+    images16 = (rng.random((10, 20, 20)) * 65535).astype(np.uint16)
+    paths16, paths8 = [], []
+    for i, image in enumerate(images16):
+        Image.fromarray(image).save(tmp_path / f"{i}-16.png")
+        Image.fromarray((image / 257).round().astype(np.uint8)).save(tmp_path / f"{i}-8.png")
+        paths16.append(str(tmp_path / f"{i}-16.png"))
+        paths8.append(str(tmp_path / f"{i}-8.png"))
+    detector = PandaDetector(**TINY_IMAGES, n_steps=0, random_state=0).fit(paths8)
+    # The 16-bit files carry what the 8-bit ones do (and a little more): nearly the same scores.
+    np.testing.assert_allclose(detector.score_samples(paths16), detector.score_samples(paths8), rtol=0.05)
+    # And a mixed batch of both works.
+    assert detector.score_samples(paths8[:2] + paths16[:2]).shape == (4,)
+
+
+def test_report_thumbnails_of_16_bit_files_are_not_white(tmp_path):
+    Image.fromarray(ramp16()).save(tmp_path / "ramp16.png")
+    thumbnail = np.asarray(open_rgb(tmp_path / "ramp16.png"))
+    assert thumbnail.dtype == np.uint8 and 100 < thumbnail.mean() < 155
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_files({tmp_path / "a.bin": b"x"})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.bin").st_mode) == 0o644
+
+
+def test_save_writes_files_others_can_read(tmp_path):
+    detector = PandaDetector(**TINY_IMAGES, n_steps=0, random_state=0).fit(np.zeros((4, 8, 8), dtype=np.uint8))
+    previous = os.umask(0o022)
+    try:
+        detector.save(tmp_path / "model.pt")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(os.stat(tmp_path / "model.pt").st_mode) == 0o644
+    assert os.listdir(tmp_path) == ["model.pt"]
