@@ -208,15 +208,62 @@ def build_model(backbone, weights):
     return model
 
 
-def build_feature_net(backbone, weights, n_trainable_stages, example=None, *, stage_ends=None, feature_node=None):
-    """:func:`build_model` then :func:`~sklearn_panda._stages.split_model`, frozen except the trainable stages.
+def architecture_arguments(backbone, weights):
+    """The builder arguments a torchvision model takes from its ``weights``: what rebuilds it exactly.
 
-    ``example``, given when the input is vectors ``(n, d)``, is a small
-    batch of them: it materialises lazy modules (such as ``nn.LazyLinear``,
-    handy for vector backbones of unknown input width) before the split, and
-    lets a network without ``stage_ends`` that is not an image family be a
-    vector backbone. ``stage_ends`` and ``feature_node`` are as in
-    :func:`~sklearn_panda._stages.split_model`.
+    torchvision's builders change the architecture for some weights, not
+    only its values: GoogLeNet and Inception V3 add an input transform and
+    drop their auxiliary classifiers, ViT and MaxViT take the image size the
+    weights were trained at. A model saved with such weights must be rebuilt
+    with the same arguments (no download needed: the enum's metadata says
+    them). ``{}`` for random weights, a state-dict file, EfficientNet-Lite0
+    and factories.
+
+    Examples
+    --------
+    >>> from sklearn_panda._backbones import architecture_arguments
+    >>> architecture_arguments("googlenet", "imagenet")
+    {'num_classes': 1000, 'transform_input': True, 'aux_logits': False, 'init_weights': False}
+    >>> architecture_arguments("vit_h_14", "imagenet")
+    {'num_classes': 1000, 'image_size': 518}
+    >>> architecture_arguments("resnet18", None)
+    {}
+    """
+    if not isinstance(backbone, str) or backbone == LITE_NAME or weights is None or _is_path(weights):
+        return {}
+    weights_enum = _torchvision_weights_enum(backbone, weights)
+    arguments = {"num_classes": len(weights_enum.meta["categories"])}
+    model_class = type(weights_enum).__name__.split("_Weights")[0]
+    if model_class in ("GoogLeNet", "Inception_V3"):
+        # The builders load the weights with the auxiliary classifiers, then GoogLeNet drops
+        # them and Inception V3 keeps them; init_weights is the builders' too (values only).
+        arguments.update(transform_input=True, aux_logits=model_class == "Inception_V3", init_weights=False)
+    elif model_class.startswith("ViT_"):
+        arguments["image_size"] = weights_enum.meta["min_size"][0]
+    elif model_class.startswith("MaxVit"):
+        arguments["input_size"] = weights_enum.meta["min_size"]
+    return arguments
+
+
+def build_architecture(backbone, arguments):
+    """The network of ``backbone`` with random values: the architecture to load saved values into.
+
+    ``arguments`` are :func:`architecture_arguments`'s. Random initialisation
+    draws from the global generator: callers that must not move it fork it.
+    """
+    if callable(backbone):
+        return build_model(backbone, None)
+    if backbone == LITE_NAME:
+        return _build_lite()
+    if backbone not in _torchvision_names():
+        return build_model(backbone, None)  # the error names the valid backbones
+    import torchvision
+
+    return torchvision.models.get_model(backbone, weights=None, **arguments)
+
+
+def build_feature_net(backbone, weights, n_trainable_stages, example=None, *, stage_ends=None, feature_node=None):
+    """:func:`build_model` then :func:`split_feature_net`.
 
     Examples
     --------
@@ -226,10 +273,28 @@ def build_feature_net(backbone, weights, n_trainable_stages, example=None, *, st
     (1280, 3)
     """
     model = build_model(backbone, weights)
-    if example is not None and any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
-        with torch.no_grad():
-            model.eval()(example)
+    return split_feature_net(model, n_trainable_stages, example, stage_ends=stage_ends, feature_node=feature_node)
+
+
+def split_feature_net(model, n_trainable_stages, example=None, *, stage_ends=None, feature_node=None):
+    """:func:`~sklearn_panda._stages.split_model` of ``model``, frozen except the trainable stages.
+
+    ``example``, given when the input is vectors ``(n, d)``, is a small
+    batch of them: it materialises lazy modules (such as ``nn.LazyLinear``,
+    handy for vector backbones of unknown input width) before the split, and
+    lets a network without ``stage_ends`` that is not an image family be a
+    vector backbone. ``stage_ends`` and ``feature_node`` are as in
+    :func:`~sklearn_panda._stages.split_model`.
+    """
+    materialize_lazy_modules(model, example)
     net = split_model(
         model, n_trainable_stages, stage_ends=stage_ends, feature_node=feature_node, vectors=example is not None
     )
     return net.freeze_trunk()
+
+
+def materialize_lazy_modules(model, example):
+    """Run ``example`` through ``model`` once when it has lazy layers (``nn.LazyLinear``), which then size themselves."""
+    if example is not None and any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        with torch.no_grad():
+            model.eval()(example)

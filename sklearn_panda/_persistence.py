@@ -21,6 +21,7 @@ torch state goes on load is what each estimator declares in
 (``_saved_state`` / ``_restore_saved_state``).
 """
 
+import collections
 import importlib
 import inspect
 import io
@@ -33,7 +34,13 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from ._backbones import build_feature_net
+from ._backbones import (
+    architecture_arguments,
+    build_architecture,
+    build_feature_net,
+    materialize_lazy_modules,
+    split_feature_net,
+)
 from ._device import loadable_device, place_torch_state, resolve_device
 from ._image_io import write_files
 from ._validation import InputSpec
@@ -42,7 +49,11 @@ from .scorers import _BaseScorer
 
 FORMAT = "sklearn-panda"
 # 2: a detector's adaptation is a nested PandaFeatures (``features_``).
-FORMAT_VERSION = 2
+# 3: the network is stored unsplit (its own state dict and the builder arguments its
+#    weights imply) and split again on load; the torchvision version is recorded.
+FORMAT_VERSION = 3
+# Files of these formats load too.
+READABLE_FORMATS = (2, 3)
 # Marks an encoded value that is not a plain number, string, list or tensor.
 TAG = "__panda_type__"
 # The estimator classes load can build, by the name a file gives them (filled by ``register``).
@@ -354,6 +365,7 @@ def save(estimator, path):
         "format_version": FORMAT_VERSION,
         "package_version": __version__,
         "torch_version": str(torch.__version__),
+        "torchvision_version": _torchvision_version(),
         **_encode_estimator(estimator, ""),
     }
     _write_atomically(payload, path)
@@ -374,9 +386,17 @@ def _encode_estimator(estimator, where):
     net = attributes.pop("net_", None)
     if net is not None:
         check_is_fitted(estimator)
+        # The unsplit network, under its own names: torch.fx's tracing never shows in the file.
+        model = net.model
+        state = model.state_dict()
         net = {
-            "state_dict": {key: _encode(tensor, f"{where}net_.{key}") for key, tensor in net.state_dict().items()},
-            "trainable": [key for key, parameter in net.named_parameters() if parameter.requires_grad],
+            "model_state_dict": {key: _encode(tensor, f"{where}net_.model.{key}") for key, tensor in state.items()},
+            # Modules' state-dict versions (MNASNet reads its own when loading).
+            "model_state_metadata": _encode(
+                {prefix: dict(values) for prefix, values in getattr(state, "_metadata", {}).items()}, where
+            ),
+            "architecture": architecture_arguments(estimator.backbone, estimator.weights),
+            "trainable": [key for key, parameter in model.named_parameters() if parameter.requires_grad],
             "channels_last": _is_channels_last(net),
         }
     return {
@@ -475,7 +495,8 @@ def _decode_estimator(payload, backbone, device, path):
 
     attributes = {key: _decode(value, nested) for key, value in payload["attributes"].items()}
     if payload["net"] is not None:
-        attributes["net_"] = _rebuild_net(estimator, attributes, payload["net"], path)
+        rebuild = _rebuild_net if "model_state_dict" in payload["net"] else _rebuild_net_of_format_2
+        attributes["net_"] = rebuild(estimator, attributes, payload["net"], path)
     if "device_" in attributes:
         attributes["device_"] = _target_device(attributes["device_"], device)
     # Everything was read onto the CPU; the torch state goes where the estimator declares it.
@@ -489,10 +510,11 @@ def _check_header(payload, path):
         raise ValueError(f"{path} is not a file written by sklearn_panda's save().")
     current = __version__
     saved_format, saved_version = payload.get("format_version"), str(payload.get("package_version"))
-    if saved_format != FORMAT_VERSION or not _compatible(saved_version, current):
+    if saved_format not in READABLE_FORMATS or not _compatible(saved_version, current):
         raise ValueError(
             f"{path} was written by sklearn-panda {saved_version} (file format "
-            f"{saved_format}); this is sklearn-panda {current} (file format {FORMAT_VERSION}), "
+            f"{saved_format}); this is sklearn-panda {current} (file formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}), "
             "which cannot read it. Load it with a compatible version and save it again, "
             "or refit the estimator."
         )
@@ -525,27 +547,62 @@ def _target_device(saved, requested):
 
 
 def _rebuild_net(estimator, attributes, saved, path):
+    """The network of a format-3 file: rebuilt unsplit, its saved values loaded, split as ``fit`` split it."""
     spec = attributes["input_spec_"]
     # Lazy layers of a vector backbone take their width from one example row.
     example = torch.zeros(1, spec.channels) if spec.kind == "vectors" else None
     # Random initialisation, overwritten just below, must not move the global generator.
     with torch.random.fork_rng(devices=[]):
-        net = build_feature_net(estimator.backbone, None, example=example, **estimator._split_arguments(attributes))
-    state = saved["state_dict"]
-    own = net.state_dict()
+        model = build_architecture(estimator.backbone, saved["architecture"])
+        materialize_lazy_modules(model, example)
+    state = collections.OrderedDict(saved["model_state_dict"])
+    state._metadata = _decode(saved["model_state_metadata"])
+    _load_checked(model, state, estimator, path)
+    net = split_feature_net(model, example=example, **estimator._split_arguments(attributes))
+    trainable = set(saved["trainable"])
+    for key, parameter in model.named_parameters():
+        parameter.requires_grad_(key in trainable)
+    if saved["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def _load_checked(module, state, estimator, path):
+    own = module.state_dict()
     mismatched = sorted(set(own) ^ set(state)) + sorted(
         key for key in set(own) & set(state) if own[key].shape != state[key].shape
     )
     if mismatched:
         raise ValueError(
             f"The network saved in {path} does not fit the rebuilt backbone "
-            f"{estimator._backbone_name()}: {len(mismatched)} keys differ "
+            f"{estimator.backbone if isinstance(estimator.backbone, str) else 'factory'}: "
+            f"{len(mismatched)} keys differ "
             f"({', '.join(mismatched[:5])}{' ...' if len(mismatched) > 5 else ''})."
         )
-    net.load_state_dict(state)
+    module.load_state_dict(state)
+
+
+def _rebuild_net_of_format_2(estimator, attributes, saved, path):
+    """The network of a format-2 file, which holds the split network's state dict.
+
+    Its keys are those torch.fx gave the split network when it was saved; a
+    network whose weights change its architecture (GoogLeNet, Inception V3,
+    ViT with SWAG weights) cannot load from it: refit and save it again.
+    """
+    spec = attributes["input_spec_"]
+    example = torch.zeros(1, spec.channels) if spec.kind == "vectors" else None
+    with torch.random.fork_rng(devices=[]):
+        net = build_feature_net(estimator.backbone, None, example=example, **estimator._split_arguments(attributes))
+    _load_checked(net, saved["state_dict"], estimator, path)
     trainable = set(saved["trainable"])
     for key, parameter in net.named_parameters():
         parameter.requires_grad_(key in trainable)
     if saved["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
     return net
+
+
+def _torchvision_version():
+    import torchvision
+
+    return str(torchvision.__version__)

@@ -55,14 +55,21 @@ class FeatureNet(nn.Module):
         Maps features to the classifier's logits; ``None`` when there is none.
     expects_images : bool
         Whether input must be ``(n, 3, H, W)`` images.
+    model : nn.Module or None
+        The unsplit network the parts come from (they share its parameters).
     """
 
-    def __init__(self, trunk, stages, head, *, expects_images):
+    def __init__(self, trunk, stages, head, *, expects_images, model=None):
         super().__init__()
         self.trunk = trunk
         self.stages = stages
         self.head = head
         self.expects_images = expects_images
+        # The network as it was built, unsplit: what save() stores, with names that do not
+        # depend on how torch.fx traced it. Not a submodule: its parameters and buffers are
+        # the trunk's, stages' and head's own (moved and trained with them), and those
+        # past the features are never used.
+        object.__setattr__(self, "model", model)
 
     def forward(self, x):
         return self.stages(self.trunk(x))
@@ -564,7 +571,7 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
     family = family_stage_ends(model)
     if stage_ends is None and family is None:
         if vectors:
-            return FeatureNet(nn.Identity(), model, None, expects_images=False)
+            return FeatureNet(nn.Identity(), model, None, expects_images=False, model=model)
         children = [name for name, _ in model.named_children()]
         raise ValueError(
             f"{type(model).__name__} is not a network whose stages are known (torchvision's "
@@ -645,7 +652,7 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
         head = _segment(graph, features, graph.output.args[0], "feature_node")
     else:
         head = None
-    return FeatureNet(trunk, trainable, head, expects_images=family is not None or not vectors)
+    return FeatureNet(trunk, trainable, head, expects_images=family is not None or not vectors, model=model)
 
 
 def _check_not_shared(trunk, trainable):
