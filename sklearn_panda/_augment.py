@@ -11,6 +11,7 @@ import torch
 from torchvision.transforms import v2
 
 from ._data import IMAGENET_MEAN, IMAGENET_STD
+from ._device import seeded_cpu_generator
 
 
 def contrastive_transform(size):
@@ -37,7 +38,8 @@ class ViewMaker:
     """Two independently augmented views of each image of a normalised batch.
 
     The randomness comes from ``generator`` only: each call draws a seed from
-    it and runs the transforms under ``torch.random.fork_rng``, so that
+    it and runs the transforms with the global CPU generator seeded from it
+    (:func:`~sklearn_panda._device.seeded_cpu_generator`), so that
     torchvision's use of the global generator leaves it as it was.
 
     Parameters
@@ -63,7 +65,6 @@ class ViewMaker:
         pixels = (images * std + mean).clamp(0.0, 1.0)
         transform = contrastive_transform(tuple(images.shape[-2:]))
         seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded_cpu_generator(seed):
             views = [torch.stack([transform(image) for image in pixels]) for _ in range(2)]
         return tuple(((view - mean) / std).contiguous(memory_format=torch.channels_last) for view in views)

@@ -133,8 +133,10 @@ def _load_into(model, state, source):
 
 
 def _is_path(weights):
+    # torchvision's weights names (IMAGENET1K_V1, DEFAULT) never hold a dot or a separator;
+    # a file name does (model.pth, weights.bin, ./w).
     return isinstance(weights, os.PathLike) or (
-        isinstance(weights, str) and (os.sep in weights or weights.endswith((".pth", ".pt")))
+        isinstance(weights, str) and (os.sep in weights or "." in weights or os.path.isfile(weights))
     )
 
 
@@ -262,7 +264,9 @@ def build_architecture(backbone, arguments):
     return torchvision.models.get_model(backbone, weights=None, **arguments)
 
 
-def build_feature_net(backbone, weights, n_trainable_stages, example=None, *, stage_ends=None, feature_node=None):
+def build_feature_net(
+    backbone, weights, n_trainable_stages, example=None, *, stage_ends=None, feature_node=None, adapt=True
+):
     """:func:`build_model` then :func:`split_feature_net`.
 
     Examples
@@ -273,22 +277,29 @@ def build_feature_net(backbone, weights, n_trainable_stages, example=None, *, st
     (1280, 3)
     """
     model = build_model(backbone, weights)
-    return split_feature_net(model, n_trainable_stages, example, stage_ends=stage_ends, feature_node=feature_node)
+    return split_feature_net(
+        model, n_trainable_stages, example, stage_ends=stage_ends, feature_node=feature_node, adapt=adapt
+    )
 
 
-def split_feature_net(model, n_trainable_stages, example=None, *, stage_ends=None, feature_node=None):
+def split_feature_net(model, n_trainable_stages, example=None, *, stage_ends=None, feature_node=None, adapt=True):
     """:func:`~sklearn_panda._stages.split_model` of ``model``, frozen except the trainable stages.
 
     ``example``, given when the input is vectors ``(n, d)``, is a small
     batch of them: it materialises lazy modules (such as ``nn.LazyLinear``,
     handy for vector backbones of unknown input width) before the split, and
     lets a network without ``stage_ends`` that is not an image family be a
-    vector backbone. ``stage_ends`` and ``feature_node`` are as in
+    vector backbone. ``stage_ends``, ``feature_node`` and ``adapt`` are as in
     :func:`~sklearn_panda._stages.split_model`.
     """
     materialize_lazy_modules(model, example)
     net = split_model(
-        model, n_trainable_stages, stage_ends=stage_ends, feature_node=feature_node, vectors=example is not None
+        model,
+        n_trainable_stages,
+        stage_ends=stage_ends,
+        feature_node=feature_node,
+        vectors=example is not None,
+        adapt=adapt,
     )
     return net.freeze_trunk()
 

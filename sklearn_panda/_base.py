@@ -31,7 +31,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from ._backbones import build_feature_net
 from ._compilation import compiled
 from ._data import Preprocessor
-from ._device import resolve_device
+from ._device import resolve_device, seeded_cpu_generator
 from ._inference import cache_sized_batch, cache_trunk_outputs, extract_features, peak_activation_bytes
 from ._outlier import OutlierContractMixin
 from ._progress import ProgressBar
@@ -186,12 +186,18 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
         return FitRun(device, seed, generator, preprocessor, net, hidden)
 
     def _split_arguments(self, attributes):
-        """How :func:`sklearn_panda.load` splits the rebuilt backbone: as ``fit`` did."""
+        """How ``fit`` splits the backbone, and :func:`sklearn_panda.load` the rebuilt one
+        (``attributes``: the fitted attributes read from the file; empty in ``fit``)."""
         return {
             "n_trainable_stages": self.n_trainable_stages,
             "stage_ends": self.stage_ends,
             "feature_node": self.feature_node,
+            "adapt": self._adapts(attributes),
         }
+
+    def _adapts(self, attributes):
+        """Whether ``fit`` trains any stage (a network of no known family then needs no ``stage_ends``)."""
+        return True
 
     def _check_fit_input(self, X):
         checked = check_input(X)
@@ -214,21 +220,12 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
 
     def _build_net(self, seed, device, preprocessor):
         # Random initialisation (weights=None, lazy modules) is seeded without
-        # touching the global generator: fork_rng restores it afterwards.
-        devices = [device.index or 0] if device.type == "cuda" else []
+        # touching the global generators.
         example = None
         if preprocessor.checked.spec.kind == "vectors":
             example = preprocessor(np.arange(1)).cpu()
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            net = build_feature_net(
-                self.backbone,
-                self.weights,
-                self.n_trainable_stages,
-                example,
-                stage_ends=self.stage_ends,
-                feature_node=self.feature_node,
-            )
+        with seeded_cpu_generator(seed):
+            net = build_feature_net(self.backbone, self.weights, example=example, **self._split_arguments({}))
         if net.expects_images:
             # Convolutions run markedly faster on channels-last tensors (oneDNN, cuDNN).
             net = net.to(memory_format=torch.channels_last)

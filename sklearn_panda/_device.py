@@ -1,5 +1,7 @@
-"""Which torch device an estimator runs on, when fitted and when loaded, and where its torch state lives."""
+"""Which torch device an estimator runs on, when fitted and when loaded, where its torch state lives,
+and a seeded block of torch's global random generator that leaves it as it was."""
 
+import contextlib
 import warnings
 
 import torch
@@ -86,3 +88,30 @@ def _moved(value, device):
     if isinstance(value, list):
         return [_moved(item, device) for item in value]
     return value
+
+
+@contextlib.contextmanager
+def seeded_cpu_generator(seed):
+    """torch's global CPU generator seeded with ``seed`` for the block, and put back afterwards.
+
+    For what draws from it and takes no generator: a module's random
+    initialisation (networks are built on the CPU, then moved), torchvision's
+    random transforms. Unlike ``torch.manual_seed``, this never reaches the
+    accelerators' generators, which ``torch.manual_seed`` reseeds for good
+    (even those not initialised yet).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._device import seeded_cpu_generator
+    >>> before = torch.random.get_rng_state()
+    >>> with seeded_cpu_generator(0):
+    ...     first = torch.rand(2)
+    >>> with seeded_cpu_generator(0):
+    ...     second = torch.rand(2)
+    >>> bool(torch.equal(first, second)), bool(torch.equal(before, torch.random.get_rng_state()))
+    (True, True)
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield

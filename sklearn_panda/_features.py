@@ -416,6 +416,10 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         )
         return fitted, run
 
+    def _adapts(self, attributes):
+        recipe = attributes.get("recipe_") or {"n_steps": resolve(self, "n_steps")}
+        return recipe["n_steps"] > 0
+
     @property
     def _n_features_out(self):
         """Width of ``transform``'s output (for ``get_feature_names_out``).

@@ -9,7 +9,7 @@ from torch import nn
 
 from ._base import BasePandaDetector
 from ._data import shuffled_batches
-from ._device import ON_DEVICE
+from ._device import ON_DEVICE, seeded_cpu_generator
 from ._sklearn_compat import Interval, _fit_context
 from .scorers import KNNScorer, offset_from_training_scores
 
@@ -372,8 +372,7 @@ class PandaOE(BasePandaDetector):
         """Fine-tune ``net`` with a new head, normal samples (the mask ``is_normal``) against the others."""
         device = preprocessor.device
         n_features = self._feature_width(net, preprocessor, hidden)
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator)))
+        with seeded_cpu_generator(int(torch.randint(2**31 - 1, (1,), generator=generator))):
             head = nn.Linear(n_features, 1).to(device)
         normal, exposure = np.flatnonzero(is_normal), np.flatnonzero(~is_normal)
         n_normal = max(1, self.batch_size // 2)

@@ -16,7 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 from ._backbones import build_feature_net, build_model
 from ._coreset import greedy_coreset
 from ._data import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
-from ._device import ON_DEVICE, resolve_device
+from ._device import ON_DEVICE, resolve_device, seeded_cpu_generator
 from ._outlier import OutlierContractMixin
 from ._patch_features import (
     aggregate,
@@ -341,8 +341,7 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
 
     def _build_net(self, checked, seed, device):
         # Random initialisation (weights=None) is seeded without touching the global generator.
-        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        with seeded_cpu_generator(seed):
             if checked.spec.kind == "vectors":
                 if self.layers != "auto":
                     raise ValueError("layers names feature maps of images; with vectors (n, d) leave it 'auto'.")

@@ -427,6 +427,12 @@ class PandaSES(PandaDetector):
             )
 
     def _training_plan(self):
+        if 0 < self.n_steps < self.checkpoint_every:
+            raise ValueError(
+                f"n_steps={self.n_steps} is smaller than checkpoint_every={self.checkpoint_every}: no "
+                "checkpoint would be kept during adaptation, only the pretrained one. Lower "
+                "checkpoint_every, or set n_steps=0 for the unadapted features."
+            )
         return _CheckpointPlan(self)
 
     # ------------------------------------------------------------- scoring

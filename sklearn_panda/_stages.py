@@ -35,7 +35,7 @@ SPLIT_PARAMETERS_HINT = (
     "Set stage_ends (the names of the nodes or modules that end each stage, in order; "
     "torchvision.models.feature_extraction.get_graph_node_names(model) lists them) and, "
     "if needed, feature_node (default: the input of the model's last Linear or convolution "
-    "layer) and n_trainable_stages."
+    "layer) and n_trainable_stages. Unadapted features (n_steps=0) need no stage_ends."
 )
 
 
@@ -524,7 +524,18 @@ def _segment(graph, start, end, parameter):
 # ------------------------------------------------------------------ splitting
 
 
-def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None, vectors=False):
+def _sequential_stage_ends(model):
+    """A plain ``nn.Sequential``'s stages: each child that holds parameters, with the children
+    without parameters (activations, pooling) that follow it; the names of their last children."""
+    ends, current = [], None
+    for name, child in model.named_children():
+        if _has_parameters(child) and current is not None:
+            ends.append(current)
+        current = name
+    return ends + [current] if current is not None else ends
+
+
+def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None, vectors=False, adapt=True):
     """Split a network into a :class:`FeatureNet` by node name.
 
     Parameters
@@ -544,8 +555,15 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
     vectors : bool, default=False
         Whether the input is vectors ``(n, d)``: a network that is not a
         known image family and has no ``stage_ends`` is then a vector
-        backbone, all of it trainable and without a head. With images, such
-        a network is an error.
+        backbone, all of it trainable and without a head (``feature_node``
+        then needs ``stage_ends``).
+    adapt : bool, default=True
+        Whether any stage will train. An image network of no known family
+        and without ``stage_ends`` is split as follows: when nothing trains,
+        into one frozen part up to ``feature_node``; a plain ``nn.Sequential``
+        into its children that hold parameters (each with the
+        parameter-free children after it); any other network that trains is
+        an error that names ``stage_ends``.
 
     Returns
     -------
@@ -569,9 +587,20 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
     """
     model.eval()
     family = family_stage_ends(model)
+    known = family is not None
+    if stage_ends is None and family is None and vectors:
+        if feature_node is not None:
+            raise ValueError(
+                "feature_node needs stage_ends for a vector backbone: without them the whole "
+                "network gives the features and trains."
+            )
+        return FeatureNet(nn.Identity(), model, None, expects_images=False, model=model)
+    if stage_ends is None and family is None and not adapt:
+        # Nothing trains: one frozen part from the input to the features.
+        family, n_trainable_stages = FamilyStages([]), 0
+    elif stage_ends is None and family is None and isinstance(model, nn.Sequential):
+        family = FamilyStages(_sequential_stage_ends(model))
     if stage_ends is None and family is None:
-        if vectors:
-            return FeatureNet(nn.Identity(), model, None, expects_images=False, model=model)
         children = [name for name, _ in model.named_children()]
         raise ValueError(
             f"{type(model).__name__} is not a network whose stages are known (torchvision's "
@@ -620,6 +649,13 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
 
     cuts = [None, *end_nodes]
     stages = [_segment(graph, start, end, "stage_ends") for start, end in zip(cuts, cuts[1:])]
+    last = end_nodes[-1] if end_nodes else None
+    tail = None if last is features else _segment(graph, last, features, "feature_node")
+    if n_trainable_stages == 0 and not end_nodes:
+        trunk = Trunk(tail)
+        return FeatureNet(
+            trunk, nn.Sequential(PooledFeatures(None, feature_name)), None, expects_images=True, model=model
+        )
     if not 1 <= n_trainable_stages <= len(stages) - 1:
         raise ValueError(
             f"n_trainable_stages must be between 1 and {len(stages) - 1} for this backbone "
@@ -627,8 +663,6 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
             f"{', '.join(graph.name(node) for node in end_nodes)}); got {n_trainable_stages}. "
             "stage_ends sets where the stages end."
         )
-    last = end_nodes[-1] if end_nodes else None
-    tail = None if last is features else _segment(graph, last, features, "feature_node")
     split = len(stages) - n_trainable_stages
     for index in range(split, len(stages)):
         if not _has_parameters(stages[index]):
@@ -652,7 +686,7 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
         head = _segment(graph, features, graph.output.args[0], "feature_node")
     else:
         head = None
-    return FeatureNet(trunk, trainable, head, expects_images=family is not None or not vectors, model=model)
+    return FeatureNet(trunk, trainable, head, expects_images=known or not vectors, model=model)
 
 
 def _check_not_shared(trunk, trainable):

@@ -1,12 +1,15 @@
 """Input checks shared by every estimator: what was given, and is it usable.
 
 Images come as numpy arrays ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``
-with ``C`` in {1, 3}, or as a list of file paths / PIL images. A 2-D array
+with ``C`` in {1, 3} (uint8 in [0, 255], other integers in [0, 255], float in
+[0, 1], or bool: binary images, True white), or as a list (or 1-D array or
+pandas Series) of file paths / PIL images. A 2-D array
 ``(n, d)`` is a batch of vectors for a vector backbone. Everything here is
 numpy; no torch.
 """
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +77,9 @@ def check_input(X):
     >>> check_input(np.zeros((2, 3, 8, 8))).spec
     InputSpec(kind='array_images', channels=3)
     """
+    if getattr(X, "ndim", None) == 1 and len(X) and all(map(_is_image_like, X)):
+        # A numpy array or pandas Series of file paths: a list of them.
+        X = list(X)
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
             raise ValueError("Found an empty list of images; at least one image is required.")
@@ -101,6 +107,9 @@ def check_input(X):
     if X.ndim == 2:
         return CheckedInput(X, InputSpec("vectors", X.shape[1]))
     images = _to_channels_last(X)
+    if images.dtype == bool:
+        # Binary images: False black, True white.
+        images = images.astype(np.uint8) * np.uint8(255)
     _check_pixel_range(images)
     return CheckedInput(images, InputSpec("array_images", images.shape[-1]))
 
@@ -135,9 +144,17 @@ def _to_channels_last(X):
 
 
 def _check_pixel_range(images):
+    low, high = images.min(), images.max()
+    if images.dtype.kind in "ui" and high == 1 and low == 0:
+        warnings.warn(
+            "These integer images hold only 0 and 1, which read as black and almost black "
+            "(integer images hold values in [0, 255]). For binary images, multiply by 255 or "
+            "pass booleans (True is white).",
+            UserWarning,
+            stacklevel=3,
+        )
     if images.dtype == np.uint8:
         return
-    low, high = images.min(), images.max()
     if images.dtype.kind == "f":
         if low < 0 or high > 1:
             raise ValueError(

@@ -381,17 +381,37 @@ def _score_with_maps(estimator, paths, maps_folder, top):
     return scores, {index: overlay for _, index, overlay in kept}
 
 
+def _check_readable(paths):
+    """Stop before the work, not after it, at an image file that cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise ValueError(f"Could not read image file {path}: {error}") from None
+
+
 def _score(args):
     _check_destination(args.output, "--output")
     if args.report is not None:
         _check_destination(args.report, "--report")
+        if os.path.abspath(args.report) == os.path.abspath(args.output):
+            raise ValueError(f"--report and --output name the same file, {args.output}; give two files.")
     if args.maps is not None and not os.path.isdir(args.maps):
         if os.path.exists(args.maps):
             raise NotADirectoryError(f"--maps {args.maps} is a file; give a folder.")
         _check_destination(args.maps, "--maps")  # made at the end; its parent must exist
     paths = collect_images(args.sources)
+    _check_readable(paths)
     factory = None if args.backbone_factory is None else import_factory(args.backbone_factory)
     estimator = _load_model(args.model, factory, args.device)
+    if not hasattr(estimator, "score_samples"):
+        raise ValueError(
+            f"{args.model} holds a {type(estimator).__name__}, which gives features, not scores; "
+            "score needs a detector (fit writes one)."
+        )
     local = hasattr(estimator, "anomaly_maps")
     if args.maps is not None and not local:
         raise ValueError(
@@ -472,7 +492,8 @@ def main(argv=None):
         warnings.showwarning = _show_warning
         try:
             args.run(args)
-        except (OSError, ValueError, ImportError) as error:
+        # Out of memory (torch's is a RuntimeError), a wrong type in a model file or option: one line too.
+        except (OSError, ValueError, ImportError, TypeError, RuntimeError, MemoryError) as error:
             message = " ".join(str(error).split()) or type(error).__name__
             print(f"{PROG}: error: {message}", file=sys.stderr)
             return 2

@@ -15,6 +15,8 @@ Model selection needs nothing from this module: the estimators pickle, so
 Needs the ``dask`` extra: ``pip install 'sklearn-panda[dask]'``.
 """
 
+import contextlib
+
 import numpy as np
 
 __all__ = ["score_dask"]
@@ -22,32 +24,40 @@ __all__ = ["score_dask"]
 METHODS = ("score_samples", "decision_function", "predict", "transform")
 
 
-def _limit_torch_threads():
-    """One torch thread per task on a worker that runs several tasks at once.
+@contextlib.contextmanager
+def _one_torch_thread_per_task():
+    """One torch thread per task, for the task only, on a worker that runs several tasks at once.
 
     A worker with ``T`` threads runs ``T`` tasks concurrently; torch's default
     of one thread per core in each of them would oversubscribe the cores the
     cluster was given. A one-thread worker keeps torch's own setting
     (``distributed``'s worker processes start with ``OMP_NUM_THREADS=1``).
+    The worker's setting is put back afterwards, for whatever else it runs.
     """
     try:
         from distributed import get_worker
 
         threads = get_worker().state.nthreads
     except (ImportError, ValueError):
-        return  # not on a distributed worker (the local scheduler)
-    if threads > 1:
-        import torch
+        threads = 1  # not on a distributed worker (the local scheduler)
+    if threads <= 1:
+        yield
+        return
+    import torch
 
-        if torch.get_num_threads() != 1:
-            torch.set_num_threads(1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _apply(samples, estimator, method):
-    _limit_torch_threads()
     if len(samples) == 0:
         return np.empty((0,) if method != "transform" else (0, estimator._n_features_out))
-    return getattr(estimator, method)(samples)
+    with _one_torch_thread_per_task():
+        return getattr(estimator, method)(samples)
 
 
 def _apply_to_partition(paths, estimator, method):

@@ -187,9 +187,9 @@ def test_a_factory_keeps_its_own_weights(images):
         assert stem is pretrained.conv1 and bool((stem.weight == 0.5).all())
 
 
-def test_a_network_of_no_family_needs_stage_ends(images):
-    with pytest.raises(ValueError, match="Sequential is not a network whose stages are known.*Set stage_ends"):
-        PandaDetector(backbone=small_cnn, n_steps=0, **TINY).fit(images)
+def test_a_network_of_no_family_takes_stage_ends(images):
+    # Without stage_ends a plain Sequential is split by its children (tests/test_own_networks.py).
+    assert PandaDetector(backbone=small_cnn, n_steps=0, **TINY).fit(images).extract_features(images).shape[1] == 8
     detector = PandaDetector(backbone=small_cnn, stage_ends=["1", "3"], n_trainable_stages=1, n_steps=1, **TINY)
     net = detector.fit(images).net_
     assert net(torch.rand(2, 3, 32, 32)).shape == (2, 8) and isinstance(net.head, nn.Linear)

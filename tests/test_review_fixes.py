@@ -1,0 +1,144 @@
+"""Defects found by the second review (issue 33), each with the test that failed before its fix.
+
+Items elsewhere: 1 (save/load of GoogLeNet-like networks) in test_save_architecture.py;
+2 and 11 (16-bit images, file permissions) in test_image_io.py; the networks of one's own
+in test_own_networks.py.
+"""
+
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_IMAGES, tiny_mlp
+
+from sklearn_panda import PandaDetector, PandaFeatures, PandaOE, PandaPatchDetector, PandaSES, save
+
+
+@pytest.fixture
+def images():
+    return (np.random.default_rng(0).random((12, 20, 20, 3)) * 255).astype(np.uint8)
+
+
+# 4: nothing global is seeded, the accelerators' generators included.
+def test_fits_never_reseed_the_accelerators_generators(images, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    state = torch.random.get_rng_state()
+    PandaDetector(**TINY_IMAGES, n_steps=1, random_state=0).fit(images)
+    PandaDetector(**TINY_IMAGES, n_steps=1, loss="mean_shifted", random_state=0).fit(images)
+    PandaOE(**TINY_IMAGES, n_steps=1, random_state=0).fit(images, np.r_[np.ones(8), -np.ones(4)])
+    PandaPatchDetector(backbone="resnet18", weights=None, resize=None, random_state=0).fit(images[:4])
+    assert calls == []
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+# 6: export_onnx(PandaSES) says it is not exportable.
+def test_export_onnx_refuses_ses_with_a_type_error():
+    pytest.importorskip("onnx")
+    from sklearn_panda.deploy import export_onnx
+
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    ses = PandaSES(backbone=tiny_mlp, weights=None, n_steps=2, checkpoint_every=1, random_state=0).fit(X)
+    with pytest.raises(TypeError, match="PandaSES and PandaOE are not exportable"):
+        export_onnx(ses, "never-written.onnx", image_size=(8, 8))
+
+
+# 8: PandaSES keeps no checkpoint when n_steps < checkpoint_every: an error, not a silent unadapted model.
+def test_ses_refuses_fewer_steps_than_one_checkpoint():
+    X = np.random.default_rng(0).normal(size=(20, 4))
+    with pytest.raises(ValueError, match="n_steps=5 is smaller than checkpoint_every=10"):
+        PandaSES(backbone=tiny_mlp, weights=None, n_steps=5, checkpoint_every=10).fit(X)
+
+
+# 12: boolean images are binary images; 0/1 integers get a warning.
+def test_boolean_images_are_black_and_white_and_zero_one_integers_warn():
+    from sklearn_panda._validation import check_input
+
+    binary = np.zeros((2, 4, 4), dtype=bool)
+    binary[:, :2] = True
+    assert check_input(binary).data.max() == 255
+    with pytest.warns(UserWarning, match="only 0 and 1"):
+        check_input(binary.astype(np.uint8))
+
+
+# 13: an array of paths is a list of paths; a missing weights file is named as a file.
+def test_an_array_of_paths_is_read_as_paths(tmp_path):
+    from PIL import Image
+
+    from sklearn_panda._validation import check_input
+
+    paths = []
+    for i in range(2):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    assert check_input(np.array(paths)).spec.kind == "file_images"
+    assert check_input(np.array(paths, dtype=object)).data == paths
+
+
+def test_a_missing_weights_file_is_reported_as_a_missing_file():
+    with pytest.raises(FileNotFoundError, match="Weights file not found: x.bin"):
+        PandaDetector(backbone="resnet18", weights="x.bin", n_steps=0).fit(np.zeros((4, 8, 8), np.uint8))
+
+
+# 17: score_dask's one torch thread per task is put back afterwards.
+def test_dask_tasks_give_the_workers_thread_setting_back(monkeypatch):
+    from sklearn_panda import distributed as panda_distributed
+
+    fake = types.ModuleType("distributed")
+    fake.get_worker = lambda: types.SimpleNamespace(state=types.SimpleNamespace(nthreads=4))
+    monkeypatch.setitem(sys.modules, "distributed", fake)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)  # a worker's own setting (under pytest-xdist each worker has one thread)
+    try:
+        seen = []
+        estimator = types.SimpleNamespace(score_samples=lambda samples: seen.append(torch.get_num_threads()) or samples)
+        panda_distributed._apply(np.ones(3), estimator, "score_samples")
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
+# 14: the command line's other error paths, in a subprocess.
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "sklearn_panda", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("cli14")
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir()
+    for i in range(4):
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(root / "images" / f"{i}.png")
+    (root / "images" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    features = PandaFeatures(backbone="resnet18", weights=None, n_steps=0, resize=32, crop_size=32)
+    features.fit(np.asarray([np.asarray(Image.open(root / "images" / f"{i}.png")) for i in range(4)]))
+    save(features, root / "features.pt")
+    return root
+
+
+@pytest.mark.parametrize(
+    "case, args, words",
+    [
+        ("features file", ["images/0.png", "--model", "features.pt", "--output", "s.csv"], ["PandaFeatures", "not scores"]),
+        ("same output and report", ["images/0.png", "--model", "features.pt", "--output", "s.csv", "--report", "s.csv"],
+         ["--report and --output name the same file"]),
+        ("unreadable image", ["images", "--model", "features.pt", "--output", "s.csv"], ["broken.png"]),
+    ],
+)
+def test_cli_errors_are_one_line_with_status_2(case, args, words, cli_files):
+    result = _cli("score", *args, cwd=cli_files)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("sklearn-panda: error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr
+    assert not (cli_files / "s.csv").exists()
