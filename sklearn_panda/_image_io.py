@@ -93,7 +93,8 @@ def _as_array(image, name):
             values = values / 65535.0
         values = values.astype(np.float32)
         return np.repeat(values[..., None], 3, axis=2) if values.ndim == 2 else values
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    # A copy (np.array): Pillow's buffer is read-only, and torch would warn about sharing it.
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def read_binary_mask(path):

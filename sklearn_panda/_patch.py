@@ -79,7 +79,7 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
 
     layers : list of str or "auto", default="auto"
         The nodes (or modules, for their last node) whose feature maps make
-        the patch features, finest first, at least two. ``"auto"``: the
+        the patch features, in forward order, one or more. ``"auto"``: the
         family's last stage ends at strides 8 and 16 (ResNet ``layer2`` and
         ``layer3``, EfficientNet-Lite0 ``_blocks.4`` and ``_blocks.10``). The
         values used are in ``layers_``.
@@ -368,7 +368,7 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         if attributes["input_spec_"].kind == "vectors":
             return {"n_trainable_stages": 1}
         layers = attributes["layers_"]
-        return {"n_trainable_stages": len(layers) - 1, "stage_ends": layers, "feature_node": layers[-1]}
+        return {"n_trainable_stages": 0, "stage_ends": layers, "feature_node": layers[-1]}
 
     # --------------------------------------------------------- patch features
 

@@ -43,6 +43,14 @@ def stage_outputs(net, images):
     """The output of every stage of a split network for ``images``, in order.
 
     The last entry of ``net.stages`` (the pooling to vectors) is not run.
+
+    Examples
+    --------
+    >>> import torch, torchvision
+    >>> from sklearn_panda._patch_features import split_patch_net, stage_outputs
+    >>> net = split_patch_net(torchvision.models.resnet18(), ["layer1", "layer2"])
+    >>> [tuple(output.shape) for output in stage_outputs(net, torch.zeros(1, 3, 64, 64))]
+    [(1, 64, 16, 16), (1, 128, 8, 8)]
     """
     outputs = []
     for stage in (*net.trunk, *list(net.stages)[:-1]):
@@ -107,12 +115,12 @@ def build_patch_net(backbone, weights, layers):
 
 def split_patch_net(model, layers):
     """``model`` split with ``layers`` as its stage ends; every parameter frozen."""
-    if isinstance(layers, str) or len(layers) < 2 or not all(isinstance(name, str) for name in layers):
+    if isinstance(layers, str) or not layers or not all(isinstance(name, str) for name in layers):
         raise ValueError(
-            f"layers must be 'auto' or a list of at least two node or module names, finest first "
+            f"layers must be 'auto' or a non-empty list of node or module names, in forward order "
             f"(their maps are combined); got {layers!r}."
         )
-    net = split_model(model, len(layers) - 1, stage_ends=layers, feature_node=layers[-1])
+    net = split_model(model, 0, stage_ends=layers, feature_node=layers[-1])
     for parameter in net.parameters():
         parameter.requires_grad_(False)
     return net.eval()

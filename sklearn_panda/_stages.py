@@ -543,7 +543,8 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
     model : nn.Module
         The network, with its weights.
     n_trainable_stages : int
-        How many of the last stages train (at least one stage stays frozen).
+        How many of the last stages train (at least one stage stays frozen);
+        0: none, every stage is in the frozen trunk.
     stage_ends : sequence of str or None, default=None
         Names of the nodes (or modules, for their last node) that end each
         stage, in forward order. ``None``: the family's own
@@ -651,8 +652,9 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
     stages = [_segment(graph, start, end, "stage_ends") for start, end in zip(cuts, cuts[1:])]
     last = end_nodes[-1] if end_nodes else None
     tail = None if last is features else _segment(graph, last, features, "feature_node")
-    if n_trainable_stages == 0 and not end_nodes:
-        trunk = Trunk(tail)
+    if n_trainable_stages == 0:
+        # Nothing trains: every stage is frozen trunk (the layers up to the features too).
+        trunk = Trunk(*stages, *([tail] if tail is not None else []))
         return FeatureNet(
             trunk, nn.Sequential(PooledFeatures(None, feature_name)), None, expects_images=True, model=model
         )

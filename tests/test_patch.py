@@ -165,7 +165,7 @@ def test_networks_without_stride_8_and_16_maps_need_layers():
         ({"coreset_ratio": 0}, InvalidParameterError, "coreset_ratio"),
         ({"coreset_ratio": 1.5}, InvalidParameterError, "coreset_ratio"),
         ({"neighbourhood": 2}, ValueError, "neighbourhood must be odd"),
-        ({"layers": ["5"]}, ValueError, "at least two"),
+        ({"layers": []}, ValueError, "non-empty list"),
         ({"resize": (10, 0)}, ValueError, "resize must be"),
         ({"layers": ["5", "nope"]}, ValueError, "no node or module 'nope'"),
     ],
