@@ -47,6 +47,8 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.floa
 _PEAK_ACTIVATION_BYTES = weakref.WeakKeyDictionary()
 # Set by validate_data(reset=True) as soon as fit starts.
 INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
+# What fit changes before it completes, put back when it does not.
+FIT_TIME_ATTRIBUTES = (*INPUT_ATTRIBUTES, "normalize_features_")
 
 
 class FitRun(NamedTuple):
@@ -133,11 +135,13 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
         ``feature_names_in_`` at once; a fit that does not complete puts
         back what was there.
         """
-        previous = {name: self.__dict__[name] for name in INPUT_ATTRIBUTES if name in self.__dict__}
+        previous = {name: self.__dict__[name] for name in FIT_TIME_ATTRIBUTES if name in self.__dict__}
+        # A new fit projects with the parameter, not with what an earlier fit kept.
+        self.__dict__.pop("normalize_features_", None)
         try:
             return self._fit_unguarded(X, y, **options)
         except BaseException:
-            for name in INPUT_ATTRIBUTES:
+            for name in FIT_TIME_ATTRIBUTES:
                 self.__dict__.pop(name, None)
             self.__dict__.update(previous)
             raise
@@ -147,6 +151,8 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
         y = self._check_target(y, len(checked))
         fitted, run = self._fit_checked(X, checked, y, **options)
         fitted["preprocessing_"] = self._preprocessing()
+        # Read by every later projection, so that set_params after fit cannot change the scores.
+        fitted["normalize_features_"] = bool(self.normalize_features)
         # Assign only now: an interrupted fit leaves the estimator untouched.
         self._reset_input_attributes(checked)
         for name, value in fitted.items():
@@ -264,7 +270,9 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
 
     def _project(self, features):
         """Features as the scorer and the compactness loss see them."""
-        return F.normalize(features, dim=1) if self.normalize_features else features
+        # Fitted models project as they were fitted (models from before normalize_features_ hold the parameter).
+        normalize = self.__dict__.get("normalize_features_", self.normalize_features)
+        return F.normalize(features, dim=1) if normalize else features
 
     def _inference_batch_size(self, net, preprocessor):
         """Samples per pass without gradients: ``inference_batch_size``, resolving ``"auto"``."""

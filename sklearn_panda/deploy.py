@@ -177,7 +177,7 @@ def export_onnx(detector, path, *, image_size):
         image_size=image_size,
         channels=channels,
         **detector._fitted_preprocessing(),
-        normalize_features=detector.normalize_features,
+        normalize_features=getattr(detector, "normalize_features_", detector.normalize_features),
         gallery=gallery,
         n_neighbors=search[1],
         metric=search[2],

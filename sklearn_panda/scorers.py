@@ -1228,6 +1228,13 @@ class MahalanobisScorer(_BaseScorer):
         self.n_components_ = kept
         self.components_ = axes[:kept]
         sample_variances = singular_values[:kept] ** 2 / n_samples
+        if not sample_variances.sum() > 0:
+            # The Gaussian would have no width: every distance 0 / 0.
+            raise ValueError(
+                "MahalanobisScorer: the training features do not vary (every row is the same), so "
+                "they define no Gaussian. After PANDA's adaptation this is collapse: adapt with "
+                "fewer steps or a lower learning rate, use EWC, or score with the kNN scorer."
+            )
         projected = centered @ self.components_.T
         # The Gaussian lives in the kept principal subspace (all of feature
         # space without n_components); the shrinkage target is that space's

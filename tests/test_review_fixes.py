@@ -142,3 +142,26 @@ def test_cli_errors_are_one_line_with_status_2(case, args, words, cli_files):
     for word in words:
         assert word in result.stderr
     assert not (cli_files / "s.csv").exists()
+
+
+# 9: fitted state never reads a parameter that can change after fit.
+def test_set_params_after_fit_leaves_the_scores_as_they_were(images):
+    detector = PandaDetector(**TINY_IMAGES, n_steps=1, random_state=0).fit(images)
+    expected = detector.score_samples(images)
+    detector.set_params(normalize_features=False)
+    np.testing.assert_array_equal(detector.score_samples(images), expected)
+    # A new fit takes the new value.
+    assert not np.array_equal(detector.fit(images).score_samples(images), expected)
+    assert detector.normalize_features_ is False
+
+
+# 7: collapsed (constant) features are an error that names collapse, not NaN scores.
+def test_mahalanobis_refuses_features_that_do_not_vary():
+    from sklearn_panda import MahalanobisScorer
+
+    with pytest.raises(ValueError, match="do not vary.*collapse"):
+        MahalanobisScorer().fit(np.ones((10, 4)))
+    # Features that vary in one direction only are fine (the shrinkage fills the others).
+    X = np.zeros((10, 4))
+    X[:, 0] = np.arange(10)
+    assert np.isfinite(MahalanobisScorer().fit(X).score_samples(X)).all()
