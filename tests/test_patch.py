@@ -221,3 +221,15 @@ def test_working_size():
     assert working_size(100, 50, "auto") == (448, 224)
     assert working_size(3000, 2000, "auto") == (1536, 1024)
     assert working_size(100, 50, (30, 40)) == (30, 40)
+
+
+def test_gaussian_smoothing_is_scipys_mirrored_gaussian_filter():
+    from scipy import ndimage
+
+    from sklearn_panda._patch_features import gaussian_smoothing
+
+    maps = torch.rand(3, 1, 40, 57, generator=torch.Generator().manual_seed(0))
+    for sigma in (1.0, 4.0):
+        expected = np.stack([ndimage.gaussian_filter(m[0].double().numpy(), sigma, mode="mirror") for m in maps])
+        np.testing.assert_allclose(gaussian_smoothing(maps, sigma)[:, 0].numpy(), expected, atol=1e-6)
+    assert torch.equal(gaussian_smoothing(maps, 0), maps)
