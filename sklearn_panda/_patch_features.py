@@ -166,10 +166,29 @@ def aggregate(maps, neighbourhood, n_features=None):
     features = torch.cat(parts, dim=1)
     n_images, n_channels, height, width = features.shape
     if n_features is not None and n_features < n_channels:
-        rows = features.permute(0, 2, 3, 1).reshape(-1, 1, n_channels)
-        features = F.adaptive_avg_pool1d(rows, n_features).reshape(n_images, height, width, n_features)
-        features = features.permute(0, 3, 1, 2)
+        pooling = channel_pooling(n_channels, n_features).to(features.device)
+        features = torch.einsum("nchw,cd->ndhw", features, pooling)
     return features.contiguous()
+
+
+def channel_pooling(n_channels, n_features):
+    """The ``(n_channels, n_features)`` matrix that averages adjacent channels down to ``n_features``.
+
+    Column ``j`` averages channels ``floor(j C / d)`` to ``ceil((j + 1) C / d)``,
+    the bins of ``torch.nn.functional.adaptive_avg_pool1d`` (PatchCore's
+    projection); as a matrix it exports to ONNX as one product.
+
+    Examples
+    --------
+    >>> from sklearn_panda._patch_features import channel_pooling
+    >>> channel_pooling(4, 2).T.tolist()
+    [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]
+    """
+    matrix = torch.zeros(n_channels, n_features)
+    for column in range(n_features):
+        start, stop = (column * n_channels) // n_features, -((-(column + 1) * n_channels) // n_features)
+        matrix[start:stop, column] = 1.0 / (stop - start)
+    return matrix
 
 
 def working_size(height, width, resize):
@@ -217,10 +236,10 @@ def gaussian_smoothing(maps, sigma):
     --------
     >>> import torch
     >>> from sklearn_panda._patch_features import gaussian_smoothing
-    >>> spike = torch.zeros(1, 1, 9, 9); spike[0, 0, 4, 4] = 1
+    >>> spike = torch.zeros(1, 1, 21, 21); spike[0, 0, 10, 10] = 1
     >>> smoothed = gaussian_smoothing(spike, 1.0)
-    >>> round(float(smoothed.sum()), 6), bool(smoothed[0, 0, 4, 4] == smoothed.max())
-    (1.0, True)
+    >>> round(float(smoothed.sum()), 6), divmod(int(smoothed.argmax()), 21)
+    (1.0, (10, 10))
     """
     if sigma <= 0:
         return maps
