@@ -3,8 +3,9 @@
 :class:`ScoringGraph` maps a batch of uint8 images ``(n, H, W, C)`` of one
 fixed size to ``score_samples``: the preprocessing of :mod:`._data`, the
 adapted network, the feature normalisation and a nearest-neighbour search
-against a stored gallery. :func:`export_scoring_graph` exports it with
-torch's ONNX exporter.
+against a stored gallery. :class:`PatchScoringGraph` does the same for a patch
+detector and gives its anomaly maps too. :func:`export_scoring_graph` exports
+either with torch's ONNX exporter.
 
 The resize is torch's uint8 one, reproduced exactly: torch (like PIL)
 resamples an axis with integer weights and ``p`` fraction bits,
@@ -27,6 +28,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ._data import IMAGENET_MEAN, IMAGENET_STD, resized_shape
+from ._patch_features import aggregate, gaussian_smoothing
 
 # ONNX files are protocol buffers, which cannot exceed 2 GiB.
 ONNX_FILE_LIMIT_BYTES = 2**31
@@ -196,19 +198,22 @@ class ScoringGraph(nn.Module):
         return -squared.mean(dim=1)
 
 
-def export_scoring_graph(graph, image_size, channels):
-    """Export a :class:`ScoringGraph` to an ONNX model (any batch size, fixed image size).
+def export_scoring_graph(graph, image_size, channels, output_names=("scores",)):
+    """Export a :class:`ScoringGraph` (or :class:`PatchScoringGraph`) to an ONNX model (any batch size, fixed image size).
 
     Parameters
     ----------
-    graph : ScoringGraph
+    graph : ScoringGraph or PatchScoringGraph
     image_size : tuple of int
     channels : int
+    output_names : tuple of str
+        The graph's outputs: ``("scores",)``, or ``("scores", "maps")`` for a patch graph.
 
     Returns
     -------
     model : onnx.ModelProto
-        Input ``"images"`` uint8 ``(n, H, W, C)``; output ``"scores"`` float32 ``(n,)``.
+        Input ``"images"`` uint8 ``(n, H, W, C)``; output ``"scores"`` float32 ``(n,)`` (and
+        ``"maps"`` float32 ``(n, H, W)``).
     """
     graph = graph.eval()
     example = torch.zeros((2, *image_size, channels), dtype=torch.uint8)
@@ -218,9 +223,66 @@ def export_scoring_graph(graph, image_size, channels):
             (example,),
             dynamo=True,
             input_names=["images"],
-            output_names=["scores"],
+            output_names=list(output_names),
             dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             opset_version=OPSET,
             verbose=False,
         )
     return program.model_proto
+
+
+class PatchScoringGraph(nn.Module):
+    """uint8 images ``(n, H, W, C)`` -> ``(score_samples, anomaly_maps)``, as a fitted patch detector computes them.
+
+    The images are scored at their own size: the graph holds no resize.
+
+    Parameters
+    ----------
+    net : FeatureNet
+        The patch detector's split network (every stage up to its last layer).
+    channels : {1, 3}
+    neighbourhood : int
+    n_features : int or None
+    bank : ndarray of shape (n_bank, d), float32
+        The memory bank.
+    n_neighbors : int
+    sigma : float
+    """
+
+    def __init__(self, net, *, channels, neighbourhood, n_features, bank, n_neighbors, sigma):
+        super().__init__()
+        self.stages = nn.ModuleList([*net.trunk, *list(net.stages)[:-1]])
+        self.channels = channels
+        self.neighbourhood = neighbourhood
+        self.n_features = n_features
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).reshape(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).reshape(1, 3, 1, 1))
+        bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.register_buffer("bank", torch.from_numpy(bank))
+        self.register_buffer("half_norms", torch.from_numpy(0.5 * np.einsum("ij,ij->i", bank, bank)))
+        self.n_neighbors = n_neighbors
+        self.sigma = sigma
+
+    def forward(self, images):
+        x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+        if self.channels == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = (x - self.mean) / self.std
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        features = aggregate(maps, self.neighbourhood, self.n_features)
+        n_images, n_channels, height, width = features.shape
+        rows = features.permute(0, 2, 3, 1).reshape(-1, n_channels)
+        # As the package's brute-force search: rank by ||b||^2 / 2 - r.b, then recompute the
+        # distances of the k found from the differences.
+        _, nearest = torch.topk(self.half_norms - rows @ self.bank.T, self.n_neighbors, dim=1, largest=False)
+        differences = self.bank[nearest] - rows[:, None, :]
+        distances = (differences * differences).sum(dim=2).clamp_min(0.0).sqrt().mean(dim=1)
+        patch_map = distances.reshape(n_images, 1, height, width)
+        size = images.shape[1:3]
+        if (height, width) != tuple(size):
+            patch_map = F.interpolate(patch_map, size=size, mode="bilinear", align_corners=False)
+        smoothed = gaussian_smoothing(patch_map, self.sigma)
+        return -smoothed.amax(dim=(1, 2, 3)), smoothed[:, 0]

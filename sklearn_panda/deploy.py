@@ -18,6 +18,11 @@ images with such a file; neither this package nor torch is needed to run it::
     scores = session.run(None, {meta["input_name"]: images})[0]
     labels = np.where(scores - float(meta["offset"]) < 0, -1, 1)   # +1 inlier, -1 outlier
 
+A fitted :class:`~sklearn_panda.PandaPatchDetector` exports too, for images of
+the size it scores them at (the graph holds no resize): the file's outputs are
+``score_samples`` and the anomaly maps, and :meth:`OnnxDetector.anomaly_maps`
+reads the maps.
+
 Galleries: the file holds the scorer's gallery (kNN: every training
 feature) beside the network, and one ONNX file cannot exceed 2 GiB, so a
 kNN gallery of more than about ``2**31 / (4 * n_features)`` rows minus the
@@ -120,8 +125,10 @@ def export_onnx(detector, path, *, image_size):
 
     Parameters
     ----------
-    detector : PandaDetector
-        Fitted on images, with a :class:`~sklearn_panda.KNNScorer`,
+    detector : PandaDetector or PandaPatchDetector
+        Fitted on images. A PandaPatchDetector exports its scores and maps,
+        for images it scores at their own size. A PandaDetector with a
+        :class:`~sklearn_panda.KNNScorer`,
         :class:`~sklearn_panda.KMeansScorer` or :class:`~sklearn_panda.CenterScorer`
         (``scorer="knn"``, ``"kmeans"``, ``"center"``). A kNN search is
         exported as the exact search, whatever the scorer's ``algorithm``.
@@ -158,7 +165,10 @@ def export_onnx(detector, path, *, image_size):
     import onnx
 
     from ._onnx_graph import ONNX_FILE_LIMIT_BYTES, ScoringGraph, export_scoring_graph
+    from ._patch import PandaPatchDetector
 
+    if isinstance(detector, PandaPatchDetector):
+        return _export_patch_detector(detector, path, image_size)
     _check_exportable(detector, image_size)
     image_size = (int(image_size[0]), int(image_size[1]))
     channels = detector.input_spec_.channels
@@ -184,6 +194,66 @@ def export_onnx(detector, path, *, image_size):
     )
     model = export_scoring_graph(graph, image_size, channels)
     _set_metadata(model, _metadata(detector, image_size, channels, search))
+    onnx.save(model, path)
+    return Path(path)
+
+
+def _export_patch_detector(detector, path, image_size):
+    """:func:`export_onnx` of a :class:`~sklearn_panda.PandaPatchDetector`: scores and maps in one graph."""
+    import onnx
+    from sklearn.utils.validation import check_is_fitted
+
+    from ._onnx_graph import ONNX_FILE_LIMIT_BYTES, PatchScoringGraph, export_scoring_graph
+    from ._patch_features import working_size
+
+    check_is_fitted(detector)
+    if detector.input_spec_.kind == "vectors":
+        raise ValueError("export_onnx exports a detector of images; this one was fitted on vectors.")
+    if np.shape(image_size) != (2,) or any(int(side) != side or side < 1 for side in image_size):
+        raise ValueError(f"image_size must be (height, width) in pixels; got {image_size!r}.")
+    image_size = (int(image_size[0]), int(image_size[1]))
+    scored = working_size(*image_size, detector.resize)
+    if scored != image_size:
+        raise ValueError(
+            f"This patch detector scores {image_size[0]} x {image_size[1]} images at {scored[0]} x {scored[1]} "
+            f"(resize={detector.resize!r}); the exported graph holds no resize. Export it for images of "
+            f"the scored size, image_size={scored}, and resize the images to it first."
+        )
+    bank = np.asarray(detector.memory_bank_, dtype=np.float32)
+    if bank.nbytes > ONNX_FILE_LIMIT_BYTES * 0.9:
+        raise ValueError(f"The memory bank ({bank.nbytes / 2**30:.2f} GiB) does not fit in one ONNX file (2 GiB).")
+    channels = detector.input_spec_.channels
+    graph = PatchScoringGraph(
+        _cpu_float32_copy(detector.net_),
+        channels=channels,
+        neighbourhood=detector.neighbourhood,
+        n_features=detector.n_features,
+        bank=bank,
+        n_neighbors=detector.scorer_.n_neighbors,
+        sigma=detector.sigma,
+    )
+    model = export_scoring_graph(graph, image_size, channels, output_names=("scores", "maps"))
+    from ._version import __version__
+
+    metadata = {
+        "sklearn_panda.format": FORMAT_VERSION,
+        "sklearn_panda.version": __version__,
+        "estimator": type(detector).__name__,
+        "scorer": "memory bank",
+        "input_name": "images",
+        "input_layout": "NHWC",
+        "input_dtype": "uint8",
+        "input_height": str(image_size[0]),
+        "input_width": str(image_size[1]),
+        "input_channels": str(channels),
+        "output": "score_samples,anomaly_maps",
+        "offset": repr(float(detector.offset_)),
+        "precision": "float32",
+        "n_gallery": str(len(bank)),
+        "n_neighbors": str(detector.scorer_.n_neighbors),
+        "metric": "euclidean",
+    }
+    _set_metadata(model, metadata)
     onnx.save(model, path)
     return Path(path)
 
@@ -369,7 +439,7 @@ class OnnxDetector:
             options.inter_op_num_threads = 1
         session = ort.InferenceSession(os.fspath(self.path), options, providers=["CPUExecutionProvider"])
         name = self.metadata_["input_name"]
-        return lambda images: session.run(None, {name: images})[0]
+        return lambda images: session.run(None, {name: images})
 
     def _openvino(self):
         try:
@@ -381,7 +451,12 @@ class OnnxDetector:
             config["INFERENCE_NUM_THREADS"] = self.n_threads
         compiled = ov.Core().compile_model(os.fspath(self.path), "CPU", config)
         request = compiled.create_infer_request()
-        return lambda images: request.infer({0: images})[0]
+
+        def run(images):
+            outputs = request.infer({0: images})
+            return [outputs[index] for index in range(len(compiled.outputs))]
+
+        return run
 
     def score_samples(self, X):
         """Negated anomaly distance, as the exported detector's: higher means more normal.
@@ -400,10 +475,49 @@ class OnnxDetector:
         """
         images = _as_file_input(X, self.metadata_)
         parts = [
-            np.asarray(self._run(images[start : start + self.batch_size]), dtype=np.float64).reshape(-1)
+            np.asarray(self._run(images[start : start + self.batch_size])[0], dtype=np.float64).reshape(-1)
             for start in range(0, len(images), self.batch_size)
         ]
         return np.concatenate(parts)
+
+    def anomaly_maps(self, X):
+        """One anomaly map per image, as the exported patch detector's ``anomaly_maps``.
+
+        Parameters
+        ----------
+        X : array-like of uint8 images
+            As in ``score_samples``.
+
+        Returns
+        -------
+        maps : ndarray of shape (n_samples, H, W), float32
+            Higher = more anomalous.
+
+        Raises
+        ------
+        TypeError
+            For a file exported from an image-level detector, which has no maps.
+
+        Examples
+        --------
+        With ``"patch.onnx"`` exported from a fitted ``PandaPatchDetector``:
+
+        >>> from sklearn_panda.deploy import OnnxDetector
+        >>> OnnxDetector("patch.onnx").anomaly_maps(images).shape  # doctest: +SKIP
+        (4, 640, 640)
+        """
+        if "anomaly_maps" not in self.metadata_["output"]:
+            raise TypeError(
+                f"{os.fspath(self.path)} was exported from a {self.metadata_['estimator']}, which scores "
+                "whole images; only a PandaPatchDetector's file gives anomaly maps."
+            )
+        images = _as_file_input(X, self.metadata_)
+        return np.concatenate(
+            [
+                np.asarray(self._run(images[start : start + self.batch_size])[1], dtype=np.float32)
+                for start in range(0, len(images), self.batch_size)
+            ]
+        )
 
     def decision_function(self, X):
         """``score_samples(X) - offset_``: negative for outliers.
