@@ -2,7 +2,7 @@
 
 From the full DeepPCB folder (``--root``, the layout of ``load_deeppcb(root)``),
 with the package's own split (training boards for templates, other boards for
-testing): 60 training templates and 20 test regions, each as a template and as
+testing): 300 training templates and 30 test regions, each as a template and as
 a defective image, each a 320 x 320 crop at the native resolution (defects keep
 their size in pixels). A defective crop has a defect pixel at least 40 pixels inside
 its border; its mask is 1 inside the defect boxes. The images are one bit per pixel (DeepPCB's are
@@ -46,7 +46,7 @@ def crop_with_a_whole_defect(mask_path, rng):
     return None
 
 
-def make_sample(root, seed=0, n_train=60, n_test_each=20):
+def make_sample(root, seed=0, n_train=300, n_test_each=30):
     rng = np.random.default_rng(seed)
     train_pairs, test_pairs = _pairs(root, TRAIN_GROUPS), _pairs(root, TEST_GROUPS)
     train = []

@@ -51,7 +51,7 @@ def load_deeppcb(root=None, *, max_train=None, max_test=None, random_state=0):
         The DeepPCB folder (one subfolder per group, each with ``template/``,
         ``tested/`` and ``mask/`` holding PNG files of the same names). ``None``:
         the sample shipped with the package (uint8 arrays of 320 x 320 crops:
-        60 training templates; 20 test regions, each as a template and as a
+        300 training templates; 30 test regions, each as a template and as a
         defective image).
     max_train : int or None, default=None
         Keep at most this many training templates, a random subset.
@@ -77,7 +77,7 @@ def load_deeppcb(root=None, *, max_train=None, max_test=None, random_state=0):
     >>> from sklearn_panda.datasets import load_deeppcb
     >>> X_train, X_test, y_test, masks = load_deeppcb()
     >>> X_train.shape, X_test.shape, masks.shape, int((y_test == -1).sum())
-    ((60, 320, 320), (40, 320, 320), (40, 320, 320), 20)
+    ((300, 320, 320), (60, 320, 320), (60, 320, 320), 30)
     >>> bool(masks[y_test == 1].any()), bool(masks[y_test == -1].any(axis=(1, 2)).all())
     (False, True)
     """

@@ -10,15 +10,15 @@ from sklearn_panda.datasets import load_deeppcb
 
 def test_the_sample_ships_with_the_package():
     X_train, X_test, y_test, masks = load_deeppcb()
-    assert X_train.shape == (60, 320, 320) and X_train.dtype == np.uint8
+    assert X_train.shape == (300, 320, 320) and X_train.dtype == np.uint8
     assert set(np.unique(X_train)) == {0, 255}
-    assert X_test.shape == masks.shape == (40, 320, 320) and masks.dtype == bool
-    assert (y_test == 1).sum() == (y_test == -1).sum() == 20
+    assert X_test.shape == masks.shape == (60, 320, 320) and masks.dtype == bool
+    assert (y_test == 1).sum() == (y_test == -1).sum() == 30
     assert not masks[y_test == 1].any()
     assert masks[y_test == -1].any(axis=(1, 2)).all()
     # Each test region twice: its template, then the same crop with defects (and a scan of its own).
-    changed = X_test[:20] != X_test[20:]
-    assert changed.any(axis=(1, 2)).all() and (changed & masks[20:]).any(axis=(1, 2)).all()
+    changed = X_test[:30] != X_test[30:]
+    assert changed.any(axis=(1, 2)).all() and (changed & masks[30:]).any(axis=(1, 2)).all()
     capped = load_deeppcb(max_train=10, max_test=6)
     assert len(capped[0]) == 10 and list(capped[2]) == [1, 1, 1, -1, -1, -1]
 
