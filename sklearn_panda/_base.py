@@ -354,7 +354,7 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
         checked = check_input(X)
         if checked.spec.kind == self.input_spec_.kind == "vectors":
             validate_data(self, X, dtype=None, reset=False)
-        check_consistent(checked.spec, self.input_spec_)
+        check_consistent(checked.spec, self.input_spec_, getattr(checked.data, "shape", None))
         return checked
 
     def _embed_new(self, X):

@@ -460,7 +460,8 @@ class PandaDetector(BasePandaDetector):
         ``contamination``, or a clone of the given one, unchanged."""
         scorer = resolve(self, "scorer")
         if scorer == "knn":
-            return KNNScorer(n_neighbors=2, contamination=self.contamination)
+            # The seed reaches an approximate index (algorithm="auto" on large galleries).
+            return KNNScorer(n_neighbors=2, contamination=self.contamination, random_state=seed)
         if scorer == "kmeans":
             return KMeansScorer(n_clusters=10, random_state=seed, contamination=self.contamination)
         if scorer == "center":

@@ -451,7 +451,7 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         checked = check_input(X)
         if checked.spec.kind == self.input_spec_.kind == "vectors":
             validate_data(self, X, dtype=None, reset=False)
-        check_consistent(checked.spec, self.input_spec_)
+        check_consistent(checked.spec, self.input_spec_, getattr(checked.data, "shape", None))
         scores = np.empty(len(checked))
         maps = [None] * len(checked)
         for indices, features, size, original in self._embeddings(self.net_, checked, self.device_, "anomaly maps"):

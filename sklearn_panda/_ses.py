@@ -1,8 +1,8 @@
 """PandaSES: sample-wise early stopping over checkpoints of the adaptation."""
 
+import copy
 import functools
 import numbers
-import threading
 
 import numpy as np
 import torch
@@ -16,9 +16,6 @@ from ._progress import ProgressBar
 from ._sklearn_compat import HasMethods, Interval, StrOptions
 from .scorers import _BaseScorer, offset_from_training_scores
 
-# functional_call swaps checkpoint tensors into net_.stages while it runs: two
-# threads at once would mix checkpoints and could leave one in net_.
-_FUNCTIONAL_CALL_LOCK = threading.Lock()
 
 CHECKPOINT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -456,6 +453,10 @@ class PandaSES(PandaDetector):
         else:
             chunks = [np.arange(n_samples)]
         outputs = [None] * len(checkpoints)
+        # functional_call swaps each checkpoint's tensors into the module it runs while it runs:
+        # a copy of the stages of this call's own, so that the shared net_ never changes (another
+        # thread may be computing features with it) and concurrent calls need no lock.
+        stages = copy.deepcopy(net.stages)
         progress = ProgressBar(n_samples * len(checkpoints), label, self.verbose > 0)
         done = 0
         for chunk in chunks:
@@ -468,8 +469,8 @@ class PandaSES(PandaDetector):
 
                 def forward(indices):
                     hidden_batch = trunk_outputs(indices)
-                    with self._autocast(device), _FUNCTIONAL_CALL_LOCK:
-                        return self._project(functional_call(net.stages, parameters, (hidden_batch,))).float()
+                    with self._autocast(device):
+                        return self._project(functional_call(stages, parameters, (hidden_batch,))).float()
 
                 def store(indices, features):
                     if outputs[t] is None:

@@ -168,8 +168,26 @@ def _check_pixel_range(images):
         )
 
 
-def check_consistent(spec, fitted_spec):
-    """Raise if new input is of another kind than the input seen in ``fit``."""
+def check_consistent(spec, fitted_spec, shape=None):
+    """Raise if new input is of another kind than the input seen in ``fit``.
+
+    ``shape``, the checked data's shape ``(n, H, W, C)``, lets it catch one
+    colour image given without its batch axis: ``(H, W, 3)`` reads as ``H``
+    grayscale images of ``W x 3`` pixels.
+    """
+    if (
+        shape is not None
+        and spec.kind == "array_images"
+        and spec.channels == 1
+        and fitted_spec.channels == 3
+        and fitted_spec.kind != "vectors"
+        and shape[2] in (3, 4)
+    ):
+        raise ValueError(
+            f"Got an array of shape {shape[:3]}, which reads as {shape[0]} grayscale images of "
+            f"{shape[1]} x {shape[2]} pixels; the estimator was fitted on colour images. For one "
+            "image of shape (H, W, C), add the batch axis: X[None]."
+        )
     if spec == fitted_spec:
         return
     if fitted_spec.kind == "vectors" or spec.kind == "vectors":

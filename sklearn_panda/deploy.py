@@ -18,17 +18,17 @@ images with such a file; neither this package nor torch is needed to run it::
     scores = session.run(None, {meta["input_name"]: images})[0]
     labels = np.where(scores - float(meta["offset"]) < 0, -1, 1)   # +1 inlier, -1 outlier
 
-A fitted :class:`~sklearn_panda.PandaPatchDetector` exports too, for images of
-the size it scores them at (the graph holds no resize): the file's outputs are
-``score_samples`` and the anomaly maps, and :meth:`OnnxDetector.anomaly_maps`
-reads the maps.
-
 Galleries: the file holds the scorer's gallery (kNN: every training
 feature) beside the network, and one ONNX file cannot exceed 2 GiB, so a
 kNN gallery of more than about ``2**31 / (4 * n_features)`` rows minus the
 network's size (about 260 000 training images at 2048 features) is refused
 with an error; a :class:`~sklearn_panda.KMeansScorer` keeps it small. Each
 scored batch also holds a ``(batch, n_gallery)`` float32 similarity block.
+
+A fitted :class:`~sklearn_panda.PandaPatchDetector` exports too, for images of
+the size it scores them at (the graph holds no resize): the file's outputs are
+``score_samples`` and the anomaly maps, and :meth:`OnnxDetector.anomaly_maps`
+reads the maps.
 """
 
 import os

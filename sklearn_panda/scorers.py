@@ -562,7 +562,9 @@ class KNNScorer(_BaseScorer):
 
     random_state : int, RandomState instance or None, default=None
         Seeds ``"nndescent"``'s index construction and the k-means of a faiss
-        IVF index (faiss's own seed when ``None``).
+        IVF index (faiss's own seed when ``None``). With a seed, a faiss HNSW
+        graph (also ``algorithm="auto"``'s) is built on one thread, since the
+        order in which several threads insert rows changes the graph.
 
     Attributes
     ----------
@@ -689,7 +691,10 @@ class KNNScorer(_BaseScorer):
         if self._algorithm == "faiss":
             import faiss
 
-            with _faiss_threads(faiss, self.n_jobs):
+            # An HNSW graph built on several threads depends on their timing: with a seed the
+            # graph is built on one thread, so that the same seed gives the same index.
+            reproducible = self.random_state is not None and "HNSW" in self._faiss_description
+            with _faiss_threads(faiss, 1 if reproducible else self.n_jobs):
                 return _build_faiss_index(
                     faiss, X, self._faiss_description, self._faiss_params, self._faiss_seed()
                 )

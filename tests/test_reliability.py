@@ -1,6 +1,7 @@
 """Reliability: safe persistence, interrupted and failing fits, GPU memory, threads."""
 
 import contextlib
+import copy
 import os
 import pickle
 from concurrent.futures import ThreadPoolExecutor
@@ -396,6 +397,12 @@ class _OutOfMemoryAbove(nn.Module):
         self.inner = inner
         self.limit = limit
         self.batch_sizes = []
+
+    def __deepcopy__(self, memo):
+        # Scoring may run a copy (PandaSES runs its checkpoints in one): one record for all copies.
+        copied = _OutOfMemoryAbove(copy.deepcopy(self.inner, memo), self.limit)
+        copied.batch_sizes = self.batch_sizes
+        return copied
 
     def forward(self, x):
         self.batch_sizes.append(x.shape[0])

@@ -165,3 +165,57 @@ def test_mahalanobis_refuses_features_that_do_not_vary():
     X = np.zeros((10, 4))
     X[:, 0] = np.arange(10)
     assert np.isfinite(MahalanobisScorer().fit(X).score_samples(X)).all()
+
+
+# 3: one colour image without its batch axis is an error, not many grayscale images.
+def test_one_image_without_a_batch_axis_is_refused(tmp_path):
+    from PIL import Image
+
+    images = [Image.fromarray((np.random.default_rng(i).random((20, 20, 3)) * 255).astype(np.uint8)) for i in range(6)]
+    detector = PandaDetector(**TINY_IMAGES, n_steps=0, random_state=0).fit(images)
+    one = np.asarray(images[0])
+    with pytest.raises(ValueError, match=r"reads as 20 grayscale images of 20 x 3 pixels.*X\[None\]"):
+        detector.score_samples(one)
+    assert detector.score_samples(one[None]).shape == (1,)
+    patch = PandaPatchDetector(backbone="resnet18", weights=None, resize=None, random_state=0).fit(images)
+    with pytest.raises(ValueError, match="add the batch axis"):
+        patch.anomaly_maps(one)
+
+
+# 15: a seed makes the HNSW index reproducible (one thread builds it), and the detector's seed reaches its scorer.
+def test_a_seeded_hnsw_index_is_built_on_one_thread(monkeypatch):
+    faiss = pytest.importorskip("faiss")
+    from sklearn_panda import KNNScorer
+
+    threads = []
+    original = faiss.omp_set_num_threads
+    monkeypatch.setattr(faiss, "omp_set_num_threads", lambda n: threads.append(n) or original(n))
+    X = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+    first = KNNScorer(algorithm="faiss", faiss_index="HNSW8", random_state=0).fit(X).kneighbors(X[:20])
+    assert threads[0] == 1
+    second = KNNScorer(algorithm="faiss", faiss_index="HNSW8", random_state=0).fit(X).kneighbors(X[:20])
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_the_detectors_seed_reaches_its_knn_scorer(images):
+    detector = PandaDetector(**TINY_IMAGES, n_steps=0, random_state=3).fit(images)
+    assert detector.scorer_.random_state is not None
+
+
+# 16: PandaSES scores its checkpoints without changing the shared network.
+def test_ses_scoring_never_runs_checkpoints_in_the_shared_network():
+    X = np.random.default_rng(0).normal(size=(30, 6))
+    ses = PandaSES(backbone=tiny_mlp, weights=None, n_steps=4, checkpoint_every=2, random_state=0).fit(X)
+    shared = ses.net_.stages
+    before = {name: value.clone() for name, value in shared.state_dict().items()}
+    swapped = []
+
+    def check(module, args):
+        # Whenever the shared stages run, they hold their own fitted parameters, not a checkpoint's.
+        swapped.append(not all(torch.equal(before[name], value) for name, value in module.state_dict().items()))
+
+    for module in shared.modules():
+        module.register_forward_pre_hook(lambda module, args, shared=shared: check(shared, args))
+    ses.score_samples(X[:5])
+    assert not any(swapped)
+    assert all(torch.equal(before[name], value) for name, value in shared.state_dict().items())
