@@ -219,3 +219,27 @@ def test_ses_scoring_never_runs_checkpoints_in_the_shared_network():
     ses.score_samples(X[:5])
     assert not any(swapped)
     assert all(torch.equal(before[name], value) for name, value in shared.state_dict().items())
+
+
+# 18: the ONNX file's preprocessing is bit-exact for uint8 images on the CPU only (measured and documented).
+def test_onnx_scores_match_uint8_exactly_and_float_images_to_a_grey_level():
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import tempfile
+
+    from conftest import tiny_resnet
+
+    from sklearn_panda.deploy import OnnxDetector, export_onnx
+
+    rng = np.random.default_rng(0)
+    X = (rng.random((20, 28, 28)) * 255).astype(np.uint8)
+    detector = PandaDetector(backbone=tiny_resnet, weights=None, resize=64, crop_size=56, n_steps=0, random_state=0)
+    detector.fit(X)
+    path = tempfile.mkdtemp() + "/d.onnx"
+    export_onnx(detector, path, image_size=(28, 28))
+    exported = OnnxDetector(path).score_samples(X[:8])
+    np.testing.assert_allclose(detector.score_samples(X[:8]), exported, rtol=1e-5)
+    float_scores = detector.score_samples(X[:8] / 255.0)
+    # README, "Deploying on a CPU": float images resize in float, within 0.4% here, not exactly.
+    assert not np.allclose(float_scores, exported, rtol=1e-5)
+    np.testing.assert_allclose(float_scores, exported, rtol=1e-2)
