@@ -163,6 +163,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default=None, help="the DeepPCB folder; default: the sample shipped with the package")
     parser.add_argument("--settings", nargs="+", default=["image-paper", "image-default", "fine-r01", "patch-224"])
+    parser.add_argument(
+        "--split", choices=["test", "validation"], default="test",
+        help="validation: fit on three training boards, evaluate on the other two (for choosing settings)",
+    )
     parser.add_argument("--max-train", type=int, default=400)
     parser.add_argument("--max-test", type=int, default=300)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -175,8 +179,10 @@ def main(argv=None):
         parser.error(f"unknown settings {unknown}; known: {', '.join(SETTINGS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    data = load_deeppcb(args.root, max_train=args.max_train, max_test=args.max_test, random_state=args.seed)
-    print(f"DeepPCB {'sample' if args.root is None else args.root}: {len(data[0])} training, "
+    data = load_deeppcb(
+        args.root, split=args.split, max_train=args.max_train, max_test=args.max_test, random_state=args.seed
+    )
+    print(f"DeepPCB {'sample' if args.root is None else args.root} ({args.split} split): {len(data[0])} training, "
           f"{len(data[1])} test images ({int((data[2] == -1).sum())} defective); CPU: {cpu_name()}, "
           f"{torch.get_num_threads()} threads", flush=True)
     args.csv.parent.mkdir(parents=True, exist_ok=True)

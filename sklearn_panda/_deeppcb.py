@@ -27,6 +27,9 @@ from ._image_io import read_binary_mask
 # Boards (group folders) for training and for testing, each set about half the pairs.
 TRAIN_GROUPS = ("00041", "12300", "20085", "50600", "90100")
 TEST_GROUPS = ("12000", "12100", "13000", "44000", "77000", "92000")
+# split="validation": the training boards again, split into boards to fit on and boards to
+# evaluate on, for choosing settings without the test boards' labels.
+VALIDATION_SPLIT = (("00041", "12300", "20085"), ("50600", "90100"))
 SAMPLE_FILE = "deeppcb_sample.npz"
 
 
@@ -42,7 +45,7 @@ def _pairs(root, groups):
     return found
 
 
-def load_deeppcb(root=None, *, max_train=None, max_test=None, random_state=0):
+def load_deeppcb(root=None, *, split="test", max_train=None, max_test=None, random_state=0):
     """A one-class split of DeepPCB with defect masks: normal templates to fit on, boards unseen to test.
 
     Parameters
@@ -53,6 +56,11 @@ def load_deeppcb(root=None, *, max_train=None, max_test=None, random_state=0):
         the sample shipped with the package (uint8 arrays of 320 x 320 crops:
         300 training templates; 30 test regions, each as a template and as a
         defective image).
+    split : {"test", "validation"}, default="test"
+        ``"test"``: fit on the training boards, test on the test boards.
+        ``"validation"`` (the full set only): fit on three of the training
+        boards and evaluate on the other two, so that settings can be
+        chosen without looking at the test boards.
     max_train : int or None, default=None
         Keep at most this many training templates, a random subset.
     max_test : int or None, default=None
@@ -81,11 +89,16 @@ def load_deeppcb(root=None, *, max_train=None, max_test=None, random_state=0):
     >>> bool(masks[y_test == 1].any()), bool(masks[y_test == -1].any(axis=(1, 2)).all())
     (False, True)
     """
+    if split not in ("test", "validation"):
+        raise ValueError(f"split must be 'test' or 'validation'; got {split!r}.")
     rng = np.random.default_rng(random_state)
     if root is None:
+        if split != "test":
+            raise ValueError("The sample has a test split only; split='validation' needs the full set (root=).")
         return _load_sample(max_train, max_test, rng)
     root = Path(root).expanduser()
-    train_pairs, test_pairs = _pairs(root, TRAIN_GROUPS), _pairs(root, TEST_GROUPS)
+    fit_groups, evaluation_groups = VALIDATION_SPLIT if split == "validation" else (TRAIN_GROUPS, TEST_GROUPS)
+    train_pairs, test_pairs = _pairs(root, fit_groups), _pairs(root, evaluation_groups)
     if not train_pairs or not test_pairs:
         raise FileNotFoundError(
             f"No DeepPCB pairs under {root}: expected the group folders {', '.join(TRAIN_GROUPS + TEST_GROUPS)}, "

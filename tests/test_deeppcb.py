@@ -58,3 +58,17 @@ def test_the_full_folder_splits_by_board_and_tests_both_halves_of_each_pair(tmp_
 def test_a_folder_without_deeppcb_says_what_it_expected(tmp_path):
     with pytest.raises(FileNotFoundError, match="template/, tested/ and mask/"):
         load_deeppcb(tmp_path)
+
+
+def test_the_validation_split_uses_training_boards_only(tmp_path):
+    from sklearn_panda._deeppcb import VALIDATION_SPLIT
+
+    make_folder(tmp_path)
+    X_train, X_test, y_test, _ = load_deeppcb(tmp_path, split="validation")
+    fit_groups, evaluation_groups = VALIDATION_SPLIT
+    assert {path.split("/")[-3] for path in X_train} == set(fit_groups)
+    assert {path.split("/")[-3] for path in X_test} == set(evaluation_groups) and set(evaluation_groups) <= set(
+        TRAIN_GROUPS
+    )
+    with pytest.raises(ValueError, match="full set"):
+        load_deeppcb(split="validation")
