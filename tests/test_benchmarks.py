@@ -210,3 +210,23 @@ def test_adaptation_study_plots_each_run_from_the_unadapted_features_of_its_prep
         start = study.unadapted_of(setting)
         assert study.preprocessing(study.SETTINGS[start]) == study.preprocessing(study.SETTINGS[setting]), setting
         assert study.SETTINGS[start]["n_steps"] == 0
+
+
+def test_deeppcb_benchmark_tiny_run_and_resume(tmp_path):
+    # On the DeepPCB sample that ships with the package, at 224 x 224: the script keeps working and
+    # skips the settings its CSV already holds; its numbers mean nothing at this size.
+    pytest.importorskip("efficientnet_lite_pytorch")
+    out = tmp_path / "deeppcb.csv"
+    command = [
+        sys.executable, str(ROOT / "benchmarks" / "deeppcb.py"), "--max-train", "6", "--max-test", "4",
+        "--settings", "fine-224", "image-paper", "--csv", str(out),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with open(out) as handle:
+        rows = {row["setting"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"fine-224", "image-paper"}
+    assert 0 <= float(rows["fine-224"]["pixel_auc"]) <= 1 and rows["image-paper"]["pixel_auc"] == ""
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert "fine-224: in" in again.stdout and "already" in again.stdout
