@@ -233,3 +233,21 @@ def test_gaussian_smoothing_is_scipys_mirrored_gaussian_filter():
         expected = np.stack([ndimage.gaussian_filter(m[0].double().numpy(), sigma, mode="mirror") for m in maps])
         np.testing.assert_allclose(gaussian_smoothing(maps, sigma)[:, 0].numpy(), expected, atol=1e-6)
     assert torch.equal(gaussian_smoothing(maps, 0), maps)
+
+
+def test_auto_searches_large_banks_through_a_faiss_graph(monkeypatch):
+    pytest.importorskip("faiss")
+    import sklearn_panda._patch as patch_module
+
+    monkeypatch.setattr(patch_module, "BANK_INDEX_MIN_ROWS", 50)
+    images = stripes(12)
+    approximate = PandaPatchDetector(**TINY, coreset_ratio=0.5).fit(images)
+    assert approximate.scorer_.algorithm == "faiss" and approximate.scorer_.faiss_index == "HNSW32"
+    exact = PandaPatchDetector(**TINY, coreset_ratio=0.5, algorithm="brute").fit(images)
+    test = with_square(stripes(4, seed=2), top=20, left=24)
+    # Candidates re-ranked by their exact distances: the maps agree where the graph found the nearest patch.
+    np.testing.assert_allclose(approximate.score_samples(test), exact.score_samples(test), rtol=1e-3)
+    # Leave-one-out training scores are exact either way.
+    np.testing.assert_allclose(approximate.training_scores_, exact.training_scores_, rtol=1e-6)
+    small = PandaPatchDetector(**TINY, coreset_ratio=0.05).fit(images)
+    assert small.scorer_.algorithm == "brute"
