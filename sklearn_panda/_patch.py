@@ -43,6 +43,9 @@ from .scorers import KNNScorer, brute_force_kneighbors, offset_from_training_sco
 BANK_INDEX = "HNSW32"
 BANK_INDEX_PARAMS = {"efSearch": 32, "k_factor": 4}
 BANK_INDEX_MIN_ROWS = 20_000
+# Candidates beyond n_neighbors that a training patch asks the bank for, to find neighbours
+# from other images than its own.
+LEAVE_OUT_CANDIDATES = 8
 
 
 class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
@@ -309,7 +312,7 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         bank, bank_owners = patches[chosen], owners[chosen]
         n_neighbors = self._neighbours_for(len(bank))
         scorer = self._bank_search(len(bank), n_neighbors, seed).fit(bank)
-        training_scores = self._leave_one_out_scores(patches, owners, geometry, bank, bank_owners)
+        training_scores = self._leave_one_out_scores(scorer, patches, owners, geometry, bank, bank_owners)
         fitted = {
             "net_": net,
             "layers_": layers,
@@ -446,23 +449,41 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         distances, _ = self.scorer_.kneighbors(rows)
         return distances.mean(axis=1)
 
-    def _leave_one_out_scores(self, patches, owners, geometry, bank, bank_owners):
-        """Each training image scored against the bank without its own patches (exact search)."""
-        n_neighbors = self._neighbours_for(len(bank))
+    def _leave_one_out_scores(self, scorer, patches, owners, geometry, bank, bank_owners):
+        """Each training image scored against the bank without its own patches.
+
+        Each patch asks the bank's search (``scorer``) for ``n_neighbors``
+        plus ``LEAVE_OUT_CANDIDATES`` candidates and keeps the nearest that
+        come from other images; a patch whose candidates all come from its own
+        image (a uniform region, repeated in the bank) is searched again,
+        exactly, among the other images' bank rows. With an exact search the
+        result is exact.
+        """
+        n_neighbors = scorer.n_neighbors_
+        n_candidates = min(n_neighbors + LEAVE_OUT_CANDIDATES, len(bank))
         scores = np.empty(len(geometry))
         progress = ProgressBar(len(geometry), "training scores", self.verbose > 0)
         # Patches are stored image after image: each image's rows are one run.
         starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
         stops = np.r_[starts[1:], len(owners)]
         for index, (start, stop) in enumerate(zip(starts, stops)):
-            gallery = bank[bank_owners != index]
-            if len(gallery) == 0:
-                # The coreset kept only this image's patches: compare with every other image's.
-                gallery = patches[owners != index]
-            squared, _ = brute_force_kneighbors(patches[start:stop], gallery, min(n_neighbors, len(gallery)))
-            distances = np.sqrt(np.maximum(squared, 0)).mean(axis=1)
+            rows = patches[start:stop]
+            candidates, neighbours = scorer.kneighbors(rows, n_neighbors=n_candidates)
+            others = bank_owners[neighbours] != index
+            # The first n_neighbors candidates from other images (their order is by distance).
+            order = np.argsort(~others, axis=1, kind="stable")[:, :n_neighbors]
+            distances = np.take_along_axis(candidates, order, axis=1)
+            short = np.flatnonzero(others.sum(axis=1) < n_neighbors)
+            if len(short):
+                gallery = bank[bank_owners != index]
+                if len(gallery) == 0:
+                    # The coreset kept only this image's patches: compare with every other image's.
+                    gallery = patches[owners != index]
+                squared, _ = brute_force_kneighbors(rows[short], gallery, min(n_neighbors, len(gallery)))
+                distances = distances.copy()
+                distances[short, : squared.shape[1]] = np.sqrt(np.maximum(squared, 0))
             grid, size = geometry[index]
-            scores[index] = -float(self._maps_from_distances(distances, grid, size).amax())
+            scores[index] = -float(self._maps_from_distances(distances.mean(axis=1), grid, size).amax())
             progress.update(index + 1)
         return scores
 

@@ -251,3 +251,14 @@ def test_auto_searches_large_banks_through_a_faiss_graph(monkeypatch):
     np.testing.assert_allclose(approximate.training_scores_, exact.training_scores_, rtol=1e-6)
     small = PandaPatchDetector(**TINY, coreset_ratio=0.05).fit(images)
     assert small.scorer_.algorithm == "brute"
+
+
+def test_leave_one_out_scores_with_few_candidates_equal_those_over_the_whole_bank(monkeypatch):
+    import sklearn_panda._patch as patch_module
+
+    images = stripes(10)
+    few = PandaPatchDetector(**TINY, coreset_ratio=0.4, algorithm="brute").fit(images).training_scores_
+    # Every bank row a candidate: the exact leave-one-out search, by construction.
+    monkeypatch.setattr(patch_module, "LEAVE_OUT_CANDIDATES", 10**6)
+    whole = PandaPatchDetector(**TINY, coreset_ratio=0.4, algorithm="brute").fit(images).training_scores_
+    np.testing.assert_allclose(few, whole, rtol=1e-6)
