@@ -135,7 +135,8 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         ``"Flat"`` index). ``"auto"``: a faiss HNSW graph (``"HNSW32"``,
         efSearch 32, four candidates a patch re-ranked exactly) for banks of
         20,000 rows or more where faiss is installed, exact float32 search
-        otherwise. The leave-one-out training scores are always exact.
+        otherwise. The leave-one-out training scores go through the same
+        search (exact with an exact one).
 
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_`` from the leave-one-out image scores of the training
