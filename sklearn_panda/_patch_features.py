@@ -22,7 +22,8 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from ._backbones import build_model
-from ._stages import family_stage_ends, split_model
+from ._families import family_stage_ends
+from ._stages import split_model
 
 # The strides of the default layers: the finest maps that still carry mid-level meaning.
 DEFAULT_STRIDES = (8, 16)

@@ -13,7 +13,8 @@ default the features are the input of the model's classifier (its last
 ``nn.Linear``, or convolution), and that classifier is the ``head`` for the
 Fisher information of EWC.
 
-Each torchvision classifier family has default stage ends (:func:`family_stage_ends`);
+Each torchvision classifier family has default stage ends
+(:func:`~sklearn_panda._families.family_stage_ends`);
 any other network needs ``stage_ends``. A cut must leave one tensor that
 carries everything forward (not the inside of a residual block); a network
 that cannot be split is an error that names the parameters to set, never a
@@ -23,13 +24,13 @@ silent fallback.
 import inspect
 import math
 import re
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
 from torchvision.models.feature_extraction import NodePathTracer
+
+from ._families import FamilyStages, family_stage_ends, has_parameters, sequential_stage_ends
 
 SPLIT_PARAMETERS_HINT = (
     "Set stage_ends (the names of the nodes or modules that end each stage, in order; "
@@ -177,177 +178,6 @@ class PooledFeatures(nn.Module):
         return x
 
 
-# ------------------------------------------------------------ family stages
-
-
-class FamilyStages(NamedTuple):
-    """A family's default split: stage ends, and where it departs from the defaults.
-
-    ``feature_node`` ``None``: the input of the classifier. ``head`` ``None``:
-    the layers from the feature node to the output when the classifier is
-    linear; otherwise the name of the module that maps features to logits.
-    """
-
-    ends: list
-    feature_node: str | None = None
-    head: str | None = None
-
-
-def _resnet(model):
-    return ["maxpool", "layer1", "layer2", "layer3", "layer4"]
-
-
-def _efficientnet(model):
-    # features[0] is the stem, each later entry one stage; the last entry, the
-    # 1x1 convolution head, belongs with the last stage.
-    last = len(model.features) - 1
-    return [f"features.{index}" for index in range(last - 1)] + [f"features.{last}"]
-
-
-def _mobilenet(model):
-    # Blocks are listed one by one: a stage is a run of blocks of one output
-    # width (the rows of the architecture's table), the head joins the last.
-    blocks = list(model.features)
-    ends = ["features.0"]
-    for index in range(1, len(blocks) - 1):
-        if index == len(blocks) - 2 or blocks[index].out_channels != blocks[index + 1].out_channels:
-            ends.append(f"features.{index}")
-    ends[-1] = f"features.{len(blocks) - 1}"
-    return ends
-
-
-def _mnasnet(model):
-    # layers: stem convolutions, one nn.Sequential per stage, then the head convolution.
-    layers = list(model.layers)
-    stacks = [index for index, layer in enumerate(layers) if isinstance(layer, nn.Sequential)]
-    return [f"layers.{stacks[0] - 1}"] + [f"layers.{index}" for index in stacks[:-1]] + [f"layers.{len(layers) - 1}"]
-
-
-def _shufflenet(model):
-    return ["maxpool", "stage2", "stage3", "conv5"]
-
-
-def _regnet(model):
-    return ["stem"] + [f"trunk_output.{name}" for name, _ in model.trunk_output.named_children()]
-
-
-def _densenet(model):
-    # A transition (downsampling) opens the next stage, as in ResNets; norm5 closes the last.
-    names = [name for name, _ in model.features.named_children()]
-    blocks = [name for name in names if name.startswith("denseblock")]
-    return ["features.pool0"] + [f"features.{name}" for name in blocks[:-1]] + [f"features.{names[-1]}"]
-
-
-def _convnext(model):
-    # features: the stem, then each stage preceded by its downsampling layer.
-    return ["features.0"] + [f"features.{index}" for index in range(1, len(model.features), 2)]
-
-
-def _swin(model):
-    # Every block is a stage, as in ViTs; patch merging opens the next block.
-    ends = ["features.0"]
-    for index in range(1, len(model.features), 2):
-        ends += [f"features.{index}.{block}" for block in range(len(model.features[index]))]
-    return ends
-
-
-def _vit(model):
-    return [f"encoder.layers.{name}" for name, _ in model.encoder.layers.named_children()]
-
-
-def _maxvit(model):
-    return ["stem"] + [f"blocks.{index}" for index in range(len(model.blocks))]
-
-
-def _vgg(model):
-    # Convolution blocks end at their max pooling; then the two hidden fully
-    # connected layers, each a stage ending before the next Linear.
-    pools = [f"features.{index}" for index, layer in enumerate(model.features) if isinstance(layer, nn.MaxPool2d)]
-    linears = [index for index, layer in enumerate(model.classifier) if isinstance(layer, nn.Linear)]
-    return pools + [f"classifier.{index - 1}" for index in linears[1:]]
-
-
-def _squeezenet(model):
-    # The first max pooling closes the stem; each later one opens a stage.
-    pools = [index for index, layer in enumerate(model.features) if isinstance(layer, nn.MaxPool2d)]
-    ends = [pools[0]] + [index - 1 for index in pools[1:]] + [len(model.features) - 1]
-    return [f"features.{index}" for index in ends]
-
-
-def _googlenet(model):
-    return ["maxpool2", "inception3b", "inception4e", "inception5b"]
-
-
-def _inception3(model):
-    return ["maxpool2", "Mixed_5d", "Mixed_6e", "Mixed_7c"]
-
-
-def _efficientnet_lite(model):
-    # As torchvision's EfficientNets: the stem, one stage per group of blocks,
-    # the 1x1 convolution head with the last group. The features are that
-    # head's output, pooled, as the package always took them (the model's own
-    # pooling reads the batch size from its input, which no cut can carry).
-    ends, last = ["_swish"], -1
-    for arguments in model._blocks_args:
-        last += arguments.num_repeat
-        ends.append(f"_blocks.{last}")
-    ends[-1] = "_swish_1"
-    return FamilyStages(ends, feature_node="_swish_1", head="_fc")
-
-
-def _families():
-    models = torchvision.models
-    families = [
-        (models.ResNet, _resnet),
-        (models.EfficientNet, _efficientnet),
-        ((models.MobileNetV2, models.MobileNetV3), _mobilenet),
-        (models.MNASNet, _mnasnet),
-        (models.ShuffleNetV2, _shufflenet),
-        (models.RegNet, _regnet),
-        (models.DenseNet, _densenet),
-        (models.ConvNeXt, _convnext),
-        (models.SwinTransformer, _swin),
-        (models.VisionTransformer, _vit),
-        (models.MaxVit, _maxvit),
-        ((models.VGG, models.AlexNet), _vgg),
-        (models.SqueezeNet, _squeezenet),
-        (models.GoogLeNet, _googlenet),
-        (models.Inception3, _inception3),
-    ]
-    try:
-        from efficientnet_lite_pytorch import EfficientNet as EfficientNetLite
-    except ImportError:
-        pass
-    else:
-        families.append((EfficientNetLite, _efficientnet_lite))
-    return families
-
-
-def family_stage_ends(model):
-    """The default :class:`FamilyStages` of ``model``'s family, or ``None`` for another network.
-
-    Families are recognised by class (a factory may return them too):
-    torchvision's ResNet (ResNeXt, Wide ResNet), EfficientNet (V1, V2),
-    MobileNetV2 / V3, MNASNet, ShuffleNetV2, RegNet, DenseNet, ConvNeXt, Swin
-    (V1, V2), ViT, MaxViT, VGG, AlexNet, SqueezeNet, GoogLeNet, Inception V3,
-    and EfficientNet-Lite.
-
-    Examples
-    --------
-    >>> import torchvision
-    >>> from sklearn_panda._stages import family_stage_ends
-    >>> family_stage_ends(torchvision.models.resnet18()).ends
-    ['maxpool', 'layer1', 'layer2', 'layer3', 'layer4']
-    >>> family_stage_ends(torchvision.models.mobilenet_v2()).ends
-    ['features.0', 'features.1', 'features.3', 'features.6', 'features.10', 'features.13', 'features.16', 'features.18']
-    """
-    for classes, stages in _families():
-        if isinstance(model, classes):
-            found = stages(model)
-            return found if isinstance(found, FamilyStages) else FamilyStages(found)
-    return None
-
-
 # ------------------------------------------------------------------ tracing
 
 
@@ -423,14 +253,14 @@ class _Graph:
             calls = [
                 node
                 for node in self.graph.nodes
-                if node in self.used and node.op == "call_module" and _has_parameters(self.modules[node.target])
+                if node in self.used and node.op == "call_module" and has_parameters(self.modules[node.target])
             ]
             if not calls:
                 return None, f"{type(self.model).__name__} has no layer with parameters"
             module = self.modules[calls[-1].target]
             if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
                 return calls[-1], None
-            if not any(_has_parameters(child) for child in module.children()):
+            if not any(has_parameters(child) for child in module.children()):
                 return None, (
                     f"its last layer with parameters, {calls[-1].target} ({type(module).__name__}), "
                     "is not a Linear or convolution classifier"
@@ -455,10 +285,6 @@ def _other_arguments(model):
             )
         fixed[parameter.name] = parameter.default
     return fixed or None
-
-
-def _has_parameters(module):
-    return next(module.parameters(), None) is not None
 
 
 def _reachable(node, neighbours):
@@ -524,17 +350,6 @@ def _segment(graph, start, end, parameter):
 # ------------------------------------------------------------------ splitting
 
 
-def _sequential_stage_ends(model):
-    """A plain ``nn.Sequential``'s stages: each child that holds parameters, with the children
-    without parameters (activations, pooling) that follow it; the names of their last children."""
-    ends, current = [], None
-    for name, child in model.named_children():
-        if _has_parameters(child) and current is not None:
-            ends.append(current)
-        current = name
-    return ends + [current] if current is not None else ends
-
-
 def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None, vectors=False, adapt=True):
     """Split a network into a :class:`FeatureNet` by node name.
 
@@ -548,7 +363,7 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
     stage_ends : sequence of str or None, default=None
         Names of the nodes (or modules, for their last node) that end each
         stage, in forward order. ``None``: the family's own
-        (:func:`family_stage_ends`), up to ``feature_node``.
+        (:func:`~sklearn_panda._families.family_stage_ends`), up to ``feature_node``.
     feature_node : str or None, default=None
         The node whose output gives the features (average-pooled when it is
         a feature map). ``None``: the family's, by default the input of the
@@ -600,7 +415,7 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
         # Nothing trains: one frozen part from the input to the features.
         family, n_trainable_stages = FamilyStages([]), 0
     elif stage_ends is None and family is None and isinstance(model, nn.Sequential):
-        family = FamilyStages(_sequential_stage_ends(model))
+        family = FamilyStages(sequential_stage_ends(model))
     if stage_ends is None and family is None:
         children = [name for name, _ in model.named_children()]
         raise ValueError(
@@ -667,7 +482,7 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
         )
     split = len(stages) - n_trainable_stages
     for index in range(split, len(stages)):
-        if not _has_parameters(stages[index]):
+        if not has_parameters(stages[index]):
             start = graph.name(cuts[index]) if cuts[index] is not None else "the input"
             raise ValueError(
                 f"The trainable stage from {start} to {graph.name(end_nodes[index])!r} has no "
