@@ -9,7 +9,8 @@ from ._base import BasePandaDetector
 from ._features import PandaFeatures
 from ._recipes import AUTO, resolve
 from ._sklearn_compat import HasMethods, StrOptions, _fit_context
-from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer, _BaseScorer
+from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
+from .scorers._contract import _BaseScorer
 
 SCORERS = {"knn", "kmeans", "center", "mahalanobis"}
 

@@ -45,7 +45,7 @@ from ._device import loadable_device, place_torch_state, resolve_device
 from ._image_io import write_files
 from ._validation import InputSpec
 from ._version import __version__
-from .scorers import _BaseScorer
+from .scorers._contract import _BaseScorer
 
 FORMAT = "sklearn-panda"
 # 2: a detector's adaptation is a nested PandaFeatures (``features_``).

@@ -14,7 +14,8 @@ from ._device import ON_CPU
 from ._inference import _run_in_batches, cache_trunk_outputs
 from ._progress import ProgressBar
 from ._sklearn_compat import HasMethods, Interval, StrOptions
-from .scorers import _BaseScorer, offset_from_training_scores
+from .scorers import offset_from_training_scores
+from .scorers._contract import _BaseScorer
 
 
 CHECKPOINT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

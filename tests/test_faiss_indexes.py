@@ -142,7 +142,7 @@ def test_without_faiss_an_approximate_index_falls_back_to_exact_search(clustered
     gallery, queries = clustered
     scorer = KNNScorer(algorithm="faiss", faiss_index="HNSW16").fit(gallery)
     payload = pickle.dumps(scorer)
-    monkeypatch.setattr("sklearn_panda.scorers._faiss_available", lambda: False)
+    monkeypatch.setattr("sklearn_panda.scorers._knn._faiss_available", lambda: False)
     with pytest.warns(UserWarning, match="brute-force"):
         restored = pickle.loads(payload)
     assert restored._algorithm == "brute"
@@ -219,7 +219,7 @@ def test_a_gpu_index_is_used_where_faiss_has_a_gpu(clustered, monkeypatch):
 @pytest.fixture
 def small_auto_thresholds(monkeypatch):
     """algorithm="auto"'s index from 600 rows of 160 features on (20,000 and 512 in use)."""
-    from sklearn_panda import scorers
+    from sklearn_panda.scorers import _knn as scorers
 
     monkeypatch.setattr(scorers, "AUTO_INDEX_MIN_SAMPLES", 600)
     monkeypatch.setattr(scorers, "AUTO_INDEX_MIN_FEATURES", 160)
@@ -232,7 +232,7 @@ def wide_clustered():
 
 
 def test_auto_searches_a_large_gallery_with_its_faiss_index(wide_clustered, small_auto_thresholds):
-    from sklearn_panda.scorers import AUTO_INDEX, AUTO_INDEX_PARAMS
+    from sklearn_panda.scorers._faiss import AUTO_INDEX, AUTO_INDEX_PARAMS
 
     gallery, queries = wide_clustered
     exact = KNNScorer(algorithm="brute").fit(gallery)
@@ -255,7 +255,7 @@ def test_auto_searches_a_large_gallery_with_its_faiss_index(wide_clustered, smal
 
 
 def test_auto_stays_exact_below_its_thresholds_and_without_faiss(wide_clustered, small_auto_thresholds, monkeypatch):
-    from sklearn_panda import scorers
+    from sklearn_panda.scorers import _knn as scorers
 
     gallery, _ = wide_clustered
     assert KNNScorer().fit(gallery[:599])._algorithm == "brute"
@@ -271,7 +271,7 @@ def test_ef_construction_reaches_the_graph_behind_a_pca(wide_clustered):
 
 
 def test_save_and_load_keep_the_index_auto_chose(clustered, tmp_path, monkeypatch):
-    from sklearn_panda import scorers
+    from sklearn_panda.scorers import _knn as scorers
 
     # tiny_mlp's features are 4-d: a 2-component PCA stands in for auto's PCA128 here.
     monkeypatch.setattr(scorers, "AUTO_INDEX_MIN_SAMPLES", 600)

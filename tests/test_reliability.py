@@ -147,7 +147,7 @@ def test_faiss_index_falls_back_to_brute_force_where_faiss_is_missing(vectors, t
     pytest.importorskip("faiss")
     det = vector_detector(scorer=KNNScorer(algorithm="faiss")).fit(vectors)
     save(det, tmp_path / "det.pt")
-    monkeypatch.setattr("sklearn_panda.scorers._faiss_available", lambda: False)
+    monkeypatch.setattr("sklearn_panda.scorers._knn._faiss_available", lambda: False)
     with pytest.warns(UserWarning, match="brute-force"):
         restored = load(tmp_path / "det.pt", backbone=tiny_mlp)
     assert restored.scorer_._algorithm == "brute"

@@ -199,7 +199,7 @@ def test_pickle_round_trip(blobs, algorithm):
 
 
 def test_faiss_missing_gives_install_hint(monkeypatch):
-    import sklearn_panda.scorers as scorers
+    from sklearn_panda.scorers import _knn as scorers
 
     monkeypatch.setattr(scorers, "_faiss_available", lambda: False)
     with pytest.raises(ImportError, match=r"sklearn-panda\[faiss\]"):

@@ -282,10 +282,21 @@ def test_load_puts_torch_state_where_the_estimator_declares_it(name, expected, t
 PACKAGE = pathlib.Path(sklearn_panda.__file__).parent
 
 
+def _package_modules():
+    """``{dotted name: path}`` of every module of the package, subpackages included."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
 def _imported_when_imported(module, tree, modules):
     """The package modules that ``module`` imports while it is itself imported
     (imports inside functions run later, and are left out)."""
     found = set()
+    # The package a relative import starts from: the module's own for an __init__.
+    package = module if modules[module].stem == "__init__" else module.rpartition(".")[0]
 
     def target(base, name):
         # ``from package import name``: the submodule, or a name the package's __init__ defines.
@@ -298,7 +309,7 @@ def _imported_when_imported(module, tree, modules):
             if isinstance(child, ast.Import):
                 found.update(alias.name for alias in child.names if alias.name in modules)
             elif isinstance(child, ast.ImportFrom):
-                base = "sklearn_panda" if child.level else ""
+                base = ".".join(package.split(".")[: len(package.split(".")) - child.level + 1]) if child.level else ""
                 base = ".".join(part for part in (base, child.module) if part)
                 if base in modules:
                     found.update(target(base, alias.name) for alias in child.names)
@@ -310,16 +321,14 @@ def _imported_when_imported(module, tree, modules):
 
 
 def test_no_module_level_import_cycle():
-    paths = {
-        "sklearn_panda" if path.stem == "__init__" else f"sklearn_panda.{path.stem}": path
-        for path in PACKAGE.glob("*.py")
-    }
+    paths = _package_modules()
     graph = {
         module: _imported_when_imported(module, ast.parse(path.read_text()), paths) for module, path in paths.items()
     }
     # The graph is read right: estimators save through _torch_state, which saves through _persistence.
     assert "sklearn_panda._persistence" in graph["sklearn_panda._torch_state"]
     assert "sklearn_panda._torch_state" in graph["sklearn_panda._base"]
+    assert "sklearn_panda.scorers._contract" in graph["sklearn_panda.scorers._knn"]
     visiting, done = [], set()
 
     def walk(module):
@@ -335,3 +344,17 @@ def test_no_module_level_import_cycle():
 
     for module in sorted(graph):
         walk(module)
+
+
+def test_scorers_never_import_torch():
+    """The scorers work on any embedding: no module of sklearn_panda.scorers imports torch, even inside functions."""
+    for name, path in _package_modules().items():
+        if name.startswith("sklearn_panda.scorers"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    imported = [node.module or ""] if node.level == 0 else []
+                else:
+                    continue
+                assert not [one for one in imported if one.partition(".")[0] == "torch"], f"{name} imports torch"

@@ -1,0 +1,226 @@
+"""The outlier contract every scorer shares: fit on normal features, higher scores are more normal.
+
+:class:`_BaseScorer` validates the input, normalises it for the metric, keeps
+leave-one-out training scores and sets ``offset_`` from them
+(:func:`offset_from_training_scores`); a scorer supplies the distances.
+"""
+
+import numbers
+from abc import ABCMeta, abstractmethod
+
+import numpy as np
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .._sklearn_compat import Interval, StrOptions, _fit_context
+
+
+METRICS = ("sqeuclidean", "euclidean", "cosine")
+
+# Distances have no natural scale to set a threshold from, so "auto" fixes a
+# small false-alarm rate on normal data instead.
+AUTO_CONTAMINATION = 0.01
+
+
+def offset_from_training_scores(training_scores, contamination):
+    """The ``offset_`` that flags ``contamination`` of the training scores ("auto": 1%).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda.scorers import offset_from_training_scores
+    >>> offset_from_training_scores(np.arange(101.0), 0.1)
+    10.0
+    """
+    rate = AUTO_CONTAMINATION if contamination == "auto" else contamination
+    return float(np.percentile(training_scores, 100.0 * rate))
+
+
+def _as_float32(X, copy=False):
+    # The fitted model keeps its own writable copy: a caller's later edits or a
+    # read-only memmap must not reach the index.
+    return np.array(X, dtype=np.float32, order="C", copy=True if copy else None)
+
+
+def _l2_normalize(X):
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    # An all-zero row has no direction; leave it at the origin rather than divide by zero.
+    norms[norms == 0] = 1.0
+    return X / norms
+
+
+def _finish_distance(squared, metric):
+    """Turn squared Euclidean distances into distances in ``metric``.
+
+    For ``"cosine"`` the rows were L2-normalised beforehand, so half the squared
+    Euclidean distance equals ``1 - cos``.
+    """
+    squared = np.maximum(squared, 0.0)
+    if metric == "euclidean":
+        return np.sqrt(squared)
+    if metric == "cosine":
+        return squared / 2.0
+    return squared
+
+
+def _rowwise_squared_distances(A, B):
+    """Squared Euclidean distance between row ``i`` of ``A`` and row ``i`` of ``B``."""
+    diff = A - B
+    return np.einsum("ij,ij->i", diff, diff)
+
+
+class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
+    """Shared outlier contract: validation, ``offset_``, scores and labels.
+
+    Subclasses implement ``_fit_distances(X)`` (fit and return the leave-one-out
+    distances of the training points) and ``_distances(X)`` (distances of new
+    points to the fitted model).
+
+    :func:`sklearn_panda.save` stores what ``_saved_state()`` returns and
+    :func:`sklearn_panda.load` gives it back to ``_restore_saved_state``: the
+    scorer alone decides what its fitted state is and how to rebuild the rest.
+    """
+
+    _parameter_constraints = {
+        "metric": [StrOptions(set(METRICS))],
+        "contamination": [
+            StrOptions({"auto"}),
+            Interval(numbers.Real, 0, 0.5, closed="right"),
+        ],
+    }
+
+    @abstractmethod
+    def __init__(self, *, metric="sqeuclidean", contamination="auto"):
+        self.metric = metric
+        self.contamination = contamination
+
+    def _prepare(self, X, copy=False):
+        X = _as_float32(X, copy=copy)
+        return _l2_normalize(X) if self.metric == "cosine" else X
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Fit the scorer on the normal training features.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features of normal training samples.
+
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted scorer.
+        """
+        X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=1)
+        if X.shape[0] < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs at least 2 samples to leave one out; "
+                f"got {X.shape[0]} sample."
+            )
+        loo_distances = self._fit_distances(self._prepare(X, copy=True))
+        self.training_scores_ = -loo_distances.astype(np.float64)
+        self.offset_ = offset_from_training_scores(self.training_scores_, self.contamination)
+        return self
+
+    def fit_predict(self, X, y=None):
+        """Fit on ``X`` and label each training point, leaving it out of its own model.
+
+        Unlike ``fit(X).predict(X)``, a training point is scored without
+        itself (``training_scores_``), so that ``contamination`` is the
+        fraction of training points flagged, as in
+        :class:`~sklearn.neighbors.LocalOutlierFactor`.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Training features.
+
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            +1 for inliers, -1 for outliers.
+        """
+        self.fit(X)
+        return np.where(self.training_scores_ < self.offset_, -1, 1)
+
+    def _validate_new(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        return self._prepare(X)
+
+    def score_samples(self, X):
+        """Negated anomaly distance: higher means more normal.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features to score.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+            Negated distance of each sample to the fitted normal data.
+        """
+        return -self._distances(self._validate_new(X)).astype(np.float64)
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for outliers.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features to score.
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,)
+            Shifted scores; below zero means outlier.
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """Label samples: +1 inlier, -1 outlier.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+            Features to label.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            +1 for inliers, -1 for outliers.
+        """
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+    def _saved_state(self):
+        """The fitted attributes, for :func:`sklearn_panda.save`: numbers, strings and arrays only.
+
+        A file must hold nothing whose loading runs code, so a scorer that
+        keeps anything else (a search index) leaves it out here and rebuilds
+        it in ``_restore_saved_state``.
+        """
+        params = self.get_params(deep=False)
+        return {name: value for name, value in vars(self).items() if name not in params}
+
+    def _restore_saved_state(self, state):
+        """Make this unfitted scorer, built with the saved parameters, the fitted one of ``state``.
+
+        ``state`` is what ``_saved_state`` returned, read back by :func:`sklearn_panda.load`.
+        """
+        self.__dict__.update(state)
+
+    @abstractmethod
+    def _fit_distances(self, X):
+        """Fit on prepared ``X``; return leave-one-out training distances."""
+
+    @abstractmethod
+    def _distances(self, X):
+        """Distances of prepared ``X`` to the fitted model."""
