@@ -56,48 +56,15 @@ def images():
     return (rng.random((24, 20, 20, 3)) * 255).astype(np.uint8)
 
 
-# Groups that take minutes on one worker: run first, while the other worker
-# takes the many short tests, so that neither waits for the other at the end.
-LONG_GROUPS = ("nndescent", "inductor")
+# Modules that take longest, first. With ``--dist loadscope`` (``pyproject.toml``)
+# pytest-xdist hands each module to one worker whole, in the order of collection:
+# a module's tests share its module-scoped fixtures (a fitted model, a Dask
+# cluster), built once. Starting with the longest modules keeps either worker
+# from waiting for the other at the end.
+LONG_MODULES = ("tests/test_benchmarks.py", "tests/test_examples.py", "tests/test_common.py", "tests/test_scorers.py")
 
 
-def _group(item):
-    if "nndescent" in item.nodeid:
-        return "nndescent"
-    if "compile" in item.name or item.nodeid.startswith("tests/test_compilation.py"):
-        # torch.compile's first compilation in a process sets up Inductor
-        # and its C++ toolchain (some 20 s); once is enough.
-        return "inductor"
-    fixtures = getattr(item, "_fixtureinfo", None)
-    if fixtures is None:
-        return None
-    # The suite's own fixtures only: pytest's tmp_path, for one, rests on a
-    # session-scoped factory, and would otherwise group every test that uses it.
-    scopes = {
-        definitions[-1].scope
-        for definitions in fixtures.name2fixturedefs.values()
-        if definitions and definitions[-1].baseid
-    }
-    if scopes & {"module", "session"}:
-        return item.module.__name__
-    return None
-
-
-# First: pytest-xdist's own hook reads the xdist_group marks (into the node ids) after it.
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
-    """Keep tests that share a costly set-up on one xdist worker, the longest first.
-
-    With ``--dist loadgroup`` (``pyproject.toml``) tests of one ``xdist_group``
-    run on the same worker: a module's tests that share a module-scoped
-    fixture (a fitted model, a Dask cluster) build it once instead of once per
-    worker, the tests of pynndescent compile its numba functions (some
-    30 s, over 100 s with a cold cache) in one process only, and the tests
-    of ``compile=True`` set up ``torch.compile`` in one process only.
-    """
-    groups = {item: _group(item) for item in items}
-    for item, group in groups.items():
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-    rank = {group: position for position, group in enumerate(LONG_GROUPS)}
-    items.sort(key=lambda item: rank.get(groups[item], len(LONG_GROUPS)))
+    """Put the tests of ``LONG_MODULES`` first, in that order (each module's tests stay in theirs)."""
+    rank = {name: position for position, name in enumerate(LONG_MODULES)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONG_MODULES)))
