@@ -10,6 +10,7 @@ from torch import nn
 from ._base import BasePandaDetector
 from ._data import shuffled_batches
 from ._device import ON_DEVICE, seeded_cpu_generator
+from ._docstrings import fill_doc
 from ._sklearn_compat import Interval, _fit_context
 from .scorers import KNNScorer, offset_from_training_scores
 
@@ -39,6 +40,7 @@ def normal_mask(y, n_samples, normal_label):
     return normal
 
 
+@fill_doc
 class PandaOE(BasePandaDetector):
     """PANDA with outlier exposure: fine-tune with a linear head, normal vs exposure.
 
@@ -53,27 +55,9 @@ class PandaOE(BasePandaDetector):
 
     Parameters
     ----------
-    backbone : str or callable, default="resnet152"
-        The name of any classification model of ``torchvision.models``
-        (ResNet, EfficientNet, MobileNet, RegNet, ConvNeXt, ViT, Swin,
-        DenseNet, ...; README's "Choosing a backbone"),
-        ``"efficientnet_lite0"`` (extra ``lite``; works offline), or a callable
-        returning an ``nn.Module`` (a torchvision model of these families, or
-        any network with ``stage_ends``; a ``timm`` or ``torch.hub`` model,
-        say). A network that is neither is used whole as a trainable vector
-        backbone for ``(n, d)`` input, and is an error for images.
+    %(backbone)s
 
-    weights : "imagenet", str, path or None, default="imagenet"
-        For a named backbone: ``"imagenet"``, pretrained ImageNet weights
-        (ResNets: torchvision's ``IMAGENET1K_V1``, as in the paper; other
-        torchvision models: their ``DEFAULT``); another string, a torchvision
-        weights name; ``None``, random (for tests). For a callable: the
-        network keeps the weights its factory gave it, pretrained or not
-        (``timm.create_model(name, pretrained=True)`` brings its own), and
-        ``"imagenet"`` and ``None`` alike load nothing over them. A path: a
-        state dict, loaded over either. When the weights cannot be found or
-        downloaded the error says where to put them; random weights are
-        never used silently.
+    %(weights)s
 
     n_steps : int, default=300
         Mini-batches of fine-tuning; each holds ``batch_size // 2`` normal and
@@ -112,15 +96,7 @@ class PandaOE(BasePandaDetector):
         the last (ResNet ``layer4``), as in the paper. The stages of each
         family are in README's "Choosing a backbone".
 
-    stage_ends : list of str or None, default=None
-        Where the network is cut into stages: the names of the nodes whose
-        outputs end each stage, in forward order (a module's name stands for
-        its last node; ``torchvision.models.feature_extraction.get_graph_node_names``
-        lists the nodes). ``None``: the family's stages, up to
-        ``feature_node``. Required for images with a network that is not a
-        torchvision classifier (a ``timm`` model, say). A cut must leave
-        one tensor that carries everything forward, such as the output of a
-        whole block; otherwise the error says which node is read across it.
+    %(stage_ends)s
 
     feature_node : str or None, default=None
         The node whose output gives the features; a feature map
@@ -128,20 +104,9 @@ class PandaOE(BasePandaDetector):
         network's classifier (its last Linear, or convolution), that is the
         pooled penultimate features, the class token of a ViT.
 
-    resize : int, (int, int), None or "auto", default="auto"
-        Resize the images: an integer is the new shorter side (the aspect
-        ratio kept), a pair the new ``(height, width)``; ``None`` keeps their
-        size. ``"auto"``: the backbone's recipe (with ``crop_size``;
-        README's "Recipes"): the paper's 256, then a 224 crop, for every
-        backbone but ``"efficientnet_lite0"``, which takes the whole image at
-        ``(224, 224)`` without a crop: the paper's crop drops a border of 1/16
-        of the side all round (23% of the image), where anomalies can lie,
-        and on Fashion-MNIST the whole image scored higher on average. The
-        values used are in ``preprocessing_``.
+    %(resize)s
 
-    crop_size : int, None or "auto", default="auto"
-        Then centre-crop a ``crop_size`` square; ``None`` crops nothing.
-        ``"auto"``: the backbone's recipe (above).
+    %(crop_size)s
 
     normalize_features : bool, default=False
         L2-normalise the pooled features that the head reads. False by
@@ -154,58 +119,21 @@ class PandaOE(BasePandaDetector):
         that fraction of them, ``"auto"`` 1%. These are training scores, so
         expect new normal images to be flagged somewhat more often.
 
-    batch_size : int, default=32
-        Mini-batch size of adaptation (the paper: 32).
+    %(batch_size)s
 
-    inference_batch_size : int or "auto", default="auto"
-        Samples per forward pass without gradients (the trunk cache, the
-        features of the training and of new samples). ``"auto"``:
-        ``batch_size`` on a GPU; on the CPU, the most samples (up to
-        ``batch_size``) whose largest activation fills at most half the CPU's
-        last-level cache, measured on one sample once per fitted model (read
-        from Linux's ``/sys``; 32 MiB assumed elsewhere): a CPU runs a forward
-        pass fastest when each layer's output stays in that cache, and falls
-        off steeply beyond (measurements: ``benchmarks/RESULTS.md``).
-        Features differ between batch sizes only by floating-point rounding.
+    %(inference_batch_size)s
 
-    precision : {"float32", "bfloat16", "float16"}, default="float32"
-        Autocast precision of the network's forward passes; the stem and
-        the first block group always run in float32 (where rounding costs
-        the most accuracy). ``"bfloat16"`` needs native support to be fast
-        (recent x86 CPUs with AVX512-BF16 or AMX, Ampere or later GPUs;
-        elsewhere it is emulated); where it is, it speeds extraction up with
-        ROC AUC within about a tenth of a point of float32's
-        (``benchmarks/RESULTS.md``). float32 stays the default for results
-        that do not depend on the hardware.
+    %(precision)s
 
-    trunk_cache_mb : float, default=2048
-        The frozen trunk's outputs for the training images are computed once
-        and kept (on the device) when they fit in this many megabytes, instead
-        of once per step; results are identical. 0 turns the cache off.
+    %(trunk_cache_mb)s
 
-    compile : bool, default=False
-        Run the forward passes without gradients (the trunk cache, the
-        features of the training and of new samples) through
-        ``torch.compile`` with weight freezing. It gives the same ROC AUC as
-        eager and helps most networks made of many small operations, which it
-        fuses (EfficientNet-Lite0 more than ResNet152), after a one-off
-        compilation per fitted model and process that takes far longer than a
-        batch: it pays off for thousands of images, not for a few
-        (``benchmarks/RESULTS.md``). Needs a C++ compiler (CPU) or Triton
-        (CUDA). Partial batches are zero-padded to the inference batch
-        size so that one compilation serves every call; for the same reason,
-        the halving of batches after a GPU out-of-memory error does not help
-        here: choose an ``inference_batch_size`` that fits.
+    %(compile)s
 
-    device : str or torch.device, default="auto"
-        ``"auto"``: CUDA when available, else the CPU.
+    %(device)s
 
-    random_state : int, RandomState instance or None, default=None
-        Seeds the mini-batch order, the Fisher's label sampling and random
-        initialisation, through local generators only.
+    %(random_state)s
 
-    verbose : int, default=0
-        Progress bars on stderr when > 0.
+    %(verbose)s
 
     Attributes
     ----------
@@ -215,10 +143,7 @@ class PandaOE(BasePandaDetector):
         The trained linear head (features -> one logit).
     history_ : dict of lists
         ``"loss"`` per step.
-    preprocessing_ : dict
-        The ``resize`` and ``crop_size`` the images were fitted with
-        (``"auto"`` resolved by the backbone's recipe); new images are
-        preprocessed the same way.
+    %(preprocessing_)s
     knn_scorer_ : KNNScorer or None
         With ``combine_knn``: fitted on the normal training images' features.
     score_scales_ : ndarray of shape (2, 2) or None
@@ -228,10 +153,8 @@ class PandaOE(BasePandaDetector):
     training_scores_ : ndarray of shape (n_normal,)
         Scores of the normal training images (the logits, or the combined
         scores with ``combine_knn``).
-    offset_ : float
-        Threshold of ``decision_function``.
-    n_features_in_ : int
-        Only for 2-D vector input.
+    %(offset_)s
+    %(n_features_in_)s
 
     See Also
     --------

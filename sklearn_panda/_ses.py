@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from ._detector import SCORERS, PandaDetector
 from ._device import ON_CPU
+from ._docstrings import fill_doc
 from ._inference import _run_in_batches, cache_trunk_outputs
 from ._progress import ProgressBar
 from ._sklearn_compat import HasMethods, Interval, StrOptions
@@ -21,6 +22,7 @@ from .scorers._contract import _BaseScorer
 CHECKPOINT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+@fill_doc
 class PandaSES(PandaDetector):
     """PANDA with sample-wise early stopping: every checkpoint votes, normalised.
 
@@ -59,27 +61,9 @@ class PandaSES(PandaDetector):
 
     Parameters
     ----------
-    backbone : str or callable, default="resnet152"
-        The name of any classification model of ``torchvision.models``
-        (ResNet, EfficientNet, MobileNet, RegNet, ConvNeXt, ViT, Swin,
-        DenseNet, ...; README's "Choosing a backbone"),
-        ``"efficientnet_lite0"`` (extra ``lite``; works offline), or a callable
-        returning an ``nn.Module`` (a torchvision model of these families, or
-        any network with ``stage_ends``; a ``timm`` or ``torch.hub`` model,
-        say). A network that is neither is used whole as a trainable vector
-        backbone for ``(n, d)`` input, and is an error for images.
+    %(backbone)s
 
-    weights : "imagenet", str, path or None, default="imagenet"
-        For a named backbone: ``"imagenet"``, pretrained ImageNet weights
-        (ResNets: torchvision's ``IMAGENET1K_V1``, as in the paper; other
-        torchvision models: their ``DEFAULT``); another string, a torchvision
-        weights name; ``None``, random (for tests). For a callable: the
-        network keeps the weights its factory gave it, pretrained or not
-        (``timm.create_model(name, pretrained=True)`` brings its own), and
-        ``"imagenet"`` and ``None`` alike load nothing over them. A path: a
-        state dict, loaded over either. When the weights cannot be found or
-        downloaded the error says where to put them; random weights are
-        never used silently.
+    %(weights)s
 
     n_steps : int, default=500
         Total adaptation steps; SES can afford to train longer than fixed-step
@@ -117,25 +101,15 @@ class PandaSES(PandaDetector):
         (the trunk cache serves only the centre and the gallery), so a step
         costs far more; images only. SES takes no recipe.
 
-    temperature : float, default=0.25
-        Temperature of ``loss="mean_shifted"`` (the follow-up paper's value).
+    %(temperature)s
 
-    regularization : {None, "ewc"}, default=None
-        ``"ewc"`` adds ``ewc_lambda / 2 * sum F_i (theta_i - theta*_i)^2``.
+    %(regularization)s
 
-    ewc_lambda : float, default=1e4
-        EWC strength (the paper always uses 1e4).
+    %(ewc_lambda)s
 
-    fisher : mapping, path or None, default=None
-        The diagonal Fisher for EWC, keyed by the names of
-        ``net_.stages.named_parameters()`` (as in a fitted ``fisher_``), or a
-        file of such a mapping (``torch.save``; loaded with
-        ``weights_only=True``). ``None``: estimated on the training images with
-        labels sampled from the pretrained classifier's own predictions (no
-        labels needed; the paper used labelled ImageNet batches instead).
+    %(fisher)s
 
-    n_fisher_batches : int, default=100
-        Mini-batches for the Fisher estimate (the paper: 100).
+    %(n_fisher_batches)s
 
     learning_rate : float, default=1e-2
         SGD learning rate, the paper's. SES takes no recipe: its checkpoints,
@@ -147,50 +121,17 @@ class PandaSES(PandaDetector):
     clip_norm : float or None, default=1e-3
         Gradient-norm clipping (the paper: 1e-3). SES takes no recipe.
 
-    n_trainable_stages : int, default=2
-        How many final stages train: ResNet ``layer3`` + ``layer4`` (the
-        paper's recommendation), EfficientNet-Lite0's last 5 blocks + head,
-        the last two blocks of a ViT or Swin; the stages of each family are
-        in README's "Choosing a backbone". Layers between the last stage and
-        ``feature_node`` (pooling, a final norm) train with the last stage.
+    %(n_trainable_stages)s
 
-    stage_ends : list of str or None, default=None
-        Where the network is cut into stages: the names of the nodes whose
-        outputs end each stage, in forward order (a module's name stands for
-        its last node; ``torchvision.models.feature_extraction.get_graph_node_names``
-        lists the nodes). ``None``: the family's stages, up to
-        ``feature_node``. Required for images with a network that is not a
-        torchvision classifier (a ``timm`` model, say). A cut must leave
-        one tensor that carries everything forward, such as the output of a
-        whole block; otherwise the error says which node is read across it.
+    %(stage_ends)s
 
-    feature_node : str or None, default=None
-        The node whose output gives the features; a feature map
-        ``(n, C, H, W)`` is average-pooled. ``None``: the input of the
-        network's classifier (its last Linear, or convolution), that is the
-        pooled penultimate features, the class token of a ViT. EWC's Fisher
-        needs that classifier: with another node, pass ``fisher``.
+    %(feature_node)s
 
-    resize : int, (int, int), None or "auto", default="auto"
-        Resize the images: an integer is the new shorter side (the aspect
-        ratio kept), a pair the new ``(height, width)``; ``None`` keeps their
-        size. ``"auto"``: the backbone's recipe (with ``crop_size``;
-        README's "Recipes"): the paper's 256, then a 224 crop, for every
-        backbone but ``"efficientnet_lite0"``, which takes the whole image at
-        ``(224, 224)`` without a crop: the paper's crop drops a border of 1/16
-        of the side all round (23% of the image), where anomalies can lie,
-        and on Fashion-MNIST the whole image scored higher on average. The
-        values used are in ``preprocessing_``.
+    %(resize)s
 
-    crop_size : int, None or "auto", default="auto"
-        Then centre-crop a ``crop_size`` square; ``None`` crops nothing.
-        ``"auto"``: the backbone's recipe (above).
+    %(crop_size)s
 
-    normalize_features : bool, default=True
-        L2-normalise the pooled features for both the compactness loss (an
-        angular centre loss) and the output. On Fashion-MNIST with
-        EfficientNet-Lite0 this was several ROC AUC points better than raw
-        features, and adaptation then helped instead of hurting.
+    %(normalize_features)s
 
     scorer : {"knn", "kmeans", "center", "mahalanobis"} or scorer instance, default="knn"
         One of the package's scorers, by name or as an instance (cloned): the
@@ -203,58 +144,21 @@ class PandaSES(PandaDetector):
         threshold does not apply to the normalised maximum); ``"auto"``:
         1%.
 
-    batch_size : int, default=32
-        Mini-batch size of adaptation (the paper: 32).
+    %(batch_size)s
 
-    inference_batch_size : int or "auto", default="auto"
-        Samples per forward pass without gradients (the trunk cache, the
-        features of the training and of new samples). ``"auto"``:
-        ``batch_size`` on a GPU; on the CPU, the most samples (up to
-        ``batch_size``) whose largest activation fills at most half the CPU's
-        last-level cache, measured on one sample once per fitted model (read
-        from Linux's ``/sys``; 32 MiB assumed elsewhere): a CPU runs a forward
-        pass fastest when each layer's output stays in that cache, and falls
-        off steeply beyond (measurements: ``benchmarks/RESULTS.md``).
-        Features differ between batch sizes only by floating-point rounding.
+    %(inference_batch_size)s
 
-    precision : {"float32", "bfloat16", "float16"}, default="float32"
-        Autocast precision of the network's forward passes; the stem and
-        the first block group always run in float32 (where rounding costs
-        the most accuracy). ``"bfloat16"`` needs native support to be fast
-        (recent x86 CPUs with AVX512-BF16 or AMX, Ampere or later GPUs;
-        elsewhere it is emulated); where it is, it speeds extraction up with
-        ROC AUC within about a tenth of a point of float32's
-        (``benchmarks/RESULTS.md``). float32 stays the default for results
-        that do not depend on the hardware.
+    %(precision)s
 
-    trunk_cache_mb : float, default=2048
-        The frozen trunk's outputs for the training images are computed once
-        and kept (on the device) when they fit in this many megabytes, instead
-        of once per step; results are identical. 0 turns the cache off.
+    %(trunk_cache_mb)s
 
-    compile : bool, default=False
-        Run the forward passes without gradients (the trunk cache, the
-        features of the training and of new samples) through
-        ``torch.compile`` with weight freezing. It gives the same ROC AUC as
-        eager and helps most networks made of many small operations, which it
-        fuses (EfficientNet-Lite0 more than ResNet152), after a one-off
-        compilation per fitted model and process that takes far longer than a
-        batch: it pays off for thousands of images, not for a few
-        (``benchmarks/RESULTS.md``). Needs a C++ compiler (CPU) or Triton
-        (CUDA). Partial batches are zero-padded to the inference batch
-        size so that one compilation serves every call; for the same reason,
-        the halving of batches after a GPU out-of-memory error does not help
-        here: choose an ``inference_batch_size`` that fits.
+    %(compile)s
 
-    device : str or torch.device, default="auto"
-        ``"auto"``: CUDA when available, else the CPU.
+    %(device)s
 
-    random_state : int, RandomState instance or None, default=None
-        Seeds the mini-batch order, the Fisher's label sampling and random
-        initialisation, through local generators only.
+    %(random_state)s
 
-    verbose : int, default=0
-        Progress bars on stderr when > 0.
+    %(verbose)s
 
     Attributes
     ----------
@@ -279,8 +183,7 @@ class PandaSES(PandaDetector):
     training_scores_ : ndarray of shape (n_samples,)
         Leave-one-out scores of the training samples (gallery samples leave
         themselves out; validation samples are scored against the gallery).
-    offset_ : float
-        Threshold of ``decision_function``.
+    %(offset_)s
     net_, center_, history_, fisher_, preprocessing_ : see :class:`PandaDetector`
         ``net_`` holds the parameters after all ``n_steps`` steps, which are
         a checkpoint only when ``n_steps`` is a multiple of

@@ -7,19 +7,23 @@ a module without one, every function and class it defines without a leading
 underscore. One test per object, named by its import path; a failure lists
 numpydoc's errors.
 
-A second test keeps the parameters that a detector shares with
-:class:`~sklearn_panda.PandaFeatures` documented in the same words in both
-classes: numpydoc needs each parameter spelled out in each class, and copies
-must not drift apart.
+The texts several estimators share are written once
+(``sklearn_panda._docstrings``) and put into each docstring by ``fill_doc``;
+a second test checks that a detector documents the parameters it shares with
+:class:`~sklearn_panda.PandaFeatures` in the same words (through those
+texts), except where they differ on purpose.
 """
 
 import importlib
 import inspect
+import pathlib
 import pkgutil
+import re
 
 import pytest
 
 import sklearn_panda
+from sklearn_panda._docstrings import DOCS, fill_doc
 
 validate = pytest.importorskip("numpydoc.validate").validate
 NumpyDocString = pytest.importorskip("numpydoc.docscrape").NumpyDocString
@@ -195,3 +199,38 @@ def test_shared_parameters_are_documented_alike(name):
         if (name, parameter) not in DIFFERENT_ON_PURPOSE and features[parameter] != detector[parameter]
     ]
     assert not drifted, f"{name} documents these PandaFeatures parameters in other words: {drifted}"
+
+
+def test_fill_doc_refuses_a_placeholder_without_text():
+    class Example:
+        """An example.
+
+        Parameters
+        ----------
+        %(no_such_parameter)s
+        """
+
+    with pytest.raises(KeyError, match=r"Example's docstring names %\(no_such_parameter\)s"):
+        fill_doc(Example)
+
+
+def test_fill_doc_indents_and_leaves_missing_docstrings_alone():
+    def example():
+        """An example.
+
+        Parameters
+        ----------
+        %(verbose)s
+        """
+
+    lines = fill_doc(example).__doc__.splitlines()
+    assert lines[4:6] == ["        verbose : int, default=0", "            Progress bars on stderr when > 0."]
+    undocumented = lambda: None  # noqa: E731
+    assert fill_doc(undocumented).__doc__ is None
+
+
+def test_each_shared_text_is_shared():
+    """A text of DOCS serves at least two docstrings (else it belongs in its one class)."""
+    sources = "".join(path.read_text() for path in pathlib.Path(sklearn_panda.__file__).parent.rglob("*.py"))
+    used = {name: len(re.findall(rf"^ *%\({name}\)s$", sources, flags=re.M)) for name in DOCS}
+    assert {name: count for name, count in used.items() if count < 2} == {}
