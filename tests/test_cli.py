@@ -19,7 +19,9 @@ from PIL import Image
 
 from sklearn_panda import PandaDetector, load
 from sklearn_panda._image_io import write_files
-from sklearn_panda.cli import _detector_from_args, build_parser, collect_images, main
+from sklearn_panda._image_io import collect_images
+from sklearn_panda.cli import build_parser, main
+from sklearn_panda.cli._commands import detector_from_args
 
 BACKBONE_MODULE = "panda_cli_backbones"
 FACTORY = f"{BACKBONE_MODULE}:tiny_resnet"
@@ -118,12 +120,12 @@ def test_fit_saves_a_model_that_loads(fitted, folders):
 
 def test_fit_options_become_detector_parameters():
     parser = build_parser()
-    named = _detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt"]))
+    named = detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt"]))
     assert named.get_params() == PandaDetector(backbone="efficientnet_lite0").get_params()
     args = ["fit", "x", "--model", "m.pt", "--backbone", "resnet18", "--weights", "none", "-v",
             "--contamination", "0.1", "--n-steps", "3", "--resize", "40", "--crop-size", "36",
             "--stage-ends", "layer2", "layer3", "--feature-node", "layer3"]
-    params = _detector_from_args(parser.parse_args(args)).get_params()
+    params = detector_from_args(parser.parse_args(args)).get_params()
     assert params["backbone"] == "resnet18" and params["weights"] is None and params["verbose"] == 1
     assert [params[key] for key in ("contamination", "n_steps", "resize", "crop_size")] == [0.1, 3, 40, 36]
     assert params["stage_ends"] == ["layer2", "layer3"] and params["feature_node"] == "layer3"
@@ -131,11 +133,11 @@ def test_fit_options_become_detector_parameters():
 
 def test_fit_size_options_take_none_and_default_to_the_recipe():
     parser = build_parser()
-    params = _detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--crop-size", "none"])).get_params()
+    params = detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--crop-size", "none"])).get_params()
     assert (params["resize"], params["crop_size"]) == ("auto", None)
-    params = _detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--resize", "NONE"])).get_params()
+    params = detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--resize", "NONE"])).get_params()
     assert (params["resize"], params["crop_size"]) == (None, "auto")
-    params = _detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--resize", "24x32"])).get_params()
+    params = detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--resize", "24x32"])).get_params()
     assert params["resize"] == (24, 32)
     for bad in ("0", "-3", "big", "24x", "0x3"):
         with pytest.raises(SystemExit):

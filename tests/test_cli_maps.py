@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from sklearn_panda import PandaPatchDetector, load
-from sklearn_panda.cli import _detector_from_args, build_parser, collect_images, main
+from sklearn_panda._image_io import collect_images
+from sklearn_panda.cli import build_parser, main
+from sklearn_panda.cli._commands import detector_from_args
 
 MODULE = "panda_cli_patch_backbones"
 FACTORY = f"{MODULE}:tiny_cnn"
@@ -73,11 +75,11 @@ def run(capsys, *args):
 
 def test_fit_local_options_become_patch_detector_parameters():
     parser = build_parser()
-    detector = _detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--local"]))
+    detector = detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt", "--local"]))
     assert detector.get_params() == PandaPatchDetector(backbone="efficientnet_lite0").get_params()
     args = ["fit", "x", "--model", "m.pt", "--local", "--coreset-ratio", "0.05", "--layers", "a", "b",
             "--resize", "320", "--contamination", "0.1"]
-    params = _detector_from_args(parser.parse_args(args)).get_params()
+    params = detector_from_args(parser.parse_args(args)).get_params()
     assert (params["coreset_ratio"], params["layers"], params["resize"], params["contamination"]) == (
         0.05, ["a", "b"], 320, 0.1,
     )

@@ -1,0 +1,127 @@
+"""The ``fit`` and ``score`` commands, run on parsed options."""
+
+import os
+import shutil
+
+import numpy as np
+
+from .._image_io import collect_images, write_files
+from .._report import number, report_html
+from ._inputs import check_readable, load_model, import_factory
+from ._outputs import check_destination, map_file, score_with_maps, scores_csv
+from ._parser import PROG
+
+IMAGE_LEVEL_OPTIONS = ("n_steps", "stage_ends", "feature_node", "crop_size")
+
+
+LOCAL_OPTIONS = ("coreset_ratio", "layers")
+
+
+def detector_from_args(args):
+    from .._detector import PandaDetector
+    from .._patch import PandaPatchDetector
+
+    other_kinds_options = LOCAL_OPTIONS if not args.local else IMAGE_LEVEL_OPTIONS
+    wrong = [f"--{name.replace('_', '-')}" for name in other_kinds_options if getattr(args, name, None) is not None]
+    if wrong:
+        kind = "a local model (--local)" if args.local else "an image-level model (without --local)"
+        raise ValueError(f"{', '.join(wrong)} cannot be used for {kind}.")
+    params = {"verbose": args.verbose}
+    if args.backbone_factory is not None:
+        params["backbone"] = import_factory(args.backbone_factory)
+        # A factory brings its own weights, if any; "imagenet" means nothing for it.
+        params["weights"] = None
+    else:
+        params["backbone"] = args.backbone
+    if args.weights is not None:
+        params["weights"] = None if args.weights.lower() == "none" else args.weights
+    names = ("contamination", "random_state", "device") + (LOCAL_OPTIONS if args.local else IMAGE_LEVEL_OPTIONS[:3])
+    # Options not given keep the estimator's defaults, so the two never drift apart.
+    params.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
+    # For these, None ("none": skip the step) is a value of its own; not given, they are absent.
+    params.update({key: getattr(args, key) for key in ("resize", "crop_size") if hasattr(args, key)})
+    return (PandaPatchDetector if args.local else PandaDetector)(**params)
+
+
+def fit_command(args):
+    from .._persistence import save
+
+    check_destination(args.model, "--model")
+    paths = collect_images(args.sources)
+    detector = detector_from_args(args).fit(paths)
+    save(detector, args.model)
+    n_flagged = int(np.sum(detector.training_scores_ < detector.offset_))
+    what = (
+        f"layers {', '.join(detector.layers_)}, a memory bank of {len(detector.memory_bank_)} patches"
+        if args.local
+        else f"{detector.recipe_['n_steps']} steps"
+    )
+    print(
+        f"Fitted on {len(paths)} images ({args.backbone_factory or args.backbone}, {what}); threshold "
+        f"{number(detector.offset_)}, below which {n_flagged} training images fall (leave-one-out)."
+    )
+    print(f"Model saved to {args.model}")
+
+
+def score_command(args):
+    check_destination(args.output, "--output")
+    if args.report is not None:
+        check_destination(args.report, "--report")
+        if os.path.abspath(args.report) == os.path.abspath(args.output):
+            raise ValueError(f"--report and --output name the same file, {args.output}; give two files.")
+    if args.maps is not None and not os.path.isdir(args.maps):
+        if os.path.exists(args.maps):
+            raise NotADirectoryError(f"--maps {args.maps} is a file; give a folder.")
+        check_destination(args.maps, "--maps")  # made at the end; its parent must exist
+    paths = collect_images(args.sources)
+    check_readable(paths)
+    factory = None if args.backbone_factory is None else import_factory(args.backbone_factory)
+    estimator = load_model(args.model, factory, args.device)
+    if not hasattr(estimator, "score_samples"):
+        raise ValueError(
+            f"{args.model} holds a {type(estimator).__name__}, which gives features, not scores; "
+            "score needs a detector (fit writes one)."
+        )
+    local = hasattr(estimator, "anomaly_maps")
+    if args.maps is not None and not local:
+        raise ValueError(
+            f"--maps needs a local model (fit --local, a PandaPatchDetector); {args.model} holds a "
+            f"{type(estimator).__name__}, which scores whole images and gives no maps."
+        )
+    overlays, staging = {}, None
+    try:
+        if local:
+            if args.maps is not None:
+                os.makedirs(args.maps, exist_ok=True)
+                staging = os.path.join(args.maps, f".{PROG}-{os.getpid()}.tmp")
+                os.mkdir(staging)
+            top = args.top if args.report is not None else 0
+            scores, overlays = score_with_maps(estimator, paths, staging, top)
+        else:
+            scores = np.asarray(estimator.score_samples(paths), dtype=float)
+        threshold = float(estimator.offset_)
+        # The same rule as predict: decision_function = score - offset_ < 0.
+        flagged = scores - threshold < 0
+        order = np.argsort(scores, kind="stable")
+        map_files = None
+        if args.maps is not None:
+            map_files = [os.path.join(args.maps, map_file(i, paths[i])) for i in order]
+        outputs = {args.output: scores_csv([paths[i] for i in order], scores[order], flagged[order], map_files)}
+        if args.report is not None:
+            outputs[args.report] = report_html(paths, scores, flagged, threshold, args.model, args.top, overlays)
+        write_files(outputs)
+        if staging is not None:
+            for name in os.listdir(staging):
+                os.replace(os.path.join(staging, name), os.path.join(args.maps, name))
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    print(
+        f"Scored {len(paths)} images: {int(flagged.sum())} flagged as anomalies "
+        f"(score below the threshold {number(threshold)})."
+    )
+    print(f"Scores written to {args.output}")
+    if args.maps is not None:
+        print(f"Maps written to {args.maps}")
+    if args.report is not None:
+        print(f"Report written to {args.report}")

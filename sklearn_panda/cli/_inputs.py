@@ -1,0 +1,94 @@
+"""What the command line reads: backbone factories, model files, image files."""
+
+import importlib
+import os
+import pickle
+import warnings
+import zipfile
+
+def import_factory(spec):
+    """The backbone factory named ``"module:function"`` (``"module:Class.method"`` works too).
+
+    The module must be importable: installed, or on ``PYTHONPATH``
+    (``python -m sklearn_panda`` also finds modules in the current folder).
+
+    Parameters
+    ----------
+    spec : str
+        ``"module:function"``, the module's import path and the factory's
+        qualified name in it.
+
+    Returns
+    -------
+    factory : callable
+        The named object, called with no arguments to build the backbone.
+
+    Raises
+    ------
+    ValueError
+        When ``spec`` is malformed, cannot be imported, or is not callable.
+
+    Examples
+    --------
+    >>> from sklearn_panda.cli import import_factory
+    >>> import_factory("torch.nn:Identity")
+    <class 'torch.nn.modules.linear.Identity'>
+    """
+    module_name, _, qualname = spec.partition(":")
+    if not module_name or not qualname:
+        raise ValueError(
+            f"--backbone-factory must be MODULE:FUNCTION, e.g. my_models:small_net; got {spec!r}."
+        )
+    try:
+        found = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"Cannot import the backbone factory {spec}: {error}") from None
+    if not callable(found):
+        raise ValueError(f"The backbone factory {spec} is not callable.")
+    return found
+
+
+def load_model(path, factory, device):
+    from .._persistence import load
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such model file: {path}")
+    # save() writes torch's zip archive; anything else would fail inside the unpickler
+    # with whatever error the stray bytes happen to cause.
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not a model file written by sklearn-panda (not a torch archive: "
+            "another kind of file, or cut short)."
+        )
+    # torch.load's warnings about a foreign file would add lines to the one-line error.
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            estimator = load(path, backbone=factory, device=device)
+        except (pickle.UnpicklingError, RuntimeError) as error:
+            reason = "not a weights-only file" if isinstance(error, pickle.UnpicklingError) else "damaged"
+            raise ValueError(
+                f"{path} is not a model file written by sklearn-panda (a torch archive, {reason})."
+            ) from None
+        except ValueError as error:
+            if factory is None and "backbone factory" in str(error):
+                raise ValueError(
+                    f"{error} On the command line: --backbone-factory MODULE:FUNCTION."
+                ) from None
+            raise
+    for warning in caught:
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return estimator
+
+
+def check_readable(paths):
+    """Stop before the work, not after it, at an image file that cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise ValueError(f"Could not read image file {path}: {error}") from None

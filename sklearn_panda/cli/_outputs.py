@@ -1,0 +1,63 @@
+"""What ``score`` writes: the CSV of scores and the heat-map overlays of a local model."""
+
+import csv
+import heapq
+import io
+import os
+import pathlib
+
+import numpy as np
+
+from .._report import heat_overlay, open_rgb
+
+def check_destination(path, option):
+    """Fail before the work, not after it, when an output cannot be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"The folder for {option} does not exist: {folder}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{option} {path} is a folder; give a file name.")
+
+
+def scores_csv(paths, scores, flagged, map_files=None):
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "score", "label"] + (["map"] if map_files is not None else []))
+    for index, (path, score, is_flagged) in enumerate(zip(paths, scores, flagged)):
+        row = [path, repr(float(score)), "anomaly" if is_flagged else "normal"]
+        writer.writerow(row + ([map_files[index]] if map_files is not None else []))
+    return text.getvalue().encode("utf-8")
+
+
+# Images scored at once by a local model: their maps are held in memory together.
+MAP_CHUNK = 32
+
+
+def map_file(index, path):
+    return f"{index:05d}-{pathlib.Path(path).stem}.png"
+
+
+def score_with_maps(estimator, paths, maps_folder, top):
+    """Scores of a local model, its maps written to ``maps_folder`` (when given) as they
+    come, and the overlays of the ``top`` most anomalous images for the report."""
+    threshold = -float(estimator.offset_)
+    if not threshold > 0:
+        threshold = None
+    scores, kept = np.empty(len(paths)), []
+    for start in range(0, len(paths), MAP_CHUNK):
+        chunk = paths[start : start + MAP_CHUNK]
+        maps, chunk_scores = estimator.anomaly_maps(chunk, return_scores=True)
+        scores[start : start + len(chunk)] = chunk_scores
+        scale = threshold if threshold is not None else max(float(np.max(m)) for m in maps) / 2 or 1.0
+        for offset, (path, anomaly_map) in enumerate(zip(chunk, maps)):
+            index = start + offset
+            if maps_folder is None and len(kept) >= top and -chunk_scores[offset] <= kept[0][0]:
+                continue
+            overlay = heat_overlay(open_rgb(path), anomaly_map, scale)
+            if maps_folder is not None:
+                overlay.save(os.path.join(maps_folder, map_file(index, path)))
+            # The report's overlays: the most anomalous so far, smallest first (a heap).
+            heapq.heappush(kept, (-chunk_scores[offset], index, overlay))
+            if len(kept) > top:
+                heapq.heappop(kept)
+    return scores, {index: overlay for _, index, overlay in kept}
