@@ -18,8 +18,7 @@ import torch
 from PIL import Image
 
 from sklearn_panda import PandaDetector, load
-from sklearn_panda._image_io import write_files
-from sklearn_panda._image_io import collect_images
+from sklearn_panda._image_io import collect_images, write_files
 from sklearn_panda.cli import build_parser, main
 from sklearn_panda.cli._commands import detector_from_args
 
@@ -114,7 +113,7 @@ def test_fit_saves_a_model_that_loads(fitted, folders):
     # A factory brings its own weights: the CLI does not ask for ImageNet ones.
     assert params["weights"] is None
     assert len(fitted.detector.training_scores_) == 7
-    assert "Fitted on 7 images" in fitted.stdout
+    assert "Fitted a PandaDetector on 7 images" in fitted.stdout
     assert f"Model saved to {fitted.model}" in fitted.stdout
 
 

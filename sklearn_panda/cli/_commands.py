@@ -9,7 +9,8 @@ from .._image_io import collect_images, write_files
 from .._report import number, report_html
 from ._inputs import check_readable, load_model, import_factory
 from ._outputs import check_destination, map_file, score_with_maps, scores_csv
-from ._parser import PROG
+from ._config import detector_parameters, read_config
+from ._parser import DEFAULT_BACKBONE, PROG
 
 IMAGE_LEVEL_OPTIONS = ("n_steps", "stage_ends", "feature_node", "crop_size")
 
@@ -18,29 +19,41 @@ LOCAL_OPTIONS = ("coreset_ratio", "layers")
 
 
 def detector_from_args(args):
+    """The detector ``fit`` fits: ``--config``'s (or the default) with the options given on top."""
     from .._detector import PandaDetector
     from .._patch import PandaPatchDetector
 
-    other_kinds_options = LOCAL_OPTIONS if not args.local else IMAGE_LEVEL_OPTIONS
+    if args.config is not None:
+        cls, params = detector_parameters(read_config(args.config), args.config)
+        if args.local and cls is not PandaPatchDetector:
+            raise ValueError(f"--local fits a PandaPatchDetector; --config {args.config} names a {cls.__name__}.")
+    else:
+        cls, params = (PandaPatchDetector if args.local else PandaDetector), {}
+    local = cls is PandaPatchDetector
+    other_kinds_options = LOCAL_OPTIONS if not local else IMAGE_LEVEL_OPTIONS
     wrong = [f"--{name.replace('_', '-')}" for name in other_kinds_options if getattr(args, name, None) is not None]
     if wrong:
-        kind = "a local model (--local)" if args.local else "an image-level model (without --local)"
+        kind = "a local model (--local)" if local else "an image-level model (without --local)"
         raise ValueError(f"{', '.join(wrong)} cannot be used for {kind}.")
-    params = {"verbose": args.verbose}
+    if args.verbose:
+        params["verbose"] = args.verbose
     if args.backbone_factory is not None:
         params["backbone"] = import_factory(args.backbone_factory)
         # A factory brings its own weights, if any; "imagenet" means nothing for it.
         params["weights"] = None
-    else:
+    elif args.backbone is not None:
         params["backbone"] = args.backbone
+    else:
+        # The command line's default works offline (extra lite); the estimators' is the paper's.
+        params.setdefault("backbone", DEFAULT_BACKBONE)
     if args.weights is not None:
         params["weights"] = None if args.weights.lower() == "none" else args.weights
-    names = ("contamination", "random_state", "device") + (LOCAL_OPTIONS if args.local else IMAGE_LEVEL_OPTIONS[:3])
-    # Options not given keep the estimator's defaults, so the two never drift apart.
+    names = ("contamination", "random_state", "device") + (LOCAL_OPTIONS if local else IMAGE_LEVEL_OPTIONS[:3])
+    # Options not given keep the config's values or the estimator's defaults.
     params.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
     # For these, None ("none": skip the step) is a value of its own; not given, they are absent.
     params.update({key: getattr(args, key) for key in ("resize", "crop_size") if hasattr(args, key)})
-    return (PandaPatchDetector if args.local else PandaDetector)(**params)
+    return cls(**params)
 
 
 def fit_command(args):
@@ -53,11 +66,12 @@ def fit_command(args):
     n_flagged = int(np.sum(detector.training_scores_ < detector.offset_))
     what = (
         f"layers {', '.join(detector.layers_)}, a memory bank of {len(detector.memory_bank_)} patches"
-        if args.local
+        if hasattr(detector, "memory_bank_")
         else f"{detector.recipe_['n_steps']} steps"
     )
+    backbone = args.backbone_factory or detector.backbone
     print(
-        f"Fitted on {len(paths)} images ({args.backbone_factory or args.backbone}, {what}); threshold "
+        f"Fitted a {type(detector).__name__} on {len(paths)} images ({backbone}, {what}); threshold "
         f"{number(detector.offset_)}, below which {n_flagged} training images fall (leave-one-out)."
     )
     print(f"Model saved to {args.model}")

@@ -4,6 +4,9 @@ import argparse
 
 PROG = "sklearn-panda"
 
+# fit's backbone unless --backbone or --config says otherwise: one that works offline (extra lite).
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
 
 def _contamination(text):
     if text == "auto":
@@ -75,13 +78,19 @@ def build_parser():
 
     fit = commands.add_parser(
         "fit", help="fit on normal images and save the model", description="Fit a PandaDetector "
-        "on normal images and save it (sklearn_panda.save: no pickle)."
+        "(--local: a PandaPatchDetector; --config: any of them with any parameters) on normal images "
+        "and save it (sklearn_panda.save: no pickle)."
     )
     fit.add_argument("sources", nargs="+", metavar="IMAGES", help="folders, image files or .txt list files")
     fit.add_argument("--model", required=True, help="where to save the model (.pt)")
+    fit.add_argument(
+        "--config", metavar="FILE",
+        help="a JSON or TOML (.toml) file naming the detector (PandaDetector, PandaSES, PandaPatchDetector) "
+        "and any of its parameters, and optionally a scorer with its own; the options below override it",
+    )
     backbone = fit.add_mutually_exclusive_group()
     backbone.add_argument(
-        "--backbone", default="efficientnet_lite0",
+        "--backbone",
         help="a torchvision classifier's name (resnet152, convnext_tiny, vit_b_16, ...) or "
         "efficientnet_lite0 (default)",
     )
