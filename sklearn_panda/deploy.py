@@ -58,15 +58,15 @@ def _scorer_search(scorer):
             f"export_onnx exports the scorers KNNScorer, KMeansScorer and CenterScorer; this detector's "
             f"scorer_ is {type(scorer).__name__}."
         )
-    gallery, n_neighbors, metric, exact = gallery_search()
-    if not exact:
+    search = gallery_search()
+    if not search.exact:
         warnings.warn(
             f"The detector's {type(scorer).__name__} searches approximately (algorithm={scorer.algorithm!r}); "
             "the exported file searches the same gallery exactly, so its scores can differ from "
             "score_samples where the approximate search missed a neighbour.",
             UserWarning,
         )
-    return gallery, n_neighbors, metric
+    return search.gallery, search.n_neighbors, search.metric
 
 
 def _check_exportable(detector, image_size):

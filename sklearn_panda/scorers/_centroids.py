@@ -7,7 +7,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from .._sklearn_compat import Interval, StrOptions
-from ._contract import _BaseScorer, _finish_distance, _rowwise_squared_distances
+from ._contract import GallerySearch, _BaseScorer, _finish_distance, _rowwise_squared_distances
 
 
 def _squared_to_centers(X, centers):
@@ -130,8 +130,8 @@ class KMeansScorer(_BaseScorer):
         return _finish_distance(squared.min(axis=1), self.metric)
 
     def _gallery_search(self):
-        """``(gallery, k, metric, exact)``: the distance to the nearest of the centres."""
-        return self.cluster_centers_, 1, self.metric, True
+        """The distance to the nearest of the centres, as a :class:`GallerySearch`."""
+        return GallerySearch(self.cluster_centers_, 1, self.metric, True)
 
     def _distances(self, X):
         return _finish_distance(_squared_to_centers(X, self.cluster_centers_).min(axis=1), self.metric)
@@ -188,8 +188,8 @@ class CenterScorer(_BaseScorer):
         return _finish_distance(squared, self.metric)
 
     def _gallery_search(self):
-        """``(gallery, k, metric, exact)``: the distance to the one centre."""
-        return self.center_[None, :], 1, self.metric, True
+        """The distance to the one centre, as a :class:`GallerySearch`."""
+        return GallerySearch(self.center_[None, :], 1, self.metric, True)
 
     def _distances(self, X):
         return _finish_distance(_rowwise_squared_distances(X, self.center_[None, :]), self.metric)

@@ -7,6 +7,7 @@ leave-one-out training scores and sets ``offset_`` from them
 
 import numbers
 from abc import ABCMeta, abstractmethod
+from typing import NamedTuple
 
 import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
@@ -16,6 +17,22 @@ from .._sklearn_compat import Interval, StrOptions, _fit_context
 
 
 METRICS = ("sqeuclidean", "euclidean", "cosine")
+
+
+class GallerySearch(NamedTuple):
+    """What reproduces a fitted scorer's distances as a search: what an exported graph needs.
+
+    A scorer whose distances are those of new features to their
+    ``n_neighbors`` nearest rows of ``gallery`` (their mean, under ``metric``)
+    gives one from ``_gallery_search()``; ``exact`` is False where the scorer
+    itself searches approximately, so that an exact search of ``gallery``
+    can find other neighbours.
+    """
+
+    gallery: np.ndarray
+    n_neighbors: int
+    metric: str
+    exact: bool
 
 # Distances have no natural scale to set a threshold from, so "auto" fixes a
 # small false-alarm rate on normal data instead.

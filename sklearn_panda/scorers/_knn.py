@@ -9,7 +9,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn_compat import Interval, StrOptions
-from ._contract import _BaseScorer, _finish_distance
+from ._contract import GallerySearch, _BaseScorer, _finish_distance
 from ._exact import _drop_self, _squared_to_candidates, brute_force_kneighbors
 from ._faiss import (
     AUTO_INDEX,
@@ -209,14 +209,14 @@ class KNNScorer(_BaseScorer):
         return _finish_distance(squared, self.metric).mean(axis=1)
 
     def _gallery_search(self):
-        """``(gallery, k, metric, exact)``: the search that reproduces these distances.
+        """The search that reproduces these distances, as a :class:`GallerySearch`.
 
         ``exact`` is False where the fitted search is approximate (an
         nndescent graph or a faiss index other than ``"Flat"``), whose
         neighbours an exact search over ``gallery`` may not find.
         """
         exact = self._algorithm == "brute" or (self._algorithm == "faiss" and self._faiss_description == "Flat")
-        return self._fit_X, self.n_neighbors_, self.metric, exact
+        return GallerySearch(self._fit_X, self.n_neighbors_, self.metric, exact)
 
     def _faiss_seed(self):
         if self.random_state is None:
