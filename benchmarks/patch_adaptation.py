@@ -107,7 +107,7 @@ def main(argv=None):
             optimizer.step()
         stage.eval()
         image, pixel, pro = evaluate(stage, train_hidden, test_hidden, data, detector)
-        print(f"{n_steps:>5} {100 * image:6.1f} {100 * pixel:6.1f} {100 * pro:6.1f} {float(loss):8.4f}", flush=True)
+        print(f"{n_steps:>5} {100 * image:6.1f} {100 * pixel:6.1f} {100 * pro:6.1f} {float(loss.detach()):8.4f}", flush=True)
 
 
 if __name__ == "__main__":
