@@ -1,0 +1,117 @@
+"""Reading the files of public image datasets: IDX (MNIST-like), CIFAR batches, folders of images.
+
+Only the formats: where the files lie and which split they make is
+:mod:`sklearn_panda.datasets`' part.
+"""
+
+import gzip
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._image_io import IMAGE_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class _TorchvisionSource:
+    """Where a dataset that torchvision can download lies on disk, and how to get it."""
+
+    title: str
+    torchvision_class: str
+    subdir: str  # where torchvision's download leaves the files, under root
+    files: tuple
+    system_dirs: tuple = ()
+    manual: str = ""
+
+
+_IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _existing(directory, filename):
+    """The path of ``filename`` or of its gzipped copy in ``directory``, or None."""
+    for path in (directory / filename, directory / f"{filename}.gz"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _open(path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_idx(path):
+    """Parse an IDX file of unsigned bytes (the MNIST format) into an array."""
+    with _open(path) as file:
+        # bytearray, not bytes, so that the array is writable.
+        data = bytearray(file.read())
+    # Header: two zero bytes, the type code (0x08 = unsigned byte), the number of
+    # dimensions, then each dimension as a big-endian 32-bit integer.
+    if data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes.")
+    n_dims = data[3]
+    shape = np.frombuffer(data, ">u4", count=n_dims, offset=4)
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * n_dims).reshape(shape)
+
+
+def _read_idx_split(directory):
+    """Train images, train labels, test images and test labels of an MNIST-like set."""
+    return tuple(_read_idx(_existing(directory, filename)) for filename in _IDX_FILES)
+
+
+def _read_cifar_batch(path, label_key):
+    with _open(path) as file:
+        # latin1: the batches were pickled by Python 2.
+        batch = pickle.load(file, encoding="latin1")
+    # Each row holds the red, green and blue 32x32 planes in turn.
+    planes = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+    return planes.transpose(0, 2, 3, 1), np.asarray(batch[label_key])
+
+
+def _read_cifar(directory, train_files, test_file, label_key):
+    train = [_read_cifar_batch(_existing(directory, f), label_key) for f in train_files]
+    test, test_labels = _read_cifar_batch(_existing(directory, test_file), label_key)
+    return (
+        np.concatenate([images for images, _ in train]),
+        np.concatenate([labels for _, labels in train]),
+        np.ascontiguousarray(test),
+        test_labels,
+    )
+
+
+def _file_number_order(path):
+    # 2.jpg before 10.jpg; names that are not numbers after all numbered ones.
+    return (0, int(path.stem), path.name) if path.stem.isdigit() else (1, 0, path.name)
+
+
+def _list_images(directory):
+    paths = [
+        path
+        for path in directory.iterdir()
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+    ]
+    return [str(path) for path in sorted(paths, key=_file_number_order)]
+
+
+def _subfolders(directory):
+    return sorted(path for path in directory.iterdir() if path.is_dir())
+
+
+def _read_image_folder(directory, normal_folder):
+    X_train = _list_images(directory / "train" / normal_folder)
+    if not X_train:
+        raise FileNotFoundError(
+            f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in "
+            f"{directory / 'train' / normal_folder}."
+        )
+    X_test, test_labels = [], []
+    for folder in _subfolders(directory / "test"):
+        images = _list_images(folder)
+        X_test += images
+        test_labels += [folder.name] * len(images)
+    return X_train, X_test, np.array(test_labels, dtype=object) == normal_folder
