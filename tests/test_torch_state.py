@@ -358,3 +358,27 @@ def test_scorers_never_import_torch():
                 else:
                     continue
                 assert not [one for one in imported if one.partition(".")[0] == "torch"], f"{name} imports torch"
+
+
+TORCH_ENGINE = [
+    "_augment", "_backbones", "_compilation", "_coreset", "_data", "_device", "_families", "_image_io",
+    "_inference", "_losses", "_onnx_graph", "_patch_features", "_progress", "_stages", "_training",
+]
+ESTIMATORS = ["_base", "_detector", "_features", "_oe", "_patch", "_ses"]
+
+
+def test_the_torch_engine_never_imports_estimator_code():
+    """docs/ARCHITECTURE.md's layers: no engine module reaches an estimator module, even through others."""
+    paths = _package_modules()
+    graph = {module: _imported_when_imported(module, ast.parse(path.read_text()), paths) for module, path in paths.items()}
+
+    def reached(module, seen):
+        for imported in graph[module] - seen:
+            seen.add(imported)
+            reached(imported, seen)
+        return seen
+
+    estimators = {f"sklearn_panda.{name}" for name in ESTIMATORS}
+    assert {f"sklearn_panda.{name}" for name in TORCH_ENGINE + ESTIMATORS} <= set(paths)
+    crossing = {name: sorted(reached(f"sklearn_panda.{name}", set()) & estimators) for name in TORCH_ENGINE}
+    assert {name: found for name, found in crossing.items() if found} == {}
