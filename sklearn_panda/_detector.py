@@ -1,6 +1,7 @@
 """PandaDetector: adapted features (PandaFeatures) and a scorer on them."""
 
 import warnings
+from abc import abstractmethod
 
 import numpy as np
 from sklearn.base import clone
@@ -44,8 +45,136 @@ def _offset_of(scorer):
     return float(offset.reshape(()))
 
 
+class FeatureDetectorBase(BasePandaDetector):
+    """What :class:`PandaDetector` and :class:`~sklearn_panda.PandaSES` share: a fitted
+    :class:`PandaFeatures` (``features_``, adapted with the detector's own
+    parameters) and scoring fitted on its features.
+
+    ``fit`` builds the ``PandaFeatures``, lets it adapt the network (a
+    subclass takes part in training through ``_training_plan``: callbacks
+    that see the network as it trains) and hands the fitted network to the
+    subclass's ``_fit_scoring``. The network's fitted attributes are those of
+    ``features_``.
+    """
+
+    _parameter_constraints = {
+        **BasePandaDetector._parameter_constraints,
+        **PandaFeatures._parameter_constraints,
+        "scorer": [StrOptions(SCORERS | {AUTO}), HasMethods(["fit", "score_samples", "decision_function"])],
+    }
+
+    net_ = _FromFeatures()
+    center_ = _FromFeatures()
+    history_ = _FromFeatures()
+    fisher_ = _FromFeatures()
+    # Where the network runs and what input it was fitted on: read by the shared input checks.
+    device_ = _FromFeatures()
+    input_spec_ = _FromFeatures()
+
+    def __init__(
+        self,
+        *,
+        scorer,
+        n_steps,
+        loss,
+        temperature,
+        regularization,
+        ewc_lambda,
+        fisher,
+        n_fisher_batches,
+        learning_rate,
+        momentum,
+        weight_decay,
+        clip_norm,
+        contamination,
+        **network_parameters,
+    ):
+        super().__init__(contamination=contamination, **network_parameters)
+        self.scorer = scorer
+        self.n_steps = n_steps
+        self.loss = loss
+        self.temperature = temperature
+        self.regularization = regularization
+        self.ewc_lambda = ewc_lambda
+        self.fisher = fisher
+        self.n_fisher_batches = n_fisher_batches
+        self.learning_rate = learning_rate
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.clip_norm = clip_norm
+
+    # The scorer is an estimator parameter: its own fit validates its parameters.
+    @_fit_context(prefer_skip_nested_validation=False)
+    def fit(self, X, y=None):
+        """Adapt the backbone to the normal images ``X`` and fit the scorer.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Normal training samples: images ``(n, H, W)``, ``(n, H, W, C)`` or
+            ``(n, C, H, W)`` (uint8 in [0, 255] or float in [0, 1]), a list of
+            image files / PIL images, or vectors ``(n, d)`` for a vector backbone.
+
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        self : object
+            The fitted estimator.
+        """
+        self._fit(X, y)
+        return self
+
+    def _fit_checked(self, X, checked, y):
+        self._check_scorer()
+        features = self._make_features()
+        plan = self._training_plan()
+        run = features._fit(X, plan=plan)
+        fitted = self._fit_scoring(features.net_, run.preprocessor, run.hidden, run.seed, plan)
+        fitted["features_"] = features
+        fitted["recipe_"] = {**features.recipe_, "scorer": resolve(self, "scorer")}
+        return fitted, run
+
+    def _check_scorer(self):
+        if not isinstance(self.scorer, str) and self.contamination != "auto":
+            warnings.warn(
+                f"contamination={self.contamination!r} is not used: the scorer "
+                f"{type(self.scorer).__name__} sets its own threshold. Set it on the scorer "
+                "(e.g. its contamination), or give the scorer by name.",
+                UserWarning,
+            )
+
+    def _make_features(self):
+        """An unfitted :class:`PandaFeatures` with this detector's adaptation parameters."""
+        return PandaFeatures(**{name: getattr(self, name) for name in PandaFeatures._get_param_names()})
+
+    def _training_plan(self):
+        """How the detector takes part in training (see ``PandaFeatures._adapt``); ``None``: it does not."""
+        return None
+
+    def _make_scorer(self, seed):
+        """An unfitted scorer: built from its name with this detector's
+        ``contamination``, or a clone of the given one, unchanged."""
+        scorer = resolve(self, "scorer")
+        if scorer == "knn":
+            # The seed reaches an approximate index (algorithm="auto" on large galleries).
+            return KNNScorer(n_neighbors=2, contamination=self.contamination, random_state=seed)
+        if scorer == "kmeans":
+            return KMeansScorer(n_clusters=10, random_state=seed, contamination=self.contamination)
+        if scorer == "center":
+            return CenterScorer(contamination=self.contamination)
+        if scorer == "mahalanobis":
+            return MahalanobisScorer(contamination=self.contamination)
+        return clone(scorer)
+
+    @abstractmethod
+    def _fit_scoring(self, net, preprocessor, hidden, seed, plan):
+        """The fitted scoring attributes (``offset_``, ``training_scores_``, ...) on the adapted ``net``."""
+
+
 @fill_doc
-class PandaDetector(BasePandaDetector):
+class PandaDetector(FeatureDetectorBase):
     """PANDA: adapt pretrained features to the normal images, score by kNN.
 
     Fine-tunes the last stages of an ImageNet-pretrained network so that the
@@ -204,20 +333,6 @@ class PandaDetector(BasePandaDetector):
     5
     """
 
-    _parameter_constraints = {
-        **BasePandaDetector._parameter_constraints,
-        **PandaFeatures._parameter_constraints,
-        "scorer": [StrOptions(SCORERS | {AUTO}), HasMethods(["fit", "score_samples", "decision_function"])],
-    }
-
-    net_ = _FromFeatures()
-    center_ = _FromFeatures()
-    history_ = _FromFeatures()
-    fisher_ = _FromFeatures()
-    # Where the network runs and what input it was fitted on: read by the shared input checks.
-    device_ = _FromFeatures()
-    input_spec_ = _FromFeatures()
-
     def __init__(
         self,
         *,
@@ -254,12 +369,24 @@ class PandaDetector(BasePandaDetector):
         super().__init__(
             backbone=backbone,
             weights=weights,
+            n_steps=n_steps,
+            loss=loss,
+            temperature=temperature,
+            regularization=regularization,
+            ewc_lambda=ewc_lambda,
+            fisher=fisher,
+            n_fisher_batches=n_fisher_batches,
+            learning_rate=learning_rate,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            clip_norm=clip_norm,
             n_trainable_stages=n_trainable_stages,
             stage_ends=stage_ends,
             feature_node=feature_node,
             resize=resize,
             crop_size=crop_size,
             normalize_features=normalize_features,
+            scorer=scorer,
             contamination=contamination,
             batch_size=batch_size,
             inference_batch_size=inference_batch_size,
@@ -270,83 +397,6 @@ class PandaDetector(BasePandaDetector):
             random_state=random_state,
             verbose=verbose,
         )
-        self.scorer = scorer
-        self.n_steps = n_steps
-        self.loss = loss
-        self.temperature = temperature
-        self.regularization = regularization
-        self.ewc_lambda = ewc_lambda
-        self.fisher = fisher
-        self.n_fisher_batches = n_fisher_batches
-        self.learning_rate = learning_rate
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.clip_norm = clip_norm
-
-    # The scorer is an estimator parameter: its own fit validates its parameters.
-    @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y=None):
-        """Adapt the backbone to the normal images ``X`` and fit the scorer.
-
-        Parameters
-        ----------
-        X : array-like or list of paths / PIL images
-            Normal training samples: images ``(n, H, W)``, ``(n, H, W, C)`` or
-            ``(n, C, H, W)`` (uint8 in [0, 255] or float in [0, 1]), a list of
-            image files / PIL images, or vectors ``(n, d)`` for a vector backbone.
-
-        y : Ignored
-            Not used, present for API consistency by convention.
-
-        Returns
-        -------
-        self : object
-            The fitted estimator.
-        """
-        self._fit(X, y)
-        return self
-
-    def _fit_checked(self, X, checked, y):
-        self._check_scorer()
-        features = self._make_features()
-        plan = self._training_plan()
-        run = features._fit(X, plan=plan)
-        fitted = self._fit_scoring(features.net_, run.preprocessor, run.hidden, run.seed, plan)
-        fitted["features_"] = features
-        fitted["recipe_"] = {**features.recipe_, "scorer": resolve(self, "scorer")}
-        return fitted, run
-
-    def _check_scorer(self):
-        if not isinstance(self.scorer, str) and self.contamination != "auto":
-            warnings.warn(
-                f"contamination={self.contamination!r} is not used: the scorer "
-                f"{type(self.scorer).__name__} sets its own threshold. Set it on the scorer "
-                "(e.g. its contamination), or give the scorer by name.",
-                UserWarning,
-            )
-
-    def _make_features(self):
-        """An unfitted :class:`PandaFeatures` with this detector's adaptation parameters."""
-        return PandaFeatures(**{name: getattr(self, name) for name in PandaFeatures._get_param_names()})
-
-    def _training_plan(self):
-        """How the detector takes part in training (see ``PandaFeatures._adapt``); ``None``: it does not."""
-        return None
-
-    def _make_scorer(self, seed):
-        """An unfitted scorer: built from its name with this detector's
-        ``contamination``, or a clone of the given one, unchanged."""
-        scorer = resolve(self, "scorer")
-        if scorer == "knn":
-            # The seed reaches an approximate index (algorithm="auto" on large galleries).
-            return KNNScorer(n_neighbors=2, contamination=self.contamination, random_state=seed)
-        if scorer == "kmeans":
-            return KMeansScorer(n_clusters=10, random_state=seed, contamination=self.contamination)
-        if scorer == "center":
-            return CenterScorer(contamination=self.contamination)
-        if scorer == "mahalanobis":
-            return MahalanobisScorer(contamination=self.contamination)
-        return clone(scorer)
 
     def _fit_scoring(self, net, preprocessor, hidden, seed, plan):
         """The scorer fitted on the training features of ``net`` (from the

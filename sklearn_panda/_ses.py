@@ -9,7 +9,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch.func import functional_call
 
-from ._detector import SCORERS, PandaDetector
+from ._detector import SCORERS, FeatureDetectorBase
 from ._device import ON_CPU
 from ._docstrings import fill_doc
 from ._inference import _run_in_batches, cache_trunk_outputs
@@ -23,7 +23,7 @@ CHECKPOINT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat
 
 
 @fill_doc
-class PandaSES(PandaDetector):
+class PandaSES(FeatureDetectorBase):
     """PANDA with sample-wise early stopping: every checkpoint votes, normalised.
 
     The training images are split 90/10 into a gallery and a validation
@@ -209,7 +209,7 @@ class PandaSES(PandaDetector):
     """
 
     _parameter_constraints = {
-        **PandaDetector._parameter_constraints,
+        **FeatureDetectorBase._parameter_constraints,
         # SES keeps the paper's numbers: its checkpoints, not a recipe, choose when to stop.
         "n_steps": [Interval(numbers.Integral, 0, None, closed="left")],
         "learning_rate": [Interval(numbers.Real, 0, None, closed="neither")],
@@ -223,7 +223,7 @@ class PandaSES(PandaDetector):
     }
 
     # Only the trainable parameters, on the CPU: scoring moves one checkpoint at a time to the device.
-    _torch_attributes = {**PandaDetector._torch_attributes, "checkpoints_": ON_CPU}
+    _torch_attributes = {**FeatureDetectorBase._torch_attributes, "checkpoints_": ON_CPU}
 
     def __init__(
         self,

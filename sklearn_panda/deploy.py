@@ -73,10 +73,9 @@ def _check_exportable(detector, image_size):
     from sklearn.utils.validation import check_is_fitted
 
     from ._detector import PandaDetector
-    from ._ses import PandaSES
 
-    # PandaSES subclasses PandaDetector but scores through its checkpoints, which do not export.
-    if isinstance(detector, PandaSES) or not isinstance(detector, PandaDetector):
+    # PandaSES scores through its checkpoints, which do not export: it is no PandaDetector.
+    if not isinstance(detector, PandaDetector):
         raise TypeError(
             f"export_onnx exports a fitted PandaDetector; got {type(detector).__name__} "
             "(PandaSES and PandaOE are not exportable yet)."

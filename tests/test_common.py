@@ -40,7 +40,7 @@ TRAIN_PREDICT_REASON = (
 
 def _scorer_of(estimator):
     """The scorer class whose leave-one-out rule decides the training labels."""
-    if isinstance(estimator, PandaDetector):
+    if isinstance(estimator, (PandaDetector, PandaSES)):
         return {
             "knn": KNNScorer, "kmeans": KMeansScorer, "center": CenterScorer, "mahalanobis": MahalanobisScorer,
         }[resolve(estimator, "scorer")]

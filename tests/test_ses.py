@@ -178,3 +178,12 @@ def test_scores_do_not_depend_on_the_trunk_cache(images, trunk_cache_mb):
     np.testing.assert_allclose(
         ses.checkpoint_distances(images[:13]), expected.checkpoint_distances(images[:13]), rtol=1e-5, atol=1e-6
     )
+
+
+def test_ses_is_a_sibling_of_the_detector_not_a_narrowed_subclass():
+    """Both build on FeatureDetectorBase; SES does not inherit PandaDetector's single scorer_ contract."""
+    from sklearn_panda import PandaDetector
+    from sklearn_panda._detector import FeatureDetectorBase
+
+    assert issubclass(PandaSES, FeatureDetectorBase) and issubclass(PandaDetector, FeatureDetectorBase)
+    assert not issubclass(PandaSES, PandaDetector)
