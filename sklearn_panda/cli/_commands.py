@@ -7,14 +7,13 @@ import numpy as np
 
 from .._image_io import collect_images, write_files
 from .._report import number, report_html
-from ._inputs import check_readable, load_model, import_factory
-from ._outputs import check_destination, map_file, score_with_maps, scores_csv
 from ._config import detector_parameters, read_config
+from ._inputs import check_readable, import_factory, load_model
+from ._outputs import check_destination, map_file, score_with_maps, scores_csv
 from ._parser import DEFAULT_BACKBONE, PROG
 
+# Options of one kind of model only: given for the other kind, they are an error.
 IMAGE_LEVEL_OPTIONS = ("n_steps", "stage_ends", "feature_node", "crop_size")
-
-
 LOCAL_OPTIONS = ("coreset_ratio", "layers")
 
 
