@@ -132,7 +132,7 @@ def collect_images(sources):
     Examples
     --------
     >>> import pathlib, tempfile
-    >>> from sklearn_panda.cli import collect_images
+    >>> from sklearn_panda._image_io import collect_images
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> for name in ("b.PNG", "a.jpg", "notes.md"):
     ...     _ = (folder / name).write_bytes(b"")

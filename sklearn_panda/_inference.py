@@ -6,6 +6,7 @@ chosen for a bigger GPU still works (more slowly) on a smaller one.
 """
 
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -176,21 +177,25 @@ def peak_activation_bytes(modules, run):
     400
     """
     peak = 0
+    watched = {id(submodule) for module in modules for submodule in module.modules()}
+    thread = threading.get_ident()
 
     def watch(module, inputs, output):
         nonlocal peak
+        # Only this call's pass: another thread may run the same modules meanwhile.
+        if id(module) not in watched or threading.get_ident() != thread:
+            return
         for tensor in output if isinstance(output, (tuple, list)) else (output,):
             if isinstance(tensor, torch.Tensor):
                 peak = max(peak, tensor.numel() * tensor.element_size())
 
-    handles = [
-        submodule.register_forward_hook(watch) for module in modules for submodule in module.modules()
-    ]
+    # A global hook, not one on each module: the modules stay as they are (another thread
+    # may pickle them meanwhile, and a hook that is a local function does not pickle).
+    handle = torch.nn.modules.module.register_module_forward_hook(watch)
     try:
         run()
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
     return peak
 
 

@@ -33,6 +33,25 @@ def test_peak_activation_is_the_largest_output_of_any_submodule():
     assert not net[0]._forward_hooks
 
 
+def test_peak_activation_leaves_the_modules_picklable_and_ignores_other_threads():
+    # A detector pickled (by Dask, say) while another thread measures its network: the
+    # modules carry no hook of their own meanwhile, and the other thread's passes do not count.
+    import pickle
+    import threading
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten())
+
+    def run():
+        pickle.dumps(net)
+        other = threading.Thread(target=lambda: net(torch.ones(50, 3, 10, 10)))
+        other.start()
+        other.join()
+        net(torch.ones(1, 3, 10, 10))
+
+    with torch.inference_mode():
+        assert peak_activation_bytes([net], run) == 4 * 10 * 10 * 4
+
+
 def _fake_cache_tree(root, sizes):
     for index, (level, size) in enumerate(sizes):
         folder = root / f"index{index}"
