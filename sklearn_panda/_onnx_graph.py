@@ -2,8 +2,9 @@
 
 :class:`ScoringGraph` maps a batch of uint8 images ``(n, H, W, C)`` of one
 fixed size to ``score_samples``: the preprocessing of :mod:`._data`, the
-adapted network, the feature normalisation and a nearest-neighbour search
-against a stored gallery. :class:`PatchScoringGraph` does the same for a patch
+adapted network, the feature normalisation and the scorer's distance
+(:class:`GalleryDistance`: a nearest-neighbour search against a stored
+gallery; :class:`GaussianDistance`: a Mahalanobis distance). :class:`PatchScoringGraph` does the same for a patch
 detector and gives its anomaly maps too. :func:`export_scoring_graph` exports
 either with torch's ONNX exporter.
 
@@ -120,6 +121,81 @@ def _axis_steps(n_in, resize_to, kept):
     return nn.Identity()
 
 
+class GalleryDistance(nn.Module):
+    """Features ``(n, d)`` -> mean distance to their ``n_neighbors`` nearest rows of ``gallery``.
+
+    The distances of :class:`~sklearn_panda.KNNScorer` (exact search),
+    :class:`~sklearn_panda.KMeansScorer` (the centres) and
+    :class:`~sklearn_panda.CenterScorer` (one centre).
+
+    Parameters
+    ----------
+    gallery : ndarray of shape (n_gallery, d), float32
+        The scorer's reference points (kNN: the training features; k-means: the centres).
+    n_neighbors : int
+        The distance is the mean distance to this many nearest gallery points.
+    metric : {"sqeuclidean", "euclidean", "cosine"}
+    """
+
+    def __init__(self, gallery, n_neighbors, metric):
+        super().__init__()
+        gallery = np.ascontiguousarray(gallery, dtype=np.float32)
+        self.register_buffer("gallery", torch.from_numpy(gallery))
+        # As the package's brute-force search: rank by ||g||^2 / 2 - q.g, then
+        # recompute the distances of the k found from the differences.
+        self.register_buffer("half_norms", torch.from_numpy(0.5 * np.einsum("ij,ij->i", gallery, gallery)))
+        self.n_neighbors = n_neighbors
+        self.metric = metric
+
+    def forward(self, features):
+        if self.metric == "cosine":
+            features = features / features.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        ranking = self.half_norms - features @ self.gallery.T
+        _, nearest = torch.topk(ranking, self.n_neighbors, dim=1, largest=False)
+        differences = self.gallery[nearest] - features[:, None, :]
+        squared = (differences * differences).sum(dim=2).clamp_min(0.0)
+        if self.metric == "euclidean":
+            squared = squared.sqrt()
+        elif self.metric == "cosine":
+            squared = squared / 2.0
+        return squared.mean(dim=1)
+
+
+class GaussianDistance(nn.Module):
+    """Features ``(n, d)`` -> squared Mahalanobis distance, as :class:`~sklearn_panda.MahalanobisScorer` computes it.
+
+    Parameters
+    ----------
+    location : ndarray of shape (d,)
+    components : ndarray of shape (k, d)
+        Principal axes (rows).
+    variances : ndarray of shape (k,)
+        Variances along ``components``.
+    residual_variance : float or None
+        Variance in every direction outside ``components``; ``None``: those
+        directions do not count.
+    """
+
+    def __init__(self, location, components, variances, residual_variance):
+        super().__init__()
+        as_buffer = lambda values: torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))  # noqa: E731
+        self.register_buffer("location", as_buffer(location))
+        self.register_buffer("components", as_buffer(components))
+        self.register_buffer("inverse_variances", as_buffer(1.0 / np.asarray(variances, dtype=np.float64)))
+        self.inverse_residual = None if residual_variance is None else float(1.0 / residual_variance)
+
+    def forward(self, features):
+        centered = features - self.location
+        projected = centered @ self.components.T
+        distances = (projected * projected * self.inverse_variances).sum(dim=1)
+        if self.inverse_residual is not None:
+            # The part outside the axes, formed before squaring: no difference of two
+            # nearly equal norms, which float32 would round away.
+            outside = centered - projected @ self.components
+            distances = distances + (outside * outside).sum(dim=1) * self.inverse_residual
+        return distances
+
+
 class ScoringGraph(nn.Module):
     """uint8 images ``(n, H, W, C)`` -> ``score_samples``, as the fitted detector computes it.
 
@@ -135,16 +211,12 @@ class ScoringGraph(nn.Module):
         The detector's geometry (see :func:`sklearn_panda._data.resize_and_crop`).
     normalize_features : bool
         L2-normalise the features, as the detector does.
-    gallery : ndarray of shape (n_gallery, d), float32
-        The scorer's reference points (kNN: the training features; k-means: the centres).
-    n_neighbors : int
-        The anomaly distance is the mean distance to this many nearest gallery points.
-    metric : {"sqeuclidean", "euclidean", "cosine"}
+    distance : nn.Module
+        The scorer's anomaly distance of the features: a :class:`GalleryDistance`
+        or a :class:`GaussianDistance`. The score is its negative.
     """
 
-    def __init__(
-        self, net, *, image_size, channels, resize, crop_size, normalize_features, gallery, n_neighbors, metric
-    ):
+    def __init__(self, net, *, image_size, channels, resize, crop_size, normalize_features, distance):
         super().__init__()
         height, width = image_size
         new_height, new_width = resized_shape(height, width, resize)
@@ -162,13 +234,7 @@ class ScoringGraph(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.net = net
         self.normalize_features = normalize_features
-        gallery = np.ascontiguousarray(gallery, dtype=np.float32)
-        self.register_buffer("gallery", torch.from_numpy(gallery))
-        # As the package's brute-force search: rank by ||g||^2 / 2 - q.g, then
-        # recompute the distances of the k found from the differences.
-        self.register_buffer("half_norms", torch.from_numpy(0.5 * np.einsum("ij,ij->i", gallery, gallery)))
-        self.n_neighbors = n_neighbors
-        self.metric = metric
+        self.distance = distance
 
     def preprocess(self, images):
         """uint8 ``(n, H, W, C)`` -> the network's input, equal to the package's preprocessing."""
@@ -185,17 +251,7 @@ class ScoringGraph(nn.Module):
         features = self.net(self.preprocess(images))
         if self.normalize_features:
             features = F.normalize(features, dim=1)
-        if self.metric == "cosine":
-            features = features / features.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        ranking = self.half_norms - features @ self.gallery.T
-        _, nearest = torch.topk(ranking, self.n_neighbors, dim=1, largest=False)
-        differences = self.gallery[nearest] - features[:, None, :]
-        squared = (differences * differences).sum(dim=2).clamp_min(0.0)
-        if self.metric == "euclidean":
-            squared = squared.sqrt()
-        elif self.metric == "cosine":
-            squared = squared / 2.0
-        return -squared.mean(dim=1)
+        return -self.distance(features)
 
 
 def export_scoring_graph(graph, image_size, channels, output_names=("scores",)):

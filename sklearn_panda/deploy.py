@@ -4,8 +4,8 @@
 single ONNX file that maps a batch of uint8 images of one fixed size to
 ``score_samples``: the preprocessing (torch's exact uint8 resize, the centre
 crop, ImageNet normalisation), the adapted network, the feature normalisation
-and the scorer's nearest-neighbour search against its stored gallery. The
-file's metadata state the input (name, layout, dtype, size) and ``offset_``, so
+and the scorer's distance (a nearest-neighbour search against its stored
+gallery, or the Mahalanobis distance of a Gaussian). The file's metadata state the input (name, layout, dtype, size) and ``offset_``, so
 ``decision_function`` and ``predict`` follow. :class:`OnnxDetector` scores
 images with such a file; neither this package nor torch is needed to run it::
 
@@ -24,6 +24,10 @@ kNN gallery of more than about ``2**31 / (4 * n_features)`` rows minus the
 network's size (about 260 000 training images at 2048 features) is refused
 with an error; a :class:`~sklearn_panda.KMeansScorer` keeps it small. Each
 scored batch also holds a ``(batch, n_gallery)`` float32 similarity block.
+A :class:`~sklearn_panda.MahalanobisScorer` stores its mean and principal axes
+(at most ``n_features`` squared floats) whatever the number of training images;
+the file computes its distance in float32, the scorer in float64, so their
+scores agree to float32 rounding (within 1e-4 relative).
 
 A fitted :class:`~sklearn_panda.PandaPatchDetector` exports too, for images of
 the size it scores them at (the graph holds no resize): the file's outputs are
@@ -47,18 +51,12 @@ RUNTIMES = ("onnxruntime", "openvino")
 
 
 def _scorer_search(scorer):
-    """The gallery, number of neighbours and metric that reproduce a fitted scorer's distances.
+    """The gallery, number of neighbours and metric that reproduce a fitted gallery scorer's distances.
 
     Warns where the scorer searches approximately: the exported graph searches
     its gallery exactly, so its scores can differ from the scorer's.
     """
-    gallery_search = getattr(scorer, "_gallery_search", None)
-    if gallery_search is None:
-        raise TypeError(
-            f"export_onnx exports the scorers KNNScorer, KMeansScorer and CenterScorer; this detector's "
-            f"scorer_ is {type(scorer).__name__}."
-        )
-    search = gallery_search()
+    search = scorer._gallery_search()
     if not search.exact:
         warnings.warn(
             f"The detector's {type(scorer).__name__} searches approximately (algorithm={scorer.algorithm!r}); "
@@ -67,6 +65,31 @@ def _scorer_search(scorer):
             UserWarning,
         )
     return search.gallery, search.n_neighbors, search.metric
+
+
+def _scorer_distance(scorer):
+    """The torch module that computes a fitted scorer's distances, and what the metadata say of it.
+
+    A gallery scorer (kNN, k-means, centre) becomes a nearest-neighbour search
+    of its gallery; :class:`~sklearn_panda.MahalanobisScorer` its Gaussian.
+    """
+    from .scorers import MahalanobisScorer
+    from ._onnx_graph import GalleryDistance, GaussianDistance
+
+    if isinstance(scorer, MahalanobisScorer):
+        distance = GaussianDistance(
+            scorer.location_, scorer.components_, scorer.variances_, scorer.residual_variance_
+        )
+        return distance, {"n_components": str(scorer.n_components_)}, scorer.components_.nbytes
+    if getattr(scorer, "_gallery_search", None) is None:
+        raise TypeError(
+            f"export_onnx exports the scorers KNNScorer, KMeansScorer, CenterScorer and MahalanobisScorer; "
+            f"this detector's scorer_ is {type(scorer).__name__}."
+        )
+    gallery, n_neighbors, metric = _scorer_search(scorer)
+    gallery = np.asarray(gallery, dtype=np.float32)
+    metadata = {"n_gallery": str(len(gallery)), "n_neighbors": str(n_neighbors), "metric": metric}
+    return GalleryDistance(gallery, n_neighbors, metric), metadata, gallery.nbytes
 
 
 def _check_exportable(detector, image_size):
@@ -87,10 +110,9 @@ def _check_exportable(detector, image_size):
         raise ValueError(f"image_size must be (height, width) in pixels; got {image_size!r}.")
 
 
-def _metadata(detector, image_size, channels, search):
+def _metadata(detector, image_size, channels, scorer_metadata):
     from ._version import __version__
 
-    gallery, n_neighbors, metric = search
     height, width = image_size
     return {
         "sklearn_panda.format": FORMAT_VERSION,
@@ -106,9 +128,7 @@ def _metadata(detector, image_size, channels, search):
         "output": "score_samples",
         "offset": repr(float(detector.offset_)),
         "precision": "float32",
-        "n_gallery": str(len(gallery)),
-        "n_neighbors": str(n_neighbors),
-        "metric": metric,
+        **scorer_metadata,
     }
 
 
@@ -128,8 +148,9 @@ def export_onnx(detector, path, *, image_size):
         Fitted on images. A PandaPatchDetector exports its scores and maps,
         for images it scores at their own size. A PandaDetector with a
         :class:`~sklearn_panda.KNNScorer`,
-        :class:`~sklearn_panda.KMeansScorer` or :class:`~sklearn_panda.CenterScorer`
-        (``scorer="knn"``, ``"kmeans"``, ``"center"``). A kNN search is
+        :class:`~sklearn_panda.KMeansScorer`, :class:`~sklearn_panda.CenterScorer`
+        or :class:`~sklearn_panda.MahalanobisScorer` (``scorer="knn"``,
+        ``"kmeans"``, ``"center"``, ``"mahalanobis"``). A kNN search is
         exported as the exact search, whatever the scorer's ``algorithm``.
     path : str or path-like
         Where to write the file.
@@ -171,14 +192,13 @@ def export_onnx(detector, path, *, image_size):
     _check_exportable(detector, image_size)
     image_size = (int(image_size[0]), int(image_size[1]))
     channels = detector.input_spec_.channels
-    search = _scorer_search(detector.scorer_)
-    gallery = np.asarray(search[0], dtype=np.float32)
+    distance, scorer_metadata, scorer_bytes = _scorer_distance(detector.scorer_)
     network_bytes = sum(t.numel() * t.element_size() for t in detector.net_.state_dict().values())
-    if gallery.nbytes + network_bytes > ONNX_FILE_LIMIT_BYTES * 0.95:
+    if scorer_bytes + network_bytes > ONNX_FILE_LIMIT_BYTES * 0.95:
         raise ValueError(
-            f"The gallery ({gallery.shape[0]} x {gallery.shape[1]} float32, {gallery.nbytes / 2**30:.2f} GiB) "
+            f"The scorer's {type(detector.scorer_).__name__} state ({scorer_bytes / 2**30:.2f} GiB of float32) "
             "and the network do not fit in one ONNX file (at most 2 GiB); fit the detector with "
-            "scorer='kmeans', or on fewer training images."
+            "scorer='kmeans' or 'mahalanobis', or on fewer training images."
         )
     net = _cpu_float32_copy(detector.net_)
     graph = ScoringGraph(
@@ -187,12 +207,10 @@ def export_onnx(detector, path, *, image_size):
         channels=channels,
         **detector._fitted_preprocessing(),
         normalize_features=getattr(detector, "normalize_features_", detector.normalize_features),
-        gallery=gallery,
-        n_neighbors=search[1],
-        metric=search[2],
+        distance=distance,
     )
     model = export_scoring_graph(graph, image_size, channels)
-    _set_metadata(model, _metadata(detector, image_size, channels, search))
+    _set_metadata(model, _metadata(detector, image_size, channels, scorer_metadata))
     onnx.save(model, path)
     return Path(path)
 

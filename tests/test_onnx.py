@@ -25,7 +25,7 @@ from torchvision.transforms.v2 import functional as TF
 import sklearn_panda.deploy as deploy
 from sklearn_panda import PandaDetector
 from sklearn_panda._data import IMAGENET_MEAN, IMAGENET_STD, _unit_range_rgb, resize_and_crop
-from sklearn_panda._onnx_graph import ScoringGraph
+from sklearn_panda._onnx_graph import GalleryDistance, ScoringGraph
 from sklearn_panda.deploy import OnnxDetector, export_onnx, quantize_onnx
 
 pytest.importorskip("onnxruntime")
@@ -71,9 +71,7 @@ def test_preprocessing_is_bit_exact():
             resize=resize,
             crop_size=crop,
             normalize_features=False,
-            gallery=np.zeros((2, 1), np.float32),
-            n_neighbors=1,
-            metric="sqeuclidean",
+            distance=GalleryDistance(np.zeros((2, 1), np.float32), 1, "sqeuclidean"),
         )
         expected = _unit_range_rgb(resize_and_crop(torch.from_numpy(images).permute(0, 3, 1, 2), resize, crop))
         expected = TF.normalize(expected, list(IMAGENET_MEAN), list(IMAGENET_STD))
@@ -88,7 +86,7 @@ def test_graph_reproduces_other_scorers(exported):
     test = _images(12, 2)
     for scorer in [KMeansScorer(n_clusters=3, metric="cosine", random_state=0), CenterScorer(metric="euclidean")]:
         scorer.fit(detector.extract_features(train))
-        gallery, k, metric = deploy._scorer_search(scorer)
+        distance, _, _ = deploy._scorer_distance(scorer)
         graph = ScoringGraph(
             detector.net_.eval(),
             image_size=SIZE,
@@ -96,9 +94,7 @@ def test_graph_reproduces_other_scorers(exported):
             resize=32,
             crop_size=28,
             normalize_features=True,
-            gallery=gallery,
-            n_neighbors=k,
-            metric=metric,
+            distance=distance,
         )
         with torch.no_grad():
             scores = graph(torch.from_numpy(test[..., None])).numpy()
@@ -167,11 +163,31 @@ def test_a_file_of_another_format_is_refused(exported, tmp_path):
         OnnxDetector(tmp_path / "plain.onnx")
 
 
+@pytest.mark.parametrize("n_components", [None, 5])
+def test_a_mahalanobis_detector_exports_with_its_gaussian(exported, tmp_path, n_components):
+    """The Gaussian's distance in float32 (with and without the residual directions), to float32 rounding."""
+    from sklearn_panda import MahalanobisScorer
+
+    _, _, train = exported
+    detector = PandaDetector(
+        **{**TINY_IMAGES, "crop_size": 28}, n_steps=3, random_state=0, scorer=MahalanobisScorer(n_components=n_components)
+    ).fit(train)
+    path = export_onnx(detector, tmp_path / "m.onnx", image_size=SIZE)
+    test = _images(20, 3)
+    onnx_detector = OnnxDetector(path, n_threads=1)
+    expected = detector.score_samples(test)
+    np.testing.assert_allclose(onnx_detector.score_samples(test), expected, rtol=1e-4, atol=ATOL)
+    metadata = onnx_detector.metadata_
+    assert (metadata["scorer"], metadata["n_components"]) == ("MahalanobisScorer", str(detector.scorer_.n_components_))
+
+
 def test_what_cannot_be_exported_is_refused(exported, monkeypatch):
+    from sklearn.ensemble import IsolationForest
+
     detector, path, train = exported
-    mahalanobis = PandaDetector(**TINY_IMAGES, n_steps=0, scorer="mahalanobis").fit(train)
-    with pytest.raises(TypeError, match="scorer_ is MahalanobisScorer"):
-        export_onnx(mahalanobis, path.parent / "m.onnx", image_size=SIZE)
+    forest = PandaDetector(**TINY_IMAGES, n_steps=0, scorer=IsolationForest(random_state=0)).fit(train)
+    with pytest.raises(TypeError, match="scorer_ is IsolationForest"):
+        export_onnx(forest, path.parent / "m.onnx", image_size=SIZE)
     with pytest.raises(ValueError, match=r"image_size must be \(height, width\)"):
         export_onnx(detector, path.parent / "m.onnx", image_size=20)
     monkeypatch.setattr("sklearn_panda._onnx_graph.ONNX_FILE_LIMIT_BYTES", 1000)
