@@ -313,10 +313,7 @@ class PatchScoringGraph(nn.Module):
         self.n_features = n_features
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).reshape(1, 3, 1, 1))
-        bank = np.ascontiguousarray(bank, dtype=np.float32)
-        self.register_buffer("bank", torch.from_numpy(bank))
-        self.register_buffer("half_norms", torch.from_numpy(0.5 * np.einsum("ij,ij->i", bank, bank)))
-        self.n_neighbors = n_neighbors
+        self.distance = GalleryDistance(bank, n_neighbors, "euclidean")
         self.sigma = sigma
 
     def forward(self, images):
@@ -331,12 +328,7 @@ class PatchScoringGraph(nn.Module):
         features = aggregate(maps, self.neighbourhood, self.n_features)
         n_images, n_channels, height, width = features.shape
         rows = features.permute(0, 2, 3, 1).reshape(-1, n_channels)
-        # As the package's brute-force search: rank by ||b||^2 / 2 - r.b, then recompute the
-        # distances of the k found from the differences.
-        _, nearest = torch.topk(self.half_norms - rows @ self.bank.T, self.n_neighbors, dim=1, largest=False)
-        differences = self.bank[nearest] - rows[:, None, :]
-        distances = (differences * differences).sum(dim=2).clamp_min(0.0).sqrt().mean(dim=1)
-        patch_map = distances.reshape(n_images, 1, height, width)
+        patch_map = self.distance(rows).reshape(n_images, 1, height, width)
         size = images.shape[1:3]
         if (height, width) != tuple(size):
             patch_map = F.interpolate(patch_map, size=size, mode="bilinear", align_corners=False)
