@@ -51,9 +51,11 @@ FORMAT = "sklearn-panda"
 # 2: a detector's adaptation is a nested PandaFeatures (``features_``).
 # 3: the network is stored unsplit (its own state dict and the builder arguments its
 #    weights imply) and split again on load; the torchvision version is recorded.
-FORMAT_VERSION = 3
+# 4: a KNNScorer keeps its search as one ``_search`` entry (backend, faiss settings,
+#    faiss's bytes); format 3's separate ``_algorithm`` / ``_faiss_*`` entries load too.
+FORMAT_VERSION = 4
 # Files of these formats load too.
-READABLE_FORMATS = (2, 3)
+READABLE_FORMATS = (2, 3, 4)
 # Marks an encoded value that is not a plain number, string, list or tensor.
 TAG = "__panda_type__"
 # The estimator classes load can build, by the name a file gives them (filled by ``register``).

@@ -86,7 +86,7 @@ def test_a_query_whose_cells_hold_too_few_rows_is_searched_exactly():
         approx = KNNScorer(
             n_neighbors=5, algorithm="faiss", faiss_index="IVF64,Flat", random_state=0
         ).fit(gallery)
-    raw = approx._index.search(queries, 5)[1]
+    raw = approx._neighbors.index.search(queries, 5)[1]
     assert (raw < 0).any()
     exact = KNNScorer(n_neighbors=5, algorithm="brute").fit(gallery)
     ind = approx.kneighbors(queries, return_distance=False)
@@ -99,11 +99,11 @@ def test_a_query_whose_cells_hold_too_few_rows_is_searched_exactly():
 def test_search_and_build_settings_reach_the_index(clustered):
     gallery, _ = clustered
     ivf = KNNScorer(algorithm="faiss", faiss_index="IVF16,Flat", faiss_params={"nprobe": 7}).fit(gallery)
-    assert faiss.extract_index_ivf(ivf._index).nprobe == 7
+    assert faiss.extract_index_ivf(ivf._neighbors.index).nprobe == 7
     hnsw = KNNScorer(
         algorithm="faiss", faiss_index="HNSW8", faiss_params={"efConstruction": 80, "efSearch": 33}
     ).fit(gallery)
-    assert (hnsw._index.hnsw.efConstruction, hnsw._index.hnsw.efSearch) == (80, 33)
+    assert (hnsw._neighbors.index.hnsw.efConstruction, hnsw._neighbors.index.hnsw.efSearch) == (80, 33)
     with pytest.raises(ValueError, match="efConstruction"):
         KNNScorer(algorithm="faiss", faiss_index="Flat", faiss_params={"efConstruction": 8}).fit(gallery)
 
@@ -121,11 +121,11 @@ def test_pickling_keeps_faiss_serialisation_not_a_raw_index(clustered, name):
     description, params = INDEXES[name]
     scorer = KNNScorer(algorithm="faiss", faiss_index=description, faiss_params=params, random_state=0)
     scorer.fit(gallery)
-    state = scorer.__getstate__()
-    assert isinstance(state["_index"], np.ndarray) and state["_index"].dtype == np.uint8
+    state = scorer._neighbors.__getstate__()
+    assert isinstance(state["built"], np.ndarray) and state["built"].dtype == np.uint8
     restored = pickle.loads(pickle.dumps(scorer))
     np.testing.assert_array_equal(restored.score_samples(queries), scorer.score_samples(queries))
-    assert type(restored._index) is type(scorer._index)
+    assert type(restored._neighbors.index) is type(scorer._neighbors.index)
 
 
 def test_save_and_load_keep_the_approximate_index(clustered, tmp_path):
@@ -135,7 +135,7 @@ def test_save_and_load_keep_the_approximate_index(clustered, tmp_path):
     save(det, tmp_path / "det.pt")
     restored = load(tmp_path / "det.pt", backbone=tiny_mlp)
     np.testing.assert_array_equal(restored.score_samples(queries), det.score_samples(queries))
-    assert faiss.extract_index_ivf(restored.scorer_._index).nprobe == 2
+    assert faiss.extract_index_ivf(restored.scorer_._neighbors.index).nprobe == 2
 
 
 def test_without_faiss_an_approximate_index_falls_back_to_exact_search(clustered, monkeypatch):
@@ -145,7 +145,7 @@ def test_without_faiss_an_approximate_index_falls_back_to_exact_search(clustered
     monkeypatch.setattr("sklearn_panda.scorers._knn._faiss_available", lambda: False)
     with pytest.warns(UserWarning, match="brute-force"):
         restored = pickle.loads(payload)
-    assert restored._algorithm == "brute"
+    assert restored._neighbors.algorithm == "brute"
     np.testing.assert_allclose(
         restored.score_samples(queries), KNNScorer(algorithm="brute").fit(gallery).score_samples(queries)
     )
@@ -206,13 +206,13 @@ def test_a_gpu_index_is_used_where_faiss_has_a_gpu(clustered, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", fake)
     ivf = KNNScorer(algorithm="faiss", faiss_index="IVF16,Flat", faiss_params={"nprobe": 4}, random_state=0)
     ivf.fit(gallery)
-    assert isinstance(ivf._index, _FakeGpuIndex) and fake.moved == [0]
+    assert isinstance(ivf._neighbors.index, _FakeGpuIndex) and fake.moved == [0]
     assert fake.gpu_settings == [("nprobe", 4)]
     hnsw = KNNScorer(algorithm="faiss", faiss_index="HNSW16").fit(gallery)
-    assert not isinstance(hnsw._index, _FakeGpuIndex)
+    assert not isinstance(hnsw._neighbors.index, _FakeGpuIndex)
     # Pickling stores the CPU copy; unpickling puts it back on the GPU.
     restored = pickle.loads(pickle.dumps(ivf))
-    assert isinstance(restored._index, _FakeGpuIndex) and fake.moved == [0, 0]
+    assert isinstance(restored._neighbors.index, _FakeGpuIndex) and fake.moved == [0, 0]
     np.testing.assert_array_equal(restored.score_samples(queries), ivf.score_samples(queries))
 
 
@@ -237,8 +237,8 @@ def test_auto_searches_a_large_gallery_with_its_faiss_index(wide_clustered, smal
     gallery, queries = wide_clustered
     exact = KNNScorer(algorithm="brute").fit(gallery)
     auto = KNNScorer(random_state=0).fit(gallery)
-    assert (auto._algorithm, auto._faiss_description, auto._faiss_params) == ("faiss", AUTO_INDEX, AUTO_INDEX_PARAMS)
-    assert isinstance(auto._index, faiss.IndexPreTransform)
+    assert (auto._neighbors.algorithm, auto._neighbors.options["description"], auto._neighbors.options["params"]) == ("faiss", AUTO_INDEX, AUTO_INDEX_PARAMS)
+    assert isinstance(auto._neighbors.index, faiss.IndexPreTransform)
     # Its candidates are re-ranked exactly: the neighbours found have their exact distances.
     exact_dist, exact_ind = exact.kneighbors(queries)
     dist, ind = auto.kneighbors(queries)
@@ -258,16 +258,16 @@ def test_auto_stays_exact_below_its_thresholds_and_without_faiss(wide_clustered,
     from sklearn_panda.scorers import _knn as scorers
 
     gallery, _ = wide_clustered
-    assert KNNScorer().fit(gallery[:599])._algorithm == "brute"
-    assert KNNScorer().fit(gallery[:, :159])._algorithm == "brute"
+    assert KNNScorer().fit(gallery[:599])._neighbors.algorithm == "brute"
+    assert KNNScorer().fit(gallery[:, :159])._neighbors.algorithm == "brute"
     monkeypatch.setattr(scorers, "_faiss_available", lambda: False)
-    assert KNNScorer().fit(gallery)._algorithm == "brute"
+    assert KNNScorer().fit(gallery)._neighbors.algorithm == "brute"
 
 
 def test_ef_construction_reaches_the_graph_behind_a_pca(wide_clustered):
     gallery, _ = wide_clustered
     scorer = KNNScorer(algorithm="faiss", faiss_index="PCA32,HNSW16", faiss_params={"efConstruction": 80}).fit(gallery)
-    assert faiss.downcast_index(scorer._index.index).hnsw.efConstruction == 80
+    assert faiss.downcast_index(scorer._neighbors.index.index).hnsw.efConstruction == 80
 
 
 def test_save_and_load_keep_the_index_auto_chose(clustered, tmp_path, monkeypatch):
@@ -281,8 +281,8 @@ def test_save_and_load_keep_the_index_auto_chose(clustered, tmp_path, monkeypatc
     det = PandaDetector(
         backbone=tiny_mlp, weights=None, n_steps=0, scorer=KNNScorer(random_state=0), random_state=0
     ).fit(gallery)
-    assert (det.scorer_._algorithm, det.scorer_._faiss_description) == ("faiss", "PCA2,HNSW16")
+    assert (det.scorer_._neighbors.algorithm, det.scorer_._neighbors.options["description"]) == ("faiss", "PCA2,HNSW16")
     save(det, tmp_path / "det.pt")
     restored = load(tmp_path / "det.pt", backbone=tiny_mlp)
-    assert restored.scorer_._faiss_params == scorers.AUTO_INDEX_PARAMS
+    assert restored.scorer_._neighbors.options["params"] == scorers.AUTO_INDEX_PARAMS
     np.testing.assert_array_equal(restored.score_samples(queries), det.score_samples(queries))

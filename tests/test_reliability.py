@@ -150,7 +150,7 @@ def test_faiss_index_falls_back_to_brute_force_where_faiss_is_missing(vectors, t
     monkeypatch.setattr("sklearn_panda.scorers._knn._faiss_available", lambda: False)
     with pytest.warns(UserWarning, match="brute-force"):
         restored = load(tmp_path / "det.pt", backbone=tiny_mlp)
-    assert restored.scorer_._algorithm == "brute"
+    assert restored.scorer_._neighbors.algorithm == "brute"
     queries = np.random.default_rng(5).normal(size=(7, 6))
     np.testing.assert_allclose(restored.score_samples(queries), det.score_samples(queries), rtol=1e-6)
 

@@ -42,7 +42,7 @@ def test_the_file_holds_the_unsplit_network_under_its_own_names(images, tmp_path
     payload = torch.load(tmp_path / "model.pt", weights_only=True)
     saved = payload["attributes"]["features_"]["value"]["net"]["model_state_dict"]
     assert set(saved) == set(torchvision.models.resnet18().state_dict())
-    assert payload["format_version"] == 3 and payload["torchvision_version"] == torchvision.__version__
+    assert payload["format_version"] == 4 and payload["torchvision_version"] == torchvision.__version__
 
 
 def _stand_in_weights(name, monkeypatch, tmp_path):
@@ -114,6 +114,6 @@ def test_files_of_format_2_still_load(images, tmp_path):
     )
     payload["format_version"] = 1
     torch.save(payload, tmp_path / "format1.pt")
-    with pytest.raises(ValueError, match=r"file format 1\).*file formats 2, 3"):
+    with pytest.raises(ValueError, match=r"file format 1\).*file formats 2, 3, 4"):
         load(tmp_path / "format1.pt")
-    assert _persistence.FORMAT_VERSION == 3
+    assert _persistence.FORMAT_VERSION == 4

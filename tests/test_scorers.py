@@ -204,7 +204,7 @@ def test_faiss_missing_gives_install_hint(monkeypatch):
     monkeypatch.setattr(scorers, "_faiss_available", lambda: False)
     with pytest.raises(ImportError, match=r"sklearn-panda\[faiss\]"):
         KNNScorer(algorithm="faiss").fit(np.eye(3))
-    assert KNNScorer().fit(np.eye(3))._algorithm == "brute"
+    assert KNNScorer().fit(np.eye(3))._neighbors.algorithm == "brute"
 
 
 class _FakeFaiss(types.ModuleType):

@@ -13,7 +13,9 @@ whichever model produced it. Its modules, each with one job:
 * ``_exact``: exact float32 k-nearest-neighbour search, blocked, with
   self-exclusion;
 * ``_faiss``: building, moving, configuring and serialising faiss indexes;
-* ``_knn``: :class:`KNNScorer` over exact search, faiss or pynndescent;
+* ``_neighbors``: the search backends behind one interface (build, search
+  with self-exclusion, what a file keeps): exact, faiss, pynndescent;
+* ``_knn``: :class:`KNNScorer`, which picks a backend by its ``algorithm``;
 * ``_centroids``: :class:`KMeansScorer` and :class:`CenterScorer`;
 * ``_gaussian``: :class:`MahalanobisScorer`.
 """

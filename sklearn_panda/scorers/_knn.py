@@ -4,25 +4,13 @@ import numbers
 import pickle
 import warnings
 
-import numpy as np
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from .._sklearn_compat import Interval, StrOptions
 from ._contract import GallerySearch, _BaseScorer, _finish_distance
-from ._exact import _drop_self, _squared_to_candidates, brute_force_kneighbors
-from ._faiss import (
-    AUTO_INDEX,
-    AUTO_INDEX_MIN_FEATURES,
-    AUTO_INDEX_MIN_SAMPLES,
-    AUTO_INDEX_PARAMS,
-    _build_faiss_index,
-    _faiss_available,
-    _faiss_threads,
-    _faiss_to_gpu,
-    _serialize_faiss_index,
-    _set_faiss_search_params,
-)
+from ._faiss import AUTO_INDEX, AUTO_INDEX_MIN_FEATURES, AUTO_INDEX_MIN_SAMPLES, AUTO_INDEX_PARAMS, _faiss_available
+from ._neighbors import BACKENDS, ExactSearch, FaissSearch, NNDescentSearch
 
 
 class KNNScorer(_BaseScorer):
@@ -203,9 +191,9 @@ class KNNScorer(_BaseScorer):
         self.n_neighbors_ = min(self.n_neighbors, n_samples - 1)
         self.n_samples_fit_ = n_samples
         self._fit_X = X
-        self._algorithm = self._resolve_algorithm()
-        self._index = self._build_index(X)
-        squared, _ = self._search(None, self.n_neighbors_)
+        backend, options = self._backend_and_options()
+        self._neighbors = backend(X, **options)
+        squared, _ = self._neighbors.search(None, self.n_neighbors_)
         return _finish_distance(squared, self.metric).mean(axis=1)
 
     def _gallery_search(self):
@@ -215,175 +203,85 @@ class KNNScorer(_BaseScorer):
         nndescent graph or a faiss index other than ``"Flat"``), whose
         neighbours an exact search over ``gallery`` may not find.
         """
-        exact = self._algorithm == "brute" or (self._algorithm == "faiss" and self._faiss_description == "Flat")
-        return GallerySearch(self._fit_X, self.n_neighbors_, self.metric, exact)
+        return GallerySearch(self._fit_X, self.n_neighbors_, self.metric, self._neighbors.exact)
 
     def _faiss_seed(self):
         if self.random_state is None:
             return None
         return int(check_random_state(self.random_state).randint(2**31 - 1))
 
-    def _resolve_algorithm(self):
-        self._faiss_description, self._faiss_params = self.faiss_index, self.faiss_params
-        if self.algorithm == "auto":
+    def _backend_and_options(self):
+        """The :mod:`._neighbors` backend that ``algorithm`` chooses for ``_fit_X``, and its options."""
+        algorithm = self.algorithm
+        description, params = self.faiss_index, self.faiss_params
+        if algorithm == "auto":
             n_samples, n_features = self._fit_X.shape
             if n_samples >= AUTO_INDEX_MIN_SAMPLES and n_features >= AUTO_INDEX_MIN_FEATURES and _faiss_available():
-                self._faiss_description, self._faiss_params = AUTO_INDEX, dict(AUTO_INDEX_PARAMS)
-                return "faiss"
-            return "brute"
-        if self.algorithm == "faiss" and not _faiss_available():
+                algorithm, description, params = "faiss", AUTO_INDEX, dict(AUTO_INDEX_PARAMS)
+            else:
+                algorithm = "brute"
+        if algorithm == "faiss" and not _faiss_available():
             raise ImportError(
                 "algorithm='faiss' needs faiss: pip install 'sklearn-panda[faiss]' "
                 "(or use algorithm='brute', which is also exact)."
             )
-        return self.algorithm
-
-    def _build_index(self, X):
-        if self._algorithm == "faiss":
-            import faiss
-
+        if algorithm == "faiss":
             # An HNSW graph built on several threads depends on their timing: with a seed the
             # graph is built on one thread, so that the same seed gives the same index.
-            reproducible = self.random_state is not None and "HNSW" in self._faiss_description
-            with _faiss_threads(faiss, 1 if reproducible else self.n_jobs):
-                return _build_faiss_index(
-                    faiss, X, self._faiss_description, self._faiss_params, self._faiss_seed()
-                )
-        if self._algorithm == "nndescent":
-            from pynndescent import NNDescent
-
-            return NNDescent(
-                X,
-                metric="euclidean",
-                n_neighbors=max(30, self.n_neighbors_ + 1),
-                random_state=self.random_state,
-                n_jobs=self.n_jobs if self.n_jobs is not None else -1,
-                compressed=False,
-            )
-        return None
-
-    def _search(self, queries, k):
-        """Squared Euclidean distances and indices of the ``k`` nearest training rows.
-
-        ``queries=None`` searches for the training rows themselves, each left out.
-        """
-        exclude_self = queries is None
-        if exclude_self:
-            queries = self._fit_X
-        if self._algorithm == "brute":
-            return brute_force_kneighbors(
-                queries,
-                self._fit_X,
-                k,
-                exclude_self=exclude_self,
-                working_memory_mb=self.working_memory,
-            )
-        # Approximate and library searches ask for one extra neighbour, drop each
-        # point itself, then recompute exact distances for the indices kept.
-        extra = 1 if exclude_self else 0
-        width = k + extra
-        if self._algorithm == "faiss":
-            import faiss
-
-            k_factor = int((self._faiss_params or {}).get("k_factor", 1))
-            width = min(self.n_samples_fit_, width * k_factor)
-            with _faiss_threads(faiss, self.n_jobs):
-                _, indices = self._index.search(queries, width)
-            indices = indices.astype(np.intp)
-            # An IVF index returns -1 where the cells it visited hold too few rows.
-            short = np.flatnonzero((indices < 0).any(axis=1))
-            if short.size:
-                _, indices[short] = brute_force_kneighbors(
-                    queries[short], self._fit_X, width, working_memory_mb=self.working_memory
-                )
-        else:
-            indices, _ = self._index.query(queries, k=width, epsilon=0.3)
-        indices = indices.astype(np.intp)
-        if exclude_self:
-            indices = _drop_self(indices, width - extra)
-        squared = _squared_to_candidates(queries, self._fit_X, indices)
-        order = np.argsort(squared, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(squared, order, 1), np.take_along_axis(indices, order, 1)
+            reproducible = self.random_state is not None and "HNSW" in description
+            return FaissSearch, {
+                "description": description,
+                "params": params,
+                "seed": self._faiss_seed(),
+                "build_threads": 1 if reproducible else self.n_jobs,
+                "search_threads": self.n_jobs,
+            }
+        if algorithm == "nndescent":
+            return NNDescentSearch, {
+                "n_neighbors": max(30, self.n_neighbors_ + 1),
+                "random_state": self.random_state,
+                "n_jobs": self.n_jobs,
+            }
+        return ExactSearch, {"working_memory_mb": self.working_memory}
 
     def _distances(self, X):
-        squared, _ = self._search(X, self.n_neighbors_)
+        squared, _ = self._neighbors.search(X, self.n_neighbors_)
         return _finish_distance(squared, self.metric).mean(axis=1)
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        algorithm = state.get("_algorithm")
-        if algorithm == "faiss":
-            state["_index"] = self._kept_faiss_index()
-        elif algorithm == "nndescent":
-            # joblib may load arrays as read-only memmaps, which crash
-            # pynndescent's compiled search; as bytes, its arrays load writable.
-            state["_index"] = pickle.dumps(state["_index"])
-        return state
-
     def __setstate__(self, state):
+        if "_fit_X" in state and "_neighbors" not in state:
+            state = _state_of_an_earlier_version(state, state.get("faiss_params"))
         self.__dict__.update(state)
-        if "_fit_X" in state:
-            self._restore_index(state["_index"])
-
-    def _kept_faiss_index(self):
-        """What pickling and saving keep of a faiss index: faiss's serialisation, or None.
-
-        A flat index is only a copy of the training rows and is rebuilt; an
-        approximate one is kept as faiss's bytes (a uint8 array, no pickle),
-        so that loading neither repeats its training nor finds other neighbours.
-        """
-        import faiss
-
-        if self._faiss_description.replace(" ", "") == "Flat":
-            return None
-        return _serialize_faiss_index(faiss, self._index)
+        if isinstance(self.__dict__.get("_neighbors"), FaissSearch) and not _faiss_available():
+            self._neighbors = _exact_instead(self._fit_X, self.working_memory)
 
     def _saved_state(self):
         state = super()._saved_state()
-        # No index is stored as a pickle; _restore_saved_state rebuilds or deserialises it.
-        index = state.pop("_index", None)
-        if state.get("_algorithm") == "faiss" and index is not None:
-            state["_faiss_bytes"] = self._kept_faiss_index()
+        # The search is kept as numbers, strings and arrays: no pickle in a file.
+        neighbors = state.pop("_neighbors", None)
+        if neighbors is not None:
+            # Only a faiss index's settings: the other backends rebuild from the scorer's parameters.
+            options = {name: neighbors.options[name] for name in ("description", "params", "seed")
+                       if name in neighbors.options}
+            state["_search"] = {"algorithm": neighbors.algorithm, "options": options, "saved": neighbors.saved()}
         return state
 
     def _restore_saved_state(self, state):
         state = dict(state)
-        kept = state.pop("_faiss_bytes", None)
+        search = state.pop("_search", None)
+        if search is None and "_fit_X" in state:
+            # A file of an earlier version: the search's settings were attributes of their own.
+            search = {
+                "algorithm": state.pop("_algorithm"),
+                "options": {
+                    "description": state.pop("_faiss_description", "Flat"),
+                    "params": state.pop("_faiss_params", self.faiss_params),
+                },
+                "saved": state.pop("_faiss_bytes", None),
+            }
         super()._restore_saved_state(state)
-        if "_fit_X" in state:
-            self._restore_index(kept)
-
-    def _restore_index(self, kept):
-        """Put back the search index that pickling or saving left out.
-
-        ``kept`` is what was kept of it: a pickled nndescent index (bytes),
-        unpickled here; a faiss index serialised by faiss (a uint8 array),
-        deserialised by faiss (and moved to a GPU where faiss sees one); or
-        ``None``, and the index is rebuilt from the training rows: faiss's
-        flat index exactly, nndescent's identically only with an integer
-        ``random_state``. Where faiss is missing there is no faiss index and the
-        search becomes the exact brute-force one (the neighbours of a flat
-        index; an approximate index's scores become the exact ones).
-        """
-        # Fitted before faiss_index existed: the flat index was the only one.
-        self.__dict__.setdefault("_faiss_description", "Flat")
-        self.__dict__.setdefault("_faiss_params", self.faiss_params)
-        if self._algorithm == "faiss" and not _faiss_available():
-            warnings.warn(
-                "This KNNScorer searched with faiss, which is not installed here; it uses "
-                "the exact brute-force search instead."
-            )
-            self._algorithm = "brute"
-        if self._algorithm == "faiss" and kept is not None:
-            import faiss
-
-            index = _faiss_to_gpu(faiss, faiss.deserialize_index(np.asarray(kept, dtype=np.uint8)))
-            _set_faiss_search_params(faiss, index, self._faiss_params)
-            self._index = index
-        elif self._algorithm == "nndescent" and kept is not None:
-            self._index = pickle.loads(kept)
-        else:
-            self._index = self._build_index(self._fit_X)
+        if search is not None:
+            self._neighbors = _restored_search(self, search["algorithm"], search["options"], search["saved"])
 
     def kneighbors(self, X=None, n_neighbors=None, return_distance=True):
         """Find the nearest training neighbours of each point.
@@ -427,7 +325,67 @@ class KNNScorer(_BaseScorer):
                 f"{' other than the query itself' if X is None else ''}); got {n_neighbors}."
             )
         queries = None if X is None else self._validate_new(X)
-        squared, indices = self._search(queries, n_neighbors)
+        squared, indices = self._neighbors.search(queries, n_neighbors)
         if return_distance:
             return _finish_distance(squared, self.metric), indices
         return indices
+
+
+def _exact_instead(gallery, working_memory):
+    warnings.warn(
+        "This KNNScorer searched with faiss, which is not installed here; it uses "
+        "the exact brute-force search instead."
+    )
+    return ExactSearch(gallery, working_memory_mb=working_memory)
+
+
+def _restored_search(scorer, algorithm, options, saved):
+    """The saved search of ``scorer._fit_X``: loaded or rebuilt; exact where faiss is missing.
+
+    A faiss index other than a flat one comes back from faiss's bytes (and
+    moves to a GPU where faiss sees one), so that loading neither repeats its
+    training nor finds other neighbours; a flat index, the exact search and
+    an nndescent graph are rebuilt from the training rows (the graph
+    identically only with an integer ``random_state``). Where faiss is
+    missing the search becomes the exact brute-force one (the neighbours of a
+    flat index; an approximate index's scores become the exact ones).
+    """
+    if algorithm == "faiss" and not _faiss_available():
+        return _exact_instead(scorer._fit_X, scorer.working_memory)
+    if algorithm == "faiss":
+        options = {"description": options["description"], "params": options.get("params"),
+                   "seed": options.get("seed"), "build_threads": scorer.n_jobs, "search_threads": scorer.n_jobs}
+    elif algorithm == "brute":
+        options = {"working_memory_mb": scorer.working_memory}
+    elif algorithm == "nndescent":
+        options = {"n_neighbors": max(30, scorer.n_neighbors_ + 1), "random_state": scorer.random_state,
+                   "n_jobs": scorer.n_jobs}
+    return BACKENDS[algorithm].from_saved(scorer._fit_X, saved, **options)
+
+
+def _state_of_an_earlier_version(state, faiss_params):
+    """The pickled state of a KNNScorer from before the search backends, as it is now."""
+    state = dict(state)
+    algorithm = state.pop("_algorithm")
+    index = state.pop("_index", None)
+    description = state.pop("_faiss_description", "Flat")
+    params = state.pop("_faiss_params", faiss_params)
+    n_jobs = state.get("n_jobs")
+    if algorithm == "faiss":
+        options = {"description": description, "params": params, "seed": None, "build_threads": n_jobs,
+                   "search_threads": n_jobs}
+        if _faiss_available():
+            state["_neighbors"] = FaissSearch.from_saved(state["_fit_X"], index, **options)
+        else:
+            state["_neighbors"] = _exact_instead(state["_fit_X"], state.get("working_memory", 256))
+    elif algorithm == "nndescent":
+        search = NNDescentSearch.__new__(NNDescentSearch)
+        search.gallery = state["_fit_X"]
+        search.options = {"n_neighbors": max(30, state["n_neighbors_"] + 1), "random_state": state.get("random_state"),
+                          "n_jobs": n_jobs}
+        # Pickled by the earlier version itself; unpickling a pickle trusts it already.
+        search._built = pickle.loads(index)
+        state["_neighbors"] = search
+    else:
+        state["_neighbors"] = ExactSearch(state["_fit_X"], working_memory_mb=state.get("working_memory", 256))
+    return state
