@@ -5,6 +5,7 @@ with half the batch, down to one sample at a time, so that a ``batch_size``
 chosen for a bigger GPU still works (more slowly) on a smaller one.
 """
 
+import functools
 import os
 import threading
 import warnings
@@ -20,12 +21,13 @@ def _release_cached_memory():
         torch.cuda.empty_cache()
 
 
-def _run_in_batches(forward, store, n_samples, batch_size, progress, label):
+def run_in_batches(forward, store, n_samples, batch_size, progress, label, *, progress_offset=0):
     """``store(indices, forward(indices))`` over consecutive batches covering every sample once.
 
     On ``torch.OutOfMemoryError`` the same samples are tried again with half
     the batch, and the smaller batch is kept for the rest; at a batch of one
-    sample the error is raised with advice.
+    sample the error is raised with advice. ``progress`` is updated with
+    ``progress_offset`` plus the samples done (a pass that is part of a larger one).
     """
     start = 0
     while start < n_samples:
@@ -54,7 +56,7 @@ def _run_in_batches(forward, store, n_samples, batch_size, progress, label):
             _release_cached_memory()
             continue
         store(indices, result)
-        progress.update(int(indices[-1]) + 1)
+        progress.update(progress_offset + int(indices[-1]) + 1)
         start = int(indices[-1]) + 1
 
 
@@ -98,7 +100,7 @@ def extract_features(module, batch_source, n_samples, batch_size, *, verbose=0, 
         output[indices[0] : indices[-1] + 1] = features.cpu().numpy()
 
     with torch.inference_mode():
-        _run_in_batches(
+        run_in_batches(
             lambda indices: module(batch_source(indices)).float(),
             store,
             n_samples,
@@ -152,10 +154,69 @@ def cache_trunk_outputs(trunk, preprocessor, batch_size, budget_mb, autocast, *,
         cache[indices[0] : indices[-1] + 1] = outputs
 
     with torch.inference_mode(), autocast():
-        _run_in_batches(
+        run_in_batches(
             lambda indices: trunk(preprocessor(indices)), store, n_samples, batch_size, progress, "trunk outputs"
         )
     return cache
+
+
+def trunk_output_chunks(trunk, preprocessor, batch_size, budget_mb, autocast, *, verbose=0):
+    """Consecutive chunks of samples with their trunk outputs: ``(indices, outputs)`` pairs.
+
+    Each chunk holds as many samples as ``budget_mb`` megabytes of trunk
+    outputs (at least a batch; every sample in one chunk where the budget is
+    0 or below); ``outputs(positions)`` gives the trunk outputs of
+    ``indices[positions]``, cached on the device for the chunk by
+    :func:`cache_trunk_outputs`, or computed again on each call where they
+    find no room. A pass that runs several networks over the same trunk
+    (checkpoints of one adaptation) so runs the trunk once per sample. The
+    arguments are those of :func:`cache_trunk_outputs`.
+    """
+    n_samples = len(preprocessor)
+    if budget_mb <= 0:
+        size = n_samples
+    else:
+        with torch.inference_mode(), autocast():
+            first = trunk(preprocessor(np.arange(1)))
+        per_sample = first[0].numel() * first.element_size()
+        # Below a batch, chunks would shrink the batches; the trunk outputs
+        # of such a chunk are computed for each batch instead of cached.
+        size = max(batch_size, int(budget_mb * 2**20 // per_sample))
+    for start in range(0, n_samples, size):
+        indices = np.arange(start, min(start + size, n_samples))
+        chunk = _Chunk(preprocessor, indices)
+        cache = cache_trunk_outputs(trunk, chunk, batch_size, budget_mb, autocast, verbose=verbose)
+        if cache is not None:
+            yield indices, functools.partial(rows_of, cache)
+        else:
+            yield indices, functools.partial(_computed_trunk_outputs, trunk, chunk, autocast)
+        # Freed before the next chunk's outputs are computed.
+        del cache
+
+
+def rows_of(outputs, indices):
+    """``outputs[indices]``, with ``indices`` a NumPy array, on the outputs' device."""
+    return outputs[torch.as_tensor(indices, device=outputs.device)]
+
+
+def _computed_trunk_outputs(trunk, chunk, autocast, indices):
+    with autocast():
+        return trunk(chunk(indices))
+
+
+class _Chunk:
+    """The samples ``indices`` of ``preprocessor``, as a preprocessor of their own."""
+
+    def __init__(self, preprocessor, indices):
+        self.preprocessor = preprocessor
+        self.indices = indices
+        self.device = preprocessor.device
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __call__(self, indices):
+        return self.preprocessor(self.indices[indices])
 
 
 def peak_activation_bytes(modules, run):

@@ -12,7 +12,7 @@ from torch.func import functional_call
 from ._detector import SCORERS, FeatureDetectorBase
 from ._device import ON_CPU
 from ._docstrings import fill_doc
-from ._inference import _run_in_batches, cache_trunk_outputs
+from ._inference import rows_of, run_in_batches, trunk_output_chunks
 from ._progress import ProgressBar
 from ._sklearn_compat import HasMethods, Interval, StrOptions
 from .scorers import offset_from_training_scores
@@ -343,19 +343,21 @@ class PandaSES(FeatureDetectorBase):
 
         The trunk runs once per sample: ``hidden`` holds its outputs for every
         sample already, or they are computed for one chunk of samples at a
-        time (see ``_trunk_chunks``). Over each chunk the checkpoints run in
-        turn, each moved to the device on its own, so that the device never
-        holds more than one of them. A batch that runs out of GPU memory is
-        retried with half as many samples.
+        time (:func:`~sklearn_panda._inference.trunk_output_chunks`). Over
+        each chunk the checkpoints run in turn, each moved to the device on
+        its own, so that the device never holds more than one of them. A batch
+        that runs out of GPU memory is retried with half as many samples.
         """
         device = preprocessor.device
         n_samples = len(preprocessor)
         batch_size = self._inference_batch_size(net, preprocessor)
         trunk = self._inference_trunk(net, batch_size)
         if hidden is None:
-            chunks = self._trunk_chunks(trunk, preprocessor, batch_size)
+            autocast = functools.partial(self._autocast, device)
+            chunks = trunk_output_chunks(trunk, preprocessor, batch_size, self.trunk_cache_mb, autocast,
+                                         verbose=self.verbose)
         else:
-            chunks = [np.arange(n_samples)]
+            chunks = [(np.arange(n_samples), functools.partial(rows_of, hidden))]
         outputs = [None] * len(checkpoints)
         # functional_call swaps each checkpoint's tensors into the module it runs while it runs:
         # a copy of the stages of this call's own, so that the shared net_ never changes (another
@@ -363,11 +365,7 @@ class PandaSES(FeatureDetectorBase):
         stages = copy.deepcopy(net.stages)
         progress = ProgressBar(n_samples * len(checkpoints), label, self.verbose > 0)
         done = 0
-        for chunk in chunks:
-            if hidden is None:
-                trunk_outputs = self._trunk_outputs(trunk, _Chunk(preprocessor, chunk), batch_size)
-            else:
-                trunk_outputs = functools.partial(_rows, hidden)
+        for chunk, trunk_outputs in chunks:
             for t, checkpoint in enumerate(checkpoints):
                 parameters = {name: value.to(device, dtype=torch.float32) for name, value in checkpoint.items()}
 
@@ -382,43 +380,11 @@ class PandaSES(FeatureDetectorBase):
                     outputs[t][chunk[indices]] = features.cpu().numpy()
 
                 with torch.inference_mode():
-                    _run_in_batches(forward, store, len(chunk), batch_size, _Shifted(progress, done), label)
+                    run_in_batches(forward, store, len(chunk), batch_size, progress, label, progress_offset=done)
                 done += len(chunk)
                 # Freed before the next checkpoint's copy is made.
                 del parameters
-            # Freed before the next chunk's outputs are computed.
-            del trunk_outputs
         return outputs
-
-    def _trunk_chunks(self, trunk, preprocessor, batch_size):
-        """Consecutive index arrays of samples whose trunk outputs fit in ``trunk_cache_mb`` together."""
-        n_samples = len(preprocessor)
-        if self.trunk_cache_mb <= 0:
-            return [np.arange(n_samples)]
-        with torch.inference_mode(), self._autocast(preprocessor.device):
-            first = trunk(preprocessor(np.arange(1)))
-        per_sample = first[0].numel() * first.element_size()
-        # Below a batch, chunks would shrink the batches; the trunk outputs
-        # of such a chunk are computed for each batch instead of cached.
-        size = max(batch_size, int(self.trunk_cache_mb * 2**20 // per_sample))
-        return [np.arange(start, min(start + size, n_samples)) for start in range(0, n_samples, size)]
-
-    def _trunk_outputs(self, trunk, chunk, batch_size):
-        """The trunk's outputs for the samples of ``chunk``, by position in it.
-
-        Computed once and kept on the device, or, where they find no room
-        there (or the cache is off), computed again on each call.
-        """
-        autocast = functools.partial(self._autocast, chunk.preprocessor.device)
-        cache = cache_trunk_outputs(trunk, chunk, batch_size, self.trunk_cache_mb, autocast, verbose=self.verbose)
-        if cache is not None:
-            return functools.partial(_rows, cache)
-
-        def computed(indices):
-            with autocast():
-                return trunk(chunk(indices))
-
-        return computed
 
     def _fit_scoring(self, net, preprocessor, hidden, seed, plan):
         """Each checkpoint's scorer on its gallery features and normaliser on
@@ -548,32 +514,3 @@ class _CheckpointPlan:
                 self.steps.append(step + 1)
 
         return gallery, [save]
-
-
-def _rows(outputs, indices):
-    return outputs[torch.as_tensor(indices, device=outputs.device)]
-
-
-class _Chunk:
-    """The samples ``indices`` of ``preprocessor``, as a preprocessor of their own."""
-
-    def __init__(self, preprocessor, indices):
-        self.preprocessor = preprocessor
-        self.indices = indices
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __call__(self, indices):
-        return self.preprocessor(self.indices[indices])
-
-
-class _Shifted:
-    """``progress`` for a pass over samples that starts after ``start`` samples of it."""
-
-    def __init__(self, progress, start):
-        self.progress = progress
-        self.start = start
-
-    def update(self, done):
-        self.progress.update(self.start + done)
