@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,7 +202,7 @@ def test_adaptation_study_measures_the_defaults_of_efficientnet_lite0():
         for key, value in params.items():
             assert resolve(estimator, key) == value, (setting, key)
     assert resolve(PandaDetector(backbone="efficientnet_lite0", weights=None), "n_steps") == 100
-    assert resolve(PandaDetector(backbone="efficientnet_lite0", weights=None), "scorer") == "knn"
+    assert resolve(PandaDetector(backbone="efficientnet_lite0", weights=None), "scorer") == "mahalanobis"
 
 
 def test_adaptation_study_plots_each_run_from_the_unadapted_features_of_its_preprocessing():
@@ -230,3 +231,49 @@ def test_deeppcb_benchmark_tiny_run_and_resume(tmp_path):
     assert 0 <= float(rows["fine-224"]["pixel_auc"]) <= 1 and rows["image-paper"]["pixel_auc"] == ""
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert "fine-224: in" in again.stdout and "already" in again.stdout
+
+
+def test_defaults_study_splits_natural_images_without_overlap():
+    study = _load_benchmark("defaults_study")
+    labels = np.repeat(np.arange(3), [705, 800, 760])
+    plan = study.natural_protocol(labels, seed=0)
+    for label, fits in plan.items():
+        train, test_normal, test_others = fits["test"]
+        fit_train, val_normal, val_others = fits["val"]
+        assert (len(train), len(test_normal), len(test_others)) == (400, 300, 300)
+        assert (len(fit_train), len(val_normal), len(val_others)) == (300, 100, 300)
+        # Validation lies inside the training images; the test images are never seen in a fit.
+        assert set(fit_train) | set(val_normal) == set(train) and not set(fit_train) & set(val_normal)
+        assert not set(test_normal) & set(train) and (labels[test_normal] == label).all()
+        assert (labels[test_others] != label).all() and (labels[val_others] != label).all()
+        # Other classes' validation anomalies come from their training images, never their test ones.
+        others_test = {i for o, f in plan.items() if o != label for i in f["test"][1]}
+        assert not set(val_others) & others_test
+
+
+def test_defaults_report_ranks_worst_class_first_then_passes(tmp_path):
+    report = _load_benchmark("defaults_report")
+    rng = np.random.default_rng(0)
+    for dataset in ("a", "b"):
+        for label in range(2):
+            folder = tmp_path / dataset / f"class{label}" / "both"
+            folder.mkdir(parents=True)
+            for split, n in (("train", 30), ("val", 20), ("test", 20)):
+                for extractor in ("unadapted", "lr1e-1@100", "lr1e-1@30", "lr1e-2@100", "guard-lr1e-1@100"):
+                    for view in ("whole", "flip", "crop"):
+                        values = rng.normal(size=(n, 4))
+                        if split != "train":
+                            values[n // 2 :] += 1.0 + (view == "whole")
+                        np.save(folder / f"{extractor}_{view}_{split}.npy", values)
+            np.save(folder / "guard_rows.npy", np.arange(3))
+            for split in ("val", "test"):
+                np.save(folder / f"labels_{split}.npy", np.r_[np.ones(10), -np.ones(10)])
+        report.measure(tmp_path / dataset, tmp_path / f"{dataset}.csv")
+    assert report.passes("default, Mahalanobis") == 1 and report.passes("unadapted + default, whole + mirror") == 4
+    assert report.passes("baseline (crop, unadapted)") == 1
+    table = report.joint([tmp_path / "a.csv", tmp_path / "b.csv"])
+    chosen = [line for line in table.splitlines() if "(chosen)" in line]
+    assert len(chosen) == 1
+    # The rows are in the order of their worst validation gain.
+    worst = [float(line.split("|")[3]) for line in table.splitlines()[2:]]
+    assert worst == sorted(worst, reverse=True)
