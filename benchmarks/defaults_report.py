@@ -75,10 +75,10 @@ def knn(extractor, view="whole"):
     return lambda fit, split: -knn_distances(fit.features(extractor, view, "train"), fit.features(extractor, view, split))
 
 
-def mahalanobis(extractor):
+def mahalanobis(extractor, view="whole"):
     def score(fit, split):
-        return MahalanobisScorer().fit(fit.features(extractor, "whole", "train")).score_samples(
-            fit.features(extractor, "whole", split))
+        return MahalanobisScorer().fit(fit.features(extractor, view, "train")).score_samples(
+            fit.features(extractor, view, split))
     return score
 
 
@@ -107,6 +107,7 @@ CANDIDATES = {
     "gentler (lr 1e-2 x 100)": knn("lr1e-2@100"),
     "default trained on 90%": knn("guard-lr1e-1@100"),
     "unadapted whole, Mahalanobis": mahalanobis("unadapted"),
+    "baseline's crop, unadapted, Mahalanobis": mahalanobis("unadapted", "crop"),
     "default, Mahalanobis": mahalanobis(DEFAULT),
     "unadapted whole + mirror": ensemble([("unadapted", "whole"), ("unadapted", "flip")]),
     "unadapted whole + mirror + crop": ensemble([("unadapted", v) for v in ("whole", "flip", "crop")]),

@@ -183,7 +183,8 @@ class PandaDetector(FeatureDetectorBase):
     one point) is held off by stopping after ``n_steps`` mini-batches
     ("early stopping") or by elastic weight consolidation
     (``regularization="ewc"``, Eq. 4). A new image is then scored by its
-    distance to its nearest normal training features (kNN, k=2).
+    distance to its nearest normal training features (kNN, k=2), or, with
+    EfficientNet-Lite0's recipe, by its Mahalanobis distance to them.
 
     The detector is :class:`PandaFeatures` (the adaptation, fitted with this
     detector's own parameters, in ``features_``) followed by a scorer fitted
@@ -232,7 +233,9 @@ class PandaDetector(FeatureDetectorBase):
 
     scorer : {"auto", "knn", "kmeans", "center", "mahalanobis"} or estimator, default="auto"
         What scores the adapted features. ``"auto"``: the backbone's recipe,
-        ``"knn"`` for every backbone so far (the value used is in ``recipe_``). ``"knn"``: :class:`KNNScorer` with
+        ``"mahalanobis"`` for EfficientNet-Lite0 (chosen on two kinds of images,
+        worst class first: ``benchmarks/RESULTS.md``, defaults study) and
+        ``"knn"`` for every other backbone (the value used is in ``recipe_``). ``"knn"``: :class:`KNNScorer` with
         k=2, the paper's choice; ``"kmeans"``: :class:`KMeansScorer` with 10
         means (seeded by ``random_state``); ``"center"``: :class:`CenterScorer`; ``"mahalanobis"``:
         :class:`MahalanobisScorer` (a Gaussian with a Ledoit-Wolf

@@ -26,7 +26,7 @@ def test_lite0_has_a_measured_recipe_and_every_other_backbone_the_papers():
     assert (PAPER.resize, PAPER.crop_size) == (256, 224)
     lite0 = RECIPES["efficientnet_lite0"]
     assert (lite0.n_steps, lite0.learning_rate, lite0.loss, lite0.clip_norm, lite0.scorer) == (
-        100, 1e-1, "compactness", 1e-3, "knn"
+        100, 1e-1, "compactness", 1e-3, "mahalanobis"
     )
     assert (lite0.resize, lite0.crop_size) == ((224, 224), None)
 
@@ -96,6 +96,7 @@ def test_lite0_recipe_runs_and_equals_its_explicit_values(small_images, monkeypa
     geometry = {"resize": recipe.resize, "crop_size": recipe.crop_size}
     explicit = PandaDetector(backbone="efficientnet_lite0", random_state=0, **values, **geometry).fit(small_images)
     assert auto.recipe_ == values
+    assert type(auto.scorer_).__name__ == "MahalanobisScorer"
     assert auto.preprocessing_ == geometry
     assert_array_equal(auto.score_samples(small_images), explicit.score_samples(small_images))
 
