@@ -181,14 +181,21 @@ def tables(rows, baseline="baseline (crop, unadapted)"):
         scores.setdefault(row["candidate"], {})[int(row["class"])] = (float(row["val"]), float(row["test"]))
     classes = sorted(scores[baseline])
     base = scores[baseline]
-    summary = []
+    summary, partial = [], []
     for name, per_class in scores.items():
-        if set(per_class) != set(classes):
+        measured = [c for c in classes if c in per_class and not np.isnan(per_class[c]).any()]
+        if not measured:
             continue
-        gains = np.array([[per_class[c][i] - base[c][i] for i in (0, 1)] for c in classes])
-        summary.append((name, gains[:, 0].min(), gains[:, 0].mean(), gains[:, 1].min(), gains[:, 1].mean(),
-                        classes[int(gains[:, 0].argmin())], classes[int(gains[:, 1].argmin())]))
+        gains = np.array([[per_class[c][i] - base[c][i] for i in (0, 1)] for c in measured])
+        row = (name, gains[:, 0].min(), gains[:, 0].mean(), gains[:, 1].min(), gains[:, 1].mean(),
+               measured[int(gains[:, 0].argmin())], measured[int(gains[:, 1].argmin())])
+        if len(measured) == len(classes):
+            summary.append(row)
+        else:
+            # Measured on some classes only: listed apart, over those classes.
+            partial.append((f"{name} (classes {', '.join(map(str, measured))} only)", *row[1:]))
     summary.sort(key=lambda item: (-round(item[1], 2), -item[2]))
+    summary += sorted(partial, key=lambda item: (-round(item[1], 2), -item[2]))
     lines = ["| candidate | worst val gain (class) | mean val gain | worst test gain (class) | mean test gain |",
              "|---|---|---|---|---|"]
     for name, worst_val, mean_val, worst_test, mean_test, c_val, c_test in summary:
@@ -197,8 +204,11 @@ def tables(rows, baseline="baseline (crop, unadapted)"):
     lines += ["", "| candidate | " + " | ".join(str(c) for c in classes) + " | mean |",
               "|---|" + "---|" * (len(classes) + 1)]
     for name, *_ in summary:
-        cells = [f"{scores[name][c][1]:.2f} ({scores[name][c][0]:.2f})" for c in classes]
-        mean = np.mean([[scores[name][c][1], scores[name][c][0]] for c in classes], axis=0)
+        per_class = scores[name.split(" (classes ")[0]]
+        cells = [f"{per_class[c][1]:.2f} ({per_class[c][0]:.2f})" if c in per_class and not np.isnan(per_class[c]).any()
+                 else "-" for c in classes]
+        measured = [c for c in classes if cells[classes.index(c)] != "-"]
+        mean = np.mean([[per_class[c][1], per_class[c][0]] for c in measured], axis=0)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {mean[0]:.2f} ({mean[1]:.2f}) |")
     return "\n".join(lines)
 
