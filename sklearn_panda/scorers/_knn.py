@@ -225,24 +225,25 @@ class KNNScorer(_BaseScorer):
                 "algorithm='faiss' needs faiss: pip install 'sklearn-panda[faiss]' "
                 "(or use algorithm='brute', which is also exact)."
             )
+        seed = self._faiss_seed() if algorithm == "faiss" else None
+        return BACKENDS[algorithm], self._search_options(algorithm, description, params, seed)
+
+    def _search_options(self, algorithm, description=None, params=None, seed=None):
+        """The options of ``algorithm``'s backend from this scorer's parameters (and a faiss index's settings)."""
         if algorithm == "faiss":
             # An HNSW graph built on several threads depends on their timing: with a seed the
             # graph is built on one thread, so that the same seed gives the same index.
             reproducible = self.random_state is not None and "HNSW" in description
-            return FaissSearch, {
+            return {
                 "description": description,
                 "params": params,
-                "seed": self._faiss_seed(),
+                "seed": seed,
                 "build_threads": 1 if reproducible else self.n_jobs,
                 "search_threads": self.n_jobs,
             }
         if algorithm == "nndescent":
-            return NNDescentSearch, {
-                "n_neighbors": max(30, self.n_neighbors_ + 1),
-                "random_state": self.random_state,
-                "n_jobs": self.n_jobs,
-            }
-        return ExactSearch, {"working_memory_mb": self.working_memory}
+            return {"n_neighbors": max(30, self.n_neighbors_ + 1), "random_state": self.random_state, "n_jobs": self.n_jobs}
+        return {"working_memory_mb": self.working_memory}
 
     def _distances(self, X):
         squared, _ = self._neighbors.search(X, self.n_neighbors_)
@@ -352,14 +353,7 @@ def _restored_search(scorer, algorithm, options, saved):
     """
     if algorithm == "faiss" and not _faiss_available():
         return _exact_instead(scorer._fit_X, scorer.working_memory)
-    if algorithm == "faiss":
-        options = {"description": options["description"], "params": options.get("params"),
-                   "seed": options.get("seed"), "build_threads": scorer.n_jobs, "search_threads": scorer.n_jobs}
-    elif algorithm == "brute":
-        options = {"working_memory_mb": scorer.working_memory}
-    elif algorithm == "nndescent":
-        options = {"n_neighbors": max(30, scorer.n_neighbors_ + 1), "random_state": scorer.random_state,
-                   "n_jobs": scorer.n_jobs}
+    options = scorer._search_options(algorithm, options.get("description"), options.get("params"), options.get("seed"))
     return BACKENDS[algorithm].from_saved(scorer._fit_X, saved, **options)
 
 
