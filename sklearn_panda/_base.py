@@ -66,6 +66,11 @@ class FitRun(NamedTuple):
     hidden: torch.Tensor | None
 
 
+def draw_seed(random_state):
+    """The integer seed a fit draws from ``random_state`` (the same for the same integer)."""
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+
+
 class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
     """The network's parameters and passes, the guarded ``fit``, pickling and ``save``."""
 
@@ -164,13 +169,14 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
         """The estimator's own fit of validated input ``checked`` (``X`` as given).
 
         Returns the fitted attributes as a dict, assigned by the caller, and
-        the :class:`FitRun` whose trunk outputs the caller may embed from.
+        the :class:`FitRun` whose trunk outputs the caller may embed from
+        (``None`` for an estimator that fits through another's public ``fit``).
         """
 
     def _start_fit(self, checked):
         """Device, seed, network and trunk cache of a fit on ``checked``: a :class:`FitRun`."""
         device = resolve_device(self.device)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        seed = draw_seed(self.random_state)
         preprocessor = Preprocessor(checked, **self._preprocessing(), device=device)
         net = self._build_net(seed, device, preprocessor)
         if net.expects_images and checked.spec.kind == "vectors":

@@ -6,7 +6,7 @@ from abc import abstractmethod
 import numpy as np
 from sklearn.base import clone
 
-from ._base import BasePandaDetector
+from ._base import BasePandaDetector, draw_seed
 from ._docstrings import fill_doc
 from ._features import PandaFeatures
 from ._recipes import AUTO, resolve
@@ -50,11 +50,11 @@ class FeatureDetectorBase(BasePandaDetector):
     :class:`PandaFeatures` (``features_``, adapted with the detector's own
     parameters) and scoring fitted on its features.
 
-    ``fit`` builds the ``PandaFeatures``, lets it adapt the network (a
-    subclass takes part in training through ``_training_plan``: callbacks
-    that see the network as it trains) and hands the fitted network to the
-    subclass's ``_fit_scoring``. The network's fitted attributes are those of
-    ``features_``.
+    ``fit`` builds the ``PandaFeatures`` and hands it to the subclass's
+    ``_fit_features_and_scoring``, which fits it through its public ``fit``
+    or ``fit_transform`` (``PandaSES`` passes a training callback that keeps
+    its checkpoints) and fits the scoring on its adapted network. The
+    network's fitted attributes are those of ``features_``.
     """
 
     _parameter_constraints = {
@@ -129,12 +129,11 @@ class FeatureDetectorBase(BasePandaDetector):
     def _fit_checked(self, X, checked, y):
         self._check_scorer()
         features = self._make_features()
-        plan = self._training_plan()
-        run = features._fit(X, plan=plan)
-        fitted = self._fit_scoring(features.net_, run.preprocessor, run.hidden, run.seed, plan)
+        fitted = self._fit_features_and_scoring(features, X)
         fitted["features_"] = features
         fitted["recipe_"] = {**features.recipe_, "scorer": resolve(self, "scorer")}
-        return fitted, run
+        # No FitRun of its own: the features' fit built the network and kept the trunk outputs.
+        return fitted, None
 
     def _check_scorer(self):
         if not isinstance(self.scorer, str) and self.contamination != "auto":
@@ -149,13 +148,11 @@ class FeatureDetectorBase(BasePandaDetector):
         """An unfitted :class:`PandaFeatures` with this detector's adaptation parameters."""
         return PandaFeatures(**{name: getattr(self, name) for name in PandaFeatures._get_param_names()})
 
-    def _training_plan(self):
-        """How the detector takes part in training (see ``PandaFeatures._adapt``); ``None``: it does not."""
-        return None
-
-    def _make_scorer(self, seed):
+    def _make_scorer(self):
         """An unfitted scorer: built from its name with this detector's
-        ``contamination``, or a clone of the given one, unchanged."""
+        ``contamination`` (seeded by ``random_state``: with an integer, the
+        seed the adaptation drew), or a clone of the given one, unchanged."""
+        seed = draw_seed(self.random_state)
         scorer = resolve(self, "scorer")
         if scorer == "knn":
             # The seed reaches an approximate index (algorithm="auto" on large galleries).
@@ -169,8 +166,9 @@ class FeatureDetectorBase(BasePandaDetector):
         return clone(scorer)
 
     @abstractmethod
-    def _fit_scoring(self, net, preprocessor, hidden, seed, plan):
-        """The fitted scoring attributes (``offset_``, ``training_scores_``, ...) on the adapted ``net``."""
+    def _fit_features_and_scoring(self, features, X):
+        """Fit the unfitted :class:`PandaFeatures` ``features`` on ``X``; return the fitted
+        scoring attributes (``offset_``, ``training_scores_``, ...) on its adapted network."""
 
 
 @fill_doc
@@ -401,15 +399,15 @@ class PandaDetector(FeatureDetectorBase):
             verbose=verbose,
         )
 
-    def _fit_scoring(self, net, preprocessor, hidden, seed, plan):
-        """The scorer fitted on the training features of ``net`` (from the
-        trunk outputs ``hidden`` when given), its ``offset_`` and ``training_scores_``."""
-        features = self._embed(net, preprocessor, hidden)
-        scorer = self._make_scorer(seed).fit(features)
+    def _fit_features_and_scoring(self, features, X):
+        """The scorer fitted on the adapted training features (``fit_transform``
+        reuses the trunk outputs of the adaptation), its ``offset_`` and ``training_scores_``."""
+        training_features = features.fit_transform(X)
+        scorer = self._make_scorer().fit(training_features)
         if isinstance(scorer, _BaseScorer):
             training_scores = scorer.training_scores_
         else:
-            training_scores = np.asarray(scorer.score_samples(features), dtype=np.float64)
+            training_scores = np.asarray(scorer.score_samples(training_features), dtype=np.float64)
         return {"scorer_": scorer, "offset_": _offset_of(scorer), "training_scores_": training_scores}
 
     def _score_checked(self, checked):

@@ -1,5 +1,6 @@
 """PandaFeatures: the adaptation alone, as a scikit-learn transformer."""
 
+import functools
 import numbers
 import os
 from collections.abc import Mapping
@@ -18,6 +19,7 @@ from ._docstrings import fill_doc
 from ._losses import compactness_loss, ewc_penalty, fisher_diagonal, mean_shifted_contrastive_loss
 from ._recipes import AUTO, resolve
 from ._sklearn_compat import Interval, StrOptions, _fit_context
+from .callbacks import check_callbacks, training_indices
 
 
 @fill_doc
@@ -221,7 +223,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         self.clip_norm = clip_norm
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, callbacks=None):
         """Adapt the backbone to the normal images ``X``.
 
         Parameters
@@ -234,16 +236,21 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         y : Ignored
             Not used, present for API consistency by convention.
 
+        callbacks : list of TrainingCallback, default=None
+            Code of one's own that takes part in the adaptation: hooks called
+            before training, after every step and after training
+            (:mod:`sklearn_panda.callbacks`).
+
         Returns
         -------
         self : object
             The fitted transformer.
         """
-        self._fit(X)
+        self._fit(X, callbacks=check_callbacks(callbacks))
         return self
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit_transform(self, X, y=None):
+    def fit_transform(self, X, y=None, callbacks=None):
         """Adapt the backbone to ``X`` and return the adapted features of ``X``.
 
         The same features as ``fit(X).transform(X)`` (up to float rounding),
@@ -258,13 +265,16 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         y : Ignored
             Not used, present for API consistency by convention.
 
+        callbacks : list of TrainingCallback, default=None
+            As in ``fit``.
+
         Returns
         -------
         features : ndarray of shape (n_samples, n_features_out), float32
             The adapted features of the training samples, as ``transform``
             gives them.
         """
-        run = self._fit(X)
+        run = self._fit(X, callbacks=check_callbacks(callbacks))
         return self._embed(self.net_, run.preprocessor, run.hidden)
 
     def transform(self, X):
@@ -284,9 +294,11 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         """
         return self._embed_new(X)
 
-    def _fit_checked(self, X, checked, y, plan=None):
+    def _fit_checked(self, X, checked, y, callbacks=()):
         run = self._start_fit(checked)
-        fitted = self._adapt(run.net, run.preprocessor, run.hidden, run.generator, plan)
+        fitted = self._adapt(run.net, run.preprocessor, run.hidden, run.generator, callbacks)
+        for callback in callbacks:
+            callback.on_train_end(run.net, training_inputs=run.preprocessor, trunk_outputs=run.hidden)
         # The network's input shape, for _n_features_out: preprocessing one sample runs no network.
         fitted.update(
             input_spec_=checked.spec, device_=run.device, _sample_shape=tuple(run.preprocessor(np.arange(1)).shape[1:])
@@ -308,17 +320,17 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         with torch.inference_mode(), self._autocast(self.device_):
             return int(self.net_(torch.zeros((1, *self._sample_shape), device=self.device_)).shape[1])
 
-    def _adapt(self, net, preprocessor, hidden, generator, plan=None):
+    def _adapt(self, net, preprocessor, hidden, generator, callbacks=()):
         """Fine-tune ``net`` in place; return the fitted ``net_``, ``center_``, ``history_``, ``fisher_``.
 
-        ``plan``, when given, is how an estimator built on these features
-        (PandaSES) takes part in training:
-        ``plan(net, n_samples, generator) -> (indices, callbacks)`` is called
-        once before training and returns the samples to train on (``None``:
-        all) and callables to run after each step (as in :func:`run_sgd`).
+        ``callbacks`` (:class:`~sklearn_panda.callbacks.TrainingCallback`) may
+        choose the samples to train on and see every step.
         """
-        indices, callbacks = (None, ()) if plan is None else plan(net, len(preprocessor), generator)
-        return self._train(net, preprocessor, hidden, generator, callbacks, indices)
+        indices = training_indices(callbacks, net, len(preprocessor), generator)
+        after_step = [
+            functools.partial(_call_on_step_end, callback, net) for callback in callbacks
+        ]
+        return self._train(net, preprocessor, hidden, generator, after_step, indices)
 
     def _train(self, net, preprocessor, hidden, generator, callbacks=(), indices=None):
         """Fine-tuning of ``net`` in place with ``loss``; ``callbacks`` run after each step.
@@ -465,3 +477,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         # The features are float32 whatever the input's dtype.
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
+
+
+def _call_on_step_end(callback, net, step, loss, details):
+    callback.on_step_end(net, step=step, loss=loss, details=details)

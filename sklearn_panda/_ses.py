@@ -15,6 +15,7 @@ from ._docstrings import fill_doc
 from ._inference import rows_of, run_in_batches, trunk_output_chunks
 from ._progress import ProgressBar
 from ._sklearn_compat import HasMethods, Interval, StrOptions
+from .callbacks import TrainingCallback
 from .scorers import offset_from_training_scores
 from .scorers._contract import _BaseScorer
 
@@ -327,14 +328,16 @@ class PandaSES(FeatureDetectorBase):
                 "normal images, and needs leave-one-out training scores."
             )
 
-    def _training_plan(self):
+    def _fit_features_and_scoring(self, features, X):
         if 0 < self.n_steps < self.checkpoint_every:
             raise ValueError(
                 f"n_steps={self.n_steps} is smaller than checkpoint_every={self.checkpoint_every}: no "
                 "checkpoint would be kept during adaptation, only the pretrained one. Lower "
                 "checkpoint_every, or set n_steps=0 for the unadapted features."
             )
-        return _CheckpointPlan(self)
+        checkpoints = _Checkpoints(self)
+        features.fit(X, callbacks=[checkpoints])
+        return self._fit_scoring(checkpoints)
 
     # ------------------------------------------------------------- scoring
 
@@ -386,19 +389,18 @@ class PandaSES(FeatureDetectorBase):
                 del parameters
         return outputs
 
-    def _fit_scoring(self, net, preprocessor, hidden, seed, plan):
+    def _fit_scoring(self, checkpoints):
         """Each checkpoint's scorer on its gallery features and normaliser on
         its held-out ones, the active checkpoints, ``training_scores_`` and
-        ``offset_``; with the checkpoints and the split that ``plan`` kept."""
-        n_samples = len(preprocessor)
-        features = self._checkpoint_features(net, plan.checkpoints, preprocessor, hidden, "checkpoint features")
-        validation = plan.validation
+        ``offset_``; with what the :class:`_Checkpoints` callback kept."""
+        features, validation = checkpoints.features, checkpoints.validation
+        n_samples = len(features[0])
         gallery = np.setdiff1d(np.arange(n_samples), validation)
         scorers, normalizers = [], []
         training_distances = np.empty((n_samples, len(features)))
         dispersions = np.empty(len(features))
         for t, checkpoint_features in enumerate(features):
-            scorer = self._make_scorer(seed).fit(checkpoint_features[gallery])
+            scorer = self._make_scorer().fit(checkpoint_features[gallery])
             validation_distances = -scorer.score_samples(checkpoint_features[validation])
             normalizer = max(float(validation_distances.mean()), np.finfo(np.float32).tiny)
             dispersions[t] = validation_distances.std() / normalizer
@@ -409,8 +411,8 @@ class PandaSES(FeatureDetectorBase):
         active = self._active_checkpoints(dispersions)
         training_scores = -training_distances[:, active].max(axis=1)
         return {
-            "checkpoints_": plan.checkpoints,
-            "checkpoint_steps_": plan.steps,
+            "checkpoints_": checkpoints.checkpoints,
+            "checkpoint_steps_": checkpoints.steps,
             "validation_indices_": validation,
             "scorers_": scorers,
             "normalizers_": np.asarray(normalizers),
@@ -485,13 +487,15 @@ class PandaSES(FeatureDetectorBase):
         return -self._checked_distances(checked, self.active_checkpoints_).max(axis=1)
 
 
-class _CheckpointPlan:
-    """PandaSES's part in training (``PandaFeatures._adapt``'s ``plan``).
+class _Checkpoints(TrainingCallback):
+    """PandaSES's part in its features' training, a training callback.
 
     Before training it holds out the validation samples and keeps the
     pretrained checkpoint; training then runs on the gallery only and keeps a
-    checkpoint every ``checkpoint_every`` steps. ``validation``,
-    ``checkpoints`` and ``steps`` hold the result.
+    checkpoint every ``checkpoint_every`` steps; after training it computes
+    every training sample's features under every checkpoint, from the trunk
+    outputs the adaptation kept. ``validation``, ``checkpoints``, ``steps``
+    and ``features`` hold the result.
     """
 
     def __init__(self, ses):
@@ -499,18 +503,23 @@ class _CheckpointPlan:
         self.validation = None
         self.checkpoints = []
         self.steps = []
+        self.features = None
 
-    def __call__(self, net, n_samples, generator):
+    def on_train_begin(self, net, *, n_samples, generator, **kwargs):
         # The validation images are held out of adaptation: s_t is to be the
         # distance of a normal image the network has not been trained on, as
         # a test image is; trained-on images can look closer than they would
         # once the network over-fits.
         self.validation, gallery = self.ses._validation_split(n_samples, generator)
         self.checkpoints, self.steps = [self.ses._snapshot(net)], [0]
+        return gallery
 
-        def save(step, loss, details):
-            if (step + 1) % self.ses.checkpoint_every == 0:
-                self.checkpoints.append(self.ses._snapshot(net))
-                self.steps.append(step + 1)
+    def on_step_end(self, net, *, step, **kwargs):
+        if (step + 1) % self.ses.checkpoint_every == 0:
+            self.checkpoints.append(self.ses._snapshot(net))
+            self.steps.append(step + 1)
 
-        return gallery, [save]
+    def on_train_end(self, net, *, training_inputs, trunk_outputs, **kwargs):
+        self.features = self.ses._checkpoint_features(
+            net, self.checkpoints, training_inputs, trunk_outputs, "checkpoint features"
+        )
