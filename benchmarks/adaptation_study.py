@@ -46,11 +46,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.utils import check_random_state
 
 from sklearn_panda import KNNScorer, MahalanobisScorer, PandaDetector, PandaSES
-from sklearn_panda._augment import ViewMaker
-from sklearn_panda._backbones import build_feature_net
-from sklearn_panda._data import Preprocessor
-from sklearn_panda._inference import extract_features
-from sklearn_panda._validation import check_input
+from sklearn_panda._engine.augment import ViewMaker
+from sklearn_panda._engine.backbones import build_feature_net
+from sklearn_panda._engine.data import Preprocessor
+from sklearn_panda._engine.inference import extract_features
+from sklearn_panda._estimators.validation import check_input
 from sklearn_panda.datasets import _FASHION_MNIST, _find_or_fetch, _read_idx_split
 
 BACKBONE = "efficientnet_lite0"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from sklearn_panda._backbones import build_feature_net
+from sklearn_panda._engine.backbones import build_feature_net
 
 BACKBONES = [
     "mobilenet_v3_large",

@@ -19,8 +19,8 @@ def rates(backbone, weights, sizes, n_images, rounds, precision, crop_size):
     """images/s per batch size, the largest activation of one image, and the automatic size."""
     import torch
 
-    from sklearn_panda._backbones import build_feature_net
-    from sklearn_panda._inference import cache_sized_batch, peak_activation_bytes
+    from sklearn_panda._engine.backbones import build_feature_net
+    from sklearn_panda._engine.inference import cache_sized_batch, peak_activation_bytes
 
     net = build_feature_net(backbone, weights, 2).eval().to(memory_format=torch.channels_last)
     images = torch.randn(n_images, 3, crop_size, crop_size).contiguous(memory_format=torch.channels_last)

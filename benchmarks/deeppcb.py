@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-import sklearn_panda._patch as patch_module
+import sklearn_panda._estimators.patch as patch_module
 from adaptation_study import cpu_name
 from sklearn_panda import PandaDetector, PandaPatchDetector
 from sklearn_panda.datasets import load_deeppcb

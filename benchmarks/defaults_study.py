@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import adaptation_study as study  # noqa: E402
 
 from sklearn_panda import PandaDetector  # noqa: E402
-from sklearn_panda._backbones import build_feature_net  # noqa: E402
+from sklearn_panda._engine.backbones import build_feature_net  # noqa: E402
 from sklearn_panda.datasets import _FASHION_MNIST, _find_or_fetch, _read_idx_split  # noqa: E402
 
 BACKBONE = study.BACKBONE

@@ -49,7 +49,7 @@ from adaptation_study import (  # noqa: E402  (the study's splits and trunk cach
 )
 
 from sklearn_panda import KNNScorer, MahalanobisScorer  # noqa: E402
-from sklearn_panda._backbones import build_feature_net  # noqa: E402
+from sklearn_panda._engine.backbones import build_feature_net  # noqa: E402
 
 TAPS = ("b7", "b10", "b14", "head")
 GRIDS = (1, 2)

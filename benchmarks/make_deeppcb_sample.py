@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sklearn_panda._deeppcb import SAMPLE_FILE, TEST_GROUPS, TRAIN_GROUPS, _pairs
-from sklearn_panda._image_io import read_binary_mask
+from sklearn_panda._io.deeppcb import SAMPLE_FILE, TEST_GROUPS, TRAIN_GROUPS, _pairs
+from sklearn_panda._io.images import read_binary_mask
 
 OUT = Path(__file__).resolve().parents[1] / "sklearn_panda" / "data" / SAMPLE_FILE
 CROP = 320

@@ -57,7 +57,7 @@ def _pipelines(detector, folder, calibration, threads, runtimes):
     """name -> scoring function of uint8 images, every exported pipeline built up front."""
     import onnx
 
-    from sklearn_panda._quantize import convolution_names
+    from sklearn_panda._engine.quantize import convolution_names
     from sklearn_panda.deploy import OnnxDetector, export_onnx, quantize_onnx
 
     size = calibration.shape[1:3]

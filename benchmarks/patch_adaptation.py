@@ -26,11 +26,11 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from sklearn_panda import PandaPatchDetector
-from sklearn_panda._backbones import build_model
-from sklearn_panda._coreset import greedy_coreset
-from sklearn_panda._data import Preprocessor
-from sklearn_panda._stages import split_model
-from sklearn_panda._validation import check_input
+from sklearn_panda._engine.backbones import build_model
+from sklearn_panda._engine.coreset import greedy_coreset
+from sklearn_panda._engine.data import Preprocessor
+from sklearn_panda._engine.stages import split_model
+from sklearn_panda._estimators.validation import check_input
 from sklearn_panda.datasets import load_deeppcb
 from sklearn_panda.metrics import pixel_roc_auc, pro_score
 from sklearn_panda.scorers import brute_force_kneighbors

@@ -74,7 +74,7 @@ def _paper_batches(images, batch_size=32):
 
 
 def _net(backbone, weights):
-    from sklearn_panda._backbones import build_feature_net
+    from sklearn_panda._engine.backbones import build_feature_net
 
     return build_feature_net(backbone, weights, 2)
 
@@ -191,10 +191,10 @@ def baseline_adaptation_steps(backbone, weights, images, n_steps, cached=False):
 
 def package_steps(backbone, weights, images, n_steps):
     """Seconds ``PandaDetector.fit`` spends in its SGD loop (``run_sgd``) over ``n_steps``."""
-    import sklearn_panda._base
+    import sklearn_panda._estimators.base
     from sklearn_panda import PandaDetector
 
-    run_sgd, spent = sklearn_panda._base.run_sgd, []
+    run_sgd, spent = sklearn_panda._estimators.base.run_sgd, []
 
     def timed_run_sgd(*args, **kwargs):
         start = time.perf_counter()
@@ -202,11 +202,11 @@ def package_steps(backbone, weights, images, n_steps):
         spent.append(time.perf_counter() - start)
         return result
 
-    sklearn_panda._base.run_sgd = timed_run_sgd
+    sklearn_panda._estimators.base.run_sgd = timed_run_sgd
     try:
         PandaDetector(backbone=backbone, weights=weights, n_steps=n_steps, device="cpu", random_state=0).fit(images)
     finally:
-        sklearn_panda._base.run_sgd = run_sgd
+        sklearn_panda._estimators.base.run_sgd = run_sgd
     return spent[0]
 
 

@@ -6,15 +6,19 @@ stopping or outlier exposure) and score new images by their distance to the
 nearest normal features; and the adapted features alone, as a transformer.
 """
 
-from ._detector import PandaDetector
-from ._features import PandaFeatures
-from ._oe import PandaOE
-from ._patch import PandaPatchDetector
-from ._persistence import load, save
-from ._ses import PandaSES
+from ._estimators.detector import PandaDetector
+from ._estimators.features import PandaFeatures
+from ._estimators.oe import PandaOE
+from ._estimators.patch import PandaPatchDetector
+from ._estimators.ses import PandaSES
+from ._io.persistence import load, save
+from ._old_paths import alias_old_paths
 from ._version import __version__
 from .model_selection import NormalOnlySplit
 from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
+
+# Pickles written before the private modules moved into subpackages name their old paths.
+alias_old_paths()
 
 __all__ = [
     "CenterScorer",

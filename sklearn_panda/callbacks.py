@@ -54,7 +54,6 @@ import numbers
 
 import numpy as np
 
-
 __all__ = ["TrainingCallback"]
 
 

@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 from sklearn.datasets import load_digits
 
-from ._dataset_files import (
+from ._io.dataset_files import (
     _IDX_FILES,
-    _TorchvisionSource,
     _existing,
+    _list_images,
     _read_cifar,
     _read_idx_split,
-    _list_images,
     _read_image_folder,
     _subfolders,
+    _TorchvisionSource,
 )
-from ._deeppcb import load_deeppcb
+from ._io.deeppcb import load_deeppcb
 
 __all__ = [
     "MVTEC_CATEGORIES",

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validation import check_input
+from ._estimators.validation import check_input
 
 __all__ = ["OnnxDetector", "export_onnx", "quantize_onnx"]
 
@@ -73,8 +73,8 @@ def _scorer_distance(scorer):
     A gallery scorer (kNN, k-means, centre) becomes a nearest-neighbour search
     of its gallery; :class:`~sklearn_panda.MahalanobisScorer` its Gaussian.
     """
+    from ._engine.onnx_graph import GalleryDistance, GaussianDistance
     from .scorers import MahalanobisScorer
-    from ._onnx_graph import GalleryDistance, GaussianDistance
 
     if isinstance(scorer, MahalanobisScorer):
         distance = GaussianDistance(
@@ -95,7 +95,7 @@ def _scorer_distance(scorer):
 def _check_exportable(detector, image_size):
     from sklearn.utils.validation import check_is_fitted
 
-    from ._detector import PandaDetector
+    from ._estimators.detector import PandaDetector
 
     # PandaSES scores through its checkpoints, which do not export: it is no PandaDetector.
     if not isinstance(detector, PandaDetector):
@@ -184,8 +184,8 @@ def export_onnx(detector, path, *, image_size):
     """
     import onnx
 
-    from ._onnx_graph import ONNX_FILE_LIMIT_BYTES, ScoringGraph, export_scoring_graph
-    from ._patch import PandaPatchDetector
+    from ._engine.onnx_graph import ONNX_FILE_LIMIT_BYTES, ScoringGraph, export_scoring_graph
+    from ._estimators.patch import PandaPatchDetector
 
     if isinstance(detector, PandaPatchDetector):
         return _export_patch_detector(detector, path, image_size)
@@ -220,8 +220,8 @@ def _export_patch_detector(detector, path, image_size):
     import onnx
     from sklearn.utils.validation import check_is_fitted
 
-    from ._onnx_graph import ONNX_FILE_LIMIT_BYTES, PatchScoringGraph, export_scoring_graph
-    from ._patch_features import working_size
+    from ._engine.onnx_graph import ONNX_FILE_LIMIT_BYTES, PatchScoringGraph, export_scoring_graph
+    from ._engine.patch_features import working_size
 
     check_is_fitted(detector)
     if detector.input_spec_.kind == "vectors":
@@ -296,7 +296,7 @@ def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
         in any layout the detector accepts.
     keep_float32 : sequence of str, default=()
         Names of convolutions to leave in float32, where int8 costs accuracy;
-        ``sklearn_panda._quantize.convolution_names(onnx.load(path))`` lists
+        ``sklearn_panda._engine.quantize.convolution_names(onnx.load(path))`` lists
         them in order (the first is the stem). Keeping the first few in
         float32 recovers most of what int8 loses on EfficientNet-Lite0
         (``benchmarks/onnx_speed.py``).
@@ -317,7 +317,7 @@ def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
     """
     import onnx
 
-    from ._quantize import quantize_int8
+    from ._engine.quantize import quantize_int8
 
     metadata = _read_metadata(path)
     if metadata["precision"] != "float32":

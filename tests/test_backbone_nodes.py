@@ -21,8 +21,8 @@ from conftest import tiny_resnet
 from torch import nn
 
 from sklearn_panda import PandaDetector, PandaFeatures
-from sklearn_panda._backbones import build_feature_net
-from sklearn_panda._stages import split_model
+from sklearn_panda._engine.backbones import build_feature_net
+from sklearn_panda._engine.stages import split_model
 
 CLASSIFIERS = torchvision.models.list_models(module=torchvision.models)
 # 32 pixels, or the smallest size the network accepts when that is larger.

@@ -6,7 +6,7 @@ import torch
 from conftest import tiny_mlp, tiny_resnet
 from torch import nn
 
-from sklearn_panda._backbones import available_backbones, build_feature_net, build_model, split_model
+from sklearn_panda._engine.backbones import available_backbones, build_feature_net, build_model, split_model
 
 
 def test_resnet_split_trains_layer3_and_layer4():

@@ -13,7 +13,7 @@ from sklearn.utils._param_validation import InvalidParameterError
 from torchvision.models.resnet import BasicBlock, ResNet
 
 from sklearn_panda import KNNScorer, PandaDetector, PandaOE, PandaSES
-from sklearn_panda._backbones import build_feature_net
+from sklearn_panda._engine.backbones import build_feature_net
 
 
 def image_detector(**params):

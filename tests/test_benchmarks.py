@@ -189,7 +189,7 @@ def test_adaptation_study_measures_the_defaults_of_efficientnet_lite0():
     # RESULTS.md reports "s2-lr1e-1-nocrop" at step 100 as the default PandaDetector of
     # EfficientNet-Lite0 and "ses-defaults-nocrop" as PandaSES's defaults: pin both to the recipe.
     from sklearn_panda import PandaDetector, PandaSES
-    from sklearn_panda._recipes import resolve
+    from sklearn_panda._estimators.recipes import resolve
 
     # Nothing is fitted; weights=None keeps the estimators off any weight file all the same.
     study = _load_benchmark("adaptation_study")

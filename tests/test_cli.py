@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from sklearn_panda import PandaDetector, load
-from sklearn_panda._image_io import collect_images, write_files
+from sklearn_panda._io.images import collect_images, write_files
 from sklearn_panda.cli import build_parser, main
 from sklearn_panda.cli._commands import detector_from_args
 

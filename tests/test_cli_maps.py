@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from sklearn_panda import PandaPatchDetector, load
-from sklearn_panda._image_io import collect_images
+from sklearn_panda._io.images import collect_images
 from sklearn_panda.cli import build_parser, main
 from sklearn_panda.cli._commands import detector_from_args
 

@@ -19,7 +19,7 @@ from sklearn_panda import (
     PandaPatchDetector,
     PandaSES,
 )
-from sklearn_panda._recipes import resolve
+from sklearn_panda._estimators.recipes import resolve
 
 FIT_PREDICT_REASON = (
     "fit_predict labels each training point by its leave-one-out score (a point "

@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_IMAGES
 
 from sklearn_panda import PandaDetector, PandaSES
-from sklearn_panda._compilation import compiled
+from sklearn_panda._engine.compilation import compiled
 
 
 def test_padding_is_exact_and_requires_grad_is_restored():

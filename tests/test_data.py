@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sklearn_panda._data import (
+from sklearn_panda._engine.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Preprocessor,
@@ -13,7 +13,7 @@ from sklearn_panda._data import (
     resize_and_crop,
     shuffled_batches,
 )
-from sklearn_panda._validation import check_input
+from sklearn_panda._estimators.validation import check_input
 
 
 def _reference(image_uint8, resize, crop):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sklearn_panda._deeppcb import TEST_GROUPS, TRAIN_GROUPS
+from sklearn_panda._io.deeppcb import TEST_GROUPS, TRAIN_GROUPS
 from sklearn_panda.datasets import load_deeppcb
 
 
@@ -61,7 +61,7 @@ def test_a_folder_without_deeppcb_says_what_it_expected(tmp_path):
 
 
 def test_the_validation_split_uses_training_boards_only(tmp_path):
-    from sklearn_panda._deeppcb import VALIDATION_SPLIT
+    from sklearn_panda._io.deeppcb import VALIDATION_SPLIT
 
     make_folder(tmp_path)
     X_train, X_test, y_test, _ = load_deeppcb(tmp_path, split="validation")

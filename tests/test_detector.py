@@ -247,8 +247,8 @@ def test_fisher_is_the_mean_squared_per_sample_gradient():
     """Per-sample gradients (torch.func) against a loop of one-sample backward passes."""
     import torch.nn.functional as F
 
-    from sklearn_panda._backbones import build_feature_net
-    from sklearn_panda._losses import fisher_diagonal, sample_labels
+    from sklearn_panda._engine.backbones import build_feature_net
+    from sklearn_panda._engine.losses import fisher_diagonal, sample_labels
 
     torch.manual_seed(0)
     net = build_feature_net(tiny_resnet, None, 2)
@@ -272,8 +272,8 @@ def test_fisher_is_the_mean_squared_per_sample_gradient():
 
 def test_fisher_scale_does_not_depend_on_the_batch_size(images):
     # The same samples (one epoch, fixed labels) give the same Fisher in batches of 4 or 12.
-    from sklearn_panda._backbones import build_feature_net
-    from sklearn_panda._losses import per_sample_squared_gradients
+    from sklearn_panda._engine.backbones import build_feature_net
+    from sklearn_panda._engine.losses import per_sample_squared_gradients
 
     torch.manual_seed(0)
     net = build_feature_net(tiny_resnet, None, 2)

@@ -8,7 +8,7 @@ underscore. One test per object, named by its import path; a failure lists
 numpydoc's errors.
 
 The texts several estimators share are written once
-(``sklearn_panda._docstrings``) and put into each docstring by ``fill_doc``;
+(``sklearn_panda._estimators.docstrings``) and put into each docstring by ``fill_doc``;
 a second test checks that a detector documents the parameters it shares with
 :class:`~sklearn_panda.PandaFeatures` in the same words (through those
 texts), except where they differ on purpose.
@@ -23,7 +23,7 @@ import re
 import pytest
 
 import sklearn_panda
-from sklearn_panda._docstrings import DOCS, fill_doc
+from sklearn_panda._estimators.docstrings import DOCS, fill_doc
 
 validate = pytest.importorskip("numpydoc.validate").validate
 NumpyDocString = pytest.importorskip("numpydoc.docscrape").NumpyDocString

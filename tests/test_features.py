@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.pipeline import make_pipeline
 
-import sklearn_panda._base as base_module
+import sklearn_panda._estimators.base as base_module
 from sklearn_panda import KNNScorer, PandaDetector, PandaFeatures, PandaSES, load, save
 
 # A few steps at a large rate, so that adaptation visibly moves the features.

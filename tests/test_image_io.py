@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from sklearn_panda import PandaDetector
-from sklearn_panda._image_io import read_image, write_files
-from sklearn_panda._report import open_rgb
+from sklearn_panda._io.images import read_image, write_files
+from sklearn_panda._io.report import open_rgb
 
 from conftest import TINY_IMAGES
 

@@ -8,11 +8,11 @@ import torch
 from conftest import TINY_IMAGES, tiny_resnet
 from torch import nn
 
-import sklearn_panda._base
-import sklearn_panda._inference
+import sklearn_panda._estimators.base
+import sklearn_panda._engine.inference
 from sklearn_panda import PandaDetector, PandaSES
-from sklearn_panda._compilation import _CACHE_ATTRIBUTE
-from sklearn_panda._inference import (
+from sklearn_panda._engine.compilation import _CACHE_ATTRIBUTE
+from sklearn_panda._engine.inference import (
     DEFAULT_LAST_LEVEL_CACHE_BYTES,
     _parse_cache_size,
     cache_sized_batch,
@@ -120,7 +120,7 @@ def test_auto_on_the_cpu_fits_the_largest_activation_in_half_the_cache(images, m
     with torch.inference_mode():
         per_sample = peak_activation_bytes([net.trunk, net.stages], lambda: net(torch.zeros(1, 3, 32, 32)))
     # Room for exactly three samples' largest activation in half the cache.
-    monkeypatch.setattr(sklearn_panda._inference, "last_level_cache_bytes", lambda: 2 * 3 * per_sample)
+    monkeypatch.setattr(sklearn_panda._engine.inference, "last_level_cache_bytes", lambda: 2 * 3 * per_sample)
     record.clear()
     detector = PandaDetector(**params).fit(images)
     # The first call is the one-sample measurement.
@@ -132,9 +132,9 @@ def test_auto_on_the_cpu_fits_the_largest_activation_in_half_the_cache(images, m
 
 def test_auto_measures_each_fitted_network_once(images, monkeypatch):
     calls = []
-    measure = sklearn_panda._base.peak_activation_bytes
+    measure = sklearn_panda._estimators.base.peak_activation_bytes
     monkeypatch.setattr(
-        sklearn_panda._base, "peak_activation_bytes", lambda *args: calls.append(1) or measure(*args)
+        sklearn_panda._estimators.base, "peak_activation_bytes", lambda *args: calls.append(1) or measure(*args)
     )
     detector = PandaDetector(**TINY_IMAGES, n_steps=2, random_state=0).fit(images)
     detector.score_samples(images[:3])

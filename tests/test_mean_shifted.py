@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from conftest import TINY_IMAGES, tiny_mlp
 
 from sklearn_panda import PandaDetector, PandaSES
-from sklearn_panda._augment import ViewMaker
-from sklearn_panda._losses import mean_shifted_contrastive_loss
+from sklearn_panda._engine.augment import ViewMaker
+from sklearn_panda._engine.losses import mean_shifted_contrastive_loss
 
 
 def _reference_loss(first, second, center, temperature):

@@ -24,8 +24,8 @@ from torchvision.transforms.v2 import functional as TF
 
 import sklearn_panda.deploy as deploy
 from sklearn_panda import PandaDetector
-from sklearn_panda._data import IMAGENET_MEAN, IMAGENET_STD, _unit_range_rgb, resize_and_crop
-from sklearn_panda._onnx_graph import GalleryDistance, ScoringGraph
+from sklearn_panda._engine.data import IMAGENET_MEAN, IMAGENET_STD, _unit_range_rgb, resize_and_crop
+from sklearn_panda._engine.onnx_graph import GalleryDistance, ScoringGraph
 from sklearn_panda.deploy import OnnxDetector, export_onnx, quantize_onnx
 
 pytest.importorskip("onnxruntime")
@@ -190,7 +190,7 @@ def test_what_cannot_be_exported_is_refused(exported, monkeypatch):
         export_onnx(forest, path.parent / "m.onnx", image_size=SIZE)
     with pytest.raises(ValueError, match=r"image_size must be \(height, width\)"):
         export_onnx(detector, path.parent / "m.onnx", image_size=20)
-    monkeypatch.setattr("sklearn_panda._onnx_graph.ONNX_FILE_LIMIT_BYTES", 1000)
+    monkeypatch.setattr("sklearn_panda._engine.onnx_graph.ONNX_FILE_LIMIT_BYTES", 1000)
     with pytest.raises(ValueError, match="do not fit in one ONNX file"):
         export_onnx(detector, path.parent / "m.onnx", image_size=SIZE)
 

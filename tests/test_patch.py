@@ -12,8 +12,8 @@ from sklearn.utils._param_validation import InvalidParameterError
 from conftest import TINY_LAYERS, tiny_cnn, tiny_mlp
 
 from sklearn_panda import PandaDetector, PandaPatchDetector, load
-from sklearn_panda._coreset import greedy_coreset
-from sklearn_panda._patch_features import default_layers, working_size
+from sklearn_panda._engine.coreset import greedy_coreset
+from sklearn_panda._engine.patch_features import default_layers, working_size
 
 TINY = dict(backbone=tiny_cnn, weights=None, layers=TINY_LAYERS, resize=None, random_state=0)
 
@@ -137,7 +137,7 @@ def test_default_layers_are_the_stage_ends_at_strides_8_and_16(name, expected):
     if expected is not None:
         assert layers == expected
     strides = {}
-    from sklearn_panda._patch_features import split_patch_net, stage_outputs
+    from sklearn_panda._engine.patch_features import split_patch_net, stage_outputs
 
     with torch.no_grad():
         outputs = stage_outputs(split_patch_net(model, layers), torch.zeros(1, 3, 224, 224))
@@ -147,7 +147,7 @@ def test_default_layers_are_the_stage_ends_at_strides_8_and_16(name, expected):
 
 def test_efficientnet_lite0_layers():
     pytest.importorskip("efficientnet_lite_pytorch")
-    from sklearn_panda._backbones import build_model
+    from sklearn_panda._engine.backbones import build_model
 
     assert default_layers(build_model("efficientnet_lite0", None)) == ["_blocks.4", "_blocks.10"]
 
@@ -226,7 +226,7 @@ def test_working_size():
 def test_gaussian_smoothing_is_scipys_mirrored_gaussian_filter():
     from scipy import ndimage
 
-    from sklearn_panda._patch_features import gaussian_smoothing
+    from sklearn_panda._engine.patch_features import gaussian_smoothing
 
     maps = torch.rand(3, 1, 40, 57, generator=torch.Generator().manual_seed(0))
     for sigma in (1.0, 4.0):
@@ -237,7 +237,7 @@ def test_gaussian_smoothing_is_scipys_mirrored_gaussian_filter():
 
 def test_auto_searches_large_banks_through_a_faiss_graph(monkeypatch):
     pytest.importorskip("faiss")
-    import sklearn_panda._patch as patch_module
+    import sklearn_panda._estimators.patch as patch_module
 
     monkeypatch.setattr(patch_module, "BANK_INDEX_MIN_ROWS", 50)
     images = stripes(12)
@@ -254,7 +254,7 @@ def test_auto_searches_large_banks_through_a_faiss_graph(monkeypatch):
 
 
 def test_leave_one_out_scores_with_few_candidates_equal_those_over_the_whole_bank(monkeypatch):
-    import sklearn_panda._patch as patch_module
+    import sklearn_panda._estimators.patch as patch_module
 
     images = stripes(10)
     few = PandaPatchDetector(**TINY, coreset_ratio=0.4, algorithm="brute").fit(images).training_scores_

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from sklearn_panda._inference import extract_features
-from sklearn_panda._progress import ProgressBar
+from sklearn_panda._engine.inference import extract_features
+from sklearn_panda._engine.progress import ProgressBar
 
 
 def test_disabled_bar_prints_nothing(capsys):

@@ -6,7 +6,7 @@ from numpy.testing import assert_array_equal
 
 from conftest import TINY_IMAGES
 from sklearn_panda import PandaDetector, PandaFeatures, PandaOE, PandaSES, _recipes
-from sklearn_panda._recipes import PAPER, RECIPES, Recipe, recipe_for
+from sklearn_panda._estimators.recipes import PAPER, RECIPES, Recipe, recipe_for
 
 
 @pytest.fixture

@@ -15,11 +15,11 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
 
-import sklearn_panda._base as base_module
+import sklearn_panda._estimators.base as base_module
 from sklearn_panda import CenterScorer, KMeansScorer, KNNScorer, PandaDetector, PandaOE, PandaSES
-from sklearn_panda import _persistence
-from sklearn_panda._inference import cache_trunk_outputs, extract_features
-from sklearn_panda._persistence import load, save
+from sklearn_panda._io import persistence as _persistence
+from sklearn_panda._engine.inference import cache_trunk_outputs, extract_features
+from sklearn_panda._io.persistence import load, save
 
 
 def image_detector(**params):
@@ -234,7 +234,7 @@ def test_a_factory_backbone_must_be_passed_to_load(vectors, tmp_path):
 
 
 def test_named_backbone_is_rebuilt_without_weights(tmp_path, monkeypatch, small_images):
-    import sklearn_panda._backbones as backbones
+    import sklearn_panda._engine.backbones as backbones
 
     det = image_detector(backbone="mobilenet_v3_small", n_steps=0, resize=None, crop_size=None).fit(small_images[:4])
     save(det, tmp_path / "det.pt")

@@ -57,7 +57,7 @@ def test_ses_refuses_fewer_steps_than_one_checkpoint():
 
 # 12: boolean images are binary images; 0/1 integers get a warning.
 def test_boolean_images_are_black_and_white_and_zero_one_integers_warn():
-    from sklearn_panda._validation import check_input
+    from sklearn_panda._estimators.validation import check_input
 
     binary = np.zeros((2, 4, 4), dtype=bool)
     binary[:, :2] = True
@@ -70,7 +70,7 @@ def test_boolean_images_are_black_and_white_and_zero_one_integers_warn():
 def test_an_array_of_paths_is_read_as_paths(tmp_path):
     from PIL import Image
 
-    from sklearn_panda._validation import check_input
+    from sklearn_panda._estimators.validation import check_input
 
     paths = []
     for i in range(2):

@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from sklearn_panda import PandaDetector, load, save
-from sklearn_panda._backbones import architecture_arguments, build_architecture
+from sklearn_panda._engine.backbones import architecture_arguments, build_architecture
 
 TINY = dict(n_steps=0, resize=32, crop_size=32, batch_size=4, random_state=0)
 # One small network of each torchvision family (VGG, AlexNet, ViT and MaxViT: same code
@@ -94,7 +94,7 @@ def test_architecture_arguments_rebuild_what_the_weights_built(name, monkeypatch
 
 
 def test_files_of_format_2_still_load(images, tmp_path):
-    from sklearn_panda import _persistence
+    from sklearn_panda._io import persistence as _persistence
 
     detector = PandaDetector(backbone="resnet18", weights=None, **TINY).fit(images)
     save(detector, tmp_path / "model.pt")

@@ -12,7 +12,7 @@ from scipy.spatial.distance import cdist
 from sklearn.metrics import roc_auc_score
 from torch.func import functional_call
 
-import sklearn_panda._ses as ses_module
+import sklearn_panda._estimators.ses as ses_module
 from sklearn_panda import PandaDetector, PandaFeatures, PandaSES
 
 
@@ -183,7 +183,7 @@ def test_scores_do_not_depend_on_the_trunk_cache(images, trunk_cache_mb):
 def test_ses_is_a_sibling_of_the_detector_not_a_narrowed_subclass():
     """Both build on FeatureDetectorBase; SES does not inherit PandaDetector's single scorer_ contract."""
     from sklearn_panda import PandaDetector
-    from sklearn_panda._detector import FeatureDetectorBase
+    from sklearn_panda._estimators.detector import FeatureDetectorBase
 
     assert issubclass(PandaSES, FeatureDetectorBase) and issubclass(PandaDetector, FeatureDetectorBase)
     assert not issubclass(PandaSES, PandaDetector)

@@ -2,6 +2,7 @@
 moves (fitted on a GPU, loaded without CUDA); subclasses pickle, save and load; no import cycle."""
 
 import ast
+import importlib
 import json
 import os
 import pathlib
@@ -17,8 +18,12 @@ from sklearn.base import BaseEstimator
 from torch import nn
 
 import sklearn_panda
-from sklearn_panda import KNNScorer, PandaDetector, PandaFeatures, PandaOE, PandaSES, _persistence, load, save
-from sklearn_panda._device import ON_DEVICE
+from sklearn_panda import KNNScorer, PandaDetector, PandaFeatures, PandaOE, PandaSES, load, save
+from sklearn_panda._io import persistence as _persistence
+from sklearn_panda._engine.device import ON_DEVICE
+from sklearn_panda._old_paths import MOVED
+
+MOVED_FROM = {f"sklearn_panda.{moved}": flat for flat, moved in MOVED.items()}
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -209,6 +214,30 @@ def test_fitted_on_a_gpu_unpickles_without_cuda(unpickled_without_cuda, name):
     assert unpickled_without_cuda[name] == "ok"
 
 
+# ------------------------------------------------- pickles of the flat layout
+
+
+@pytest.mark.parametrize("name", ["features", "detector-images", "ses", "oe"])
+def test_pickles_naming_the_old_flat_module_paths_still_load(name, monkeypatch):
+    """Pickles written before the private modules moved into subpackages name
+    ``sklearn_panda._detector.PandaDetector`` and the like."""
+    estimator, X = _fitted(name)
+    expected = _output(estimator, X)
+    with monkeypatch.context() as patch:
+        # Written as then: every class of a moved module under its flat path.
+        for flat, moved in MOVED.items():
+            module = importlib.import_module(f"sklearn_panda.{moved}")
+            for value in vars(module).values():
+                if isinstance(value, type) and value.__module__ == module.__name__:
+                    patch.setattr(value, "__module__", f"sklearn_panda.{flat}")
+        written = pickle.dumps(estimator)
+    assert f"sklearn_panda.{MOVED_FROM[type(estimator).__module__]}".encode() in written
+    assert b"sklearn_panda._estimators" not in written and b"sklearn_panda._engine" not in written
+    unpickled = pickle.loads(written)
+    assert type(unpickled) is type(estimator) and type(unpickled).__module__.startswith("sklearn_panda._estimators.")
+    np.testing.assert_array_equal(_output(unpickled, X), expected)
+
+
 # ------------------------------------------------------------------ subclasses
 
 
@@ -325,9 +354,9 @@ def test_no_module_level_import_cycle():
     graph = {
         module: _imported_when_imported(module, ast.parse(path.read_text()), paths) for module, path in paths.items()
     }
-    # The graph is read right: estimators save through _torch_state, which saves through _persistence.
-    assert "sklearn_panda._persistence" in graph["sklearn_panda._torch_state"]
-    assert "sklearn_panda._torch_state" in graph["sklearn_panda._base"]
+    # The graph is read right: estimators save through torch_state, which saves through persistence.
+    assert "sklearn_panda._io.persistence" in graph["sklearn_panda._estimators.torch_state"]
+    assert "sklearn_panda._estimators.torch_state" in graph["sklearn_panda._estimators.base"]
     assert "sklearn_panda.scorers._contract" in graph["sklearn_panda.scorers._knn"]
     visiting, done = [], set()
 
@@ -360,15 +389,9 @@ def test_scorers_never_import_torch():
                 assert not [one for one in imported if one.partition(".")[0] == "torch"], f"{name} imports torch"
 
 
-TORCH_ENGINE = [
-    "_augment", "_backbones", "_compilation", "_coreset", "_data", "_device", "_families", "_image_io",
-    "_inference", "_losses", "_onnx_graph", "_patch_features", "_progress", "_stages", "_training",
-]
-ESTIMATOR_MODULES = ["_base", "_detector", "_features", "_oe", "_patch", "_ses"]
-
-
 def test_the_torch_engine_never_imports_estimator_code():
-    """docs/ARCHITECTURE.md's layers: no engine module reaches an estimator module, even through others."""
+    """docs/ARCHITECTURE.md's layers: no module of the engine (``_engine``) or of image
+    decoding reaches an estimator module (``_estimators``), even through others."""
     paths = _package_modules()
     graph = {module: _imported_when_imported(module, ast.parse(path.read_text()), paths) for module, path in paths.items()}
 
@@ -378,7 +401,8 @@ def test_the_torch_engine_never_imports_estimator_code():
             reached(imported, seen)
         return seen
 
-    estimators = {f"sklearn_panda.{name}" for name in ESTIMATOR_MODULES}
-    assert {f"sklearn_panda.{name}" for name in TORCH_ENGINE + ESTIMATOR_MODULES} <= set(paths)
-    crossing = {name: sorted(reached(f"sklearn_panda.{name}", set()) & estimators) for name in TORCH_ENGINE}
+    engine = sorted(name for name in paths if name.startswith("sklearn_panda._engine.")) + ["sklearn_panda._io.images"]
+    estimators = {name for name in paths if name.startswith("sklearn_panda._estimators.")}
+    assert len(engine) >= 15 and {"sklearn_panda._estimators.base", "sklearn_panda._estimators.ses"} <= estimators
+    crossing = {name: sorted(reached(name, set()) & estimators) for name in engine}
     assert {name: found for name, found in crossing.items() if found} == {}

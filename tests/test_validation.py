@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sklearn_panda._validation import InputSpec, check_consistent, check_input
+from sklearn_panda._estimators.validation import InputSpec, check_consistent, check_input
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ a JSON or TOML file (:mod:`sklearn_panda.cli._config`), so that
 Modules: ``_parser`` (the options), ``_config`` (config files), ``_inputs``
 (backbone factories, model files, image checks), ``_outputs`` (the CSV,
 maps), ``_commands`` (``fit`` and ``score``), ``_main`` (running them, one-line
-errors); the HTML report is ``sklearn_panda._report`` with its template file.
+errors); the HTML report is ``sklearn_panda._io.report`` with its template file.
 """
 
 from ._inputs import import_factory

@@ -5,8 +5,8 @@ import shutil
 
 import numpy as np
 
-from .._image_io import collect_images, write_files
-from .._report import number, report_html
+from .._io.images import collect_images, write_files
+from .._io.report import number, report_html
 from ._config import detector_parameters, read_config
 from ._inputs import check_readable, import_factory, load_model
 from ._outputs import check_destination, map_file, score_with_maps, scores_csv
@@ -19,8 +19,8 @@ LOCAL_OPTIONS = ("coreset_ratio", "layers")
 
 def detector_from_args(args):
     """The detector ``fit`` fits: ``--config``'s (or the default) with the options given on top."""
-    from .._detector import PandaDetector
-    from .._patch import PandaPatchDetector
+    from .._estimators.detector import PandaDetector
+    from .._estimators.patch import PandaPatchDetector
 
     if args.config is not None:
         cls, params = detector_parameters(read_config(args.config), args.config)
@@ -56,7 +56,7 @@ def detector_from_args(args):
 
 
 def fit_command(args):
-    from .._persistence import save
+    from .._io.persistence import save
 
     check_destination(args.model, "--model")
     paths = collect_images(args.sources)

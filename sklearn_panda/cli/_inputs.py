@@ -6,6 +6,7 @@ import pickle
 import warnings
 import zipfile
 
+
 def import_factory(spec):
     """The backbone factory named ``"module:function"`` (``"module:Class.method"`` works too).
 
@@ -51,7 +52,7 @@ def import_factory(spec):
 
 
 def load_model(path, factory, device):
-    from .._persistence import load
+    from .._io.persistence import load
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No such model file: {path}")

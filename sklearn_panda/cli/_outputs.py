@@ -8,7 +8,8 @@ import pathlib
 
 import numpy as np
 
-from .._report import heat_overlay, open_rgb
+from .._io.report import heat_overlay, open_rgb
+
 
 def check_destination(path, option):
     """Fail before the work, not after it, when an output cannot be written."""

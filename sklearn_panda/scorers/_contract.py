@@ -15,7 +15,6 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 
-
 METRICS = ("sqeuclidean", "euclidean", "cosine")
 
 

@@ -7,7 +7,7 @@ import numpy as np
 from sklearn.covariance import ledoit_wolf_shrinkage, oas
 
 from .._sklearn_compat import Interval, StrOptions
-from ._contract import _BaseScorer, _as_float32
+from ._contract import _as_float32, _BaseScorer
 
 
 def _shrinkage_coefficient(X, shrinkage):

@@ -19,7 +19,14 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from ._exact import _drop_self, _squared_to_candidates, brute_force_kneighbors
-from ._faiss import _build_faiss_index, _faiss_available, _faiss_threads, _faiss_to_gpu, _serialize_faiss_index, _set_faiss_search_params
+from ._faiss import (
+    _build_faiss_index,
+    _faiss_available,
+    _faiss_threads,
+    _faiss_to_gpu,
+    _serialize_faiss_index,
+    _set_faiss_search_params,
+)
 
 
 class NeighborSearch(ABC):

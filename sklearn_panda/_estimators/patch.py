@@ -14,12 +14,11 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ._backbones import build_feature_net, build_model
-from ._coreset import greedy_coreset
-from ._data import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
-from ._device import ON_DEVICE, resolve_device, seeded_cpu_generator
-from ._outlier import OutlierContractMixin
-from ._patch_features import (
+from .._engine.backbones import build_feature_net, build_model
+from .._engine.coreset import greedy_coreset
+from .._engine.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
+from .._engine.device import ON_DEVICE, resolve_device, seeded_cpu_generator
+from .._engine.patch_features import (
     aggregate,
     default_layers,
     gaussian_smoothing,
@@ -28,12 +27,12 @@ from ._patch_features import (
     stage_outputs,
     working_size,
 )
-from ._progress import ProgressBar
-from ._sklearn_compat import Interval, StrOptions, _fit_context
-from ._torch_state import TorchStateMixin
-from ._validation import check_consistent, check_input
-from .scorers import KNNScorer, brute_force_kneighbors, offset_from_training_scores
-
+from .._engine.progress import ProgressBar
+from .._sklearn_compat import Interval, StrOptions, _fit_context
+from ..scorers import KNNScorer, brute_force_kneighbors, offset_from_training_scores
+from .outlier import OutlierContractMixin
+from .torch_state import TorchStateMixin
+from .validation import check_consistent, check_input
 
 # algorithm="auto": a memory bank of this many rows or more is searched through a faiss HNSW
 # graph where faiss is installed, 4 candidates a patch re-ranked by their exact distances. On

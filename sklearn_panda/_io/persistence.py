@@ -34,18 +34,18 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from ._backbones import (
+from .._engine.backbones import (
     architecture_arguments,
     build_architecture,
     build_feature_net,
     materialize_lazy_modules,
     split_feature_net,
 )
-from ._device import loadable_device, place_torch_state, resolve_device
-from ._image_io import write_files
-from ._validation import InputSpec
-from ._version import __version__
-from .scorers._contract import _BaseScorer
+from .._engine.device import loadable_device, place_torch_state, resolve_device
+from .._estimators.validation import InputSpec
+from .._version import __version__
+from ..scorers._contract import _BaseScorer
+from .images import write_files
 
 FORMAT = "sklearn-panda"
 # 2: a detector's adaptation is a nested PandaFeatures (``features_``).
@@ -76,7 +76,7 @@ def _class_name(cls):
     """How a file names an estimator or scorer class: the package's own by
     their public name (``"PandaDetector"``, as files of format 2 do), any other
     by module and qualified name (``"mypackage.models.MyDetector"``)."""
-    if cls.__module__.partition(".")[0] == __package__:
+    if cls.__module__.partition(".")[0] == __name__.partition(".")[0]:
         return cls.__name__
     return f"{cls.__module__}.{cls.__qualname__}"
 

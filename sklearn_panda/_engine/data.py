@@ -15,7 +15,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ._image_io import read_image
+from .._io.images import read_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,7 +30,7 @@ def resized_shape(height, width, resize):
 
     Examples
     --------
-    >>> from sklearn_panda._data import resized_shape
+    >>> from sklearn_panda._engine.data import resized_shape
     >>> resized_shape(28, 40, 256), resized_shape(28, 40, (224, 224)), resized_shape(28, 40, None)
     ((256, 365), (224, 224), (28, 40))
     """
@@ -77,7 +77,7 @@ def resize_and_crop(images, resize, crop_size):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._data import resize_and_crop
+    >>> from sklearn_panda._engine.data import resize_and_crop
     >>> resize_and_crop(torch.rand(2, 3, 28, 40), 256, 224).shape
     torch.Size([2, 3, 224, 224])
     >>> resize_and_crop(torch.rand(2, 3, 28, 40), (224, 224), None).shape
@@ -102,7 +102,7 @@ def _load_image(item):
 
 
 class Preprocessor:
-    """Turns slices of a :class:`~sklearn_panda._validation.CheckedInput` into model input.
+    """Turns slices of a :class:`~sklearn_panda._estimators.validation.CheckedInput` into model input.
 
     Parameters
     ----------

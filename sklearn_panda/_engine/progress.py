@@ -22,7 +22,7 @@ class ProgressBar:
 
     Examples
     --------
-    >>> from sklearn_panda._progress import ProgressBar
+    >>> from sklearn_panda._engine.progress import ProgressBar
     >>> progress = ProgressBar(3, "features", enabled=False)
     >>> for done in (1, 2, 3):
     ...     progress.update(done, loss=0.5)

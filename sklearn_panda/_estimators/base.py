@@ -8,7 +8,7 @@ a head) and assigns the fitted attributes only at the very end, so that an
 exception or KeyboardInterrupt during ``fit`` leaves the estimator as it was;
 input checks for new samples, pickling and ``save``.
 
-Pickling and ``save`` come from :class:`~sklearn_panda._torch_state.TorchStateMixin`,
+Pickling and ``save`` come from :class:`~sklearn_panda._estimators.torch_state.TorchStateMixin`,
 driven by each estimator's ``_torch_attributes``.
 
 :class:`BasePandaDetector` adds ``contamination`` and scikit-learn's outlier
@@ -28,18 +28,18 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._backbones import build_feature_net
-from ._compilation import compiled
-from ._data import Preprocessor
-from ._device import resolve_device, seeded_cpu_generator
-from ._inference import cache_sized_batch, cache_trunk_outputs, extract_features, peak_activation_bytes
-from ._outlier import OutlierContractMixin
-from ._progress import ProgressBar
-from ._recipes import AUTO, resolve
-from ._sklearn_compat import Interval, StrOptions
-from ._torch_state import TorchStateMixin
-from ._training import run_sgd
-from ._validation import check_consistent, check_input
+from .._engine.backbones import build_feature_net
+from .._engine.compilation import compiled
+from .._engine.data import Preprocessor
+from .._engine.device import resolve_device, seeded_cpu_generator
+from .._engine.inference import cache_sized_batch, cache_trunk_outputs, extract_features, peak_activation_bytes
+from .._engine.progress import ProgressBar
+from .._engine.training import run_sgd
+from .._sklearn_compat import Interval, StrOptions
+from .outlier import OutlierContractMixin
+from .recipes import AUTO, resolve
+from .torch_state import TorchStateMixin
+from .validation import check_consistent, check_input
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Largest activation of one sample, per network and (input shape, precision):

@@ -48,7 +48,7 @@ def read_image(item):
     --------
     >>> import numpy as np
     >>> from PIL import Image
-    >>> from sklearn_panda._image_io import read_image
+    >>> from sklearn_panda._io.images import read_image
     >>> ramp = Image.fromarray(np.array([[0, 32768, 65535]], dtype=np.uint16))
     >>> read_image(ramp)[0, :, 0].tolist()  # 16 bits: not clipped to white
     [0.0, 0.5000076293945312, 1.0]
@@ -132,7 +132,7 @@ def collect_images(sources):
     Examples
     --------
     >>> import pathlib, tempfile
-    >>> from sklearn_panda._image_io import collect_images
+    >>> from sklearn_panda._io.images import collect_images
     >>> folder = pathlib.Path(tempfile.mkdtemp())
     >>> for name in ("b.PNG", "a.jpg", "notes.md"):
     ...     _ = (folder / name).write_bytes(b"")
@@ -195,7 +195,7 @@ def write_files(contents):
     Examples
     --------
     >>> import os, tempfile
-    >>> from sklearn_panda._image_io import write_files
+    >>> from sklearn_panda._io.images import write_files
     >>> folder = tempfile.mkdtemp()
     >>> write_files({os.path.join(folder, "a.txt"): b"one", os.path.join(folder, "b.txt"): b"two"})
     >>> sorted(os.listdir(folder))

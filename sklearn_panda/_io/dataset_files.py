@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._image_io import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS
 
 
 @dataclass(frozen=True)

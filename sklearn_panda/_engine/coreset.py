@@ -40,7 +40,7 @@ def greedy_coreset(features, n_select, *, projection_dim=128, generator=None):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._coreset import greedy_coreset
+    >>> from sklearn_panda._engine.coreset import greedy_coreset
     >>> points = torch.tensor([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [10.0, 0.0]])
     >>> sorted(greedy_coreset(points, 3, generator=torch.Generator().manual_seed(0)).tolist())
     [0, 2, 3]

@@ -174,7 +174,7 @@ def family_stage_ends(model):
     Examples
     --------
     >>> import torchvision
-    >>> from sklearn_panda._families import family_stage_ends
+    >>> from sklearn_panda._engine.families import family_stage_ends
     >>> family_stage_ends(torchvision.models.resnet18()).ends
     ['maxpool', 'layer1', 'layer2', 'layer3', 'layer4']
     >>> family_stage_ends(torchvision.models.mobilenet_v2()).ends

@@ -107,7 +107,7 @@ def compiled(module, batch_size):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._compilation import compiled
+    >>> from sklearn_panda._engine.compilation import compiled
     >>> layer = torch.nn.Linear(3, 2)
     >>> forward = compiled(layer, batch_size=4)
     >>> forward(torch.ones(3, 3)).shape

@@ -28,8 +28,8 @@ from torch import nn
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ._data import IMAGENET_MEAN, IMAGENET_STD, resized_shape
-from ._patch_features import aggregate, gaussian_smoothing
+from .data import IMAGENET_MEAN, IMAGENET_STD, resized_shape
+from .patch_features import aggregate, gaussian_smoothing
 
 # ONNX files are protocol buffers, which cannot exceed 2 GiB.
 ONNX_FILE_LIMIT_BYTES = 2**31
@@ -59,7 +59,7 @@ def resampling_weights(n_in, n_out):
 
     Examples
     --------
-    >>> from sklearn_panda._onnx_graph import resampling_weights
+    >>> from sklearn_panda._engine.onnx_graph import resampling_weights
     >>> weights, bits = resampling_weights(4, 2)
     >>> weights.shape, bits, bool((weights.sum(axis=0) == 2**bits).all())
     ((4, 2), 16, True)
@@ -208,7 +208,7 @@ class ScoringGraph(nn.Module):
     channels : {1, 3}
     resize : int, (int, int) or None
     crop_size : int or None
-        The detector's geometry (see :func:`sklearn_panda._data.resize_and_crop`).
+        The detector's geometry (see :func:`sklearn_panda._engine.data.resize_and_crop`).
     normalize_features : bool
         L2-normalise the features, as the detector does.
     distance : nn.Module

@@ -9,16 +9,15 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch.func import functional_call
 
-from ._detector import SCORERS, FeatureDetectorBase
-from ._device import ON_CPU
-from ._docstrings import fill_doc
-from ._inference import rows_of, run_in_batches, trunk_output_chunks
-from ._progress import ProgressBar
-from ._sklearn_compat import HasMethods, Interval, StrOptions
-from .callbacks import TrainingCallback
-from .scorers import offset_from_training_scores
-from .scorers._contract import _BaseScorer
-
+from .._engine.device import ON_CPU
+from .._engine.inference import rows_of, run_in_batches, trunk_output_chunks
+from .._engine.progress import ProgressBar
+from .._sklearn_compat import HasMethods, Interval, StrOptions
+from ..callbacks import TrainingCallback
+from ..scorers import offset_from_training_scores
+from ..scorers._contract import _BaseScorer
+from .detector import SCORERS, FeatureDetectorBase
+from .docstrings import fill_doc
 
 CHECKPOINT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -346,7 +345,7 @@ class PandaSES(FeatureDetectorBase):
 
         The trunk runs once per sample: ``hidden`` holds its outputs for every
         sample already, or they are computed for one chunk of samples at a
-        time (:func:`~sklearn_panda._inference.trunk_output_chunks`). Over
+        time (:func:`~sklearn_panda._engine.inference.trunk_output_chunks`). Over
         each chunk the checkpoints run in turn, each moved to the device on
         its own, so that the device never holds more than one of them. A batch
         that runs out of GPU memory is retried with half as many samples.

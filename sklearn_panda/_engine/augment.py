@@ -10,8 +10,8 @@ hue and greyscale leave equal channels equal.
 import torch
 from torchvision.transforms import v2
 
-from ._data import IMAGENET_MEAN, IMAGENET_STD
-from ._device import seeded_cpu_generator
+from .data import IMAGENET_MEAN, IMAGENET_STD
+from .device import seeded_cpu_generator
 
 
 def contrastive_transform(size):
@@ -20,7 +20,7 @@ def contrastive_transform(size):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._augment import contrastive_transform
+    >>> from sklearn_panda._engine.augment import contrastive_transform
     >>> contrastive_transform(32)(torch.rand(3, 32, 32)).shape
     torch.Size([3, 32, 32])
     """
@@ -39,7 +39,7 @@ class ViewMaker:
 
     The randomness comes from ``generator`` only: each call draws a seed from
     it and runs the transforms with the global CPU generator seeded from it
-    (:func:`~sklearn_panda._device.seeded_cpu_generator`), so that
+    (:func:`~sklearn_panda._engine.device.seeded_cpu_generator`), so that
     torchvision's use of the global generator leaves it as it was.
 
     Parameters
@@ -49,7 +49,7 @@ class ViewMaker:
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._augment import ViewMaker
+    >>> from sklearn_panda._engine.augment import ViewMaker
     >>> first, second = ViewMaker(torch.Generator().manual_seed(0))(torch.rand(2, 3, 16, 16))
     >>> first.shape, bool((first != second).any())
     (torch.Size([2, 3, 16, 16]), True)

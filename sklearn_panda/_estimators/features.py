@@ -11,15 +11,15 @@ import torch.nn.functional as F
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._augment import ViewMaker
-from ._base import BasePanda
-from ._data import shuffled_batches
-from ._device import ON_CPU, ON_DEVICE
-from ._docstrings import fill_doc
-from ._losses import compactness_loss, ewc_penalty, fisher_diagonal, mean_shifted_contrastive_loss
-from ._recipes import AUTO, resolve
-from ._sklearn_compat import Interval, StrOptions, _fit_context
-from .callbacks import check_callbacks, training_indices
+from .._engine.augment import ViewMaker
+from .._engine.data import shuffled_batches
+from .._engine.device import ON_CPU, ON_DEVICE
+from .._engine.losses import compactness_loss, ewc_penalty, fisher_diagonal, mean_shifted_contrastive_loss
+from .._sklearn_compat import Interval, StrOptions, _fit_context
+from ..callbacks import check_callbacks, training_indices
+from .base import BasePanda
+from .docstrings import fill_doc
+from .recipes import AUTO, resolve
 
 
 @fill_doc

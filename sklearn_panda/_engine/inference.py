@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 import torch
 
-from ._progress import ProgressBar
+from .progress import ProgressBar
 
 
 def _release_cached_memory():
@@ -85,7 +85,7 @@ def extract_features(module, batch_source, n_samples, batch_size, *, verbose=0, 
     Examples
     --------
     >>> import numpy as np, torch
-    >>> from sklearn_panda._inference import extract_features
+    >>> from sklearn_panda._engine.inference import extract_features
     >>> X = torch.arange(10.0).reshape(5, 2)
     >>> extract_features(lambda batch: 2 * batch, lambda indices: X[indices], 5, 2)[:, 0]
     array([ 0.,  4.,  8., 12., 16.], dtype=float32)
@@ -232,7 +232,7 @@ def peak_activation_bytes(modules, run):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._inference import peak_activation_bytes
+    >>> from sklearn_panda._engine.inference import peak_activation_bytes
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 100), torch.nn.Linear(100, 2))
     >>> peak_activation_bytes([net], lambda: net(torch.ones(1, 3)))  # 100 float32 values
     400
@@ -308,7 +308,7 @@ def cache_sized_batch(per_sample_bytes, largest, cache_bytes=None):
 
     Examples
     --------
-    >>> from sklearn_panda._inference import cache_sized_batch
+    >>> from sklearn_panda._engine.inference import cache_sized_batch
     >>> cache_sized_batch(3_211_264, largest=32, cache_bytes=32 * 2**20)
     5
     >>> cache_sized_batch(100, largest=32, cache_bytes=32 * 2**20)

@@ -11,8 +11,8 @@ import io
 
 import torch
 
-from . import _persistence
-from ._device import loadable_device, place_torch_state
+from .._engine.device import loadable_device, place_torch_state
+from .._io import persistence as _persistence
 
 # The key of the pickled state that holds the torch state, saved by torch.
 TORCH_STATE = "__torch_state__"

@@ -20,7 +20,7 @@ def resolve_device(device):
 
     Examples
     --------
-    >>> from sklearn_panda._device import resolve_device
+    >>> from sklearn_panda._engine.device import resolve_device
     >>> resolve_device("cpu")
     device(type='cpu')
     """
@@ -42,7 +42,7 @@ def loadable_device(fitted_device):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._device import loadable_device
+    >>> from sklearn_panda._engine.device import loadable_device
     >>> loadable_device(torch.device("cpu"))
     device(type='cpu')
     """
@@ -67,7 +67,7 @@ def place_torch_state(attributes, declaration, device):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._device import ON_CPU, ON_DEVICE, place_torch_state
+    >>> from sklearn_panda._engine.device import ON_CPU, ON_DEVICE, place_torch_state
     >>> attributes = {"head_": torch.nn.Linear(2, 1), "checkpoints_": [{"w": torch.zeros(2)}], "offset_": 0.5}
     >>> place_torch_state(attributes, {"head_": ON_DEVICE, "checkpoints_": ON_CPU}, torch.device("cpu"))
     >>> attributes["checkpoints_"][0]["w"].device
@@ -103,7 +103,7 @@ def seeded_cpu_generator(seed):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._device import seeded_cpu_generator
+    >>> from sklearn_panda._engine.device import seeded_cpu_generator
     >>> before = torch.random.get_rng_state()
     >>> with seeded_cpu_generator(0):
     ...     first = torch.rand(2)

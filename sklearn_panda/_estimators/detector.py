@@ -6,13 +6,13 @@ from abc import abstractmethod
 import numpy as np
 from sklearn.base import clone
 
-from ._base import BasePandaDetector, draw_seed
-from ._docstrings import fill_doc
-from ._features import PandaFeatures
-from ._recipes import AUTO, resolve
-from ._sklearn_compat import HasMethods, StrOptions, _fit_context
-from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
-from .scorers._contract import _BaseScorer
+from .._sklearn_compat import HasMethods, StrOptions, _fit_context
+from ..scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
+from ..scorers._contract import _BaseScorer
+from .base import BasePandaDetector, draw_seed
+from .docstrings import fill_doc
+from .features import PandaFeatures
+from .recipes import AUTO, resolve
 
 SCORERS = {"knn", "kmeans", "center", "mahalanobis"}
 

@@ -7,7 +7,7 @@ averaged over a small neighbourhood of positions so that a feature sees a
 little context, the deeper map upsampled to the finer grid, and both
 concatenated: one feature vector per position of a stride-8 grid.
 
-The backbone is split by node name (:func:`~sklearn_panda._stages.split_model`)
+The backbone is split by node name (:func:`~sklearn_panda._engine.stages.split_model`)
 with the chosen layers as its stage ends, so that the same network can be
 saved, moved and adapted as the image-level detectors' are. Default layers
 come from the family's stage ends: the last one at stride 8 and the last at
@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from ._backbones import build_model
-from ._families import family_stage_ends
-from ._stages import split_model
+from .backbones import build_model
+from .families import family_stage_ends
+from .stages import split_model
 
 # The strides of the default layers: the finest maps that still carry mid-level meaning.
 DEFAULT_STRIDES = (8, 16)
@@ -48,7 +48,7 @@ def stage_outputs(net, images):
     Examples
     --------
     >>> import torch, torchvision
-    >>> from sklearn_panda._patch_features import split_patch_net, stage_outputs
+    >>> from sklearn_panda._engine.patch_features import split_patch_net, stage_outputs
     >>> net = split_patch_net(torchvision.models.resnet18(), ["layer1", "layer2"])
     >>> [tuple(output.shape) for output in stage_outputs(net, torch.zeros(1, 3, 64, 64))]
     [(1, 64, 16, 16), (1, 128, 8, 8)]
@@ -66,7 +66,7 @@ def default_layers(model):
     Examples
     --------
     >>> import torchvision
-    >>> from sklearn_panda._patch_features import default_layers
+    >>> from sklearn_panda._engine.patch_features import default_layers
     >>> default_layers(torchvision.models.resnet18())
     ['layer2', 'layer3']
     >>> default_layers(torchvision.models.mobilenet_v2())
@@ -147,7 +147,7 @@ def aggregate(maps, neighbourhood, n_features=None):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._patch_features import aggregate
+    >>> from sklearn_panda._engine.patch_features import aggregate
     >>> aggregate([torch.ones(2, 4, 8, 8), torch.ones(2, 6, 4, 4)], 3).shape
     torch.Size([2, 10, 8, 8])
     >>> aggregate([torch.ones(2, 4, 8, 8), torch.ones(2, 6, 4, 4)], 3, n_features=5).shape
@@ -181,7 +181,7 @@ def channel_pooling(n_channels, n_features):
 
     Examples
     --------
-    >>> from sklearn_panda._patch_features import channel_pooling
+    >>> from sklearn_panda._engine.patch_features import channel_pooling
     >>> channel_pooling(4, 2).T.tolist()
     [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]
     """
@@ -203,7 +203,7 @@ def working_size(height, width, resize):
 
     Examples
     --------
-    >>> from sklearn_panda._patch_features import working_size
+    >>> from sklearn_panda._engine.patch_features import working_size
     >>> working_size(640, 640, "auto"), working_size(28, 56, "auto"), working_size(2048, 1024, "auto")
     ((640, 640), (224, 448), (2048, 1024))
     >>> working_size(100, 200, None), working_size(100, 200, 50), working_size(100, 200, (32, 48))
@@ -236,7 +236,7 @@ def gaussian_smoothing(maps, sigma):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._patch_features import gaussian_smoothing
+    >>> from sklearn_panda._engine.patch_features import gaussian_smoothing
     >>> spike = torch.zeros(1, 1, 21, 21); spike[0, 0, 10, 10] = 1
     >>> smoothed = gaussian_smoothing(spike, 1.0)
     >>> round(float(smoothed.sum()), 6), divmod(int(smoothed.argmax()), 21)

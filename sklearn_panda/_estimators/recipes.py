@@ -77,7 +77,7 @@ def recipe_for(backbone):
 
     Examples
     --------
-    >>> from sklearn_panda._recipes import recipe_for
+    >>> from sklearn_panda._estimators.recipes import recipe_for
     >>> recipe_for("efficientnet_lite0").n_steps
     100
     >>> recipe_for("efficientnet_lite0").resize
@@ -108,7 +108,7 @@ def resolve(estimator, name):
     Examples
     --------
     >>> from sklearn_panda import PandaDetector
-    >>> from sklearn_panda._recipes import resolve
+    >>> from sklearn_panda._estimators.recipes import resolve
     >>> resolve(PandaDetector(backbone="efficientnet_lite0"), "n_steps")
     100
     >>> resolve(PandaDetector(backbone="efficientnet_lite0", n_steps=0), "n_steps")

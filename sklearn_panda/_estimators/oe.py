@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._base import BasePandaDetector
-from ._data import shuffled_batches
-from ._device import ON_DEVICE, seeded_cpu_generator
-from ._docstrings import fill_doc
-from ._sklearn_compat import Interval, _fit_context
-from .scorers import KNNScorer, offset_from_training_scores
+from .._engine.data import shuffled_batches
+from .._engine.device import ON_DEVICE, seeded_cpu_generator
+from .._sklearn_compat import Interval, _fit_context
+from ..scorers import KNNScorer, offset_from_training_scores
+from .base import BasePandaDetector
+from .docstrings import fill_doc
 
 
 def normal_mask(y, n_samples, normal_label):

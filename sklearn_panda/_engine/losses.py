@@ -10,7 +10,7 @@ def compactness_loss(features, center):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._losses import compactness_loss
+    >>> from sklearn_panda._engine.losses import compactness_loss
     >>> compactness_loss(torch.tensor([[1.0, 0.0], [3.0, 0.0]]), torch.tensor([2.0, 0.0]))
     tensor(1.)
     """
@@ -37,7 +37,7 @@ def sample_labels(logits, generator):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._losses import sample_labels
+    >>> from sklearn_panda._engine.losses import sample_labels
     >>> sample_labels(torch.tensor([[0.0, 50.0], [50.0, 0.0]]), torch.Generator().manual_seed(0))
     tensor([1, 0])
     """
@@ -154,7 +154,7 @@ def mean_shifted_contrastive_loss(first, second, center, temperature=0.25):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._losses import mean_shifted_contrastive_loss
+    >>> from sklearn_panda._engine.losses import mean_shifted_contrastive_loss
     >>> center = torch.tensor([1.0, 0.0, 0.0])
     >>> views = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
     >>> aligned = mean_shifted_contrastive_loss(views, views, center)

@@ -7,7 +7,7 @@ text there when the class is defined (as MNE's ``fill_doc``). numpydoc and
 
 Examples
 --------
->>> from sklearn_panda._docstrings import fill_doc
+>>> from sklearn_panda._estimators.docstrings import fill_doc
 >>> @fill_doc
 ... class Example:
 ...     '''An example.
@@ -239,7 +239,7 @@ def fill_doc(obj):
     def shared_text(match):
         indentation, name = match.groups()
         if name not in DOCS:
-            raise KeyError(f"{obj.__qualname__}'s docstring names %({name})s, which sklearn_panda._docstrings.DOCS lacks.")
+            raise KeyError(f"{obj.__qualname__}'s docstring names %({name})s, which sklearn_panda._estimators.docstrings.DOCS lacks.")
         return textwrap.indent(DOCS[name], indentation)
 
     obj.__doc__ = _PLACEHOLDER.sub(shared_text, obj.__doc__)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._image_io import read_binary_mask
+from .images import read_binary_mask
 
 # Boards (group folders) for training and for testing, each set about half the pairs.
 TRAIN_GROUPS = ("00041", "12300", "20085", "50600", "90100")

@@ -16,7 +16,7 @@ from string import Template
 
 import numpy as np
 
-from ._image_io import read_image
+from .images import read_image
 
 THUMBNAIL_SIZE = 160
 # A blue-to-red ramp (ColorBrewer's RdYlBu, reversed): low anomaly blue, the threshold pale, high red.
@@ -61,7 +61,7 @@ def heat_overlay(image, anomaly_map, threshold):
     --------
     >>> import numpy as np
     >>> from PIL import Image
-    >>> from sklearn_panda._report import heat_overlay
+    >>> from sklearn_panda._io.report import heat_overlay
     >>> image = Image.new("RGB", (4, 2), "white")
     >>> overlay = heat_overlay(image, np.array([[0, 1, 2, 3], [0, 0, 0, 0]], dtype=float), threshold=1.0)
     >>> overlay.size, overlay.getpixel((0, 0))[2] > overlay.getpixel((0, 0))[0], overlay.getpixel((3, 0))

@@ -14,7 +14,7 @@ default the features are the input of the model's classifier (its last
 Fisher information of EWC.
 
 Each torchvision classifier family has default stage ends
-(:func:`~sklearn_panda._families.family_stage_ends`);
+(:func:`~sklearn_panda._engine.families.family_stage_ends`);
 any other network needs ``stage_ends``. A cut must leave one tensor that
 carries everything forward (not the inside of a residual block); a network
 that cannot be split is an error that names the parameters to set, never a
@@ -24,13 +24,14 @@ silent fallback.
 import inspect
 import math
 import re
+
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import fx, nn
 from torchvision.models.feature_extraction import NodePathTracer
 
-from ._families import FamilyStages, family_stage_ends, has_parameters, sequential_stage_ends
+from .families import FamilyStages, family_stage_ends, has_parameters, sequential_stage_ends
 
 SPLIT_PARAMETERS_HINT = (
     "Set stage_ends (the names of the nodes or modules that end each stage, in order; "
@@ -116,7 +117,7 @@ class Trunk(nn.Sequential):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._stages import Trunk
+    >>> from sklearn_panda._engine.stages import Trunk
     >>> stem, image = torch.nn.Conv2d(3, 4, 3), torch.ones(1, 3, 8, 8)
     >>> with torch.autocast("cpu", dtype=torch.bfloat16):
     ...     print(stem(image).dtype, Trunk(stem)(image).dtype)
@@ -153,7 +154,7 @@ class PooledFeatures(nn.Module):
     Examples
     --------
     >>> import torch
-    >>> from sklearn_panda._stages import PooledFeatures
+    >>> from sklearn_panda._engine.stages import PooledFeatures
     >>> PooledFeatures(None, "layer4")(torch.ones(2, 5, 3, 3)).shape
     torch.Size([2, 5])
     """
@@ -363,7 +364,7 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
     stage_ends : sequence of str or None, default=None
         Names of the nodes (or modules, for their last node) that end each
         stage, in forward order. ``None``: the family's own
-        (:func:`~sklearn_panda._families.family_stage_ends`), up to ``feature_node``.
+        (:func:`~sklearn_panda._engine.families.family_stage_ends`), up to ``feature_node``.
     feature_node : str or None, default=None
         The node whose output gives the features (average-pooled when it is
         a feature map). ``None``: the family's, by default the input of the
@@ -391,7 +392,7 @@ def split_model(model, n_trainable_stages, *, stage_ends=None, feature_node=None
     Examples
     --------
     >>> import torch, torchvision
-    >>> from sklearn_panda._stages import split_model
+    >>> from sklearn_panda._engine.stages import split_model
     >>> net = split_model(torchvision.models.resnet18(), 2)
     >>> net.stages[0] is net.stages[0], len(net.trunk), len(net.stages)  # layer3, layer4, pooling
     (True, 3, 3)

@@ -1,0 +1,60 @@
+"""The flat module paths private modules had before they moved into ``_engine``,
+``_estimators`` and ``_io``, so that pickles and joblib files written then still load.
+
+A pickle names each object's class by module path (``sklearn_panda._detector.PandaDetector``,
+``sklearn_panda._stages.SplitNet``); :func:`alias_old_paths` makes each old path the
+module that now holds those classes. ``save`` / ``load`` files never name a module path
+of the package (its classes go by their public names).
+"""
+
+import importlib
+import sys
+
+# Old flat module -> where it lives now (both under sklearn_panda).
+MOVED = {
+    "_augment": "_engine.augment",
+    "_backbones": "_engine.backbones",
+    "_compilation": "_engine.compilation",
+    "_coreset": "_engine.coreset",
+    "_data": "_engine.data",
+    "_device": "_engine.device",
+    "_families": "_engine.families",
+    "_inference": "_engine.inference",
+    "_losses": "_engine.losses",
+    "_onnx_graph": "_engine.onnx_graph",
+    "_patch_features": "_engine.patch_features",
+    "_progress": "_engine.progress",
+    "_quantize": "_engine.quantize",
+    "_stages": "_engine.stages",
+    "_training": "_engine.training",
+    "_base": "_estimators.base",
+    "_detector": "_estimators.detector",
+    "_docstrings": "_estimators.docstrings",
+    "_features": "_estimators.features",
+    "_oe": "_estimators.oe",
+    "_outlier": "_estimators.outlier",
+    "_patch": "_estimators.patch",
+    "_recipes": "_estimators.recipes",
+    "_ses": "_estimators.ses",
+    "_torch_state": "_estimators.torch_state",
+    "_validation": "_estimators.validation",
+    "_dataset_files": "_io.dataset_files",
+    "_deeppcb": "_io.deeppcb",
+    "_image_io": "_io.images",
+    "_persistence": "_io.persistence",
+    "_report": "_io.report",
+}
+
+
+def alias_old_paths(package="sklearn_panda"):
+    """Make ``package._old`` name the module ``package.<new>`` for each entry of :data:`MOVED`.
+
+    Examples
+    --------
+    >>> import pickle
+    >>> from sklearn_panda import PandaDetector
+    >>> pickle.loads(b"csklearn_panda._detector\\nPandaDetector\\n.") is PandaDetector
+    True
+    """
+    for old, new in MOVED.items():
+        sys.modules.setdefault(f"{package}.{old}", importlib.import_module(f"{package}.{new}"))
