@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from conftest import TINY_IMAGES
 from sklearn.pipeline import make_pipeline
 
-from sklearn_panda import KNNScorer, PandaFeatures
+from sklearn_panda import KNNScorer, PandaDetector, PandaFeatures, PandaSES
 from sklearn_panda.callbacks import TrainingCallback
 
 ADAPTATION = dict(TINY_IMAGES, n_steps=4, learning_rate=0.1, clip_norm=None, batch_size=8, random_state=0)
@@ -119,3 +119,23 @@ def test_callbacks_reach_the_features_in_a_pipeline():
     pipeline = make_pipeline(PandaFeatures(**ADAPTATION), KNNScorer())
     pipeline.fit(_images(12, 0), pandafeatures__callbacks=[recorder])
     assert [call[0] for call in recorder.calls] == ["begin", "step", "step", "step", "step", "end"]
+
+
+def test_detectors_pass_callbacks_to_their_features():
+    train = _images(12, 0)
+    recorder = Recorder()
+    detector = PandaDetector(**ADAPTATION).fit(train, callbacks=[recorder])
+    assert [call[2] for call in recorder.calls[1:-1]] == detector.history_["loss"]
+    plain = PandaDetector(**ADAPTATION).fit(train)
+    np.testing.assert_array_equal(detector.score_samples(train), plain.score_samples(train))
+
+
+def test_ses_runs_the_users_callbacks_beside_its_checkpoints():
+    train = _images(12, 0)
+    recorder = Recorder()
+    ses = PandaSES(**ADAPTATION, checkpoint_every=2).fit(train, callbacks=[recorder])
+    # Trained on the gallery: the validation images are held out by the checkpoint callback.
+    assert recorder.calls[0] == ("begin", 12) and len(recorder.calls) == 6
+    assert ses.checkpoint_steps_ == [0, 2, 4]
+    with pytest.raises(ValueError, match="at most one callback"):
+        PandaSES(**ADAPTATION, checkpoint_every=2).fit(train, callbacks=[Recorder(np.arange(5))])

@@ -7,6 +7,7 @@ import numpy as np
 from sklearn.base import clone
 
 from .._sklearn_compat import HasMethods, StrOptions, _fit_context
+from ..callbacks import check_callbacks
 from ..scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
 from ..scorers._contract import _BaseScorer
 from .base import BasePandaDetector, draw_seed
@@ -105,7 +106,7 @@ class FeatureDetectorBase(BasePandaDetector):
 
     # The scorer is an estimator parameter: its own fit validates its parameters.
     @_fit_context(prefer_skip_nested_validation=False)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, callbacks=None):
         """Adapt the backbone to the normal images ``X`` and fit the scorer.
 
         Parameters
@@ -118,18 +119,22 @@ class FeatureDetectorBase(BasePandaDetector):
         y : Ignored
             Not used, present for API consistency by convention.
 
+        callbacks : list of TrainingCallback, default=None
+            Code of one's own that takes part in the adaptation, as in
+            :meth:`PandaFeatures.fit` (:mod:`sklearn_panda.callbacks`).
+
         Returns
         -------
         self : object
             The fitted estimator.
         """
-        self._fit(X, y)
+        self._fit(X, y, callbacks=check_callbacks(callbacks))
         return self
 
-    def _fit_checked(self, X, checked, y):
+    def _fit_checked(self, X, checked, y, callbacks=()):
         self._check_scorer()
         features = self._make_features()
-        fitted = self._fit_features_and_scoring(features, X)
+        fitted = self._fit_features_and_scoring(features, X, callbacks)
         fitted["features_"] = features
         fitted["recipe_"] = {**features.recipe_, "scorer": resolve(self, "scorer")}
         # No FitRun of its own: the features' fit built the network and kept the trunk outputs.
@@ -166,9 +171,10 @@ class FeatureDetectorBase(BasePandaDetector):
         return clone(scorer)
 
     @abstractmethod
-    def _fit_features_and_scoring(self, features, X):
-        """Fit the unfitted :class:`PandaFeatures` ``features`` on ``X``; return the fitted
-        scoring attributes (``offset_``, ``training_scores_``, ...) on its adapted network."""
+    def _fit_features_and_scoring(self, features, X, callbacks):
+        """Fit the unfitted :class:`PandaFeatures` ``features`` on ``X`` (with the user's
+        ``callbacks``); return the fitted scoring attributes (``offset_``,
+        ``training_scores_``, ...) on its adapted network."""
 
 
 @fill_doc
@@ -399,10 +405,10 @@ class PandaDetector(FeatureDetectorBase):
             verbose=verbose,
         )
 
-    def _fit_features_and_scoring(self, features, X):
+    def _fit_features_and_scoring(self, features, X, callbacks):
         """The scorer fitted on the adapted training features (``fit_transform``
         reuses the trunk outputs of the adaptation), its ``offset_`` and ``training_scores_``."""
-        training_features = features.fit_transform(X)
+        training_features = features.fit_transform(X, callbacks=callbacks)
         scorer = self._make_scorer().fit(training_features)
         if isinstance(scorer, _BaseScorer):
             training_scores = scorer.training_scores_

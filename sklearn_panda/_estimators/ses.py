@@ -327,7 +327,7 @@ class PandaSES(FeatureDetectorBase):
                 "normal images, and needs leave-one-out training scores."
             )
 
-    def _fit_features_and_scoring(self, features, X):
+    def _fit_features_and_scoring(self, features, X, callbacks):
         if 0 < self.n_steps < self.checkpoint_every:
             raise ValueError(
                 f"n_steps={self.n_steps} is smaller than checkpoint_every={self.checkpoint_every}: no "
@@ -335,7 +335,9 @@ class PandaSES(FeatureDetectorBase):
                 "checkpoint_every, or set n_steps=0 for the unadapted features."
             )
         checkpoints = _Checkpoints(self)
-        features.fit(X, callbacks=[checkpoints])
+        # The user's callbacks see the steps after the checkpoint is kept; one that chooses
+        # the samples to train on is refused (the checkpoints hold out the validation images).
+        features.fit(X, callbacks=[checkpoints, *callbacks])
         return self._fit_scoring(checkpoints)
 
     # ------------------------------------------------------------- scoring
