@@ -5,7 +5,8 @@ without test labels; kNN is the package's :class:`~sklearn_panda.KNNScorer`
 (k=2), the Gaussian score its :class:`~sklearn_panda.MahalanobisScorer`.
 A multi-view or multi-extractor candidate divides each member's kNN distances
 by that member's *typical training distance* (the mean leave-one-out kNN
-distance of the training images) and averages them. The guard holds a tenth of
+distance of the training images) and averages them; "mean feature" candidates
+instead average each image's features over the views and fit one scorer. The guard holds a tenth of
 the training images out of the adaptation and keeps the adapted network only
 when their normalised distance (held-out kNN distance to the rest over the
 rest's leave-one-out distance) grew by at most ``margin`` against the
@@ -90,6 +91,15 @@ def ensemble(members, how="mean", scorer="knn"):
     return score
 
 
+def mean_feature(extractor, views):
+    """The Gaussian score of each image's features averaged over ``views`` (one scorer, unlike ``ensemble``)."""
+    def score(fit, split):
+        train = np.mean([fit.features(extractor, v, "train") for v in views], axis=0)
+        return MahalanobisScorer().fit(train).score_samples(np.mean([fit.features(extractor, v, split) for v in views],
+                                                                    axis=0))
+    return score
+
+
 def guard(margin, fallback="unadapted"):
     def score(fit, split):
         grew = fit.guard_ratio("guard-lr1e-1@100") / fit.guard_ratio("unadapted")
@@ -123,6 +133,7 @@ CANDIDATES = {
     "default, Mahalanobis, whole + mirror": ensemble([(DEFAULT, "whole"), (DEFAULT, "flip")], scorer="mahalanobis"),
     "unadapted, Mahalanobis, whole + mirror": ensemble(
         [("unadapted", "whole"), ("unadapted", "flip")], scorer="mahalanobis"),
+    "default, Mahalanobis, mean feature of whole + mirror": mean_feature(DEFAULT, ("whole", "flip")),
     "unadapted + default, Mahalanobis": ensemble([("unadapted", "whole"), (DEFAULT, "whole")], scorer="mahalanobis"),
     "shorter (lr 1e-1 x 30), Mahalanobis": mahalanobis("lr1e-1@30"),
     "guard, margin 0": guard(0.0),

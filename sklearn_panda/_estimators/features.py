@@ -327,9 +327,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         choose the samples to train on and see every step.
         """
         indices = training_indices(callbacks, net, len(preprocessor), generator)
-        after_step = [
-            functools.partial(_call_on_step_end, callback, net) for callback in callbacks
-        ]
+        after_step = [functools.partial(_call_on_step_end, callback, net) for callback in callbacks]
         return self._train(net, preprocessor, hidden, generator, after_step, indices)
 
     def _train(self, net, preprocessor, hidden, generator, callbacks=(), indices=None):
