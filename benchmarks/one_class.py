@@ -105,6 +105,8 @@ def panda_methods(args):
     paper_common = {**common, "resize": 256, "crop_size": 224, "scorer": "knn"}
     return {
         "recipe": lambda: PandaDetector(**recipe_common),
+        # The recipe with each image's features averaged with its mirror image's.
+        "recipe-mirror": lambda: PandaDetector(average_mirror=True, **recipe_common),
         "paper-unadapted": lambda: PandaDetector(n_steps=0, **paper_common),
         "unadapted": lambda: PandaDetector(n_steps=0, **common),
         "panda": lambda: PandaDetector(n_steps=args.steps, **common),

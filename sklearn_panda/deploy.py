@@ -207,6 +207,7 @@ def export_onnx(detector, path, *, image_size):
         channels=channels,
         **detector._fitted_preprocessing(),
         normalize_features=getattr(detector, "normalize_features_", detector.normalize_features),
+        average_mirror=detector.average_mirror,
         distance=distance,
     )
     model = export_scoring_graph(graph, image_size, channels)

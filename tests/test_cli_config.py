@@ -71,7 +71,7 @@ def test_a_patch_detector_from_the_file_is_a_local_model(tmp_path):
         ([1, 2], "must hold an object"),
         ({"detectors": "PandaSES"}, "unknown keys detectors; a config file has detector, parameters, scorer"),
         ({"detector": "PandaOE"}, "unknown detector 'PandaOE'; choose one of PandaDetector, PandaSES"),
-        ({"parameters": {"n_step": 3}}, "PandaDetector takes no parameter n_step; its parameters: backbone"),
+        ({"parameters": {"n_step": 3}}, "PandaDetector takes no parameter n_step; its parameters: average_mirror, backbone"),
         ({"parameters": []}, "parameters must be a table"),
         ({"scorer": {"n_neighbors": 3}}, "class = one of KNNScorer"),
         ({"scorer": {"class": "KNNScorer", "k": 3}}, "scorer: KNNScorer takes no parameter k"),

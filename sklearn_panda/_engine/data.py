@@ -164,6 +164,32 @@ class Preprocessor:
         return torch.stack(images)
 
 
+class Mirrored:
+    """A :class:`Preprocessor`'s batches flipped left to right: the mirror images, as preprocessed.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn_panda._engine.data import Mirrored, Preprocessor
+    >>> from sklearn_panda._estimators.validation import check_input
+    >>> images = np.arange(2 * 4 * 6, dtype=np.uint8).reshape(2, 4, 6)
+    >>> given = Preprocessor(check_input(images), resize=None, crop_size=None, device=torch.device("cpu"))
+    >>> bool(torch.equal(Mirrored(given)(np.arange(2)), given(np.arange(2)).flip(-1)))
+    True
+    """
+
+    def __init__(self, preprocessor):
+        self.preprocessor = preprocessor
+        self.checked = preprocessor.checked
+        self.device = preprocessor.device
+
+    def __len__(self):
+        return len(self.preprocessor)
+
+    def __call__(self, indices):
+        return self.preprocessor(indices).flip(-1).contiguous(memory_format=torch.channels_last)
+
+
 def _unit_range_rgb(images):
     """uint8 images in [0, 255] or float images in [0, 1] -> float32 in [0, 1], three channels."""
     if images.dtype == torch.uint8:

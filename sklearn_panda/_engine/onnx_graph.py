@@ -211,12 +211,16 @@ class ScoringGraph(nn.Module):
         The detector's geometry (see :func:`sklearn_panda._engine.data.resize_and_crop`).
     normalize_features : bool
         L2-normalise the features, as the detector does.
+    average_mirror : bool, default=False
+        Average the features with those of the mirror image (the network's
+        input flipped left to right), as the detector does.
     distance : nn.Module
         The scorer's anomaly distance of the features: a :class:`GalleryDistance`
         or a :class:`GaussianDistance`. The score is its negative.
     """
 
-    def __init__(self, net, *, image_size, channels, resize, crop_size, normalize_features, distance):
+    def __init__(self, net, *, image_size, channels, resize, crop_size, normalize_features, distance,
+                 average_mirror=False):
         super().__init__()
         height, width = image_size
         new_height, new_width = resized_shape(height, width, resize)
@@ -234,6 +238,7 @@ class ScoringGraph(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.net = net
         self.normalize_features = normalize_features
+        self.average_mirror = average_mirror
         self.distance = distance
 
     def preprocess(self, images):
@@ -248,10 +253,15 @@ class ScoringGraph(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, images):
-        features = self.net(self.preprocess(images))
-        if self.normalize_features:
-            features = F.normalize(features, dim=1)
+        inputs = self.preprocess(images)
+        features = self._features(inputs)
+        if self.average_mirror:
+            features = (features + self._features(inputs.flip(-1))) / 2
         return -self.distance(features)
+
+    def _features(self, inputs):
+        features = self.net(inputs)
+        return F.normalize(features, dim=1) if self.normalize_features else features
 
 
 def export_scoring_graph(graph, image_size, channels, output_names=("scores",)):

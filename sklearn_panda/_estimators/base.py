@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._engine.backbones import build_feature_net
 from .._engine.compilation import compiled
-from .._engine.data import Preprocessor
+from .._engine.data import Mirrored, Preprocessor
 from .._engine.device import resolve_device, seeded_cpu_generator
 from .._engine.inference import cache_sized_batch, cache_trunk_outputs, extract_features, peak_activation_bytes
 from .._engine.progress import ProgressBar
@@ -306,8 +306,24 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
         """``net.stages`` for passes without gradients; compiled when ``compile=True``."""
         return compiled(net.stages, batch_size) if self.compile else net.stages
 
-    def _embed(self, net, preprocessor, hidden=None, label="embedding"):
-        """Projected features of every sample; from cached trunk outputs ``hidden`` when given."""
+    @property
+    def _averages_mirror(self):
+        """Whether the output features average each image's with its mirror image's."""
+        return False
+
+    def _embed(self, net, preprocessor, hidden=None, label="embedding", mirror=False):
+        """Projected features of every sample; from cached trunk outputs ``hidden`` when given.
+
+        With ``mirror``, each row is averaged with the features of the sample's
+        mirror image (its preprocessed input flipped left to right).
+        """
+        features = self._embed_view(net, preprocessor, hidden, label)
+        if mirror:
+            features += self._embed_view(net, Mirrored(preprocessor), None, f"{label} (mirror images)")
+            features /= 2
+        return features
+
+    def _embed_view(self, net, preprocessor, hidden, label):
         device = preprocessor.device
         batch_size = self._inference_batch_size(net, preprocessor)
         trunk, stages = self._inference_trunk(net, batch_size), self._inference_stages(net, batch_size)
@@ -366,7 +382,7 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
     def _embed_new(self, X):
         """Projected features of new samples ``X`` under the fitted ``net_``."""
         checked = self._check_new_input(X)
-        return self._embed(self.net_, self._preprocessor(checked, self.device_))
+        return self._embed(self.net_, self._preprocessor(checked, self.device_), mirror=self._averages_mirror)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

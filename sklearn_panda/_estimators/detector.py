@@ -87,11 +87,13 @@ class FeatureDetectorBase(BasePandaDetector):
         momentum,
         weight_decay,
         clip_norm,
+        average_mirror,
         contamination,
         **network_parameters,
     ):
         super().__init__(contamination=contamination, **network_parameters)
         self.scorer = scorer
+        self.average_mirror = average_mirror
         self.n_steps = n_steps
         self.loss = loss
         self.temperature = temperature
@@ -103,6 +105,10 @@ class FeatureDetectorBase(BasePandaDetector):
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.clip_norm = clip_norm
+
+    @property
+    def _averages_mirror(self):
+        return self.average_mirror
 
     # The scorer is an estimator parameter: its own fit validates its parameters.
     @_fit_context(prefer_skip_nested_validation=False)
@@ -235,6 +241,8 @@ class PandaDetector(FeatureDetectorBase):
 
     %(normalize_features)s
 
+    %(average_mirror)s
+
     scorer : {"auto", "knn", "kmeans", "center", "mahalanobis"} or estimator, default="auto"
         What scores the adapted features. ``"auto"``: the backbone's recipe,
         ``"mahalanobis"`` for EfficientNet-Lite0 (chosen on two kinds of images,
@@ -362,6 +370,7 @@ class PandaDetector(FeatureDetectorBase):
         resize="auto",
         crop_size="auto",
         normalize_features=True,
+        average_mirror=False,
         scorer="auto",
         contamination="auto",
         batch_size=32,
@@ -393,6 +402,7 @@ class PandaDetector(FeatureDetectorBase):
             resize=resize,
             crop_size=crop_size,
             normalize_features=normalize_features,
+            average_mirror=average_mirror,
             scorer=scorer,
             contamination=contamination,
             batch_size=batch_size,
@@ -417,5 +427,5 @@ class PandaDetector(FeatureDetectorBase):
         return {"scorer_": scorer, "offset_": _offset_of(scorer), "training_scores_": training_scores}
 
     def _score_checked(self, checked):
-        features = self._embed(self.net_, self._preprocessor(checked, self.device_))
+        features = self._embed(self.net_, self._preprocessor(checked, self.device_), mirror=self.average_mirror)
         return np.asarray(self.scorer_.score_samples(features), dtype=np.float64)

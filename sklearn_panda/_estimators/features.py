@@ -76,6 +76,8 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
 
     %(normalize_features)s
 
+    %(average_mirror)s
+
     %(batch_size)s
 
     %(inference_batch_size)s
@@ -157,6 +159,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         "momentum": [Interval(numbers.Real, 0, 1, closed="left")],
         "weight_decay": [Interval(numbers.Real, 0, None, closed="left")],
         "clip_norm": [Interval(numbers.Real, 0, None, closed="neither"), None, StrOptions({AUTO})],
+        "average_mirror": ["boolean"],
     }
 
     _torch_attributes = {**BasePanda._torch_attributes, "net_": ON_DEVICE, "fisher_": ON_CPU}
@@ -183,6 +186,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         resize="auto",
         crop_size="auto",
         normalize_features=True,
+        average_mirror=False,
         batch_size=32,
         inference_batch_size="auto",
         precision="float32",
@@ -221,6 +225,11 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.clip_norm = clip_norm
+        self.average_mirror = average_mirror
+
+    @property
+    def _averages_mirror(self):
+        return self.average_mirror
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, callbacks=None):
@@ -275,12 +284,13 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
             gives them.
         """
         run = self._fit(X, callbacks=check_callbacks(callbacks))
-        return self._embed(self.net_, run.preprocessor, run.hidden)
+        return self._embed(self.net_, run.preprocessor, run.hidden, mirror=self.average_mirror)
 
     def transform(self, X):
         """Adapted features of ``X``: the pooled features of the fitted ``net_``.
 
-        With ``normalize_features=True`` each row has unit length.
+        With ``normalize_features=True`` each row has unit length (before
+        the average with the mirror image's, with ``average_mirror=True``).
 
         Parameters
         ----------
@@ -296,6 +306,11 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
 
     def _fit_checked(self, X, checked, y, callbacks=()):
         run = self._start_fit(checked)
+        if self.average_mirror and not run.net.expects_images:
+            raise ValueError(
+                "average_mirror=True averages each image's features with its mirror image's; this "
+                "backbone takes vectors, which have no mirror image. Set average_mirror=False."
+            )
         fitted = self._adapt(run.net, run.preprocessor, run.hidden, run.generator, callbacks)
         for callback in callbacks:
             callback.on_train_end(run.net, training_inputs=run.preprocessor, trunk_outputs=run.hidden)

@@ -9,6 +9,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 from torch.func import functional_call
 
+from .._engine.data import Mirrored
 from .._engine.device import ON_CPU
 from .._engine.inference import rows_of, run_in_batches, trunk_output_chunks
 from .._engine.progress import ProgressBar
@@ -133,6 +134,8 @@ class PandaSES(FeatureDetectorBase):
 
     %(normalize_features)s
 
+    %(average_mirror)s
+
     scorer : {"knn", "kmeans", "center", "mahalanobis"} or scorer instance, default="knn"
         One of the package's scorers, by name or as an instance (cloned): the
         normalisation needs anomaly distances (minus ``score_samples``) and
@@ -251,6 +254,7 @@ class PandaSES(FeatureDetectorBase):
         resize="auto",
         crop_size="auto",
         normalize_features=True,
+        average_mirror=False,
         scorer="knn",
         contamination="auto",
         batch_size=32,
@@ -282,6 +286,7 @@ class PandaSES(FeatureDetectorBase):
             resize=resize,
             crop_size=crop_size,
             normalize_features=normalize_features,
+            average_mirror=average_mirror,
             scorer=scorer,
             contamination=contamination,
             batch_size=batch_size,
@@ -343,6 +348,19 @@ class PandaSES(FeatureDetectorBase):
     # ------------------------------------------------------------- scoring
 
     def _checkpoint_features(self, net, checkpoints, preprocessor, hidden, label):
+        """Projected features of every sample under every checkpoint: a list of (n, d) arrays,
+        each row averaged with the sample's mirror image's with ``average_mirror=True``."""
+        features = self._checkpoint_view_features(net, checkpoints, preprocessor, hidden, label)
+        if self.average_mirror:
+            mirror_features = self._checkpoint_view_features(
+                net, checkpoints, Mirrored(preprocessor), None, f"{label} (mirror images)"
+            )
+            for own, mirror in zip(features, mirror_features):
+                own += mirror
+                own /= 2
+        return features
+
+    def _checkpoint_view_features(self, net, checkpoints, preprocessor, hidden, label):
         """Projected features of every sample under every checkpoint: a list of (n, d) arrays.
 
         The trunk runs once per sample: ``hidden`` holds its outputs for every

@@ -7,6 +7,7 @@ on the CPU (as skorch declares its CUDA-dependent attributes). Pickling,
 that declaration alone, for the package's estimators and users' subclasses.
 """
 
+import inspect
 import io
 
 import torch
@@ -96,4 +97,9 @@ class TorchStateMixin:
                 state["device_"] = loadable_device(state["device_"])
             place_torch_state(torch_state, self._torch_attributes, state.get("device_"))
             state.update(torch_state)
+        # A parameter added after the pickle was written takes its default.
+        signature = inspect.signature(type(self).__init__).parameters
+        for name in self._get_param_names():
+            if signature[name].default is not inspect.Parameter.empty:
+                state.setdefault(name, signature[name].default)
         super().__setstate__(state)
