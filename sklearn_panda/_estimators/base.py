@@ -52,14 +52,13 @@ FIT_TIME_ATTRIBUTES = (*INPUT_ATTRIBUTES, "normalize_features_")
 
 
 class FitRun(NamedTuple):
-    """What a ``fit`` builds before the estimator's own work: the device, the
-    seed drawn from ``random_state`` (and a generator seeded with it), the
-    training input as a preprocessor, the network, and ``hidden``, the trunk's
-    outputs for every training sample (``None`` when they did not fit in
+    """What a ``fit`` builds before the estimator's own work: the device, a
+    generator seeded with the seed drawn from ``random_state``, the training
+    input as a preprocessor, the network, and ``hidden``, the trunk's outputs
+    for every training sample (``None`` when they did not fit in
     ``trunk_cache_mb``)."""
 
     device: torch.device
-    seed: int
     generator: torch.Generator
     preprocessor: Preprocessor
     net: torch.nn.Module
@@ -195,7 +194,7 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
             lambda: self._autocast(device),
             verbose=self.verbose,
         )
-        return FitRun(device, seed, generator, preprocessor, net, hidden)
+        return FitRun(device, generator, preprocessor, net, hidden)
 
     def _split_arguments(self, attributes):
         """How ``fit`` splits the backbone, and :func:`sklearn_panda.load` the rebuilt one
