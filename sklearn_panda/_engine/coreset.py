@@ -8,6 +8,11 @@ greedy 2-approximation of the k-center problem). Distances are taken on a
 random Gaussian projection of the features (a Johnson-Lindenstrauss map) to a
 few dimensions, which keeps each step, one pass over all features, cheap.
 
+For many features (millions of patches of large images) the exact selection
+costs ``n_samples x n_select`` distances, which grows with the square of the
+data; :class:`StreamingCoreset` selects in two stages whose cost grows
+linearly, and never holds all the features at once.
+
 Pure torch, so that the selection runs where the features are (a GPU when
 the detector has one); no estimator code.
 """
@@ -15,6 +20,13 @@ the detector has one); no estimator code.
 import math
 
 import torch
+
+
+def random_projection(n_features, projection_dim, generator):
+    """The ``(n_features, projection_dim)`` Gaussian projection, or ``None`` where it would not reduce."""
+    if projection_dim is None or projection_dim >= n_features:
+        return None
+    return torch.randn(n_features, projection_dim, generator=generator) / math.sqrt(projection_dim)
 
 
 def greedy_coreset(features, n_select, *, projection_dim=128, generator=None):
@@ -50,8 +62,8 @@ def greedy_coreset(features, n_select, *, projection_dim=128, generator=None):
         raise ValueError(f"n_select must be between 1 and {n_samples}; got {n_select}.")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     reduced = features.float()
-    if projection_dim is not None and projection_dim < n_features:
-        projection = torch.randn(n_features, projection_dim, generator=generator) / math.sqrt(projection_dim)
+    projection = random_projection(n_features, projection_dim, generator)
+    if projection is not None:
         reduced = reduced @ projection.to(features.device)
     first = int(torch.randint(n_samples, (1,), generator=generator))
     return _lazy_greedy(reduced, n_select, first).to(features.device)
@@ -106,7 +118,8 @@ def _lazy_greedy(points, n_select, first, block_size=256, n_candidates=2048, chu
         true_distances = top_values[:-1].clone()
         while len(chosen) < n_select and len(block) < block_size:
             best = int(torch.argmax(true_distances))
-            if float(true_distances[best]) < bound and n_candidates < n_samples - len(chosen):
+            # ``bound`` is -inf when every point outside the candidates is chosen already.
+            if float(true_distances[best]) < bound:
                 break  # a point outside the candidates may be farther: update everything first
             pick = int(candidates[best])
             chosen.append(pick)
@@ -116,3 +129,99 @@ def _lazy_greedy(points, n_select, first, block_size=256, n_candidates=2048, chu
             )[:, 0]
             torch.minimum(true_distances, to_pick, out=true_distances)
             true_distances[best] = -float("inf")
+
+
+class StreamingCoreset:
+    """A greedy k-center coreset of rows that arrive in batches, chosen in two stages.
+
+    Stage one, as rows arrive: they are gathered into chunks of about
+    ``chunk_rows`` rows, and each chunk keeps its own greedy coreset of
+    ``pool_factor * ratio`` of its rows (the pool). Stage two, in
+    :meth:`select`: the greedy coreset of ``ratio`` of all the rows seen,
+    chosen from the pool. The cost of stage one grows linearly with the number
+    of rows (each chunk costs the same), stage two's with the pool's size, and
+    only the pool is kept. Every row lies within ``r1 + r2`` of the result,
+    where ``r1`` is the largest covering radius of a chunk's pool and ``r2``
+    the final selection's on the pool (the triangle inequality); exact greedy
+    selection guarantees ``2 r*`` for the best possible ``r*``.
+    ``pool_factor * ratio >= 1`` keeps every row for stage two: the exact
+    greedy selection of :func:`greedy_coreset`.
+
+    Parameters
+    ----------
+    ratio : float in (0, 1]
+        Fraction of all the rows seen that :meth:`select` keeps.
+    min_select : int, default=1
+        :meth:`select` keeps at least this many rows (at most all).
+    projection_dim : int or None, default=128
+        Distances are taken on a random Gaussian projection to this many
+        dimensions, the same for every chunk (``None``: on the rows).
+    pool_factor : float, default=4.0
+        How many times ``ratio`` each chunk keeps for stage two.
+    chunk_rows : int, default=65536
+        Rows per stage-one chunk.
+    generator : torch.Generator or None
+        A CPU generator for the projection and each selection's first row.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._engine.coreset import StreamingCoreset
+    >>> coreset = StreamingCoreset(0.1, chunk_rows=100, generator=torch.Generator().manual_seed(0))
+    >>> for start in range(0, 1000, 250):
+    ...     coreset.add(torch.randn(250, 8), torch.arange(start, start + 250))
+    >>> rows, labels = coreset.select()
+    >>> rows.shape, labels.shape, coreset.n_seen_
+    (torch.Size([100, 8]), torch.Size([100]), 1000)
+    """
+
+    def __init__(self, ratio, *, min_select=1, projection_dim=128, pool_factor=4.0, chunk_rows=65536, generator=None):
+        if not 0 < ratio <= 1:
+            raise ValueError(f"ratio must be in (0, 1]; got {ratio}.")
+        self.ratio = ratio
+        self.min_select = min_select
+        self.projection_dim = projection_dim
+        self.pool_ratio = min(1.0, pool_factor * ratio)
+        self.chunk_rows = chunk_rows
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.n_seen_ = 0
+        self._projection = None
+        self._pending = []
+        self._pool = []
+
+    def add(self, rows, labels):
+        """Take ``rows`` (n, d) float32 and one label each (n,) (which image a row came from, say)."""
+        if self.n_seen_ == 0:
+            self._projection = random_projection(rows.shape[1], self.projection_dim, self.generator)
+        self.n_seen_ += len(rows)
+        self._pending.append((rows.float(), labels))
+        if sum(len(pending) for pending, _ in self._pending) >= self.chunk_rows:
+            self._reduce_pending()
+
+    def select(self):
+        """The chosen rows ``(n_select, d)`` and their labels, in the order they came."""
+        if self.n_seen_ == 0:
+            raise ValueError("No rows were added.")
+        self._reduce_pending()
+        rows, reduced, labels = (torch.cat(part) for part in zip(*self._pool))
+        n_select = min(len(rows), max(self.min_select, math.ceil(self.ratio * self.n_seen_)))
+        if n_select < len(rows):
+            first = int(torch.randint(len(rows), (1,), generator=self.generator))
+            chosen = _lazy_greedy(reduced, n_select, first).to(rows.device).sort().values
+            rows, labels = rows[chosen], labels[chosen.to(labels.device)]
+        return rows, labels
+
+    def _reduce_pending(self):
+        """Stage one: the pending chunk's own coreset joins the pool."""
+        if not self._pending:
+            return
+        rows = torch.cat([pending for pending, _ in self._pending])
+        labels = torch.cat([label for _, label in self._pending])
+        self._pending = []
+        reduced = rows if self._projection is None else rows @ self._projection.to(rows.device)
+        n_keep = math.ceil(self.pool_ratio * len(rows))
+        if n_keep < len(rows):
+            first = int(torch.randint(len(rows), (1,), generator=self.generator))
+            chosen = _lazy_greedy(reduced, n_keep, first).to(rows.device).sort().values
+            rows, reduced, labels = rows[chosen], reduced[chosen], labels[chosen.to(labels.device)]
+        self._pool.append((rows, reduced, labels))
