@@ -239,7 +239,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         ----------
         X : array-like or list of paths / PIL images
             Normal training samples: images ``(n, H, W)``, ``(n, H, W, C)`` or
-            ``(n, C, H, W)`` (uint8 in [0, 255] or float in [0, 1]), a list of
+            ``(n, C, H, W)`` (uint8 in [0, 255], uint16 in [0, 65535] or float in [0, 1]), a list of
             image files / PIL images, or vectors ``(n, d)`` for a vector backbone.
 
         y : Ignored
