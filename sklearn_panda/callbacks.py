@@ -50,8 +50,6 @@ Examples
 True
 """
 
-import numbers
-
 import numpy as np
 
 __all__ = ["TrainingCallback"]
@@ -186,7 +184,8 @@ def training_indices(callbacks, net, n_samples, generator):
         if (
             indices.ndim != 1
             or not indices.size
-            or not all(isinstance(i, numbers.Integral) for i in indices.tolist())
+            # Integers only: a boolean mask is no list of indices (True is an Integral in Python).
+            or indices.dtype.kind not in "iu"
             or indices.min() < 0
             or indices.max() >= n_samples
             or len(np.unique(indices)) != indices.size

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from ._io.dataset_files import (
+    check_cap,
     _IDX_FILES,
     _existing,
     _list_images,
@@ -332,8 +333,8 @@ def load_one_class(
     classes, load = _DATASETS[name]
     if classes is not None:
         _check_normal_class(name, normal_class, classes)
-    _check_cap("max_train", max_train)
-    _check_cap("max_test", max_test)
+    check_cap("max_train", max_train)
+    check_cap("max_test", max_test)
     # Separate streams, so that one draw does not shift the others.
     split_rng, train_rng, test_rng = np.random.default_rng(random_state).spawn(3)
 
@@ -360,13 +361,6 @@ def _check_normal_class(name, normal_class, classes):
         raise ValueError(
             f"normal_class for {name!r} must be {expected}; got {normal_class!r}."
         )
-
-
-def _check_cap(param, value):
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
-    ):
-        raise ValueError(f"{param} must be None or a positive integer; got {value!r}.")
 
 
 def _subsample(is_normal, cap, rng):

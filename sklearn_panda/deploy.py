@@ -206,8 +206,8 @@ def export_onnx(detector, path, *, image_size):
         image_size=image_size,
         channels=channels,
         **detector._fitted_preprocessing(),
-        normalize_features=getattr(detector, "normalize_features_", detector.normalize_features),
-        average_mirror=detector.average_mirror,
+        normalize_features=detector._fitted_value("normalize_features"),
+        average_mirror=detector._fitted_value("average_mirror"),
         distance=distance,
     )
     model = export_scoring_graph(graph, image_size, channels)

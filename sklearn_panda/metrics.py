@@ -65,7 +65,6 @@ def _as_image_list(images, name):
             images = images[None]
         if images.ndim != 3:
             raise ValueError(f"{name} must be 2-D arrays (H, W), one per image; got an array of shape {images.shape}.")
-        return list(images)
     images = [np.asarray(image) for image in images]
     if not images:
         raise ValueError(f"Found no {name}; at least one image is required.")

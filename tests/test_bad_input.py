@@ -65,7 +65,8 @@ BAD_ARRAYS = {
     "float-0-255": (lambda: _images().astype(np.float32), ValueError, "Divide 0-255 images by 255"),
     "int-above-255": (lambda: np.full((4, 8, 8), 300), ValueError, r"\[0, 255\]; got values in \[300, 300\]"),
     "int-below-0": (lambda: np.full((4, 8, 8), -1, np.int16), ValueError, r"\[0, 255\]"),
-    "uint16-above-255": (lambda: np.full((4, 8, 8), 1000, np.uint16), ValueError, r"\[0, 255\]"),
+    # uint16 is 16-bit (divided by 65,535, as 16-bit files are); other integers carry no bit depth.
+    "int32-above-255": (lambda: np.full((4, 8, 8), 1000, np.int32), ValueError, r"\[0, 255\].*as uint16"),
     "empty-array": (lambda: np.zeros((0, 8, 8)), ValueError, "0 sample"),
     "empty-list": (lambda: [], ValueError, "empty list"),
     "sparse": (lambda: scipy.sparse.csr_matrix(np.ones((4, 5))), TypeError, "Sparse data"),

@@ -166,3 +166,55 @@ def test_fit_refuses_options_of_the_other_kind(local, tmp_path, capsys):
     status, _, err = run(capsys, "fit", local.root / "train", "--model", tmp_path / "m.pt", "--coreset-ratio", "0.1")
     assert status == 2 and "--coreset-ratio cannot be used for an image-level model" in err
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def image_level(local, tmp_path_factory):
+    """An image-level model of the same tiny network, saved: the other kind ``score`` takes."""
+    from sklearn_panda import PandaDetector, save
+
+    detector = PandaDetector(backbone=load_factory(), weights=None, n_steps=0, resize=(48, 64), crop_size=None,
+                             stage_ends=["3", "5"], feature_node="7", n_trainable_stages=1).fit(
+        collect_images([local.root / "train"])
+    )
+    model = tmp_path_factory.mktemp("image_level") / "image.pt"
+    save(detector, model)
+    return types.SimpleNamespace(model=model, detector=detector)
+
+
+@pytest.mark.parametrize("with_output", [True, False], ids=["output", "no-output"])
+@pytest.mark.parametrize("with_report", [False, True], ids=["no-report", "report"])
+@pytest.mark.parametrize("with_maps", [False, True], ids=["no-maps", "maps"])
+@pytest.mark.parametrize("kind", ["local", "image-level"])
+def test_every_combination_of_score_options(kind, with_maps, with_report, with_output, local, image_level,
+                                            tmp_path, capsys):
+    """Issue 41, item 1: ``score`` of either kind of model with or without ``--maps``, ``--report``
+    and ``--output`` (required); the plainest call, a local model with none, crashed."""
+    fitted = local if kind == "local" else image_level
+    output, report, maps = tmp_path / "scores.csv", tmp_path / "report.html", tmp_path / "maps"
+    args = ["score", local.root / "test", "--model", fitted.model, "--backbone-factory", FACTORY]
+    args += (["--output", output] if with_output else []) + (["--report", report] if with_report else [])
+    args += ["--maps", maps] if with_maps else []
+    status, out, err = run(capsys, *args)
+    if not with_output or (with_maps and kind == "image-level"):
+        assert status == 2 and out == ""
+        assert ("--output" if not with_output else "--maps needs a local model") in err
+        assert os.listdir(tmp_path) == []
+        return
+    assert status == 0, err
+    assert out.splitlines()[1:] == [f"Scores written to {output}"] + [f"Maps written to {maps}"] * with_maps + [
+        f"Report written to {report}"
+    ] * with_report
+    with open(output, newline="") as file:
+        header, *rows = list(csv.reader(file))
+    assert header == ["path", "score", "label"] + ["map"] * with_maps
+    paths = collect_images([local.root / "test"])
+    expected = dict(zip(paths, fitted.detector.score_samples(paths)))
+    scores = [float(row[1]) for row in rows]
+    assert sorted(row[0] for row in rows) == sorted(paths) and scores == sorted(scores)
+    np.testing.assert_allclose(scores, [expected[row[0]] for row in rows], rtol=1e-6)
+    assert sorted(os.listdir(tmp_path)) == sorted(["scores.csv"] + ["maps"] * with_maps + ["report.html"] * with_report)
+    if with_maps:
+        assert sorted(os.listdir(maps)) == sorted(os.path.basename(row[3]) for row in rows)
+    if with_report:
+        assert report.read_text().count('class="overlay"') == (min(8, len(paths)) if kind == "local" else 0)

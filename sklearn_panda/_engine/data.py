@@ -15,7 +15,7 @@ import torch
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .._io.images import read_image
+from .._io.images import read_image, sixteen_bit_to_unit
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -139,9 +139,13 @@ class Preprocessor:
         return images.contiguous(memory_format=torch.channels_last)
 
     def _array_images(self, indices):
-        batch = torch.from_numpy(np.ascontiguousarray(self.checked.data[indices]))
+        batch = self.checked.data[indices]
+        if batch.dtype == np.uint16:
+            # 16-bit images, read as 16-bit files are: in [0, 1], resampled in float.
+            batch = sixteen_bit_to_unit(batch)
+        batch = torch.from_numpy(np.ascontiguousarray(batch))
         images = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        # Integer images hold [0, 255] (validated), so uint8 keeps them whole and
+        # Other integer images hold [0, 255] (validated), so uint8 keeps them whole and
         # resamples them as the paper's PIL pipeline does; float16 is resampled in
         # float32, which torchvision would otherwise round back to float16.
         images = images.float() if images.is_floating_point() else images.to(torch.uint8)

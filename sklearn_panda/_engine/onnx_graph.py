@@ -34,6 +34,9 @@ from .patch_features import aggregate, gaussian_smoothing
 # ONNX files are protocol buffers, which cannot exceed 2 GiB.
 ONNX_FILE_LIMIT_BYTES = 2**31
 OPSET = 18
+# Gallery rows a search compares the features with at once: its largest block is
+# n_features x GALLERY_CHUNK float32 (6,400 patches of a 640 x 640 image: 26 MB), whatever the gallery's size.
+GALLERY_CHUNK = 1024
 # A pass's low-byte sums, 255 * 255 * taps, stay exact in float32 up to this many taps
 # (a downscale by up to about 128 times).
 _MAX_TAPS = 2**24 // (255 * 255)
@@ -128,6 +131,11 @@ class GalleryDistance(nn.Module):
     :class:`~sklearn_panda.KMeansScorer` (the centres) and
     :class:`~sklearn_panda.CenterScorer` (one centre).
 
+    The gallery is searched in pieces of ``chunk_size`` rows, keeping each
+    feature's ``n_neighbors`` nearest so far: the largest block held is
+    ``(n, chunk_size)``, not ``(n, n_gallery)``, in torch and in the exported
+    graph alike (the loop over the pieces is unrolled there).
+
     Parameters
     ----------
     gallery : ndarray of shape (n_gallery, d), float32
@@ -135,9 +143,21 @@ class GalleryDistance(nn.Module):
     n_neighbors : int
         The distance is the mean distance to this many nearest gallery points.
     metric : {"sqeuclidean", "euclidean", "cosine"}
+    chunk_size : int or None, default=None
+        Gallery rows compared with the features at once (at least
+        ``n_neighbors`` are); ``None``: ``GALLERY_CHUNK``.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from sklearn_panda._engine.onnx_graph import GalleryDistance
+    >>> gallery = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0]], dtype=np.float32)
+    >>> distance = GalleryDistance(gallery, 2, "euclidean", chunk_size=2)
+    >>> distance(torch.tensor([[0.0, 1.0]])).tolist()  # (1 + sqrt(2)) / 2
+    [1.2071068286895752]
     """
 
-    def __init__(self, gallery, n_neighbors, metric):
+    def __init__(self, gallery, n_neighbors, metric, chunk_size=None):
         super().__init__()
         gallery = np.ascontiguousarray(gallery, dtype=np.float32)
         self.register_buffer("gallery", torch.from_numpy(gallery))
@@ -146,12 +166,12 @@ class GalleryDistance(nn.Module):
         self.register_buffer("half_norms", torch.from_numpy(0.5 * np.einsum("ij,ij->i", gallery, gallery)))
         self.n_neighbors = n_neighbors
         self.metric = metric
+        self.chunk_size = max(GALLERY_CHUNK if chunk_size is None else int(chunk_size), n_neighbors)
 
     def forward(self, features):
         if self.metric == "cosine":
             features = features / features.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        ranking = self.half_norms - features @ self.gallery.T
-        _, nearest = torch.topk(ranking, self.n_neighbors, dim=1, largest=False)
+        nearest = self._nearest(features)
         differences = self.gallery[nearest] - features[:, None, :]
         squared = (differences * differences).sum(dim=2).clamp_min(0.0)
         if self.metric == "euclidean":
@@ -159,6 +179,22 @@ class GalleryDistance(nn.Module):
         elif self.metric == "cosine":
             squared = squared / 2.0
         return squared.mean(dim=1)
+
+    def _nearest(self, features):
+        """Indices ``(n, n_neighbors)`` of each feature's nearest gallery rows, one piece of the gallery at a time."""
+        best_ranks = best = None
+        for start in range(0, len(self.gallery), self.chunk_size):
+            stop = min(start + self.chunk_size, len(self.gallery))
+            ranking = self.half_norms[start:stop] - features @ self.gallery[start:stop].T
+            ranks, found = torch.topk(ranking, min(self.n_neighbors, stop - start), dim=1, largest=False)
+            found = found + start
+            if best is not None:
+                # The nearest so far and this piece's nearest: keep the n_neighbors nearest of both.
+                both = torch.cat([best_ranks, ranks], dim=1)
+                ranks, order = torch.topk(both, self.n_neighbors, dim=1, largest=False)
+                found = torch.gather(torch.cat([best, found], dim=1), 1, order)
+            best_ranks, best = ranks, found
+        return best
 
 
 class GaussianDistance(nn.Module):

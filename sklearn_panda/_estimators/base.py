@@ -47,8 +47,6 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.floa
 _PEAK_ACTIVATION_BYTES = weakref.WeakKeyDictionary()
 # Set by validate_data(reset=True) as soon as fit starts.
 INPUT_ATTRIBUTES = ("n_features_in_", "feature_names_in_")
-# What fit changes before it completes, put back when it does not.
-FIT_TIME_ATTRIBUTES = (*INPUT_ATTRIBUTES, "normalize_features_")
 
 
 class FitRun(NamedTuple):
@@ -72,6 +70,12 @@ def draw_seed(random_state):
 
 class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
     """The network's parameters and passes, the guarded ``fit``, pickling and ``save``."""
+
+    # Parameters that define how the fitted model computes its outputs, beyond the network and
+    # the geometry (preprocessing_): fit keeps each one's value in the fitted attribute of its
+    # name and an underscore, which every later method reads (_fitted_value), so that
+    # set_params after fit cannot change a score, a feature or an export.
+    _frozen_parameters = ("normalize_features", "precision")
 
     _parameter_constraints = {
         "backbone": [str, callable],
@@ -139,13 +143,16 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
         ``feature_names_in_`` at once; a fit that does not complete puts
         back what was there.
         """
-        previous = {name: self.__dict__[name] for name in FIT_TIME_ATTRIBUTES if name in self.__dict__}
-        # A new fit projects with the parameter, not with what an earlier fit kept.
-        self.__dict__.pop("normalize_features_", None)
+        # What fit changes before it completes, put back when it does not.
+        fit_time_attributes = (*INPUT_ATTRIBUTES, *(f"{name}_" for name in self._frozen_parameters))
+        previous = {name: self.__dict__[name] for name in fit_time_attributes if name in self.__dict__}
+        # A new fit works with the parameters, not with what an earlier fit kept.
+        for name in self._frozen_parameters:
+            self.__dict__.pop(f"{name}_", None)
         try:
             return self._fit_unguarded(X, y, **options)
         except BaseException:
-            for name in FIT_TIME_ATTRIBUTES:
+            for name in fit_time_attributes:
                 self.__dict__.pop(name, None)
             self.__dict__.update(previous)
             raise
@@ -155,8 +162,7 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
         y = self._check_target(y, len(checked))
         fitted, run = self._fit_checked(X, checked, y, **options)
         fitted["preprocessing_"] = self._preprocessing()
-        # Read by every later projection, so that set_params after fit cannot change the scores.
-        fitted["normalize_features_"] = bool(self.normalize_features)
+        fitted.update({f"{name}_": getattr(self, name) for name in self._frozen_parameters})
         # Assign only now: an interrupted fit leaves the estimator untouched.
         self._reset_input_attributes(checked)
         for name, value in fitted.items():
@@ -269,15 +275,18 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
         """Preprocessing of new samples, with the fitted geometry."""
         return Preprocessor(checked, **self._fitted_preprocessing(), device=device)
 
+    def _fitted_value(self, name):
+        """A parameter of ``_frozen_parameters`` as fitted (its ``name_``); the parameter itself
+        during ``fit``, and in models saved before that attribute existed."""
+        return self.__dict__.get(f"{name}_", getattr(self, name))
+
     def _autocast(self, device):
-        dtype = PRECISIONS[self.precision]
+        dtype = PRECISIONS[self._fitted_value("precision")]
         return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
     def _project(self, features):
         """Features as the scorer and the compactness loss see them."""
-        # Fitted models project as they were fitted (models from before normalize_features_ hold the parameter).
-        normalize = self.__dict__.get("normalize_features_", self.normalize_features)
-        return F.normalize(features, dim=1) if normalize else features
+        return F.normalize(features, dim=1) if self._fitted_value("normalize_features") else features
 
     def _inference_batch_size(self, net, preprocessor):
         """Samples per pass without gradients: ``inference_batch_size``, resolving ``"auto"``."""
@@ -286,7 +295,7 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
         if preprocessor.device.type != "cpu":
             return self.batch_size
         sample = preprocessor(np.arange(1))
-        key = (tuple(sample.shape[1:]), self.precision)
+        key = (tuple(sample.shape[1:]), self._fitted_value("precision"))
         per_sample = _PEAK_ACTIVATION_BYTES.setdefault(net, {}).get(key)
         if per_sample is None:
 

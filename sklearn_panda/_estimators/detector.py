@@ -58,6 +58,8 @@ class FeatureDetectorBase(BasePandaDetector):
     network's fitted attributes are those of ``features_``.
     """
 
+    _frozen_parameters = (*BasePandaDetector._frozen_parameters, "average_mirror")
+
     _parameter_constraints = {
         **BasePandaDetector._parameter_constraints,
         **PandaFeatures._parameter_constraints,
@@ -108,7 +110,7 @@ class FeatureDetectorBase(BasePandaDetector):
 
     @property
     def _averages_mirror(self):
-        return self.average_mirror
+        return self._fitted_value("average_mirror")
 
     # The scorer is an estimator parameter: its own fit validates its parameters.
     @_fit_context(prefer_skip_nested_validation=False)
@@ -119,7 +121,7 @@ class FeatureDetectorBase(BasePandaDetector):
         ----------
         X : array-like or list of paths / PIL images
             Normal training samples: images ``(n, H, W)``, ``(n, H, W, C)`` or
-            ``(n, C, H, W)`` (uint8 in [0, 255] or float in [0, 1]), a list of
+            ``(n, C, H, W)`` (uint8 in [0, 255], uint16 in [0, 65535] or float in [0, 1]), a list of
             image files / PIL images, or vectors ``(n, d)`` for a vector backbone.
 
         y : Ignored
@@ -427,5 +429,5 @@ class PandaDetector(FeatureDetectorBase):
         return {"scorer_": scorer, "offset_": _offset_of(scorer), "training_scores_": training_scores}
 
     def _score_checked(self, checked):
-        features = self._embed(self.net_, self._preprocessor(checked, self.device_), mirror=self.average_mirror)
+        features = self._embed(self.net_, self._preprocessor(checked, self.device_), mirror=self._averages_mirror)
         return np.asarray(self.scorer_.score_samples(features), dtype=np.float64)

@@ -214,7 +214,10 @@ verbose : int, default=0
 preprocessing_ : dict
     The ``resize`` and ``crop_size`` the images were fitted with
     (``"auto"`` resolved by the backbone's recipe); new images are
-    preprocessed the same way.""",
+    preprocessed the same way. Likewise ``normalize_features_``,
+    ``precision_`` (and ``average_mirror_`` where there is that parameter)
+    keep the values fitted with: scoring, ``transform`` and the export read
+    these, so that ``set_params`` after ``fit`` changes no output.""",
     "n_features_in_": """\
 n_features_in_ : int
     Only for 2-D vector input.""",

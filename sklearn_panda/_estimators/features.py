@@ -163,6 +163,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
     }
 
     _torch_attributes = {**BasePanda._torch_attributes, "net_": ON_DEVICE, "fisher_": ON_CPU}
+    _frozen_parameters = (*BasePanda._frozen_parameters, "average_mirror")
 
     def __init__(
         self,
@@ -229,7 +230,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
 
     @property
     def _averages_mirror(self):
-        return self.average_mirror
+        return self._fitted_value("average_mirror")
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, callbacks=None):
@@ -239,7 +240,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         ----------
         X : array-like or list of paths / PIL images
             Normal training samples: images ``(n, H, W)``, ``(n, H, W, C)`` or
-            ``(n, C, H, W)`` (uint8 in [0, 255] or float in [0, 1]), a list of
+            ``(n, C, H, W)`` (uint8 in [0, 255], uint16 in [0, 65535] or float in [0, 1]), a list of
             image files / PIL images, or vectors ``(n, d)`` for a vector backbone.
 
         y : Ignored
@@ -284,7 +285,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
             gives them.
         """
         run = self._fit(X, callbacks=check_callbacks(callbacks))
-        return self._embed(self.net_, run.preprocessor, run.hidden, mirror=self.average_mirror)
+        return self._embed(self.net_, run.preprocessor, run.hidden, mirror=self._averages_mirror)
 
     def transform(self, X):
         """Adapted features of ``X``: the pooled features of the fitted ``net_``.

@@ -47,7 +47,7 @@ class OutlierContractMixin(OutlierMixin):
         """
         return np.where(self.decision_function(X) < 0, -1, 1)
 
-    def fit_predict(self, X, y=None):
+    def fit_predict(self, X, y=None, **kwargs):
         """Fit, then label each training sample by its training score.
 
         ``training_scores_`` are leave-one-out with the package's scorers (a
@@ -61,6 +61,9 @@ class OutlierContractMixin(OutlierMixin):
             Normal training samples, as in ``fit``.
         y : Ignored
             Not used, present for API consistency by convention.
+        **kwargs : dict
+            Passed on to ``fit`` (such as ``callbacks``), as scikit-learn's
+            ``OutlierMixin.fit_predict`` does.
 
         Returns
         -------
@@ -68,5 +71,5 @@ class OutlierContractMixin(OutlierMixin):
             -1 for the training samples whose training score is below
             ``offset_``, +1 for the others.
         """
-        self.fit(X, y)
+        self.fit(X, y, **kwargs)
         return np.where(self.training_scores_ < self.offset_, -1, 1)

@@ -351,7 +351,7 @@ class PandaSES(FeatureDetectorBase):
         """Projected features of every sample under every checkpoint: a list of (n, d) arrays,
         each row averaged with the sample's mirror image's with ``average_mirror=True``."""
         features = self._checkpoint_view_features(net, checkpoints, preprocessor, hidden, label)
-        if self.average_mirror:
+        if self._averages_mirror:
             mirror_features = self._checkpoint_view_features(
                 net, checkpoints, Mirrored(preprocessor), None, f"{label} (mirror images)"
             )

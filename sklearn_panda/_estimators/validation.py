@@ -1,9 +1,10 @@
 """Input checks shared by every estimator: what was given, and is it usable.
 
 Images come as numpy arrays ``(n, H, W)``, ``(n, H, W, C)`` or ``(n, C, H, W)``
-with ``C`` in {1, 3} (uint8 in [0, 255], other integers in [0, 255], float in
-[0, 1], or bool: binary images, True white), or as a list (or 1-D array or
-pandas Series) of file paths / PIL images. A 2-D array
+with ``C`` in {1, 3} (uint8 in [0, 255]; uint16 in [0, 65535], divided by
+65,535 as 16-bit files are; other integers in [0, 255], for they carry no bit
+depth; float in [0, 1]; or bool: binary images, True white), or as a list (or
+1-D array or pandas Series) of file paths / PIL images. A 2-D array
 ``(n, d)`` is a batch of vectors for a vector backbone. Everything here is
 numpy; no torch.
 """
@@ -148,12 +149,13 @@ def _check_pixel_range(images):
     if images.dtype.kind in "ui" and high == 1 and low == 0:
         warnings.warn(
             "These integer images hold only 0 and 1, which read as black and almost black "
-            "(integer images hold values in [0, 255]). For binary images, multiply by 255 or "
-            "pass booleans (True is white).",
+            "(integer images hold values in [0, 255], uint16 ones in [0, 65535]). For binary images, "
+            "multiply by 255 or pass booleans (True is white).",
             UserWarning,
             stacklevel=3,
         )
-    if images.dtype == np.uint8:
+    if images.dtype in (np.uint8, np.uint16):
+        # Every value of these is a pixel value: 8-bit and 16-bit images.
         return
     if images.dtype.kind == "f":
         if low < 0 or high > 1:
@@ -164,7 +166,8 @@ def _check_pixel_range(images):
         return
     if low < 0 or high > 255:
         raise ValueError(
-            f"Integer images must hold values in [0, 255]; got values in [{low}, {high}]."
+            f"Integer images must hold values in [0, 255]; got values in [{low}, {high}]. Pass "
+            "16-bit images as uint16 (read as 16-bit files are: divided by 65,535)."
         )
 
 

@@ -5,12 +5,31 @@ Only the formats: where the files lie and which split they make is
 """
 
 import gzip
+import numbers
 import pickle
 from dataclasses import dataclass
 
 import numpy as np
 
 from .images import IMAGE_EXTENSIONS
+
+
+def check_cap(param, value, minimum=1):
+    """Raise unless ``value`` is None or an integer of at least ``minimum`` (a loader's ``max_train``, ``max_test``).
+
+    Examples
+    --------
+    >>> from sklearn_panda._io.dataset_files import check_cap
+    >>> check_cap("max_test", 2, minimum=2)
+    >>> check_cap("max_test", 1, minimum=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_test must be None or an integer of at least 2; got 1.
+    """
+    # bool is an Integral, and 3.0 == 3, yet neither is a count.
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum):
+        what = "a positive integer" if minimum == 1 else f"an integer of at least {minimum}"
+        raise ValueError(f"{param} must be None or {what}; got {value!r}.")
 
 
 @dataclass(frozen=True)

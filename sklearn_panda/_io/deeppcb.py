@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .dataset_files import check_cap
 from .images import read_binary_mask
 
 # Boards (group folders) for training and for testing, each set about half the pairs.
@@ -61,11 +62,11 @@ def load_deeppcb(root=None, *, split="test", max_train=None, max_test=None, rand
         ``"validation"`` (the full set only): fit on three of the training
         boards and evaluate on the other two, so that settings can be
         chosen without looking at the test boards.
-    max_train : int or None, default=None
+    max_train : int >= 1 or None, default=None
         Keep at most this many training templates, a random subset.
-    max_test : int or None, default=None
+    max_test : int >= 2 or None, default=None
         Keep at most this many test images: the templates (normal) and the
-        defective images of half as many board regions, a random subset.
+        defective images of ``max_test // 2`` board regions, a random subset.
     random_state : int, default=0
         Seeds the subsets.
 
@@ -91,6 +92,9 @@ def load_deeppcb(root=None, *, split="test", max_train=None, max_test=None, rand
     """
     if split not in ("test", "validation"):
         raise ValueError(f"split must be 'test' or 'validation'; got {split!r}.")
+    check_cap("max_train", max_train)
+    # A test set holds a template and a defective image of each region it keeps.
+    check_cap("max_test", max_test, minimum=2)
     rng = np.random.default_rng(random_state)
     if root is None:
         if split != "test":
@@ -130,8 +134,8 @@ def _load_sample(max_train, max_test, rng):
         masks = np.unpackbits(saved["masks"], axis=1)[:, : size[0] * size[1]].reshape(-1, *size).astype(bool)
         y_test = saved["y_test"].astype(int)
     train = train[_subset(len(train), max_train, rng)]
-    if max_test is not None and max_test < len(test):
-        normal, defective = np.flatnonzero(y_test == 1), np.flatnonzero(y_test == -1)
-        keep = np.r_[normal[: max_test // 2], defective[: max_test // 2]]
-        test, y_test, masks = test[keep], y_test[keep], masks[keep]
-    return train, test, y_test, masks
+    # The sample holds the templates of its regions, then their defective images in the same order.
+    normal, defective = np.flatnonzero(y_test == 1), np.flatnonzero(y_test == -1)
+    regions = _subset(len(normal), None if max_test is None else max_test // 2, rng)
+    keep = np.r_[normal[regions], defective[regions]]
+    return train, test[keep], y_test[keep], masks[keep]

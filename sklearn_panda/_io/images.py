@@ -24,6 +24,21 @@ IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
+def sixteen_bit_to_unit(values):
+    """16-bit intensities (uint16 arrays, 16-bit files) -> float32 in [0, 1]: divided by 65,535.
+
+    The one rule for both, so that an image scores the same as a file and as an array.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda._io.images import sixteen_bit_to_unit
+    >>> sixteen_bit_to_unit(np.array([0, 32768, 65535], dtype=np.uint16)).round(4).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    return (np.asarray(values, dtype=np.float64) / 65535.0).astype(np.float32)
+
+
 def read_image(item):
     """An image file or PIL image as an ``(H, W, 3)`` array: uint8, or float32 in [0, 1] beyond 8 bits.
 
@@ -90,7 +105,7 @@ def _as_array(image, name):
                     f"{name} is a {mode!r} integer image with values in [{low}, {high}], beyond 16 bits; "
                     "save it as an 8- or 16-bit image, or as float in [0, 1]."
                 )
-            values = values / 65535.0
+            values = sixteen_bit_to_unit(values)
         values = values.astype(np.float32)
         return np.repeat(values[..., None], 3, axis=2) if values.ndim == 2 else values
     # A copy (np.array): Pillow's buffer is read-only, and torch would warn about sharing it.

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import tempfile
 
 import numpy as np
 
@@ -12,9 +13,13 @@ from ._inputs import check_readable, import_factory, load_model
 from ._outputs import check_destination, map_file, score_with_maps, scores_csv
 from ._parser import DEFAULT_BACKBONE, PROG
 
-# Options of one kind of model only: given for the other kind, they are an error.
+# Options of one kind of model only: given for the other kind, they are an error, whatever
+# their value. They, and --resize, are absent from the parsed options unless given
+# (argparse.SUPPRESS), for None ("none": skip the step) is a value of its own.
 IMAGE_LEVEL_OPTIONS = ("n_steps", "stage_ends", "feature_node", "crop_size")
 LOCAL_OPTIONS = ("coreset_ratio", "layers")
+# Options of both kinds; not given, they are None.
+COMMON_OPTIONS = ("contamination", "random_state", "device")
 
 
 def detector_from_args(args):
@@ -29,8 +34,10 @@ def detector_from_args(args):
     else:
         cls, params = (PandaPatchDetector if args.local else PandaDetector), {}
     local = cls is PandaPatchDetector
-    other_kinds_options = LOCAL_OPTIONS if not local else IMAGE_LEVEL_OPTIONS
-    wrong = [f"--{name.replace('_', '-')}" for name in other_kinds_options if getattr(args, name, None) is not None]
+    own_options, other_kinds_options = LOCAL_OPTIONS, IMAGE_LEVEL_OPTIONS
+    if not local:
+        own_options, other_kinds_options = other_kinds_options, own_options
+    wrong = [f"--{name.replace('_', '-')}" for name in other_kinds_options if hasattr(args, name)]
     if wrong:
         kind = "a local model (--local)" if local else "an image-level model (without --local)"
         raise ValueError(f"{', '.join(wrong)} cannot be used for {kind}.")
@@ -47,11 +54,9 @@ def detector_from_args(args):
         params.setdefault("backbone", DEFAULT_BACKBONE)
     if args.weights is not None:
         params["weights"] = None if args.weights.lower() == "none" else args.weights
-    names = ("contamination", "random_state", "device") + (LOCAL_OPTIONS if local else IMAGE_LEVEL_OPTIONS[:3])
     # Options not given keep the config's values or the estimator's defaults.
-    params.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
-    # For these, None ("none": skip the step) is a value of its own; not given, they are absent.
-    params.update({key: getattr(args, key) for key in ("resize", "crop_size") if hasattr(args, key)})
+    params.update({name: getattr(args, name) for name in COMMON_OPTIONS if getattr(args, name) is not None})
+    params.update({name: getattr(args, name) for name in (*own_options, "resize") if hasattr(args, name)})
     return cls(**params)
 
 
@@ -59,8 +64,10 @@ def fit_command(args):
     from .._io.persistence import save
 
     check_destination(args.model, "--model")
+    # The options are checked before the images are looked for: a wrong one fails at once.
+    detector = detector_from_args(args)
     paths = collect_images(args.sources)
-    detector = detector_from_args(args).fit(paths)
+    detector.fit(paths)
     save(detector, args.model)
     n_flagged = int(np.sum(detector.training_scores_ < detector.offset_))
     what = (
@@ -85,7 +92,7 @@ def score_command(args):
     if args.maps is not None and not os.path.isdir(args.maps):
         if os.path.exists(args.maps):
             raise NotADirectoryError(f"--maps {args.maps} is a file; give a folder.")
-        check_destination(args.maps, "--maps")  # made at the end; its parent must exist
+        check_destination(args.maps, "--maps")  # made at the end, once there is something to write
     paths = collect_images(args.sources)
     check_readable(paths)
     factory = None if args.backbone_factory is None else import_factory(args.backbone_factory)
@@ -103,11 +110,12 @@ def score_command(args):
         )
     overlays, staging = {}, None
     try:
-        if local:
-            if args.maps is not None:
-                os.makedirs(args.maps, exist_ok=True)
-                staging = os.path.join(args.maps, f".{PROG}-{os.getpid()}.tmp")
-                os.mkdir(staging)
+        if args.maps is not None:
+            # The maps are written beside --maps and moved into it at the end: a failure
+            # leaves no folder behind (nor any map in a folder that was there).
+            beside = os.path.dirname(os.path.abspath(args.maps))
+            staging = tempfile.mkdtemp(prefix=f".{PROG}-", suffix=".tmp", dir=beside)
+        if local and (args.maps is not None or args.report is not None):
             top = args.top if args.report is not None else 0
             scores, overlays = score_with_maps(estimator, paths, staging, top)
         else:
@@ -124,6 +132,7 @@ def score_command(args):
             outputs[args.report] = report_html(paths, scores, flagged, threshold, args.model, args.top, overlays)
         write_files(outputs)
         if staging is not None:
+            os.makedirs(args.maps, exist_ok=True)
             for name in os.listdir(staging):
                 os.replace(os.path.join(staging, name), os.path.join(args.maps, name))
     finally:

@@ -51,14 +51,27 @@ def score_with_maps(estimator, paths, maps_folder, top):
         scores[start : start + len(chunk)] = chunk_scores
         scale = threshold if threshold is not None else max(float(np.max(m)) for m in maps) / 2 or 1.0
         for offset, (path, anomaly_map) in enumerate(zip(chunk, maps)):
-            index = start + offset
-            if maps_folder is None and len(kept) >= top and -chunk_scores[offset] <= kept[0][0]:
+            index, anomaly = start + offset, -chunk_scores[offset]
+            for_report = _among_top(kept, top, anomaly)
+            if maps_folder is None and not for_report:
                 continue
             overlay = heat_overlay(open_rgb(path), anomaly_map, scale)
             if maps_folder is not None:
                 overlay.save(os.path.join(maps_folder, map_file(index, path)))
-            # The report's overlays: the most anomalous so far, smallest first (a heap).
-            heapq.heappush(kept, (-chunk_scores[offset], index, overlay))
-            if len(kept) > top:
-                heapq.heappop(kept)
+            if for_report:
+                heapq.heappush(kept, (anomaly, index, overlay))
+                if len(kept) > top:
+                    heapq.heappop(kept)
     return scores, {index: overlay for _, index, overlay in kept}
+
+
+def _among_top(kept, top, anomaly):
+    """Whether an image this anomalous enters the report's ``top`` overlays, ``kept`` so far
+    (the most anomalous, smallest first: a heap); never when ``top`` is 0.
+
+    Examples
+    --------
+    >>> _among_top([], 0, 1.0), _among_top([], 2, 1.0), _among_top([(0.5, 0, None)], 1, 0.4)
+    (False, True, False)
+    """
+    return len(kept) < top or (top > 0 and anomaly > kept[0][0])

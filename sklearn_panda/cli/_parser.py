@@ -100,24 +100,27 @@ def build_parser():
         "a state-dict file, or 'none' (random for a named backbone; a factory keeps its own weights)"
     )
     fit.add_argument(
-        "--stage-ends", nargs="+", metavar="NODE",
+        "--stage-ends", nargs="+", metavar="NODE", default=argparse.SUPPRESS,
         help="the nodes or modules that end each stage (default: the family's; needed for a "
         "factory that is not a torchvision classifier)",
     )
-    fit.add_argument("--feature-node", metavar="NODE", help="the node that gives the features (default: "
+    fit.add_argument("--feature-node", metavar="NODE", default=argparse.SUPPRESS,
+                     help="the node that gives the features (default: "
                      "the input of the classifier)")
     fit.add_argument(
         "--local", action="store_true",
         help="fit a PandaPatchDetector instead: local defects on known objects (a scratch on a part), "
         "with an anomaly map per image (score --maps); each image at its own size by default",
     )
-    fit.add_argument("--coreset-ratio", type=float, help="--local: the share of patches kept in the memory bank")
+    fit.add_argument("--coreset-ratio", type=float, default=argparse.SUPPRESS,
+                     help="--local: the share of patches kept in the memory bank")
     fit.add_argument(
-        "--layers", nargs="+", metavar="NODE",
+        "--layers", nargs="+", metavar="NODE", default=argparse.SUPPRESS,
         help="--local: the two (or more) nodes whose feature maps make the patches (default: the "
         "family's stage ends at strides 8 and 16)",
     )
-    fit.add_argument("--n-steps", type=int, help="adaptation steps (default: PandaDetector's)")
+    fit.add_argument("--n-steps", type=int, default=argparse.SUPPRESS,
+                     help="adaptation steps (default: PandaDetector's)")
     fit.add_argument(
         "--resize", type=_resize, default=argparse.SUPPRESS,
         help="resize the shorter side to this, or to HxW, or 'none' (default: the backbone's recipe; "

@@ -62,6 +62,8 @@ class KMeansScorer(_BaseScorer):
         Centroids (in the normalised space for ``metric="cosine"``).
     n_clusters_ : int
         Number of centroids used.
+    metric_ : str
+        The ``metric`` fitted with, which scoring reads.
     offset_ : float
         Threshold on ``score_samples``.
     training_scores_ : ndarray of shape (n_samples,)
@@ -127,14 +129,14 @@ class KMeansScorer(_BaseScorer):
         own = squared[rows, labels] * (own_size / np.maximum(own_size - 1, 1)) ** 2
         # Leaving a point out of a cluster of one removes that centroid.
         squared[rows, labels] = np.where(own_size > 1, own, np.inf)
-        return _finish_distance(squared.min(axis=1), self.metric)
+        return _finish_distance(squared.min(axis=1), self._fitted_metric)
 
     def _gallery_search(self):
         """The distance to the nearest of the centres, as a :class:`GallerySearch`."""
-        return GallerySearch(self.cluster_centers_, 1, self.metric, True)
+        return GallerySearch(self.cluster_centers_, 1, self._fitted_metric, True)
 
     def _distances(self, X):
-        return _finish_distance(_squared_to_centers(X, self.cluster_centers_).min(axis=1), self.metric)
+        return _finish_distance(_squared_to_centers(X, self.cluster_centers_).min(axis=1), self._fitted_metric)
 
 
 class CenterScorer(_BaseScorer):
@@ -157,6 +159,8 @@ class CenterScorer(_BaseScorer):
     ----------
     center_ : ndarray of shape (n_features,)
         Mean of the (prepared) training features.
+    metric_ : str
+        The ``metric`` fitted with, which scoring reads.
     offset_ : float
         Threshold on ``score_samples``.
     training_scores_ : ndarray of shape (n_samples,)
@@ -185,11 +189,11 @@ class CenterScorer(_BaseScorer):
         self.center_ = X.mean(axis=0, dtype=np.float64).astype(np.float32)
         squared = _rowwise_squared_distances(X, self.center_[None, :])
         squared = squared * (n_samples / (n_samples - 1)) ** 2
-        return _finish_distance(squared, self.metric)
+        return _finish_distance(squared, self._fitted_metric)
 
     def _gallery_search(self):
         """The distance to the one centre, as a :class:`GallerySearch`."""
-        return GallerySearch(self.center_[None, :], 1, self.metric, True)
+        return GallerySearch(self.center_[None, :], 1, self._fitted_metric, True)
 
     def _distances(self, X):
-        return _finish_distance(_rowwise_squared_distances(X, self.center_[None, :]), self.metric)
+        return _finish_distance(_rowwise_squared_distances(X, self.center_[None, :]), self._fitted_metric)

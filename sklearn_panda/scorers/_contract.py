@@ -110,9 +110,15 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         self.metric = metric
         self.contamination = contamination
 
+    @property
+    def _fitted_metric(self):
+        """The metric the scorer was fitted with (``metric_``): ``set_params`` after fit changes
+        no score. Scorers saved before that attribute existed hold the parameter."""
+        return self.__dict__.get("metric_", self.metric)
+
     def _prepare(self, X, copy=False):
         X = _as_float32(X, copy=copy)
-        return _l2_normalize(X) if self.metric == "cosine" else X
+        return _l2_normalize(X) if self._fitted_metric == "cosine" else X
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -137,6 +143,9 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
                 f"{type(self).__name__} needs at least 2 samples to leave one out; "
                 f"got {X.shape[0]} sample."
             )
+        if "metric" in self._get_param_names():
+            # Fixed at fit (scorers with a distance of their own have none).
+            self.metric_ = self.metric
         loo_distances = self._fit_distances(self._prepare(X, copy=True))
         self.training_scores_ = -loo_distances.astype(np.float64)
         self.offset_ = offset_from_training_scores(self.training_scores_, self.contamination)

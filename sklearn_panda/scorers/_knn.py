@@ -109,6 +109,8 @@ class KNNScorer(_BaseScorer):
     ----------
     n_neighbors_ : int
         Number of neighbours actually used.
+    metric_ : str
+        The ``metric`` fitted with, which scoring reads.
     offset_ : float
         Threshold on ``score_samples``; see ``contamination``.
     training_scores_ : ndarray of shape (n_samples,)
@@ -194,7 +196,7 @@ class KNNScorer(_BaseScorer):
         backend, options = self._backend_and_options()
         self._neighbors = backend(X, **options)
         squared, _ = self._neighbors.search(None, self.n_neighbors_)
-        return _finish_distance(squared, self.metric).mean(axis=1)
+        return _finish_distance(squared, self._fitted_metric).mean(axis=1)
 
     def _gallery_search(self):
         """The search that reproduces these distances, as a :class:`GallerySearch`.
@@ -203,7 +205,7 @@ class KNNScorer(_BaseScorer):
         nndescent graph or a faiss index other than ``"Flat"``), whose
         neighbours an exact search over ``gallery`` may not find.
         """
-        return GallerySearch(self._fit_X, self.n_neighbors_, self.metric, self._neighbors.exact)
+        return GallerySearch(self._fit_X, self.n_neighbors_, self._fitted_metric, self._neighbors.exact)
 
     def _faiss_seed(self):
         if self.random_state is None:
@@ -247,7 +249,7 @@ class KNNScorer(_BaseScorer):
 
     def _distances(self, X):
         squared, _ = self._neighbors.search(X, self.n_neighbors_)
-        return _finish_distance(squared, self.metric).mean(axis=1)
+        return _finish_distance(squared, self._fitted_metric).mean(axis=1)
 
     def __setstate__(self, state):
         if "_fit_X" in state and "_neighbors" not in state:
@@ -328,7 +330,7 @@ class KNNScorer(_BaseScorer):
         queries = None if X is None else self._validate_new(X)
         squared, indices = self._neighbors.search(queries, n_neighbors)
         if return_distance:
-            return _finish_distance(squared, self.metric), indices
+            return _finish_distance(squared, self._fitted_metric), indices
         return indices
 
 
