@@ -1,5 +1,5 @@
 """Save a fitted detector and load it back
-========================================
+=======================================
 
 A fitted PandaDetector carries its adapted network. It pickles like any
 scikit-learn estimator, so ``joblib.dump`` / ``joblib.load`` work (a model
