@@ -1,6 +1,7 @@
 """Sphinx configuration of sklearn-panda's documentation.
 
-Full build, examples run and their figures drawn (a few minutes on a CPU)::
+Full build, examples run and their figures drawn (about half an hour on a 2-core CPU the first
+time: local_defects.py alone takes 7.5 minutes; sphinx-gallery then reruns only changed examples)::
 
     python -m sphinx -b html docs docs/_build/html
 
@@ -64,7 +65,7 @@ html_show_sourcelink = False
 
 # The examples are scripts that read SKLEARN_PANDA_EXAMPLES_OUT and save figures there
 # too; sphinx-gallery shows the figures matplotlib still holds at the end of each block.
-# Not run (their figures would take the longest, over ten minutes on a 2-core CPU):
+# Not run (the longest, and they draw no figure):
 # grid_search.py (twelve adaptations in a grid search) and score_images_on_dask.py (it
 # starts a LocalCluster of worker processes, which does not run inside sphinx-build).
 # plot_gallery=0 (the quick build) runs none.
