@@ -1,5 +1,5 @@
 """Model selection: GridSearchCV over adaptation steps and scorers
-================================================================
+===============================================================
 
 One-class detectors must be fitted on normal images only, but ROC AUC needs
 anomalies to be measured. :class:`~sklearn_panda.NormalOnlySplit` gives

@@ -1,5 +1,5 @@
 """Local defects: where is the flaw on a printed-circuit board?
-==========================================================
+============================================================
 
 Whole-image features average a defect a few pixels wide away; a patch
 detector compares every small region of an image with the regions of normal
@@ -14,7 +14,7 @@ test images, measure the image ROC AUC, the pixel ROC AUC and the per-region
 overlap (PRO) of the anomaly maps against the boxes, and draw the maps over
 the images (``local_defects.png`` with the ``plot`` extra).
 
-The settings are those the README recommends for fine defects on line art
+The settings are those the user guide recommends for fine defects on line art
 (the stride-8 features alone, no neighbourhood averaging, smoothing over 8
 pixels); ``PandaPatchDetector()``'s defaults are PatchCore's.
 

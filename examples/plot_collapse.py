@@ -45,7 +45,8 @@ from sklearn_panda import PandaSES  # noqa: E402
 from sklearn_panda.datasets import fashion_mnist_or_sample, load_one_class  # noqa: E402
 
 FAST = os.environ.get("SKLEARN_PANDA_EXAMPLES_FAST", "0") != "0"
-OUT = Path(os.environ.get("SKLEARN_PANDA_EXAMPLES_OUT", Path(__file__).parent / "out"))
+# "or": __file__ is only read when the variable is unset (sphinx-gallery runs the script without one).
+OUT = Path(os.environ.get("SKLEARN_PANDA_EXAMPLES_OUT") or Path(__file__).parent / "out")
 MAX_TRAIN, MAX_TEST, N_STEPS, EVERY, N_FISHER, RESIZE, CROP = (
     (40, 60, 4, 2, 2, 64, 64) if FAST else (100, 300, 150, 25, 20, 128, 112)
 )

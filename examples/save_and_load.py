@@ -1,5 +1,5 @@
 """Save a fitted detector and load it back
-========================================
+=======================================
 
 A fitted PandaDetector carries its adapted network. It pickles like any
 scikit-learn estimator, so ``joblib.dump`` / ``joblib.load`` work (a model
@@ -27,7 +27,8 @@ from sklearn_panda import PandaDetector
 from sklearn_panda.datasets import fashion_mnist_or_sample, load_one_class
 
 FAST = os.environ.get("SKLEARN_PANDA_EXAMPLES_FAST", "0") != "0"
-OUT = Path(os.environ.get("SKLEARN_PANDA_EXAMPLES_OUT", Path(__file__).parent / "out"))
+# "or": __file__ is only read when the variable is unset (sphinx-gallery runs the script without one).
+OUT = Path(os.environ.get("SKLEARN_PANDA_EXAMPLES_OUT") or Path(__file__).parent / "out")
 MAX_TRAIN, MAX_TEST, N_STEPS, RESIZE, CROP = (40, 10, 2, 64, 64) if FAST else (200, 10, 50, 256, 224)
 OUT.mkdir(parents=True, exist_ok=True)
 

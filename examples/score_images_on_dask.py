@@ -1,5 +1,5 @@
 """Score a folder of image files on a Dask cluster
-================================================
+===============================================
 
 A detector is fitted once and then scores far more images than it saw. Here a
 PandaDetector is fitted on T-shirts (Fashion-MNIST class 0; the full set when
@@ -44,7 +44,7 @@ def main():
         dataset, normal_class=0, max_train=MAX_TRAIN, max_test=MAX_TEST, random_state=0
     )
     # n_steps=0: the unadapted features, one pass over the images, to keep the example short
-    # (the backbone's recipe adapts for 100 steps first: README, "Recipes").
+    # (the backbone's recipe adapts for 100 steps first: docs/recipes.rst).
     detector = PandaDetector(
         backbone="efficientnet_lite0", n_steps=0, resize=SIZE, crop_size=SIZE, random_state=0
     ).fit(X_train)

@@ -1,5 +1,5 @@
 """One adaptation, five scorers: PandaFeatures with scikit-learn's outlier detectors
-================================================================================
+=================================================================================
 
 PANDA has two halves: adapting pretrained features to the normal images, and
 scoring new images against the normal features. ``PandaFeatures`` is the first

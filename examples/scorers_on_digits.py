@@ -1,5 +1,5 @@
 """Anomaly scorers on any features: digits, one class normal at a time
-=====================================================================
+===================================================================
 
 The scorers of sklearn-panda work on any 2-D feature matrix. Here the features
 are raw 8x8 pixels of scikit-learn's digits: each digit in turn is "normal",

@@ -240,6 +240,6 @@ def test_onnx_scores_match_uint8_exactly_and_float_images_to_a_grey_level():
     exported = OnnxDetector(path).score_samples(X[:8])
     np.testing.assert_allclose(detector.score_samples(X[:8]), exported, rtol=1e-5)
     float_scores = detector.score_samples(X[:8] / 255.0)
-    # README, "Deploying on a CPU": float images resize in float, within 0.4% here, not exactly.
+    # docs/deployment.rst: float images resize in float, within 0.4% here, not exactly.
     assert not np.allclose(float_scores, exported, rtol=1e-5)
     np.testing.assert_allclose(float_scores, exported, rtol=1e-2)

@@ -33,7 +33,7 @@ DOCS = {
 backbone : str or callable, default="resnet152"
     The name of any classification model of ``torchvision.models``
     (ResNet, EfficientNet, MobileNet, RegNet, ConvNeXt, ViT, Swin,
-    DenseNet, ...; README's "Choosing a backbone"),
+    DenseNet, ...; :ref:`choosing-a-backbone`),
     ``"efficientnet_lite0"`` (extra ``lite``; works offline), or a callable
     returning an ``nn.Module`` (a torchvision model of these families, or
     any network with ``stage_ends``; a ``timm`` or ``torch.hub`` model,
@@ -55,7 +55,7 @@ weights : "imagenet", str, path or None, default="imagenet"
 n_steps : int or "auto", default="auto"
     Mini-batches of adaptation. ``0`` gives the unadapted pretrained
     features, the paper's baseline. ``"auto"``: the backbone's recipe
-    (README's "Recipes"): 100 for ``"efficientnet_lite0"``, the best
+    (:ref:`recipes`): 100 for ``"efficientnet_lite0"``, the best
     length measured on Fashion-MNIST; 300 for every other backbone (the
     paper used 2,300, 7,800 with EWC, with ResNet152 on a GPU). The value
     used is in ``recipe_``.""",
@@ -107,7 +107,7 @@ n_trainable_stages : int, default=2
     How many final stages train: ResNet ``layer3`` + ``layer4`` (the
     paper's recommendation), EfficientNet-Lite0's last 5 blocks + head,
     the last two blocks of a ViT or Swin; the stages of each family are
-    in README's "Choosing a backbone". Layers between the last stage and
+    in :ref:`choosing-a-backbone`. Layers between the last stage and
     ``feature_node`` (pooling, a final norm) train with the last stage.""",
     "stage_ends": """\
 stage_ends : list of str or None, default=None
@@ -131,7 +131,7 @@ resize : int, (int, int), None or "auto", default="auto"
     Resize the images: an integer is the new shorter side (the aspect
     ratio kept), a pair the new ``(height, width)``; ``None`` keeps their
     size. ``"auto"``: the backbone's recipe (with ``crop_size``;
-    README's "Recipes"): the paper's 256, then a 224 crop, for every
+    :ref:`recipes`): the paper's 256, then a 224 crop, for every
     backbone but ``"efficientnet_lite0"``, which takes the whole image at
     ``(224, 224)`` without a crop: the paper's crop drops a border of 1/16
     of the side all round (23% of the image), where anomalies can lie,

@@ -113,7 +113,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         ``clip_norm`` (``"auto"`` resolved by the backbone's recipe).
     %(preprocessing_)s
     %(n_features_in_)s
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (``n_features_in_``,)
         Only for 2-D vector input with string column names.
 
     See Also

@@ -94,7 +94,7 @@ class PandaOE(BasePandaDetector):
     n_trainable_stages : int, default=1
         How many final stages train together with the head; by default only
         the last (ResNet ``layer4``), as in the paper. The stages of each
-        family are in README's "Choosing a backbone".
+        family are in :ref:`choosing-a-backbone`.
 
     %(stage_ends)s
 

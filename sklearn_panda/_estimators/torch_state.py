@@ -90,7 +90,7 @@ class TorchStateMixin:
         blob = state.pop(TORCH_STATE, None)
         if blob is not None:
             # The bytes come from the pickle being loaded, which is trusted
-            # already; weights_only=False adds no new risk (see README: never
+            # already; weights_only=False adds no new risk (see docs/reliability.rst: never
             # unpickle files from untrusted sources).
             torch_state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
             if "device_" in state:

@@ -58,7 +58,7 @@ class KMeansScorer(_BaseScorer):
 
     Attributes
     ----------
-    cluster_centers_ : ndarray of shape (n_clusters_, n_features)
+    cluster_centers_ : ndarray of shape (``n_clusters_``, n_features)
         Centroids (in the normalised space for ``metric="cosine"``).
     n_clusters_ : int
         Number of centroids used.

@@ -55,9 +55,9 @@ class MahalanobisScorer(_BaseScorer):
     ----------
     location_ : ndarray of shape (n_features,)
         Mean of the training features.
-    components_ : ndarray of shape (n_components_, n_features)
+    components_ : ndarray of shape (``n_components_``, n_features)
         Eigenvectors of the training covariance (the principal axes), rows.
-    variances_ : ndarray of shape (n_components_,)
+    variances_ : ndarray of shape (``n_components_``,)
         Variances of the shrunk covariance along ``components_``.
     residual_variance_ : float or None
         Variance of the shrunk covariance in every direction outside
