@@ -230,11 +230,12 @@ def _export_patch_detector(detector, path, image_size):
     if np.shape(image_size) != (2,) or any(int(side) != side or side < 1 for side in image_size):
         raise ValueError(f"image_size must be (height, width) in pixels; got {image_size!r}.")
     image_size = (int(image_size[0]), int(image_size[1]))
-    scored = working_size(*image_size, detector.resize)
+    spec = detector._spec()
+    scored = working_size(*image_size, spec["resize"])
     if scored != image_size:
         raise ValueError(
             f"This patch detector scores {image_size[0]} x {image_size[1]} images at {scored[0]} x {scored[1]} "
-            f"(resize={detector.resize!r}); the exported graph holds no resize. Export it for images of "
+            f"(resize={spec['resize']!r}); the exported graph holds no resize. Export it for images of "
             f"the scored size, image_size={scored}, and resize the images to it first."
         )
     bank = np.asarray(detector.memory_bank_, dtype=np.float32)
@@ -244,11 +245,9 @@ def _export_patch_detector(detector, path, image_size):
     graph = PatchScoringGraph(
         _cpu_float32_copy(detector.net_),
         channels=channels,
-        neighbourhood=detector.neighbourhood,
-        n_features=detector.n_features,
+        spec=spec,
         bank=bank,
-        n_neighbors=detector.scorer_.n_neighbors,
-        sigma=detector.sigma,
+        n_neighbors=detector.scorer_.n_neighbors_,
     )
     model = export_scoring_graph(graph, image_size, channels, output_names=("scores", "maps"))
     from ._version import __version__

@@ -86,6 +86,8 @@ def expected_failed_checks(estimator):
             "check_outliers_train": TRAIN_PREDICT_REASON,
             "check_outliers_fit_predict": FIT_PREDICT_REASON,
             "check_methods_subset_invariance": PATCH_FLOAT32_BATCH_REASON,
+            # Seen on an Intel Sapphire Rapids CPU (not on AMD Zen 4): 1-ulp differences.
+            "check_methods_sample_order_invariance": PATCH_FLOAT32_BATCH_REASON,
         }
     if isinstance(estimator, PandaSES):
         failures["check_methods_subset_invariance"] = FLOAT32_BATCH_REASON

@@ -54,11 +54,12 @@ def test_a_square_on_stripes_is_found_where_it_is():
         assert one[44:52, 40:48].mean() > 3 * one[:16, :16].mean()
 
 
-def test_scores_are_minus_the_maps_maximum_and_come_with_the_maps(fitted):
+def test_scores_come_with_the_maps_and_bound_them(fitted):
     images = with_square(stripes(3, seed=2))
     maps, scores = fitted.anomaly_maps(images, return_scores=True)
     np.testing.assert_allclose(scores, fitted.score_samples(images), rtol=1e-6)
-    np.testing.assert_allclose(scores, -maps.reshape(3, -1).max(axis=1), rtol=1e-6)
+    # The largest patch distance: upsampling and smoothing only average patch distances.
+    assert (-scores >= maps.reshape(3, -1).max(axis=1) - 1e-6).all()
     np.testing.assert_array_equal(fitted.decision_function(images), scores - fitted.offset_)
     np.testing.assert_array_equal(fitted.predict(images), np.where(scores < fitted.offset_, -1, 1))
 
@@ -262,3 +263,149 @@ def test_leave_one_out_scores_with_few_candidates_equal_those_over_the_whole_ban
     monkeypatch.setattr(patch_module, "LEAVE_OUT_CANDIDATES", 10**6)
     whole = PandaPatchDetector(**TINY, coreset_ratio=0.4, algorithm="brute").fit(images).training_scores_
     np.testing.assert_allclose(few, whole, rtol=1e-6)
+
+
+# Every parameter and another valid value for it: after fit, none may change what the detector
+# computes (issue 41, item 10; scikit-learn's rule that fitted state is fixed at fit).
+OTHER_VALUES = {
+    "backbone": "resnet18",
+    "weights": "imagenet",
+    "layers": ["3", "5"],
+    "resize": 32,
+    "neighbourhood": 5,
+    "border": "inside",
+    "n_features": 8,
+    "coreset_ratio": 0.5,
+    "projection_dim": 4,
+    "n_neighbors": 3,
+    "sigma": 1.0,
+    "image_score": "map",
+    "algorithm": "faiss",
+    "contamination": 0.2,
+    "pixel_contamination": 0.3,
+    "batch_size": 1,
+    "device": "cpu",
+    "random_state": 7,
+    "verbose": 1,
+}
+
+
+def test_every_parameter_has_another_value_in_the_fitted_state_test():
+    assert set(OTHER_VALUES) == set(PandaPatchDetector().get_params())
+
+
+def test_set_params_after_fit_changes_no_score_map_or_export(tmp_path):
+    images = stripes(8)
+    test = with_square(stripes(3, seed=5))
+    detector = PandaPatchDetector(**TINY).fit(images)
+    maps, scores = detector.anomaly_maps(test, return_scores=True)
+    offset, predictions = detector.offset_, detector.predict(test)
+    pixel_offset, regions = detector.pixel_offset_, detector.defect_regions(test)
+    for name, value in OTHER_VALUES.items():
+        assert detector.get_params()[name] != value, name
+    detector.set_params(**OTHER_VALUES)
+    changed_maps, changed_scores = detector.anomaly_maps(test, return_scores=True)
+    np.testing.assert_allclose(changed_maps, maps, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(changed_scores, scores, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(detector.predict(test), predictions)
+    assert detector.offset_ == offset and detector.pixel_offset_ == pixel_offset
+    assert detector.defect_regions(test) == regions
+    pytest.importorskip("onnxruntime")
+    from sklearn_panda.deploy import OnnxDetector, export_onnx
+
+    export_onnx(detector, tmp_path / "patch.onnx", image_size=(48, 48))
+    onnx_detector = OnnxDetector(tmp_path / "patch.onnx")
+    np.testing.assert_allclose(onnx_detector.score_samples(test), scores, rtol=1e-4, atol=1e-5)
+
+
+def test_leave_one_out_with_fewer_bank_rows_from_other_images_than_n_neighbors_uses_only_those():
+    # Issue 41, item 5: two images and n_neighbors=40; the bank holds fewer than 40 rows of each.
+    images = stripes(2)
+    with pytest.warns(UserWarning, match="come from other images"):
+        detector = PandaPatchDetector(**TINY, n_neighbors=40, coreset_ratio=0.1).fit(images)
+    assert len(detector.memory_bank_) == 41
+    from sklearn_panda._estimators.validation import check_input
+
+    spec = detector.patch_spec_
+    for index in range(2):
+        checked = check_input(images[index : index + 1])
+        (_, features, _, _), = detector._embeddings(detector.net_, checked, detector.device_, spec, "")
+        rows = features[0].permute(1, 2, 0).reshape(-1, features.shape[1]).numpy()
+        # Which bank rows are this image's own: those equal to one of its patches.
+        own = (np.abs(detector.memory_bank_[:, None, :] - rows[None]).max(axis=2) < 1e-6).any(axis=1)
+        others = detector.memory_bank_[~own]
+        distances = np.sqrt(((rows[:, None, :] - others[None]) ** 2).sum(-1))
+        k = min(40, len(others))
+        expected = -np.sort(distances, axis=1)[:, :k].mean(axis=1).max()
+        assert detector.training_scores_[index] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("image_score", ["patch", "map"])
+def test_the_image_score_is_the_largest_patch_distance_or_the_maps_maximum(image_score):
+    detector = PandaPatchDetector(**TINY, image_score=image_score).fit(stripes(8))
+    images = with_square(stripes(3, seed=2))
+    maps, scores = detector.anomaly_maps(images, return_scores=True)
+    np.testing.assert_allclose(scores, detector.score_samples(images), rtol=1e-6)
+    if image_score == "map":
+        np.testing.assert_allclose(scores, -maps.reshape(3, -1).max(axis=1), rtol=1e-5)
+    else:
+        # Taken before upsampling and smoothing: the smoothing does not change it, and the
+        # unsmoothed map (bilinear between the patches) stays at or below it.
+        unsmoothed = PandaPatchDetector(**TINY, sigma=0.0).fit(stripes(8))
+        np.testing.assert_allclose(scores, unsmoothed.score_samples(images), rtol=1e-6)
+        assert (scores <= -unsmoothed.anomaly_maps(images).reshape(3, -1).max(axis=1) + 1e-6).all()
+        assert not np.allclose(scores, -maps.reshape(3, -1).max(axis=1), rtol=1e-3)
+
+
+def test_pixel_offset_is_exceeded_in_pixel_contamination_of_the_training_maps():
+    detector = PandaPatchDetector(**TINY, pixel_contamination=0.25).fit(stripes(8))
+    maxima = detector.training_map_maxima_
+    assert maxima.shape == (8,) and (maxima > detector.pixel_offset_).sum() == 2
+    # The leave-one-out maps bound the images' own scores with image_score="map".
+    as_map = PandaPatchDetector(**TINY, image_score="map").fit(stripes(8))
+    np.testing.assert_allclose(as_map.training_map_maxima_, -as_map.training_scores_, rtol=1e-6)
+
+
+def test_masks_are_the_maps_above_the_pixel_offset_and_regions_describe_them(tmp_path):
+    # Every patch in the bank: each stripe phase's other image stays in a training image's
+    # leave-one-out bank (with 10%, the bank's holes leave the offset above the square's map).
+    fitted = PandaPatchDetector(**TINY, coreset_ratio=1.0).fit(stripes(16))
+    images = np.concatenate([with_square(stripes(2, seed=4)), stripes(2, seed=5)])
+    maps = fitted.anomaly_maps(images)
+    masks = fitted.predict_masks(images)
+    assert masks.dtype == bool and masks.shape == maps.shape
+    np.testing.assert_array_equal(masks, maps > fitted.pixel_offset_)
+    assert masks[:2, 20:28, 24:32].all(axis=(1, 2)).all() and not masks[2:].any()
+    regions = fitted.defect_regions(images)
+    assert len(regions) == 4 and regions[2:] == [[], []]
+    for index, found in enumerate(regions[:2]):
+        assert sum(region["area"] for region in found) == masks[index].sum()
+        peaks = [region["peak"] for region in found]
+        assert peaks == sorted(peaks, reverse=True) and peaks[0] == pytest.approx(maps[index].max())
+        covered = np.zeros_like(masks[index])
+        for region in found:
+            assert region["image"] == index
+            covered[region["top"] : region["bottom"], region["left"] : region["right"]] = True
+        assert covered[masks[index]].all()
+    # Files of different sizes: one mask per file, at its size.
+    paths = []
+    for index, size in enumerate([(48, 48), (48, 64)]):
+        path = tmp_path / f"{index}.png"
+        Image.fromarray(with_square(stripes(1, size=max(size), seed=6))[0][: size[0], : size[1]]).save(path)
+        paths.append(str(path))
+    file_masks = fitted.predict_masks(paths)
+    assert isinstance(file_masks, list) and [m.shape for m in file_masks] == [(48, 48), (48, 64)]
+
+
+def test_find_regions_joins_pixels_that_touch_at_a_corner_and_finds_none_below_the_threshold():
+    from sklearn_panda._estimators.regions import find_regions
+
+    anomaly_map = np.zeros((5, 5))
+    anomaly_map[1, 1] = anomaly_map[2, 2] = 3.0
+    anomaly_map[4, 0] = 4.0
+    found = find_regions(anomaly_map, 1.0, image=7)
+    assert [(r["region"], r["area"], r["peak"], r["image"]) for r in found] == [(0, 1, 4.0, 7), (1, 2, 3.0, 7)]
+    assert (found[1]["top"], found[1]["left"], found[1]["bottom"], found[1]["right"]) == (1, 1, 3, 3)
+    assert find_regions(anomaly_map, 5.0) == []
+    with pytest.raises(ValueError, match="2-D"):
+        find_regions(np.zeros((2, 2, 2)), 0.0)

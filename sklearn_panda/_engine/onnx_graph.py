@@ -343,24 +343,26 @@ class PatchScoringGraph(nn.Module):
     net : FeatureNet
         The patch detector's split network (every stage up to its last layer).
     channels : {1, 3}
-    neighbourhood : int
-    n_features : int or None
+    spec : dict
+        The detector's fitted ``patch_spec_``: ``neighbourhood``, ``border``,
+        ``n_features``, ``sigma`` and ``image_score`` are read.
     bank : ndarray of shape (n_bank, d), float32
         The memory bank.
     n_neighbors : int
-    sigma : float
     """
 
-    def __init__(self, net, *, channels, neighbourhood, n_features, bank, n_neighbors, sigma):
+    def __init__(self, net, *, channels, spec, bank, n_neighbors):
         super().__init__()
         self.stages = nn.ModuleList([*net.trunk, *list(net.stages)[:-1]])
         self.channels = channels
-        self.neighbourhood = neighbourhood
-        self.n_features = n_features
+        self.neighbourhood = spec["neighbourhood"]
+        self.border = spec["border"]
+        self.n_features = spec["n_features"]
+        self.sigma = spec["sigma"]
+        self.image_score = spec["image_score"]
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.distance = GalleryDistance(bank, n_neighbors, "euclidean")
-        self.sigma = sigma
 
     def forward(self, images):
         x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
@@ -371,12 +373,14 @@ class PatchScoringGraph(nn.Module):
         for stage in self.stages:
             x = stage(x)
             maps.append(x)
-        features = aggregate(maps, self.neighbourhood, self.n_features)
+        features = aggregate(maps, self.neighbourhood, self.n_features, border=self.border)
         n_images, n_channels, height, width = features.shape
         rows = features.permute(0, 2, 3, 1).reshape(-1, n_channels)
         patch_map = self.distance(rows).reshape(n_images, 1, height, width)
         size = images.shape[1:3]
+        upsampled = patch_map
         if (height, width) != tuple(size):
-            patch_map = F.interpolate(patch_map, size=size, mode="bilinear", align_corners=False)
-        smoothed = gaussian_smoothing(patch_map, self.sigma)
-        return -smoothed.amax(dim=(1, 2, 3)), smoothed[:, 0]
+            upsampled = F.interpolate(patch_map, size=size, mode="bilinear", align_corners=False)
+        smoothed = gaussian_smoothing(upsampled, self.sigma)
+        worst = patch_map if self.image_score == "patch" else smoothed
+        return -worst.amax(dim=(1, 2, 3)), smoothed[:, 0]

@@ -32,6 +32,13 @@ PROBE_SIZE = 224
 # "auto" resolution: images keep their size between these shorter sides.
 SMALLEST_SIDE = 224
 LARGEST_SIDE = 1024
+# ... and the longer side at most this; a strip whose shorter side would then end below
+# NARROWEST_SIDE is refused.
+LONGEST_SIDE = 4096
+NARROWEST_SIDE = 32
+
+# How a neighbourhood average treats the positions past a map's border (see aggregate).
+BORDERS = frozenset({"zeros", "inside"})
 
 LAYERS_HINT = (
     "Set layers to the names of two nodes or modules whose outputs are feature maps (n, C, H, W), "
@@ -127,7 +134,7 @@ def split_patch_net(model, layers):
     return net.eval()
 
 
-def aggregate(maps, neighbourhood, n_features=None):
+def aggregate(maps, neighbourhood, n_features=None, *, border="zeros"):
     """One feature map from several: local averages, on the first map's grid, concatenated.
 
     Parameters
@@ -139,6 +146,12 @@ def aggregate(maps, neighbourhood, n_features=None):
     n_features : int or None
         Average adjacent channels down to this many (PatchCore's projection);
         ``None`` keeps all of them.
+    border : {"zeros", "inside"}, default="zeros"
+        How a window that reaches past the map's border is averaged:
+        ``"zeros"`` counts the missing positions as zeros (PatchCore's
+        ``AvgPool2d(3, 1, 1)``, torch's default), so that border patches
+        shrink towards zero and are matched with other images' border
+        patches; ``"inside"`` averages the positions inside the map only.
 
     Returns
     -------
@@ -152,14 +165,23 @@ def aggregate(maps, neighbourhood, n_features=None):
     torch.Size([2, 10, 8, 8])
     >>> aggregate([torch.ones(2, 4, 8, 8), torch.ones(2, 6, 4, 4)], 3, n_features=5).shape
     torch.Size([2, 5, 8, 8])
+    >>> corner = aggregate([torch.ones(1, 1, 4, 4)], 3)[0, 0, 0, 0]
+    >>> float(corner), float(aggregate([torch.ones(1, 1, 4, 4)], 3, border="inside")[0, 0, 0, 0])
+    (0.4444444477558136, 1.0)
     """
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {sorted(BORDERS)}; got {border!r}.")
     grid = maps[0].shape[-2:]
     parts = []
     for feature_map in maps:
         feature_map = feature_map.float()
         if neighbourhood > 1:
             feature_map = F.avg_pool2d(
-                feature_map, neighbourhood, stride=1, padding=neighbourhood // 2, count_include_pad=False
+                feature_map,
+                neighbourhood,
+                stride=1,
+                padding=neighbourhood // 2,
+                count_include_pad=border == "zeros",
             )
         if feature_map.shape[-2:] != grid:
             feature_map = F.interpolate(feature_map, size=grid, mode="bilinear", align_corners=False)
@@ -197,26 +219,40 @@ def working_size(height, width, resize):
 
     ``None`` keeps it; an integer is the new shorter side (the aspect ratio
     kept); a pair is the size itself; ``"auto"`` keeps the size when the
-    shorter side is between 224 and 1024 pixels and otherwise scales it to the
-    nearer bound (a stride-8 grid of a smaller image is too coarse to place a
-    defect; a larger one costs time and memory out of proportion).
+    shorter side is between 224 and 1024 pixels and the longer side at most
+    4096, and otherwise scales the image (aspect ratio kept) by the factor
+    that brings the shorter side to the nearer of 224 and 1024, or the
+    longer side to 4096 where that factor is smaller (a stride-8 grid of a
+    smaller image is too coarse to place a defect; a larger one costs time and
+    memory out of proportion). A long strip whose shorter side would end below
+    32 pixels is refused with ``"auto"``.
 
     Examples
     --------
     >>> from sklearn_panda._engine.patch_features import working_size
     >>> working_size(640, 640, "auto"), working_size(28, 56, "auto"), working_size(2048, 1024, "auto")
     ((640, 640), (224, 448), (2048, 1024))
+    >>> working_size(50, 2000, "auto"), working_size(800, 8000, "auto")
+    ((102, 4096), (410, 4096))
     >>> working_size(100, 200, None), working_size(100, 200, 50), working_size(100, 200, (32, 48))
     ((100, 200), (50, 100), (32, 48))
     """
     if resize is None:
         return height, width
     if resize == "auto":
-        shorter = min(height, width)
-        target = min(max(shorter, SMALLEST_SIDE), LARGEST_SIDE)
-        if target == shorter:
+        shorter, longer = min(height, width), max(height, width)
+        scale = min(max(shorter, SMALLEST_SIDE), LARGEST_SIDE) / shorter
+        scale = min(scale, LONGEST_SIDE / longer)
+        if scale == 1:
             return height, width
-        resize = target
+        size = max(1, round(height * scale)), max(1, round(width * scale))
+        if min(size) < NARROWEST_SIDE:
+            raise ValueError(
+                f"A {height} x {width} image is too narrow to score with resize='auto': its longer side "
+                f"is brought to {LONGEST_SIDE} pixels, leaving {min(size)} for the shorter, fewer than "
+                f"{NARROWEST_SIDE}. Crop it into pieces, or pass resize=(height, width)."
+            )
+        return size
     if isinstance(resize, numbers.Integral):
         scale = resize / min(height, width)
         return (resize, round(width * scale)) if height <= width else (round(height * scale), resize)

@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from .._engine.backbones import build_feature_net, build_model
-from .._engine.coreset import greedy_coreset
+from .._engine.coreset import StreamingCoreset
 from .._engine.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
 from .._engine.device import ON_DEVICE, resolve_device, seeded_cpu_generator
 from .._engine.patch_features import (
@@ -30,7 +30,9 @@ from .._engine.patch_features import (
 from .._engine.progress import ProgressBar
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from ..scorers import KNNScorer, brute_force_kneighbors, offset_from_training_scores
+from ..scorers._contract import AUTO_CONTAMINATION
 from .outlier import OutlierContractMixin
+from .regions import find_regions
 from .torch_state import TorchStateMixin
 from .validation import check_consistent, check_input
 
@@ -42,9 +44,65 @@ from .validation import check_consistent, check_input
 BANK_INDEX = "HNSW32"
 BANK_INDEX_PARAMS = {"efSearch": 32, "k_factor": 4}
 BANK_INDEX_MIN_ROWS = 20_000
+# At most this many pixels (at the scored size) go through the backbone in one batch: a CPU
+# runs a large image fastest one at a time (EfficientNet-Lite0 on 640 x 640 boards, 2 cores:
+# 10.7 images/s one at a time against 3.9 in batches of 8; at 224 x 224, 87 images/s in batches of 8).
+PIXELS_PER_BATCH = 2**19
+# The leave-one-out training scores (offset_) come from at most this many training images.
+CALIBRATION_IMAGES = 64
 # Candidates beyond n_neighbors that a training patch asks the bank for, to find neighbours
 # from other images than its own.
 LEAVE_OUT_CANDIDATES = 8
+
+
+def exact_distances(rows, bank, neighbours):
+    """Distances ``(n, k)`` from each row to the bank rows its search found, from the differences.
+
+    The search's own distances come from ``|x|^2 - 2 x.y + |y|^2`` in float32
+    matrix products, whose rounding depends on what else is in the batch;
+    these depend on the row and its neighbours alone (and lose no precision
+    to the cancellation).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda._estimators.patch import exact_distances
+    >>> exact_distances(np.zeros((1, 2), np.float32), np.array([[3.0, 4.0], [1.0, 0.0]], np.float32), np.array([[1, 0]]))
+    array([[1., 5.]], dtype=float32)
+    """
+    return np.linalg.norm(rows[:, None, :] - bank[neighbours], axis=2)
+
+
+def pixel_offset(map_maxima, pixel_contamination):
+    """The map value above which a pixel is defective: exceeded somewhere in ``pixel_contamination``
+    of the normal images' (leave-one-out) maps ("auto": 1%).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda._estimators.patch import pixel_offset
+    >>> pixel_offset(np.arange(101.0), 0.1)
+    90.0
+    """
+    rate = AUTO_CONTAMINATION if pixel_contamination == "auto" else pixel_contamination
+    return float(np.percentile(map_maxima, 100.0 * (1.0 - rate)))
+
+
+def calibration_images(n_images, rng):
+    """Which training images give the leave-one-out scores: every one, or ``CALIBRATION_IMAGES`` at random.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda._estimators.patch import calibration_images
+    >>> calibration_images(5, np.random.default_rng(0)).tolist()
+    [0, 1, 2, 3, 4]
+    >>> len(calibration_images(1000, np.random.default_rng(0)))
+    64
+    """
+    if n_images <= CALIBRATION_IMAGES:
+        return np.arange(n_images)
+    return np.sort(rng.choice(n_images, size=CALIBRATION_IMAGES, replace=False))
 
 
 class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
@@ -214,13 +272,16 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         "layers": [list, tuple, StrOptions({"auto"})],
         "resize": [Interval(numbers.Integral, 1, None, closed="left"), tuple, list, None, StrOptions({"auto"})],
         "neighbourhood": [Interval(numbers.Integral, 1, None, closed="left")],
+        "border": [StrOptions({"zeros", "inside"})],
         "n_features": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "coreset_ratio": [Interval(numbers.Real, 0, 1, closed="right")],
         "projection_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
         "sigma": [Interval(numbers.Real, 0, None, closed="left")],
+        "image_score": [StrOptions({"patch", "map"})],
         "algorithm": [StrOptions({"auto", "brute", "faiss", "nndescent"})],
         "contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
+        "pixel_contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
         "batch_size": [Interval(numbers.Integral, 1, None, closed="left")],
         "device": [str, torch.device],
         "random_state": ["random_state"],
@@ -235,13 +296,16 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         layers="auto",
         resize="auto",
         neighbourhood=3,
+        border="zeros",
         n_features=None,
         coreset_ratio=0.1,
         projection_dim=128,
         n_neighbors=1,
         sigma=4.0,
+        image_score="patch",
         algorithm="auto",
         contamination="auto",
+        pixel_contamination="auto",
         batch_size=8,
         device="auto",
         random_state=None,
@@ -252,13 +316,16 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         self.layers = layers
         self.resize = resize
         self.neighbourhood = neighbourhood
+        self.border = border
         self.n_features = n_features
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
         self.n_neighbors = n_neighbors
         self.sigma = sigma
+        self.image_score = image_score
         self.algorithm = algorithm
         self.contamination = contamination
+        self.pixel_contamination = pixel_contamination
         self.batch_size = batch_size
         self.device = device
         self.random_state = random_state
@@ -269,6 +336,12 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
         """Build the memory bank of the normal images' patch features.
+
+        The images pass through the backbone a batch at a time; each batch's
+        patch features go straight into a two-stage coreset selection
+        (:class:`~sklearn_panda._engine.coreset.StreamingCoreset`), so that
+        only the selected patches and those of the calibration images (up to
+        ``CALIBRATION_IMAGES``, for ``offset_``) are kept.
 
         Parameters
         ----------
@@ -296,31 +369,49 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
                 "leave-one-out score is measured against the patches of the others."
             )
         device = resolve_device(self.device)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        random_state = check_random_state(self.random_state)
+        seed = int(random_state.randint(np.iinfo(np.int32).max))
         net, layers = self._build_net(checked, seed, device)
-        patches, owners, geometry = self._training_patches(net, checked, device)
-        # At least one patch more than n_neighbors: the bank's search leaves one out of its own fit.
-        n_bank = min(max(self.n_neighbors + 1, math.ceil(self.coreset_ratio * len(patches))), len(patches))
-        if n_bank < len(patches):
-            generator = torch.Generator().manual_seed(seed)
-            chosen = greedy_coreset(
-                torch.from_numpy(patches).to(device), n_bank, projection_dim=self.projection_dim, generator=generator
-            ).cpu().numpy()
-            chosen.sort()
-        else:
-            chosen = np.arange(len(patches))
-        bank, bank_owners = patches[chosen], owners[chosen]
+        spec = self._fitted_spec(layers)
+        calibration = set(calibration_images(len(checked), np.random.default_rng(seed)).tolist())
+        coreset = StreamingCoreset(
+            self.coreset_ratio,
+            min_select=self.n_neighbors + 1,
+            projection_dim=self.projection_dim,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        kept = {}
+        for indices, features, size, _ in self._embeddings(net, checked, device, spec, "patch features"):
+            n_images, n_channels, height, width = features.shape
+            rows = features.permute(0, 2, 3, 1).reshape(n_images, height * width, n_channels)
+            owners = torch.from_numpy(np.repeat(indices, height * width))
+            coreset.add(rows.reshape(-1, n_channels), owners)
+            for offset, index in enumerate(indices.tolist()):
+                if index in calibration:
+                    kept[index] = (rows[offset].cpu().numpy(), (height, width), size)
+        bars = []
+
+        def show(done, total):
+            if not bars:
+                bars.append(ProgressBar(total, "memory bank", self.verbose > 0))
+            bars[0].update(done)
+
+        bank, bank_owners = coreset.select(progress=show)
+        bank, bank_owners = bank.cpu().numpy(), bank_owners.numpy()
         n_neighbors = self._neighbours_for(len(bank))
         scorer = self._bank_search(len(bank), n_neighbors, seed).fit(bank)
-        training_scores = self._leave_one_out_scores(scorer, patches, owners, geometry, bank, bank_owners)
+        training_scores, map_maxima = self._leave_one_out_scores(scorer, kept, bank, bank_owners, spec)
         fitted = {
             "net_": net,
             "layers_": layers,
+            "patch_spec_": spec,
             "memory_bank_": bank,
             "scorer_": scorer,
-            "n_training_patches_": len(patches),
+            "n_training_patches_": coreset.n_seen_,
             "training_scores_": training_scores,
             "offset_": offset_from_training_scores(training_scores, self.contamination),
+            "training_map_maxima_": map_maxima,
+            "pixel_offset_": pixel_offset(map_maxima, self.pixel_contamination),
             "input_spec_": checked.spec,
             "device_": device,
         }
@@ -341,6 +432,25 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
                 f"resize must be an integer (the shorter side), a pair (height, width) of integers >= 1, "
                 f"None or 'auto'; got {self.resize!r}."
             )
+
+    def _fitted_spec(self, layers):
+        """What the features, maps and scores are made of: fixed at fit, read by every later method."""
+        return {
+            "layers": list(layers),
+            "resize": list(self.resize) if isinstance(self.resize, (tuple, list)) else self.resize,
+            "neighbourhood": int(self.neighbourhood),
+            "border": self.border,
+            "n_features": None if self.n_features is None else int(self.n_features),
+            "sigma": float(self.sigma),
+            "image_score": self.image_score,
+        }
+
+    def _spec(self):
+        """The fitted spec; a model fitted before ``patch_spec_`` existed made its features as then."""
+        spec = getattr(self, "patch_spec_", None)
+        if spec is None:
+            spec = {**self._fitted_spec(self.layers_), "border": "inside", "image_score": "map"}
+        return spec
 
     def _bank_search(self, n_bank, n_neighbors, seed):
         """The unfitted ``KNNScorer`` that searches the memory bank."""
@@ -395,17 +505,21 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
 
     # --------------------------------------------------------- patch features
 
-    def _batches(self, checked):
-        """Index batches: ``batch_size`` at a time, files one at a time (their sizes may differ)."""
+    def _batches(self, checked, spec):
+        """Index batches: at most ``batch_size`` images and ``PIXELS_PER_BATCH`` pixels at the
+        scored size (large images one at a time); files one at a time (their sizes may differ)."""
         size = 1 if checked.spec.kind == "file_images" else self.batch_size
+        if checked.spec.kind == "array_images":
+            height, width = working_size(*checked.data.shape[1:3], spec["resize"])
+            size = max(1, min(size, PIXELS_PER_BATCH // (height * width)))
         for start in range(0, len(checked), size):
             yield np.arange(start, min(start + size, len(checked)))
 
-    def _embeddings(self, net, checked, device, label):
+    def _embeddings(self, net, checked, device, spec, label):
         """``(indices, patch features (n, D, h, w), scored size, original size)`` batch by batch."""
         preprocessor = Preprocessor(checked, resize=None, crop_size=None, device=device, normalize=False)
         progress = ProgressBar(len(checked), label, self.verbose > 0)
-        for indices in self._batches(checked):
+        for indices in self._batches(checked, spec):
             images = preprocessor(indices)
             with torch.inference_mode():
                 if checked.spec.kind == "vectors":
@@ -413,79 +527,82 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
                     yield indices, features, (1, 1), (1, 1)
                 else:
                     original = tuple(images.shape[-2:])
-                    size = working_size(*original, self.resize)
+                    size = working_size(*original, spec["resize"])
                     if size != original:
                         images = TF.resize(images, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
                     images = TF.normalize(images, list(IMAGENET_MEAN), list(IMAGENET_STD))
                     maps = stage_outputs(net, images.contiguous(memory_format=torch.channels_last))
-                    yield indices, aggregate(maps, self.neighbourhood, self.n_features), size, original
+                    features = aggregate(maps, spec["neighbourhood"], spec["n_features"], border=spec["border"])
+                    yield indices, features, size, original
             progress.update(int(indices[-1]) + 1)
-
-    def _training_patches(self, net, checked, device):
-        """Every training patch feature ``(N, D)`` float32, the index of the image each came
-        from, and each image's patch grid and scored size."""
-        patches, owners, geometry = [], [], []
-        for indices, features, size, _ in self._embeddings(net, checked, device, "patch features"):
-            n_images, n_channels, height, width = features.shape
-            rows = features.permute(0, 2, 3, 1).reshape(-1, n_channels)
-            patches.append(rows.cpu().numpy())
-            owners.append(np.repeat(indices, height * width))
-            geometry.extend([((height, width), size)] * n_images)
-        return np.concatenate(patches), np.concatenate(owners), geometry
 
     # ----------------------------------------------------------------- maps
 
-    def _maps_from_distances(self, distances, grid, size):
+    def _maps_from_distances(self, distances, grid, size, spec):
         """Patch distances ``(n * h * w,)`` -> smoothed maps ``(n, 1, H, W)`` at the scored size."""
         maps = torch.from_numpy(np.ascontiguousarray(distances, dtype=np.float32)).reshape(-1, 1, *grid)
         if tuple(grid) != tuple(size):
             maps = torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False)
-        return gaussian_smoothing(maps, self.sigma)
+        return gaussian_smoothing(maps, spec["sigma"])
+
+    def _image_scores(self, distances, smoothed, n_images, spec):
+        """Each image's anomaly (higher = more anomalous): its largest patch distance
+        (``image_score="patch"``) or its smoothed map's maximum (``"map"``)."""
+        if spec["image_score"] == "patch":
+            return np.asarray(distances, dtype=np.float64).reshape(n_images, -1).max(axis=1)
+        return smoothed.amax(dim=(1, 2, 3)).double().numpy()
 
     def _patch_distances(self, features):
         """Mean distance of each patch to its nearest bank patches: ``(n * h * w,)``."""
         n_channels = features.shape[1]
         rows = features.permute(0, 2, 3, 1).reshape(-1, n_channels).cpu().numpy()
-        distances, _ = self.scorer_.kneighbors(rows)
-        return distances.mean(axis=1)
+        _, neighbours = self.scorer_.kneighbors(rows)
+        return exact_distances(rows, self.memory_bank_, neighbours).mean(axis=1)
 
-    def _leave_one_out_scores(self, scorer, patches, owners, geometry, bank, bank_owners):
-        """Each training image scored against the bank without its own patches.
+    def _leave_one_out_scores(self, scorer, kept, bank, bank_owners, spec):
+        """The calibration images scored against the bank without their own patches.
 
-        Each patch asks the bank's search (``scorer``) for ``n_neighbors``
+        Returns the images' scores and the maxima of their maps. Each patch
+        asks the bank's search (``scorer``) for ``n_neighbors``
         plus ``LEAVE_OUT_CANDIDATES`` candidates and keeps the nearest that
         come from other images; a patch whose candidates all come from its own
         image (a uniform region, repeated in the bank) is searched again,
         exactly, among the other images' bank rows. With an exact search the
-        result is exact.
+        result is exact. Where fewer than ``n_neighbors`` bank rows come from
+        other images, a patch's distance is the mean over those there are (a
+        warning says so); where none do, over the other calibration images'
+        patches.
         """
         n_neighbors = scorer.n_neighbors_
         n_candidates = min(n_neighbors + LEAVE_OUT_CANDIDATES, len(bank))
-        scores = np.empty(len(geometry))
-        progress = ProgressBar(len(geometry), "training scores", self.verbose > 0)
-        # Patches are stored image after image: each image's rows are one run.
-        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-        stops = np.r_[starts[1:], len(owners)]
-        for index, (start, stop) in enumerate(zip(starts, stops)):
-            rows = patches[start:stop]
-            candidates, neighbours = scorer.kneighbors(rows, n_neighbors=n_candidates)
+        scores, map_maxima = np.empty(len(kept)), np.empty(len(kept))
+        progress = ProgressBar(len(kept), "training scores", self.verbose > 0)
+        for number, (index, (rows, grid, size)) in enumerate(sorted(kept.items())):
+            _, neighbours = scorer.kneighbors(rows, n_neighbors=n_candidates)
+            candidates = exact_distances(rows, bank, neighbours)
             others = bank_owners[neighbours] != index
             # The first n_neighbors candidates from other images (their order is by distance).
             order = np.argsort(~others, axis=1, kind="stable")[:, :n_neighbors]
-            distances = np.take_along_axis(candidates, order, axis=1)
+            distances = np.take_along_axis(candidates, order, axis=1).mean(axis=1)
             short = np.flatnonzero(others.sum(axis=1) < n_neighbors)
             if len(short):
                 gallery = bank[bank_owners != index]
                 if len(gallery) == 0:
-                    # The coreset kept only this image's patches: compare with every other image's.
-                    gallery = patches[owners != index]
+                    gallery = np.concatenate([other for key, (other, _, _) in kept.items() if key != index])
+                if len(gallery) < n_neighbors:
+                    warnings.warn(
+                        f"Only {len(gallery)} memory-bank patches come from other images than training image "
+                        f"{index}: its leave-one-out score averages {len(gallery)} distances instead of "
+                        f"n_neighbors={n_neighbors}.",
+                        UserWarning,
+                    )
                 squared, _ = brute_force_kneighbors(rows[short], gallery, min(n_neighbors, len(gallery)))
-                distances = distances.copy()
-                distances[short, : squared.shape[1]] = np.sqrt(np.maximum(squared, 0))
-            grid, size = geometry[index]
-            scores[index] = -float(self._maps_from_distances(distances.mean(axis=1), grid, size).amax())
-            progress.update(index + 1)
-        return scores
+                distances[short] = np.sqrt(np.maximum(squared, 0)).mean(axis=1)
+            smoothed = self._maps_from_distances(distances, grid, size, spec)
+            scores[number] = -float(self._image_scores(distances, smoothed, 1, spec)[0])
+            map_maxima[number] = float(smoothed.amax())
+            progress.update(number + 1)
+        return scores, map_maxima
 
     def _maps_and_scores(self, X, *, at_input_size):
         check_is_fitted(self)
@@ -493,12 +610,14 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         if checked.spec.kind == self.input_spec_.kind == "vectors":
             validate_data(self, X, dtype=None, reset=False)
         check_consistent(checked.spec, self.input_spec_, getattr(checked.data, "shape", None))
+        spec = self._spec()
         scores = np.empty(len(checked))
         maps = [None] * len(checked)
-        for indices, features, size, original in self._embeddings(self.net_, checked, self.device_, "anomaly maps"):
+        for indices, features, size, original in self._embeddings(self.net_, checked, self.device_, spec, "anomaly maps"):
             grid = features.shape[-2:]
-            smoothed = self._maps_from_distances(self._patch_distances(features), grid, size)
-            scores[indices] = -smoothed.amax(dim=(1, 2, 3)).numpy()
+            distances = self._patch_distances(features)
+            smoothed = self._maps_from_distances(distances, grid, size, spec)
+            scores[indices] = -self._image_scores(distances, smoothed, len(indices), spec)
             if at_input_size:
                 resized = resize_maps(smoothed, original)
                 for offset, index in enumerate(indices):
@@ -542,7 +661,7 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         >>> normal = (rng.random((4, 40, 60)) * 255).astype(np.uint8)
         >>> detector = PandaPatchDetector(backbone="resnet18", weights=None, resize=None).fit(normal)
         >>> maps, scores = detector.anomaly_maps(normal[:2], return_scores=True)
-        >>> maps.shape, bool(np.allclose(scores, -maps.max(axis=(1, 2))))
+        >>> maps.shape, bool(np.all(-scores >= maps.max(axis=(1, 2))))
         ((2, 40, 60), True)
         """
         check_is_fitted(self)
@@ -551,6 +670,78 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         checked, maps, scores = self._maps_and_scores(X, at_input_size=True)
         maps = np.stack(maps) if checked.spec.kind == "array_images" else maps
         return (maps, scores) if return_scores else maps
+
+    def predict_masks(self, X):
+        """Defect masks: True where a pixel's anomaly exceeds ``pixel_offset_``.
+
+        ``pixel_offset_`` comes from normal images only: the training images'
+        leave-one-out maps exceed it somewhere in ``pixel_contamination`` of
+        them, so about that share of new normal images gets a false region.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Images in the layout seen in ``fit``.
+
+        Returns
+        -------
+        masks : ndarray of shape (n_images, H, W), bool, or list of ndarrays
+            At each image's size, as :meth:`anomaly_maps`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_panda import PandaPatchDetector
+        >>> rng = np.random.default_rng(0)
+        >>> normal = rng.normal(0.5, 0.02, size=(6, 64, 64, 3)).clip(0, 1)
+        >>> detector = PandaPatchDetector(backbone="resnet18", weights=None, random_state=0).fit(normal)
+        >>> defective = normal[:1].copy()
+        >>> defective[:, 20:28, 20:28] = 1.0   # a bright square
+        >>> mask = detector.predict_masks(defective)[0]
+        >>> mask.shape, bool(mask[20:28, 20:28].all()), bool(mask[48:, 48:].any())
+        ((64, 64), True, False)
+        >>> detector.predict_masks(normal[1:3]).any(axis=(1, 2))   # normal images: no defect pixel
+        array([False, False])
+        """
+        maps = self.anomaly_maps(X)
+        if isinstance(maps, list):
+            return [one > self.pixel_offset_ for one in maps]
+        return maps > self.pixel_offset_
+
+    def defect_regions(self, X):
+        """The defect regions of each image: box, area and peak of each connected part of its mask.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Images in the layout seen in ``fit``.
+
+        Returns
+        -------
+        regions : list of list of dict
+            Per image, its regions (8-connected parts of
+            :meth:`predict_masks`), the most anomalous first, each a record
+            of plain numbers: ``image``, ``region``, ``top``, ``left``,
+            ``bottom``, ``right`` (bottom and right exclusive), ``area`` (in
+            pixels), ``peak`` (the largest map value inside), ``peak_row``,
+            ``peak_col``. ``pandas.DataFrame([r for one in regions for r in
+            one])`` gives one row a region.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_panda import PandaPatchDetector
+        >>> rng = np.random.default_rng(0)
+        >>> normal = rng.normal(0.5, 0.02, size=(6, 64, 64, 3)).clip(0, 1)
+        >>> detector = PandaPatchDetector(backbone="resnet18", weights=None, random_state=0).fit(normal)
+        >>> defective = normal[:1].copy()
+        >>> defective[:, 20:28, 20:28] = 1.0   # a bright square
+        >>> (region,) = detector.defect_regions(defective)[0]
+        >>> region["top"] <= 20 < 28 <= region["bottom"], (region["peak_row"], region["peak_col"])
+        (True, (25, 25))
+        """
+        maps = self.anomaly_maps(X)
+        return [find_regions(one, self.pixel_offset_, image=index) for index, one in enumerate(maps)]
 
     def score_samples(self, X):
         """Negated maximum of each image's anomaly map: higher means more normal.
