@@ -248,6 +248,8 @@ def _export_patch_detector(detector, path, image_size):
         spec=spec,
         bank=bank,
         n_neighbors=detector.scorer_.n_neighbors_,
+        fine_bank=getattr(detector, "fine_bank_", None),
+        scales=getattr(detector, "score_scales_", None),
     )
     model = export_scoring_graph(graph, image_size, channels, output_names=("scores", "maps"))
     from ._version import __version__

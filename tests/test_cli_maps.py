@@ -20,7 +20,8 @@ from sklearn_panda.cli._commands import detector_from_args
 
 MODULE = "panda_cli_patch_backbones"
 FACTORY = f"{MODULE}:tiny_cnn"
-LOCAL_FIT = ["--local", "--layers", "5", "7", "--resize", "none", "--random-state", "0", "--device", "cpu"]
+LOCAL_FIT = ["--local", "--layers", "5", "7", "--resize", "none", "--coreset-ratio", "0.1", "--random-state", "0",
+             "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,8 @@ from sklearn_panda._engine.coreset import greedy_coreset
 from sklearn_panda._engine.patch_features import default_layers, working_size
 
 TINY = dict(backbone=tiny_cnn, weights=None, layers=TINY_LAYERS, resize=None, random_state=0)
+# A 10% bank: the default 1% of a few tiny images' patches is a handful of rows.
+TINY_10 = dict(TINY, coreset_ratio=0.1)
 
 
 def stripes(n, size=48, seed=0):
@@ -37,11 +39,11 @@ def with_square(images, top=20, left=24, side=8):
 
 @pytest.fixture(scope="module")
 def fitted():
-    return PandaPatchDetector(**TINY).fit(stripes(16))
+    return PandaPatchDetector(**TINY_10).fit(stripes(16))
 
 
 def test_a_square_on_stripes_is_found_where_it_is():
-    detector = PandaPatchDetector(**TINY).fit(stripes(16, size=96))
+    detector = PandaPatchDetector(**TINY_10).fit(stripes(16, size=96))
     normal = stripes(6, seed=1, size=96)
     defective = with_square(normal, top=44, left=40)
     assert detector.score_samples(defective).max() < detector.score_samples(normal).min()
@@ -322,14 +324,14 @@ def test_leave_one_out_with_fewer_bank_rows_from_other_images_than_n_neighbors_u
     # Issue 41, item 5: two images and n_neighbors=40; the bank holds fewer than 40 rows of each.
     images = stripes(2)
     with pytest.warns(UserWarning, match="come from other images"):
-        detector = PandaPatchDetector(**TINY, n_neighbors=40, coreset_ratio=0.1).fit(images)
+        detector = PandaPatchDetector(**TINY, n_neighbors=40, coreset_ratio=0.1, image_score="patch").fit(images)
     assert len(detector.memory_bank_) == 41
     from sklearn_panda._estimators.validation import check_input
 
     spec = detector.patch_spec_
     for index in range(2):
         checked = check_input(images[index : index + 1])
-        (_, features, _, _), = detector._embeddings(detector.net_, checked, detector.device_, spec, "")
+        ((_, (features,), _, _),) = detector._embeddings(detector.net_, checked, detector.device_, spec, "")
         rows = features[0].permute(1, 2, 0).reshape(-1, features.shape[1]).numpy()
         # Which bank rows are this image's own: those equal to one of its patches.
         own = (np.abs(detector.memory_bank_[:, None, :] - rows[None]).max(axis=2) < 1e-6).any(axis=1)
@@ -351,7 +353,7 @@ def test_the_image_score_is_the_largest_patch_distance_or_the_maps_maximum(image
     else:
         # Taken before upsampling and smoothing: the smoothing does not change it, and the
         # unsmoothed map (bilinear between the patches) stays at or below it.
-        unsmoothed = PandaPatchDetector(**TINY, sigma=0.0).fit(stripes(8))
+        unsmoothed = PandaPatchDetector(**TINY, sigma=0.0, image_score="patch").fit(stripes(8))
         np.testing.assert_allclose(scores, unsmoothed.score_samples(images), rtol=1e-6)
         assert (scores <= -unsmoothed.anomaly_maps(images).reshape(3, -1).max(axis=1) + 1e-6).all()
         assert not np.allclose(scores, -maps.reshape(3, -1).max(axis=1), rtol=1e-3)

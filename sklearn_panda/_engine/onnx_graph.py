@@ -349,9 +349,13 @@ class PatchScoringGraph(nn.Module):
     bank : ndarray of shape (n_bank, d), float32
         The memory bank.
     n_neighbors : int
+    fine_bank : ndarray of shape (n_fine, c), float32, or None
+        With ``image_score="patch+fine"``: the bank of the first layer's own features.
+    scales : (float, float) or None
+        With ``image_score="patch+fine"``: what each bank's largest patch distance is divided by.
     """
 
-    def __init__(self, net, *, channels, spec, bank, n_neighbors):
+    def __init__(self, net, *, channels, spec, bank, n_neighbors, fine_bank=None, scales=None):
         super().__init__()
         self.stages = nn.ModuleList([*net.trunk, *list(net.stages)[:-1]])
         self.channels = channels
@@ -363,6 +367,8 @@ class PatchScoringGraph(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.distance = GalleryDistance(bank, n_neighbors, "euclidean")
+        self.fine_distance = None if fine_bank is None else GalleryDistance(fine_bank, n_neighbors, "euclidean")
+        self.scales = None if scales is None else [float(scale) for scale in scales]
 
     def forward(self, images):
         x = images.permute(0, 3, 1, 2).to(torch.float32) / 255.0
@@ -382,5 +388,9 @@ class PatchScoringGraph(nn.Module):
         if (height, width) != tuple(size):
             upsampled = F.interpolate(patch_map, size=size, mode="bilinear", align_corners=False)
         smoothed = gaussian_smoothing(upsampled, self.sigma)
-        worst = patch_map if self.image_score == "patch" else smoothed
-        return -worst.amax(dim=(1, 2, 3)), smoothed[:, 0]
+        worst = (smoothed if self.image_score == "map" else patch_map).amax(dim=(1, 2, 3))
+        if self.image_score == "patch+fine":
+            fine_rows = maps[0].permute(0, 2, 3, 1).reshape(n_images * height * width, -1)
+            fine_worst = self.fine_distance(fine_rows).reshape(n_images, -1).amax(dim=1)
+            worst = worst / self.scales[0] + fine_worst / self.scales[1]
+        return -worst, smoothed[:, 0]

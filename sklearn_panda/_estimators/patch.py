@@ -73,6 +73,49 @@ def exact_distances(rows, bank, neighbours):
     return np.linalg.norm(rows[:, None, :] - bank[neighbours], axis=2)
 
 
+def patch_rows(grid):
+    """Patch features ``(n, D, h, w)`` -> rows ``(n, h * w, D)``."""
+    n_images, n_channels, height, width = grid.shape
+    return grid.permute(0, 2, 3, 1).reshape(n_images, height * width, n_channels)
+
+
+def leave_one_out(rows, index, bank, owners, scorer, others):
+    """Mean distance of each of training image ``index``'s patch ``rows`` to its nearest bank rows
+    from other images.
+
+    Each patch asks the bank's search for ``n_neighbors`` plus
+    ``LEAVE_OUT_CANDIDATES`` candidates and keeps the nearest that come from
+    other images; a patch whose candidates all come from its own image (a
+    uniform region, repeated in the bank) is searched again, exactly, among
+    the other images' bank rows. With an exact search the result is exact.
+    Where fewer than ``n_neighbors`` bank rows come from other images, the
+    mean is over those there are (a warning says so); where none do, over
+    ``others``, the other calibration images' patches.
+    """
+    n_neighbors = scorer.n_neighbors_
+    _, neighbours = scorer.kneighbors(rows, n_neighbors=min(n_neighbors + LEAVE_OUT_CANDIDATES, len(bank)))
+    candidates = exact_distances(rows, bank, neighbours)
+    from_others = owners[neighbours] != index
+    # The first n_neighbors candidates from other images (their order is by distance).
+    order = np.argsort(~from_others, axis=1, kind="stable")[:, :n_neighbors]
+    distances = np.take_along_axis(candidates, order, axis=1).mean(axis=1)
+    short = np.flatnonzero(from_others.sum(axis=1) < n_neighbors)
+    if len(short):
+        gallery = bank[owners != index]
+        if len(gallery) == 0:
+            gallery = np.concatenate(others)
+        if len(gallery) < n_neighbors:
+            warnings.warn(
+                f"Only {len(gallery)} memory-bank patches come from other images than training image "
+                f"{index}: its leave-one-out score averages {len(gallery)} distances instead of "
+                f"n_neighbors={n_neighbors}.",
+                UserWarning,
+            )
+        squared, _ = brute_force_kneighbors(rows[short], gallery, min(n_neighbors, len(gallery)))
+        distances[short] = np.sqrt(np.maximum(squared, 0)).mean(axis=1)
+    return distances
+
+
 def pixel_offset(map_maxima, pixel_contamination):
     """The map value above which a pixel is defective: exceeded somewhere in ``pixel_contamination``
     of the normal images' (leave-one-out) maps ("auto": 1%).
@@ -117,20 +160,34 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
 
     1. the feature maps of two mid-level stages of a pretrained backbone
        (``layers``), each averaged over a ``neighbourhood`` x ``neighbourhood``
-       window, the deeper one upsampled to the finer grid, concatenated: one
-       feature per position of a stride-8 grid;
+       window (the window's part past the border counted as zeros, as
+       PatchCore does: ``border``), the deeper one upsampled to the finer
+       grid, concatenated: one feature per position of a stride-8 grid;
     2. a memory bank of the training images' patch features, subsampled by
        PatchCore's greedy k-center coreset (``coreset_ratio``) on a random
-       projection;
+       projection, in two stages as the images pass (each chunk of patches
+       keeps its own coreset, then one is chosen from those), so that the fit
+       grows linearly with the number of patches and never holds them all;
     3. for a new image, each patch's distance to its nearest bank patches
        (the package's kNN engine, :class:`KNNScorer`), upsampled to the image,
        smoothed by a Gaussian of ``sigma`` pixels: the anomaly map
-       (:meth:`anomaly_maps`). The image's anomaly score is its map's maximum.
+       (:meth:`anomaly_maps`);
+    4. the image's anomaly score (``image_score``): by default the sum of its
+       largest patch distance and the largest distance of the first layer's
+       own features (no averaging; a second, "fine" bank), each divided by
+       its median over the training images. The averaged features see a
+       region whose texture changed, the fine ones a defect of a few pixels.
+
+    The defaults were chosen on two kinds of surface at once, printed-circuit
+    boards (DeepPCB: line art, defects a few pixels wide) and ball-screw
+    drives (BSData: textured metal, small pits), by the worse of the two
+    (``benchmarks/patch_study.py``; ``benchmarks/RESULTS.md``).
 
     Resolution decides what can be found: a defect a few pixels wide is
     averaged away in a map of a downsized image. ``resize="auto"`` therefore
     keeps each image at its own size (within 224 to 1024 pixels on the
-    shorter side); the cost grows with the number of pixels.
+    shorter side, at most 4096 on the longer); the cost grows with the
+    number of pixels.
 
     Parameters
     ----------
@@ -166,14 +223,25 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         Odd side of the window each feature map is averaged over (PatchCore's
         patch size 3); 1 averages nothing.
 
+    border : {"zeros", "inside"}, default="zeros"
+        How a window reaching past a feature map's border is averaged:
+        ``"zeros"`` counts the missing positions as zeros (PatchCore's
+        ``AvgPool2d(3, 1, 1)``), so that border patches are matched with other
+        images' border patches; ``"inside"`` averages the positions inside the
+        map only (measured on DeepPCB's validation boards: 53.4 image ROC AUC
+        against 75.1 with ``"zeros"``).
+
     n_features : int or None, default=None
         Average adjacent channels of the patch features down to this many
         (PatchCore's projection, for wide backbones); ``None`` keeps all (152
         for EfficientNet-Lite0, 1,536 for ``wide_resnet50_2``).
 
-    coreset_ratio : float in (0, 1], default=0.1
-        Fraction of the training patches kept in the memory bank, chosen by
-        greedy k-center selection (1 keeps every patch).
+    coreset_ratio : float in (0, 1], default=0.01
+        Fraction of the training patches kept in the memory bank (and in the
+        fine bank), chosen by greedy k-center selection in two stages: each
+        chunk of 16,384 patches keeps four times this fraction, then the
+        final selection is made among those (exact greedy selection where
+        four times the fraction is 1 or more; 1 keeps every patch).
 
     projection_dim : int or None, default=128
         Dimension of the random projection the coreset selection measures
@@ -187,6 +255,16 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         Standard deviation in pixels, at the scored size, of the Gaussian
         that smooths the maps (PatchCore's 4); 0 does not smooth.
 
+    image_score : {"patch+fine", "patch", "map"}, default="patch+fine"
+        An image's anomaly score (``-score_samples``): ``"patch"`` its
+        largest patch distance, before upsampling and smoothing (PatchCore's);
+        ``"map"`` its smoothed map's maximum; ``"patch+fine"`` the largest
+        patch distance plus the largest distance of the first layer's own
+        features (stride 8, no neighbourhood averaging) to a second bank of
+        those (``fine_bank_``), each divided by its median over the
+        calibration images' leave-one-out scores (``score_scales_``). For
+        vectors, which have one scale, ``"patch+fine"`` is ``"patch"``.
+
     algorithm : {"auto", "brute", "faiss", "nndescent"}, default="auto"
         The bank's search, as ``KNNScorer``'s (``"faiss"``: its exact
         ``"Flat"`` index). ``"auto"``: a faiss HNSW graph (``"HNSW32"``,
@@ -196,12 +274,23 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         search (exact with an exact one).
 
     contamination : "auto" or float in (0, 0.5], default="auto"
-        Sets ``offset_`` from the leave-one-out image scores of the training
-        images (each image scored against a bank without its own patches):
-        that fraction of them is flagged (``"auto"``: 1%).
+        Sets ``offset_`` from the leave-one-out image scores of the
+        calibration images (each scored against banks without its own
+        patches): that fraction of them is flagged (``"auto"``: 1%). The
+        calibration images are the training images, or 64 of them at random
+        where there are more (``CALIBRATION_IMAGES``).
+
+    pixel_contamination : "auto" or float in (0, 0.5], default="auto"
+        Sets ``pixel_offset_``, the map value above which a pixel is
+        defective (:meth:`predict_masks`, :meth:`defect_regions`): the
+        calibration images' leave-one-out maps exceed it somewhere in that
+        fraction of them (``"auto"``: 1%), so about that share of new normal
+        images gets a false defect region.
 
     batch_size : int, default=8
-        Images per forward pass (files of different sizes go one at a time).
+        At most this many images per forward pass, and at most 2**19 pixels
+        at the scored size (a CPU runs large images fastest one at a time);
+        files of different sizes go one at a time.
 
     device : str or torch.device, default="auto"
         ``"auto"``: CUDA when available, else the CPU.
@@ -219,16 +308,34 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         The backbone up to the last layer, frozen.
     layers_ : list of str
         The layers used (``"auto"`` resolved); empty for vectors.
+    patch_spec_ : dict
+        What the features, maps and scores are made of, fixed at fit
+        (``layers``, ``resize``, ``neighbourhood``, ``border``,
+        ``n_features``, ``sigma``, ``image_score``): scoring and export read
+        these, never the parameters, so a later ``set_params`` changes
+        nothing until the next fit.
     memory_bank_ : ndarray of shape (n_bank, n_features_out), float32
         The coreset of the training patch features.
     scorer_ : KNNScorer
         The nearest-neighbour search over ``memory_bank_``.
+    fine_bank_ : ndarray of shape (n_fine, n_channels), float32
+        Only with ``image_score="patch+fine"``: the coreset of the first
+        layer's own features.
+    fine_scorer_ : KNNScorer
+        Only with ``image_score="patch+fine"``: the search over ``fine_bank_``.
+    score_scales_ : ndarray of shape (2,)
+        Only with ``image_score="patch+fine"``: the medians the two largest
+        distances are divided by.
     n_training_patches_ : int
         How many patch features the training images gave before the coreset.
-    training_scores_ : ndarray of shape (n_training_images,)
-        Leave-one-out ``score_samples`` of the training images.
+    training_scores_ : ndarray of shape (n_calibration_images,)
+        Leave-one-out ``score_samples`` of the calibration images.
     offset_ : float
         ``decision_function = score_samples - offset_``.
+    training_map_maxima_ : ndarray of shape (n_calibration_images,)
+        The maxima of the calibration images' leave-one-out maps.
+    pixel_offset_ : float
+        The map value above which a pixel is defective.
     input_spec_ : InputSpec
         What kind of input ``fit`` saw.
     device_ : torch.device
@@ -278,7 +385,7 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         "projection_dim": [Interval(numbers.Integral, 1, None, closed="left"), None],
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
         "sigma": [Interval(numbers.Real, 0, None, closed="left")],
-        "image_score": [StrOptions({"patch", "map"})],
+        "image_score": [StrOptions({"patch+fine", "patch", "map"})],
         "algorithm": [StrOptions({"auto", "brute", "faiss", "nndescent"})],
         "contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
         "pixel_contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
@@ -298,11 +405,11 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         neighbourhood=3,
         border="zeros",
         n_features=None,
-        coreset_ratio=0.1,
+        coreset_ratio=0.01,
         projection_dim=128,
         n_neighbors=1,
         sigma=4.0,
-        image_score="patch",
+        image_score="patch+fine",
         algorithm="auto",
         contamination="auto",
         pixel_contamination="auto",
@@ -374,40 +481,29 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         net, layers = self._build_net(checked, seed, device)
         spec = self._fitted_spec(layers)
         calibration = set(calibration_images(len(checked), np.random.default_rng(seed)).tolist())
-        coreset = StreamingCoreset(
-            self.coreset_ratio,
-            min_select=self.n_neighbors + 1,
-            projection_dim=self.projection_dim,
-            generator=torch.Generator().manual_seed(seed),
-        )
+        fine = spec["image_score"] == "patch+fine"
+        coresets = [self._coreset(seed) for _ in range(2 if fine else 1)]
         kept = {}
-        for indices, features, size, _ in self._embeddings(net, checked, device, spec, "patch features"):
-            n_images, n_channels, height, width = features.shape
-            rows = features.permute(0, 2, 3, 1).reshape(n_images, height * width, n_channels)
-            owners = torch.from_numpy(np.repeat(indices, height * width))
-            coreset.add(rows.reshape(-1, n_channels), owners)
+        for indices, grids, size, _ in self._embeddings(net, checked, device, spec, "patch features"):
+            rows = [patch_rows(grid) for grid in grids]
+            owners = torch.from_numpy(np.repeat(indices, rows[0].shape[1]))
+            for coreset, batch in zip(coresets, rows):
+                coreset.add(batch.reshape(-1, batch.shape[-1]), owners)
             for offset, index in enumerate(indices.tolist()):
                 if index in calibration:
-                    kept[index] = (rows[offset].cpu().numpy(), (height, width), size)
-        bars = []
-
-        def show(done, total):
-            if not bars:
-                bars.append(ProgressBar(total, "memory bank", self.verbose > 0))
-            bars[0].update(done)
-
-        bank, bank_owners = coreset.select(progress=show)
-        bank, bank_owners = bank.cpu().numpy(), bank_owners.numpy()
-        n_neighbors = self._neighbours_for(len(bank))
-        scorer = self._bank_search(len(bank), n_neighbors, seed).fit(bank)
-        training_scores, map_maxima = self._leave_one_out_scores(scorer, kept, bank, bank_owners, spec)
+                    kept[index] = ([batch[offset].cpu().numpy() for batch in rows], tuple(grids[0].shape[-2:]), size)
+        banks = [self._select(coreset, seed, label) for coreset, label in zip(coresets, ("memory bank", "fine bank"))]
+        distances, map_maxima = self._leave_one_out_distances(banks, kept, spec)
+        maxima = np.stack([patch.max(axis=1) for patch in distances]) if fine else None
+        scales = np.median(maxima, axis=1) if fine else None
+        training_scores = -self._image_scores(distances, map_maxima, spec, scales)
         fitted = {
             "net_": net,
             "layers_": layers,
             "patch_spec_": spec,
-            "memory_bank_": bank,
-            "scorer_": scorer,
-            "n_training_patches_": coreset.n_seen_,
+            "memory_bank_": banks[0][0],
+            "scorer_": banks[0][2],
+            "n_training_patches_": coresets[0].n_seen_,
             "training_scores_": training_scores,
             "offset_": offset_from_training_scores(training_scores, self.contamination),
             "training_map_maxima_": map_maxima,
@@ -415,6 +511,10 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
             "input_spec_": checked.spec,
             "device_": device,
         }
+        if fine:
+            fitted.update(fine_bank_=banks[1][0], fine_scorer_=banks[1][2], score_scales_=scales)
+        for name in ("fine_bank_", "fine_scorer_", "score_scales_"):
+            self.__dict__.pop(name, None)
         if checked.spec.kind != "vectors":
             for name in ("n_features_in_", "feature_names_in_"):
                 self.__dict__.pop(name, None)
@@ -434,7 +534,10 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
             )
 
     def _fitted_spec(self, layers):
-        """What the features, maps and scores are made of: fixed at fit, read by every later method."""
+        """What the features, maps and scores are made of: fixed at fit, read by every later method.
+
+        Vectors have one scale: their ``"patch+fine"`` is ``"patch"``."""
+        image_score = "patch" if not layers and self.image_score == "patch+fine" else self.image_score
         return {
             "layers": list(layers),
             "resize": list(self.resize) if isinstance(self.resize, (tuple, list)) else self.resize,
@@ -442,7 +545,7 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
             "border": self.border,
             "n_features": None if self.n_features is None else int(self.n_features),
             "sigma": float(self.sigma),
-            "image_score": self.image_score,
+            "image_score": image_score,
         }
 
     def _spec(self):
@@ -451,6 +554,27 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         if spec is None:
             spec = {**self._fitted_spec(self.layers_), "border": "inside", "image_score": "map"}
         return spec
+
+    def _coreset(self, seed):
+        return StreamingCoreset(
+            self.coreset_ratio,
+            min_select=self.n_neighbors + 1,
+            projection_dim=self.projection_dim,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def _select(self, coreset, seed, label):
+        """``(bank, the image each row came from, its fitted search)`` from a coreset's stream."""
+        bars = []
+
+        def show(done, total):
+            if not bars:
+                bars.append(ProgressBar(total, label, self.verbose > 0))
+            bars[0].update(done)
+
+        bank, owners = coreset.select(progress=show)
+        bank, owners = bank.cpu().numpy(), owners.numpy()
+        return bank, owners, self._bank_search(len(bank), self._neighbours_for(len(bank)), seed).fit(bank)
 
     def _bank_search(self, n_bank, n_neighbors, seed):
         """The unfitted ``KNNScorer`` that searches the memory bank."""
@@ -516,7 +640,9 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
             yield np.arange(start, min(start + size, len(checked)))
 
     def _embeddings(self, net, checked, device, spec, label):
-        """``(indices, patch features (n, D, h, w), scored size, original size)`` batch by batch."""
+        """``(indices, grids, scored size, original size)`` batch by batch: ``grids`` holds the
+        patch features ``(n, D, h, w)``, and with ``image_score="patch+fine"`` the first layer's
+        own map ``(n, C, h, w)`` too."""
         preprocessor = Preprocessor(checked, resize=None, crop_size=None, device=device, normalize=False)
         progress = ProgressBar(len(checked), label, self.verbose > 0)
         for indices in self._batches(checked, spec):
@@ -524,7 +650,7 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
             with torch.inference_mode():
                 if checked.spec.kind == "vectors":
                     features = net.stages(images).float()[:, :, None, None]
-                    yield indices, features, (1, 1), (1, 1)
+                    yield indices, [features], (1, 1), (1, 1)
                 else:
                     original = tuple(images.shape[-2:])
                     size = working_size(*original, spec["resize"])
@@ -532,8 +658,10 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
                         images = TF.resize(images, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
                     images = TF.normalize(images, list(IMAGENET_MEAN), list(IMAGENET_STD))
                     maps = stage_outputs(net, images.contiguous(memory_format=torch.channels_last))
-                    features = aggregate(maps, spec["neighbourhood"], spec["n_features"], border=spec["border"])
-                    yield indices, features, size, original
+                    grids = [aggregate(maps, spec["neighbourhood"], spec["n_features"], border=spec["border"])]
+                    if spec["image_score"] == "patch+fine":
+                        grids.append(maps[0].float())
+                    yield indices, grids, size, original
             progress.update(int(indices[-1]) + 1)
 
     # ----------------------------------------------------------------- maps
@@ -545,64 +673,42 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
             maps = torch.nn.functional.interpolate(maps, size=size, mode="bilinear", align_corners=False)
         return gaussian_smoothing(maps, spec["sigma"])
 
-    def _image_scores(self, distances, smoothed, n_images, spec):
-        """Each image's anomaly (higher = more anomalous): its largest patch distance
-        (``image_score="patch"``) or its smoothed map's maximum (``"map"``)."""
+    def _image_scores(self, distances, map_maxima, spec, scales):
+        """Each image's anomaly (higher = more anomalous) from its patch distances ``(n, h * w)``
+        (and its fine patches', with ``"patch+fine"``) or its smoothed map's maxima ``(n,)``."""
+        if spec["image_score"] == "map":
+            return np.asarray(map_maxima, dtype=np.float64)
         if spec["image_score"] == "patch":
-            return np.asarray(distances, dtype=np.float64).reshape(n_images, -1).max(axis=1)
-        return smoothed.amax(dim=(1, 2, 3)).double().numpy()
+            return distances[0].max(axis=1).astype(np.float64)
+        return sum(patch.max(axis=1).astype(np.float64) / scale for patch, scale in zip(distances, scales))
 
-    def _patch_distances(self, features):
-        """Mean distance of each patch to its nearest bank patches: ``(n * h * w,)``."""
-        n_channels = features.shape[1]
-        rows = features.permute(0, 2, 3, 1).reshape(-1, n_channels).cpu().numpy()
-        _, neighbours = self.scorer_.kneighbors(rows)
-        return exact_distances(rows, self.memory_bank_, neighbours).mean(axis=1)
+    def _patch_distances(self, grid, bank, scorer):
+        """Mean distance of each patch of ``grid`` (n, D, h, w) to its nearest ``bank`` rows: ``(n, h * w)``."""
+        rows = patch_rows(grid)
+        flat = rows.reshape(-1, rows.shape[-1]).cpu().numpy()
+        _, neighbours = scorer.kneighbors(flat)
+        return exact_distances(flat, bank, neighbours).mean(axis=1).reshape(rows.shape[:2])
 
-    def _leave_one_out_scores(self, scorer, kept, bank, bank_owners, spec):
-        """The calibration images scored against the bank without their own patches.
+    def _leave_one_out_distances(self, banks, kept, spec):
+        """The calibration images' patch distances, each against the banks without its own patches.
 
-        Returns the images' scores and the maxima of their maps. Each patch
-        asks the bank's search (``scorer``) for ``n_neighbors``
-        plus ``LEAVE_OUT_CANDIDATES`` candidates and keeps the nearest that
-        come from other images; a patch whose candidates all come from its own
-        image (a uniform region, repeated in the bank) is searched again,
-        exactly, among the other images' bank rows. With an exact search the
-        result is exact. Where fewer than ``n_neighbors`` bank rows come from
-        other images, a patch's distance is the mean over those there are (a
-        warning says so); where none do, over the other calibration images'
-        patches.
+        Returns one ``(n_kept, h * w)`` array per bank (the calibration
+        images share a grid when they are arrays; files are padded with
+        their own largest distance) and the maxima of their smoothed maps.
         """
-        n_neighbors = scorer.n_neighbors_
-        n_candidates = min(n_neighbors + LEAVE_OUT_CANDIDATES, len(bank))
-        scores, map_maxima = np.empty(len(kept)), np.empty(len(kept))
+        per_bank = [[] for _ in banks]
+        map_maxima = np.empty(len(kept))
         progress = ProgressBar(len(kept), "training scores", self.verbose > 0)
         for number, (index, (rows, grid, size)) in enumerate(sorted(kept.items())):
-            _, neighbours = scorer.kneighbors(rows, n_neighbors=n_candidates)
-            candidates = exact_distances(rows, bank, neighbours)
-            others = bank_owners[neighbours] != index
-            # The first n_neighbors candidates from other images (their order is by distance).
-            order = np.argsort(~others, axis=1, kind="stable")[:, :n_neighbors]
-            distances = np.take_along_axis(candidates, order, axis=1).mean(axis=1)
-            short = np.flatnonzero(others.sum(axis=1) < n_neighbors)
-            if len(short):
-                gallery = bank[bank_owners != index]
-                if len(gallery) == 0:
-                    gallery = np.concatenate([other for key, (other, _, _) in kept.items() if key != index])
-                if len(gallery) < n_neighbors:
-                    warnings.warn(
-                        f"Only {len(gallery)} memory-bank patches come from other images than training image "
-                        f"{index}: its leave-one-out score averages {len(gallery)} distances instead of "
-                        f"n_neighbors={n_neighbors}.",
-                        UserWarning,
-                    )
-                squared, _ = brute_force_kneighbors(rows[short], gallery, min(n_neighbors, len(gallery)))
-                distances[short] = np.sqrt(np.maximum(squared, 0)).mean(axis=1)
-            smoothed = self._maps_from_distances(distances, grid, size, spec)
-            scores[number] = -float(self._image_scores(distances, smoothed, 1, spec)[0])
+            for which, (bank, owners, scorer) in enumerate(banks):
+                others = [other[which] for key, (other, _, _) in kept.items() if key != index]
+                per_bank[which].append(leave_one_out(rows[which], index, bank, owners, scorer, others))
+            smoothed = self._maps_from_distances(per_bank[0][-1], grid, size, spec)
             map_maxima[number] = float(smoothed.amax())
             progress.update(number + 1)
-        return scores, map_maxima
+        width = max(len(one) for one in per_bank[0])
+        padded = [np.stack([np.pad(one, (0, width - len(one)), mode="edge") for one in found]) for found in per_bank]
+        return padded, map_maxima
 
     def _maps_and_scores(self, X, *, at_input_size):
         check_is_fitted(self)
@@ -613,11 +719,14 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         spec = self._spec()
         scores = np.empty(len(checked))
         maps = [None] * len(checked)
-        for indices, features, size, original in self._embeddings(self.net_, checked, self.device_, spec, "anomaly maps"):
-            grid = features.shape[-2:]
-            distances = self._patch_distances(features)
-            smoothed = self._maps_from_distances(distances, grid, size, spec)
-            scores[indices] = -self._image_scores(distances, smoothed, len(indices), spec)
+        searches = [(self.memory_bank_, self.scorer_)]
+        if spec["image_score"] == "patch+fine":
+            searches.append((self.fine_bank_, self.fine_scorer_))
+        for indices, grids, size, original in self._embeddings(self.net_, checked, self.device_, spec, "anomaly maps"):
+            distances = [self._patch_distances(grid, bank, scorer) for grid, (bank, scorer) in zip(grids, searches)]
+            smoothed = self._maps_from_distances(distances[0], grids[0].shape[-2:], size, spec)
+            map_maxima = smoothed.amax(dim=(1, 2, 3)).numpy()
+            scores[indices] = -self._image_scores(distances, map_maxima, spec, getattr(self, "score_scales_", None))
             if at_input_size:
                 resized = resize_maps(smoothed, original)
                 for offset, index in enumerate(indices):
@@ -633,9 +742,9 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         nearest normal patches in the memory bank, upsampled from the
         stride-8 grid and smoothed (``sigma``). The maps are computed at the
         scored size (``resize``) and then resized (bilinear) to each input
-        image's size; ``-score_samples`` is the maximum of the map at the
-        scored size (the same as this map's maximum when the image is scored
-        at its own size).
+        image's size. ``-score_samples`` comes from the same patch distances
+        (``image_score``); with ``image_score="map"`` it is the maximum of the
+        map at the scored size.
 
         Parameters
         ----------
@@ -661,8 +770,8 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         >>> normal = (rng.random((4, 40, 60)) * 255).astype(np.uint8)
         >>> detector = PandaPatchDetector(backbone="resnet18", weights=None, resize=None).fit(normal)
         >>> maps, scores = detector.anomaly_maps(normal[:2], return_scores=True)
-        >>> maps.shape, bool(np.all(-scores >= maps.max(axis=(1, 2))))
-        ((2, 40, 60), True)
+        >>> maps.shape, scores.shape
+        ((2, 40, 60), (2,))
         """
         check_is_fitted(self)
         if self.input_spec_.kind == "vectors":
@@ -744,7 +853,7 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         return [find_regions(one, self.pixel_offset_, image=index) for index, one in enumerate(maps)]
 
     def score_samples(self, X):
-        """Negated maximum of each image's anomaly map: higher means more normal.
+        """Score each image by its worst patches: higher means more normal.
 
         Parameters
         ----------
@@ -754,8 +863,10 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         Returns
         -------
         scores : ndarray of shape (n_images,)
-            Minus the largest value of each image's map at the scored size;
-            the lower, the more anomalous its worst region.
+            Minus each image's anomaly score (``image_score``: by default its
+            largest patch distance plus its largest fine-patch distance, each
+            divided by its median over the training images); the lower, the
+            more anomalous its worst region.
         """
         return self._maps_and_scores(X, at_input_size=False)[2]
 

@@ -51,7 +51,7 @@ def heat_overlay(image, anomaly_map, threshold):
     anomaly_map : ndarray of shape (H, W)
         Of the image's size.
     threshold : float
-        Positive; ``-offset_`` of a patch detector.
+        Positive; a patch detector's ``pixel_offset_`` (a map value).
 
     Returns
     -------

@@ -41,7 +41,9 @@ def map_file(index, path):
 def score_with_maps(estimator, paths, maps_folder, top):
     """Scores of a local model, its maps written to ``maps_folder`` (when given) as they
     come, and the overlays of the ``top`` most anomalous images for the report."""
-    threshold = -float(estimator.offset_)
+    # One colour scale for every image, anchored at the pixel threshold (a map value; models
+    # saved before pixel_offset_ scored images by their map's maximum, so -offset_ is one).
+    threshold = float(getattr(estimator, "pixel_offset_", -estimator.offset_))
     if not threshold > 0:
         threshold = None
     scores, kept = np.empty(len(paths)), []
