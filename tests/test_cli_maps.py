@@ -219,3 +219,35 @@ def test_every_combination_of_score_options(kind, with_maps, with_report, with_o
         assert sorted(os.listdir(maps)) == sorted(os.path.basename(row[3]) for row in rows)
     if with_report:
         assert report.read_text().count('class="overlay"') == (min(8, len(paths)) if kind == "local" else 0)
+
+
+def test_score_regions_writes_one_row_a_region_as_defect_regions_finds_them(local, backbone_module, tmp_path,
+                                                                            capsys):
+    # A pixel threshold low enough that the scratches make regions (the fixture's stripe phases
+    # seen once each put its leave-one-out maps, and so its threshold, high).
+    detector = PandaPatchDetector(backbone=backbone_module.tiny_cnn, weights=None, layers=["5", "7"], resize=None,
+                                  coreset_ratio=1.0, pixel_contamination=0.5, random_state=0)
+    detector.fit(collect_images([local.root / "train"])).save(tmp_path / "model.pt")
+    output, regions = tmp_path / "scores.csv", tmp_path / "regions.csv"
+    status, out, err = run(capsys, "score", local.root / "test", "--model", tmp_path / "model.pt",
+                           "--backbone-factory", FACTORY, "--output", output, "--regions", regions)
+    assert status == 0, err
+    with open(regions, newline="") as file:
+        header, *rows = list(csv.reader(file))
+    assert header == ["path", "region", "top", "left", "bottom", "right", "area", "peak", "peak_row", "peak_col"]
+    assert f"{len(rows)} defect regions written to {regions}" in out
+    paths = collect_images([local.root / "test"])
+    expected = [
+        [paths[region["image"]]] + [str(region[key]) for key in header[1:] if key != "peak"]
+        for found in detector.defect_regions(paths) for region in found
+    ]
+    assert [row[:7] + row[8:] for row in rows] == expected
+    assert rows, "the scratched images have regions above the pixel threshold"
+
+
+def test_score_regions_needs_a_local_model_and_its_own_file(local, tmp_path, capsys):
+    output = tmp_path / "scores.csv"
+    status, _, err = run(capsys, "score", local.root / "test", "--model", local.model, "--backbone-factory",
+                         FACTORY, "--output", output, "--regions", output)
+    assert status != 0 and "--regions and --output name the same file" in err
+    assert not output.exists()

@@ -10,7 +10,7 @@ from .._io.images import collect_images, write_files
 from .._io.report import number, report_html
 from ._config import detector_parameters, read_config
 from ._inputs import check_readable, import_factory, load_model
-from ._outputs import check_destination, map_file, score_with_maps, scores_csv
+from ._outputs import check_destination, map_file, regions_csv, score_with_maps, scores_csv
 from ._parser import DEFAULT_BACKBONE, PROG
 
 # Options of one kind of model only: given for the other kind, they are an error, whatever
@@ -85,10 +85,15 @@ def fit_command(args):
 
 def score_command(args):
     check_destination(args.output, "--output")
-    if args.report is not None:
-        check_destination(args.report, "--report")
-        if os.path.abspath(args.report) == os.path.abspath(args.output):
-            raise ValueError(f"--report and --output name the same file, {args.output}; give two files.")
+    files = {"--output": args.output}
+    for option, path in (("--report", args.report), ("--regions", args.regions)):
+        if path is None:
+            continue
+        check_destination(path, option)
+        for other, taken in files.items():
+            if os.path.abspath(path) == os.path.abspath(taken):
+                raise ValueError(f"{option} and {other} name the same file, {path}; give two files.")
+        files[option] = path
     if args.maps is not None and not os.path.isdir(args.maps):
         if os.path.exists(args.maps):
             raise NotADirectoryError(f"--maps {args.maps} is a file; give a folder.")
@@ -103,10 +108,16 @@ def score_command(args):
             "score needs a detector (fit writes one)."
         )
     local = hasattr(estimator, "anomaly_maps")
-    if args.maps is not None and not local:
+    for option, value in (("--maps", args.maps), ("--regions", args.regions)):
+        if value is not None and not local:
+            raise ValueError(
+                f"{option} needs a local model (fit --local, a PandaPatchDetector); {args.model} holds a "
+                f"{type(estimator).__name__}, which scores whole images and gives no maps."
+            )
+    if args.regions is not None and not hasattr(estimator, "pixel_offset_"):
         raise ValueError(
-            f"--maps needs a local model (fit --local, a PandaPatchDetector); {args.model} holds a "
-            f"{type(estimator).__name__}, which scores whole images and gives no maps."
+            f"--regions needs the model's pixel threshold, which {args.model} was saved without (an older "
+            "version); fit it again."
         )
     overlays, staging = {}, None
     try:
@@ -115,9 +126,10 @@ def score_command(args):
             # leaves no folder behind (nor any map in a folder that was there).
             beside = os.path.dirname(os.path.abspath(args.maps))
             staging = tempfile.mkdtemp(prefix=f".{PROG}-", suffix=".tmp", dir=beside)
-        if local and (args.maps is not None or args.report is not None):
+        regions = [] if args.regions is not None else None
+        if local and (args.maps is not None or args.report is not None or regions is not None):
             top = args.top if args.report is not None else 0
-            scores, overlays = score_with_maps(estimator, paths, staging, top)
+            scores, overlays = score_with_maps(estimator, paths, staging, top, regions)
         else:
             scores = np.asarray(estimator.score_samples(paths), dtype=float)
         threshold = float(estimator.offset_)
@@ -130,6 +142,8 @@ def score_command(args):
         outputs = {args.output: scores_csv([paths[i] for i in order], scores[order], flagged[order], map_files)}
         if args.report is not None:
             outputs[args.report] = report_html(paths, scores, flagged, threshold, args.model, args.top, overlays)
+        if regions is not None:
+            outputs[args.regions] = regions_csv(paths, regions)
         write_files(outputs)
         if staging is not None:
             os.makedirs(args.maps, exist_ok=True)
@@ -147,3 +161,5 @@ def score_command(args):
         print(f"Maps written to {args.maps}")
     if args.report is not None:
         print(f"Report written to {args.report}")
+    if args.regions is not None:
+        print(f"{len(regions)} defect regions written to {args.regions}")

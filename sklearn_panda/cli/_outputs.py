@@ -8,6 +8,7 @@ import pathlib
 
 import numpy as np
 
+from .._estimators.regions import find_regions
 from .._io.report import heat_overlay, open_rgb
 
 
@@ -38,9 +39,23 @@ def map_file(index, path):
     return f"{index:05d}-{pathlib.Path(path).stem}.png"
 
 
-def score_with_maps(estimator, paths, maps_folder, top):
+REGION_FIELDS = ["region", "top", "left", "bottom", "right", "area", "peak", "peak_row", "peak_col"]
+
+
+def regions_csv(paths, regions):
+    """One row a defect region: its image's path and the region's record."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path"] + REGION_FIELDS)
+    for region in regions:
+        writer.writerow([paths[region["image"]]] + [region[field] for field in REGION_FIELDS])
+    return text.getvalue().encode("utf-8")
+
+
+def score_with_maps(estimator, paths, maps_folder, top, regions=None):
     """Scores of a local model, its maps written to ``maps_folder`` (when given) as they
-    come, and the overlays of the ``top`` most anomalous images for the report."""
+    come, the overlays of the ``top`` most anomalous images for the report, and (into the
+    list ``regions``, when given) each map's defect regions above ``pixel_offset_``."""
     # One colour scale for every image, anchored at the pixel threshold (a map value; models
     # saved before pixel_offset_ scored images by their map's maximum, so -offset_ is one).
     threshold = float(getattr(estimator, "pixel_offset_", -estimator.offset_))
@@ -54,6 +69,8 @@ def score_with_maps(estimator, paths, maps_folder, top):
         scale = threshold if threshold is not None else max(float(np.max(m)) for m in maps) / 2 or 1.0
         for offset, (path, anomaly_map) in enumerate(zip(chunk, maps)):
             index, anomaly = start + offset, -chunk_scores[offset]
+            if regions is not None:
+                regions.extend(find_regions(anomaly_map, estimator.pixel_offset_, image=index))
             for_report = _among_top(kept, top, anomaly)
             if maps_folder is None and not for_report:
                 continue

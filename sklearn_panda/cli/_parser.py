@@ -157,6 +157,12 @@ def build_parser():
         "(blue normal, red anomalous) into this folder; the CSV gets a map column",
     )
     score.add_argument(
+        "--regions", metavar="FILE",
+        help="a local model (fit --local) only: also write a CSV of the defect regions, one row a region "
+        "(path, region, top, left, bottom, right, area, peak, peak_row, peak_col), the 8-connected parts "
+        "of each map above the model's pixel threshold, most anomalous first",
+    )
+    score.add_argument(
         "--top", type=_positive_int, default=8, help="images shown on each side of the report (default 8)"
     )
     score.add_argument(
