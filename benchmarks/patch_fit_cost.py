@@ -1,0 +1,202 @@
+"""The patch detector's fit on the two development sets: time, memory, coreset and offset (issue 43).
+
+For each data set (DeepPCB: 400 templates at 640 x 640; BSData: 150 normal
+photos at 460 x 1,130; the test splits of ``patch_study.py``) and each
+setting, one fresh process fits ``PandaPatchDetector`` with its defaults
+(plus the setting's changes), scores the test images and prints one JSON line:
+fit seconds, peak resident memory of the process, scoring images/s, image and
+pixel ROC AUC and PRO, the bank's size, ``offset_`` and the leave-one-out
+training scores. Settings:
+
+* ``default``: the defaults (two-stage streaming coreset, leave-one-out
+  scores of at most ``CALIBRATION_IMAGES`` training images);
+* ``exact``: the exact greedy coreset over every training patch (the
+  streaming coreset's pool keeps every row), everything else the default;
+* ``all-images``: leave-one-out scores of every training image, to compare
+  ``offset_`` with the default's subset (and the subset's spread, by
+  resampling the all-image scores);
+* ``old-defaults``: the defaults before issue 43 (``SETTINGS``);
+* ``image-level``: ``PandaDetector()`` on the same split (image ROC AUC).
+
+    python benchmarks/patch_fit_cost.py --threads 2 --settings default exact all-images
+
+Results are appended to ``--jsonl`` (resumable: settings there are skipped).
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+HERE = Path(__file__).resolve().parent
+# Settings beyond the defaults: name -> PandaPatchDetector parameters.
+SETTINGS = {
+    # The defaults before issue 43: 3 x 3 averages inside the map, the smoothed map's maximum,
+    # a 10% coreset (here the two-stage one; the exact greedy took 28 minutes on DeepPCB).
+    "old-defaults": {"border": "inside", "image_score": "map", "coreset_ratio": 0.1},
+}
+
+
+def run_one(dataset, setting, threads, roots):
+    import torch
+
+    torch.set_num_threads(threads)
+    sys.path.insert(0, str(HERE))
+    import sklearn_panda._engine.coreset as coreset_module
+    import sklearn_panda._estimators.patch as patch_module
+    from adaptation_study import cpu_name
+    from patch_study import bsdata_splits, deeppcb_splits, mask_array
+    from sklearn_panda import PandaPatchDetector
+    from sklearn_panda.metrics import pixel_roc_auc, pro_score
+
+    if dataset == "deeppcb":
+        fit, images, y, masks = deeppcb_splits(roots["deeppcb"])["test"]
+    else:
+        fit, images, y, masks = bsdata_splits(roots["bsdata"])["test"]
+    if setting == "exact":
+        original = coreset_module.StreamingCoreset.__init__
+
+        def exact_init(self, ratio, **kwargs):
+            original(self, ratio, **{**kwargs, "pool_factor": 1e9})
+
+        patch_module.StreamingCoreset.__init__ = exact_init
+    if setting == "all-images":
+        patch_module.CALIBRATION_IMAGES = 10**9
+    if setting == "image-level":
+        return image_level(fit, images, y, dataset, threads)
+    detector = PandaPatchDetector(random_state=0, **SETTINGS.get(setting, {}))
+    start = time.perf_counter()
+    detector.fit(fit)
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    maps, scores = detector.anomaly_maps(images, return_scores=True)
+    score_seconds = time.perf_counter() - start
+    truth = [mask_array(mask, np.shape(one)) for mask, one in zip(masks, maps)]
+    return {
+        **mask_figures(truth, maps, detector.pixel_offset_, y),
+        "dataset": dataset,
+        "setting": setting,
+        "fit_s": fit_seconds,
+        "score_images_per_s": len(images) / score_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "image_auc": roc_auc_score(y == -1, -scores),
+        "pixel_auc": pixel_roc_auc(truth, maps),
+        "pro": pro_score(truth, maps),
+        "bank_rows": len(detector.memory_bank_),
+        "training_patches": detector.n_training_patches_,
+        "n_train": len(fit),
+        "offset": detector.offset_,
+        "training_scores": detector.training_scores_.tolist(),
+        "threads": threads,
+        "cpu": cpu_name(),
+    }
+
+
+def image_level(fit, images, y, dataset, threads):
+    """The image-level default, ``PandaDetector()``, on the same split: image ROC AUC only."""
+    from adaptation_study import cpu_name
+    from sklearn_panda import PandaDetector
+
+    detector = PandaDetector(backbone="efficientnet_lite0", random_state=0)
+    start = time.perf_counter()
+    detector.fit(fit)
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = detector.score_samples(images)
+    return {
+        "dataset": dataset, "setting": "image-level", "fit_s": fit_seconds,
+        "score_images_per_s": len(images) / (time.perf_counter() - start),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "image_auc": roc_auc_score(y == -1, -scores), "pixel_auc": float("nan"), "pro": float("nan"),
+        "bank_rows": 0, "training_patches": 0, "n_train": len(fit), "offset": detector.offset_,
+        "training_scores": [], "threads": threads, "cpu": cpu_name(),
+    }
+
+
+def mask_figures(truth, maps, threshold, y):
+    """Pixel F1 of the masks at ``threshold`` (pixel_offset_), the share of normal images with any
+    defect pixel, and the best pixel F1 over all thresholds (chosen with the labels: an upper
+    bound; on every second pixel of every second row)."""
+    from sklearn.metrics import precision_recall_curve
+
+    true_positives = sum(int((one > threshold)[mask].sum()) for one, mask in zip(maps, truth))
+    predicted = sum(int((one > threshold).sum()) for one in maps)
+    actual = sum(int(mask.sum()) for mask in truth)
+    f1 = 2 * true_positives / max(predicted + actual, 1)
+    normal = [one for one, label in zip(maps, y) if label == 1]
+    flagged = np.mean([bool((one > threshold).any()) for one in normal])
+    labels = np.concatenate([mask[::2, ::2].ravel() for mask in truth])
+    values = np.concatenate([np.asarray(one)[::2, ::2].ravel() for one in maps])
+    precision, recall, _ = precision_recall_curve(labels, values)
+    best = float(np.max(2 * precision * recall / np.maximum(precision + recall, 1e-12)))
+    return {"pixel_f1": f1, "normal_with_region": float(flagged), "best_pixel_f1": best,
+            "pixel_offset": float(threshold)}
+
+
+def offset_spread(training_scores, n_subset, contamination=0.01, n_draws=1000, seed=0):
+    """Mean and standard deviation of the offset computed from random subsets of the scores."""
+    rng = np.random.default_rng(seed)
+    scores = np.asarray(training_scores)
+    draws = [np.percentile(rng.choice(scores, n_subset, replace=False), 100 * contamination) for _ in range(n_draws)]
+    return float(np.mean(draws)), float(np.std(draws))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["deeppcb", "bsdata"])
+    parser.add_argument("--settings", nargs="+", default=["default", "exact", "all-images"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--deeppcb", default="../shared/data/deeppcb")
+    parser.add_argument("--bsdata", default="../shared/data/bsdata")
+    parser.add_argument("--jsonl", default="benchmarks/patch_fit_cost.jsonl")
+    parser.add_argument("--one", nargs=2, metavar=("DATASET", "SETTING"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    roots = {"deeppcb": args.deeppcb, "bsdata": args.bsdata}
+    if args.one:
+        print(json.dumps(run_one(*args.one, args.threads, roots)))
+        return
+    path = Path(args.jsonl)
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    for dataset in args.datasets:
+        for setting in args.settings:
+            if any(r["dataset"] == dataset and r["setting"] == setting for r in rows):
+                continue
+            command = [sys.executable, __file__, "--one", dataset, setting, "--threads", str(args.threads),
+                       "--deeppcb", args.deeppcb, "--bsdata", args.bsdata]
+            output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            row = json.loads(output.strip().splitlines()[-1])
+            rows.append(row)
+            with path.open("a") as file:
+                file.write(json.dumps(row) + "\n")
+            print(f"{dataset} {setting}: done", flush=True)
+    print("| set | setting | fit s | peak MB | images/s | image | pixel | PRO | bank rows | offset |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['setting']} | {r['fit_s']:.0f} | {r['peak_rss_mb']:.0f} | "
+              f"{r['score_images_per_s']:.1f} | {100 * r['image_auc']:.1f} | {100 * r['pixel_auc']:.1f} | "
+              f"{100 * r['pro']:.1f} | {r['bank_rows']} | {r['offset']:.3f} |")
+    print("\n| set | setting | pixel F1 at pixel_offset_ | normal images with a false region | best pixel F1 (labels) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        if "pixel_f1" in r:
+            print(f"| {r['dataset']} | {r['setting']} | {100 * r['pixel_f1']:.1f} | "
+                  f"{100 * r['normal_with_region']:.0f}% | {100 * r['best_pixel_f1']:.1f} |")
+    for dataset in args.datasets:
+        default = [r for r in rows if r["dataset"] == dataset and r["setting"] == "default"]
+        every = [r for r in rows if r["dataset"] == dataset and r["setting"] == "all-images"]
+        if default and every:
+            n_subset = len(default[0]["training_scores"])
+            mean, std = offset_spread(every[0]["training_scores"], n_subset)
+            print(f"{dataset}: offset_ from {n_subset} images {default[0]['offset']:.3f}; from all "
+                  f"{len(every[0]['training_scores'])} {every[0]['offset']:.3f}; {n_subset}-image subsets of "
+                  f"the latter: {mean:.3f} +- {std:.3f}")
+
+
+if __name__ == "__main__":
+    main()
