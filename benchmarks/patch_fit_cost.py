@@ -51,6 +51,7 @@ def run_one(dataset, setting, threads, roots):
     sys.path.insert(0, str(HERE))
     import sklearn_panda._engine.coreset as coreset_module
     import sklearn_panda._estimators.patch as patch_module
+    import sklearn_panda._estimators.patch_bank as patch_bank
     from adaptation_study import cpu_name
     from patch_study import bsdata_splits, deeppcb_splits, mask_array
     from sklearn_panda import PandaPatchDetector
@@ -68,7 +69,7 @@ def run_one(dataset, setting, threads, roots):
 
         patch_module.StreamingCoreset.__init__ = exact_init
     if setting == "all-images":
-        patch_module.CALIBRATION_IMAGES = 10**9
+        patch_bank.CALIBRATION_IMAGES = 10**9
     if setting == "image-level":
         return image_level(fit, images, y, dataset, threads)
     detector = PandaPatchDetector(random_state=0, **SETTINGS.get(setting, {}))

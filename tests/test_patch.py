@@ -240,9 +240,9 @@ def test_gaussian_smoothing_is_scipys_mirrored_gaussian_filter():
 
 def test_auto_searches_large_banks_through_a_faiss_graph(monkeypatch):
     pytest.importorskip("faiss")
-    import sklearn_panda._estimators.patch as patch_module
+    import sklearn_panda._estimators.patch_bank as patch_bank
 
-    monkeypatch.setattr(patch_module, "BANK_INDEX_MIN_ROWS", 50)
+    monkeypatch.setattr(patch_bank, "BANK_INDEX_MIN_ROWS", 50)
     images = stripes(12)
     approximate = PandaPatchDetector(**TINY, coreset_ratio=0.5).fit(images)
     assert approximate.scorer_.algorithm == "faiss" and approximate.scorer_.faiss_index == "HNSW32"
@@ -257,12 +257,12 @@ def test_auto_searches_large_banks_through_a_faiss_graph(monkeypatch):
 
 
 def test_leave_one_out_scores_with_few_candidates_equal_those_over_the_whole_bank(monkeypatch):
-    import sklearn_panda._estimators.patch as patch_module
+    import sklearn_panda._estimators.patch_bank as patch_bank
 
     images = stripes(10)
     few = PandaPatchDetector(**TINY, coreset_ratio=0.4, algorithm="brute").fit(images).training_scores_
     # Every bank row a candidate: the exact leave-one-out search, by construction.
-    monkeypatch.setattr(patch_module, "LEAVE_OUT_CANDIDATES", 10**6)
+    monkeypatch.setattr(patch_bank, "LEAVE_OUT_CANDIDATES", 10**6)
     whole = PandaPatchDetector(**TINY, coreset_ratio=0.4, algorithm="brute").fit(images).training_scores_
     np.testing.assert_allclose(few, whole, rtol=1e-6)
 

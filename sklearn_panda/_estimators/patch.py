@@ -1,7 +1,5 @@
 """PandaPatchDetector: local defects, a memory bank of normal patch features and anomaly maps."""
 
-import importlib.util
-import math
 import numbers
 import os
 import warnings
@@ -11,142 +9,25 @@ import torch
 from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
-from torchvision.transforms.v2 import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from .._engine.backbones import build_feature_net, build_model
 from .._engine.coreset import StreamingCoreset
-from .._engine.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
 from .._engine.device import ON_DEVICE, resolve_device, seeded_cpu_generator
 from .._engine.patch_features import (
-    aggregate,
     default_layers,
     gaussian_smoothing,
     resize_maps,
     split_patch_net,
-    stage_outputs,
-    working_size,
+    patch_grids,
 )
 from .._engine.progress import ProgressBar
 from .._sklearn_compat import Interval, StrOptions, _fit_context
-from ..scorers import KNNScorer, brute_force_kneighbors, offset_from_training_scores
-from ..scorers._contract import AUTO_CONTAMINATION
+from ..scorers import offset_from_training_scores
 from .outlier import OutlierContractMixin
+from .patch_bank import bank_search, calibration_images, exact_distances, leave_one_out, patch_rows, pixel_offset
 from .regions import find_regions
 from .torch_state import TorchStateMixin
 from .validation import check_consistent, check_input
-
-# algorithm="auto": a memory bank of this many rows or more is searched through a faiss HNSW
-# graph where faiss is installed, 4 candidates a patch re-ranked by their exact distances. On
-# 31,360 rows of 152-d EfficientNet-Lite0 patch features of DeepPCB, HNSW32 at efSearch 32 answered
-# 6x faster than the exact search, its nearest patch the exact one for 99.4% of the queries
-# (benchmarks/RESULTS.md, "Local defects on DeepPCB"); it builds in about 2 s.
-BANK_INDEX = "HNSW32"
-BANK_INDEX_PARAMS = {"efSearch": 32, "k_factor": 4}
-BANK_INDEX_MIN_ROWS = 20_000
-# At most this many pixels (at the scored size) go through the backbone in one batch: a CPU
-# runs a large image fastest one at a time (EfficientNet-Lite0 on 640 x 640 boards, 2 cores:
-# 10.7 images/s one at a time against 3.9 in batches of 8; at 224 x 224, 87 images/s in batches of 8).
-PIXELS_PER_BATCH = 2**19
-# The leave-one-out training scores (offset_) come from at most this many training images.
-CALIBRATION_IMAGES = 64
-# Candidates beyond n_neighbors that a training patch asks the bank for, to find neighbours
-# from other images than its own.
-LEAVE_OUT_CANDIDATES = 8
-
-
-def exact_distances(rows, bank, neighbours):
-    """Distances ``(n, k)`` from each row to the bank rows its search found, from the differences.
-
-    The search's own distances come from ``|x|^2 - 2 x.y + |y|^2`` in float32
-    matrix products, whose rounding depends on what else is in the batch;
-    these depend on the row and its neighbours alone (and lose no precision
-    to the cancellation).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn_panda._estimators.patch import exact_distances
-    >>> exact_distances(np.zeros((1, 2), np.float32), np.array([[3.0, 4.0], [1.0, 0.0]], np.float32), np.array([[1, 0]]))
-    array([[1., 5.]], dtype=float32)
-    """
-    return np.linalg.norm(rows[:, None, :] - bank[neighbours], axis=2)
-
-
-def patch_rows(grid):
-    """Patch features ``(n, D, h, w)`` -> rows ``(n, h * w, D)``."""
-    n_images, n_channels, height, width = grid.shape
-    return grid.permute(0, 2, 3, 1).reshape(n_images, height * width, n_channels)
-
-
-def leave_one_out(rows, index, bank, owners, scorer, others):
-    """Mean distance of each of training image ``index``'s patch ``rows`` to its nearest bank rows
-    from other images.
-
-    Each patch asks the bank's search for ``n_neighbors`` plus
-    ``LEAVE_OUT_CANDIDATES`` candidates and keeps the nearest that come from
-    other images; a patch whose candidates all come from its own image (a
-    uniform region, repeated in the bank) is searched again, exactly, among
-    the other images' bank rows. With an exact search the result is exact.
-    Where fewer than ``n_neighbors`` bank rows come from other images, the
-    mean is over those there are (a warning says so); where none do, over
-    ``others``, the other calibration images' patches.
-    """
-    n_neighbors = scorer.n_neighbors_
-    _, neighbours = scorer.kneighbors(rows, n_neighbors=min(n_neighbors + LEAVE_OUT_CANDIDATES, len(bank)))
-    candidates = exact_distances(rows, bank, neighbours)
-    from_others = owners[neighbours] != index
-    # The first n_neighbors candidates from other images (their order is by distance).
-    order = np.argsort(~from_others, axis=1, kind="stable")[:, :n_neighbors]
-    distances = np.take_along_axis(candidates, order, axis=1).mean(axis=1)
-    short = np.flatnonzero(from_others.sum(axis=1) < n_neighbors)
-    if len(short):
-        gallery = bank[owners != index]
-        if len(gallery) == 0:
-            gallery = np.concatenate(others)
-        if len(gallery) < n_neighbors:
-            warnings.warn(
-                f"Only {len(gallery)} memory-bank patches come from other images than training image "
-                f"{index}: its leave-one-out score averages {len(gallery)} distances instead of "
-                f"n_neighbors={n_neighbors}.",
-                UserWarning,
-            )
-        squared, _ = brute_force_kneighbors(rows[short], gallery, min(n_neighbors, len(gallery)))
-        distances[short] = np.sqrt(np.maximum(squared, 0)).mean(axis=1)
-    return distances
-
-
-def pixel_offset(map_maxima, pixel_contamination):
-    """The map value above which a pixel is defective: exceeded somewhere in ``pixel_contamination``
-    of the normal images' (leave-one-out) maps ("auto": 1%).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn_panda._estimators.patch import pixel_offset
-    >>> pixel_offset(np.arange(101.0), 0.1)
-    90.0
-    """
-    rate = AUTO_CONTAMINATION if pixel_contamination == "auto" else pixel_contamination
-    return float(np.percentile(map_maxima, 100.0 * (1.0 - rate)))
-
-
-def calibration_images(n_images, rng):
-    """Which training images give the leave-one-out scores: every one, or ``CALIBRATION_IMAGES`` at random.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from sklearn_panda._estimators.patch import calibration_images
-    >>> calibration_images(5, np.random.default_rng(0)).tolist()
-    [0, 1, 2, 3, 4]
-    >>> len(calibration_images(1000, np.random.default_rng(0)))
-    64
-    """
-    if n_images <= CALIBRATION_IMAGES:
-        return np.arange(n_images)
-    return np.sort(rng.choice(n_images, size=CALIBRATION_IMAGES, replace=False))
-
 
 class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
     """Local defects: nearest normal patch features, an anomaly map per image.
@@ -574,16 +455,7 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
 
         bank, owners = coreset.select(progress=show)
         bank, owners = bank.cpu().numpy(), owners.numpy()
-        return bank, owners, self._bank_search(len(bank), self._neighbours_for(len(bank)), seed).fit(bank)
-
-    def _bank_search(self, n_bank, n_neighbors, seed):
-        """The unfitted ``KNNScorer`` that searches the memory bank."""
-        algorithm, index = self.algorithm, {}
-        if algorithm == "auto":
-            algorithm = "brute"
-            if n_bank >= BANK_INDEX_MIN_ROWS and importlib.util.find_spec("faiss") is not None:
-                algorithm, index = "faiss", {"faiss_index": BANK_INDEX, "faiss_params": dict(BANK_INDEX_PARAMS)}
-        return KNNScorer(n_neighbors=n_neighbors, metric="euclidean", algorithm=algorithm, random_state=seed, **index)
+        return bank, owners, bank_search(self.algorithm, len(bank), self._neighbours_for(len(bank)), seed).fit(bank)
 
     def _neighbours_for(self, n_bank):
         if self.n_neighbors >= n_bank:
@@ -629,40 +501,10 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
 
     # --------------------------------------------------------- patch features
 
-    def _batches(self, checked, spec):
-        """Index batches: at most ``batch_size`` images and ``PIXELS_PER_BATCH`` pixels at the
-        scored size (large images one at a time); files one at a time (their sizes may differ)."""
-        size = 1 if checked.spec.kind == "file_images" else self.batch_size
-        if checked.spec.kind == "array_images":
-            height, width = working_size(*checked.data.shape[1:3], spec["resize"])
-            size = max(1, min(size, PIXELS_PER_BATCH // (height * width)))
-        for start in range(0, len(checked), size):
-            yield np.arange(start, min(start + size, len(checked)))
-
     def _embeddings(self, net, checked, device, spec, label):
-        """``(indices, grids, scored size, original size)`` batch by batch: ``grids`` holds the
-        patch features ``(n, D, h, w)``, and with ``image_score="patch+fine"`` the first layer's
-        own map ``(n, C, h, w)`` too."""
-        preprocessor = Preprocessor(checked, resize=None, crop_size=None, device=device, normalize=False)
+        """:func:`~sklearn_panda._engine.patch_features.patch_grids` with this detector's batches and progress."""
         progress = ProgressBar(len(checked), label, self.verbose > 0)
-        for indices in self._batches(checked, spec):
-            images = preprocessor(indices)
-            with torch.inference_mode():
-                if checked.spec.kind == "vectors":
-                    features = net.stages(images).float()[:, :, None, None]
-                    yield indices, [features], (1, 1), (1, 1)
-                else:
-                    original = tuple(images.shape[-2:])
-                    size = working_size(*original, spec["resize"])
-                    if size != original:
-                        images = TF.resize(images, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
-                    images = TF.normalize(images, list(IMAGENET_MEAN), list(IMAGENET_STD))
-                    maps = stage_outputs(net, images.contiguous(memory_format=torch.channels_last))
-                    grids = [aggregate(maps, spec["neighbourhood"], spec["n_features"], border=spec["border"])]
-                    if spec["image_score"] == "patch+fine":
-                        grids.append(maps[0].float())
-                    yield indices, grids, size, original
-            progress.update(int(indices[-1]) + 1)
+        return patch_grids(net, checked, device, spec, batch_size=self.batch_size, progress=progress)
 
     # ----------------------------------------------------------------- maps
 

@@ -1,0 +1,131 @@
+"""A patch detector's memory banks: their search, and what a fitted bank is measured against.
+
+The leave-one-out distances of the calibration images (``offset_``,
+``pixel_offset_``) and the exact distances of the neighbours a search found;
+numpy and the package's scorers, no torch.
+"""
+
+import importlib.util
+import warnings
+
+import numpy as np
+
+from ..scorers import KNNScorer, brute_force_kneighbors
+from ..scorers._contract import AUTO_CONTAMINATION
+
+# algorithm="auto": a memory bank of this many rows or more is searched through a faiss HNSW
+# graph where faiss is installed, 4 candidates a patch re-ranked by their exact distances. On
+# 31,360 rows of 152-d EfficientNet-Lite0 patch features of DeepPCB, HNSW32 at efSearch 32 answered
+# 6x faster than the exact search, its nearest patch the exact one for 99.4% of the queries
+# (benchmarks/RESULTS.md, "Local defects on DeepPCB"); it builds in about 2 s.
+BANK_INDEX = "HNSW32"
+BANK_INDEX_PARAMS = {"efSearch": 32, "k_factor": 4}
+BANK_INDEX_MIN_ROWS = 20_000
+# The leave-one-out training scores (offset_) come from at most this many training images.
+CALIBRATION_IMAGES = 64
+# Candidates beyond n_neighbors that a training patch asks the bank for, to find neighbours
+# from other images than its own.
+LEAVE_OUT_CANDIDATES = 8
+
+
+def exact_distances(rows, bank, neighbours):
+    """Distances ``(n, k)`` from each row to the bank rows its search found, from the differences.
+
+    The search's own distances come from ``|x|^2 - 2 x.y + |y|^2`` in float32
+    matrix products, whose rounding depends on what else is in the batch;
+    these depend on the row and its neighbours alone (and lose no precision
+    to the cancellation).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda._estimators.patch_bank import exact_distances
+    >>> exact_distances(np.zeros((1, 2), np.float32), np.array([[3.0, 4.0], [1.0, 0.0]], np.float32), np.array([[1, 0]]))
+    array([[1., 5.]], dtype=float32)
+    """
+    return np.linalg.norm(rows[:, None, :] - bank[neighbours], axis=2)
+
+
+def patch_rows(grid):
+    """Patch features ``(n, D, h, w)`` -> rows ``(n, h * w, D)``."""
+    n_images, n_channels, height, width = grid.shape
+    return grid.permute(0, 2, 3, 1).reshape(n_images, height * width, n_channels)
+
+
+def leave_one_out(rows, index, bank, owners, scorer, others):
+    """Mean distance of each of training image ``index``'s patch ``rows`` to its nearest bank rows
+    from other images.
+
+    Each patch asks the bank's search for ``n_neighbors`` plus
+    ``LEAVE_OUT_CANDIDATES`` candidates and keeps the nearest that come from
+    other images; a patch whose candidates all come from its own image (a
+    uniform region, repeated in the bank) is searched again, exactly, among
+    the other images' bank rows. With an exact search the result is exact.
+    Where fewer than ``n_neighbors`` bank rows come from other images, the
+    mean is over those there are (a warning says so); where none do, over
+    ``others``, the other calibration images' patches.
+    """
+    n_neighbors = scorer.n_neighbors_
+    _, neighbours = scorer.kneighbors(rows, n_neighbors=min(n_neighbors + LEAVE_OUT_CANDIDATES, len(bank)))
+    candidates = exact_distances(rows, bank, neighbours)
+    from_others = owners[neighbours] != index
+    # The first n_neighbors candidates from other images (their order is by distance).
+    order = np.argsort(~from_others, axis=1, kind="stable")[:, :n_neighbors]
+    distances = np.take_along_axis(candidates, order, axis=1).mean(axis=1)
+    short = np.flatnonzero(from_others.sum(axis=1) < n_neighbors)
+    if len(short):
+        gallery = bank[owners != index]
+        if len(gallery) == 0:
+            gallery = np.concatenate(others)
+        if len(gallery) < n_neighbors:
+            warnings.warn(
+                f"Only {len(gallery)} memory-bank patches come from other images than training image "
+                f"{index}: its leave-one-out score averages {len(gallery)} distances instead of "
+                f"n_neighbors={n_neighbors}.",
+                UserWarning,
+            )
+        squared, _ = brute_force_kneighbors(rows[short], gallery, min(n_neighbors, len(gallery)))
+        distances[short] = np.sqrt(np.maximum(squared, 0)).mean(axis=1)
+    return distances
+
+
+def pixel_offset(map_maxima, pixel_contamination):
+    """The map value above which a pixel is defective: exceeded somewhere in ``pixel_contamination``
+    of the normal images' (leave-one-out) maps ("auto": 1%).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda._estimators.patch_bank import pixel_offset
+    >>> pixel_offset(np.arange(101.0), 0.1)
+    90.0
+    """
+    rate = AUTO_CONTAMINATION if pixel_contamination == "auto" else pixel_contamination
+    return float(np.percentile(map_maxima, 100.0 * (1.0 - rate)))
+
+
+def calibration_images(n_images, rng):
+    """Which training images give the leave-one-out scores: every one, or ``CALIBRATION_IMAGES`` at random.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda._estimators.patch_bank import calibration_images
+    >>> calibration_images(5, np.random.default_rng(0)).tolist()
+    [0, 1, 2, 3, 4]
+    >>> len(calibration_images(1000, np.random.default_rng(0)))
+    64
+    """
+    if n_images <= CALIBRATION_IMAGES:
+        return np.arange(n_images)
+    return np.sort(rng.choice(n_images, size=CALIBRATION_IMAGES, replace=False))
+
+
+def bank_search(algorithm, n_bank, n_neighbors, seed):
+    """The unfitted ``KNNScorer`` that searches a memory bank of ``n_bank`` rows."""
+    index = {}
+    if algorithm == "auto":
+        algorithm = "brute"
+        if n_bank >= BANK_INDEX_MIN_ROWS and importlib.util.find_spec("faiss") is not None:
+            algorithm, index = "faiss", {"faiss_index": BANK_INDEX, "faiss_params": dict(BANK_INDEX_PARAMS)}
+    return KNNScorer(n_neighbors=n_neighbors, metric="euclidean", algorithm=algorithm, random_state=seed, **index)
