@@ -30,6 +30,7 @@ from sklearn_panda._engine.backbones import build_model
 from sklearn_panda._engine.coreset import greedy_coreset
 from sklearn_panda._engine.data import Preprocessor
 from sklearn_panda._engine.stages import split_model
+from sklearn_panda._estimators.patch_calibration import smoothed_maps
 from sklearn_panda._estimators.validation import check_input
 from sklearn_panda.datasets import load_deeppcb
 from sklearn_panda.metrics import pixel_roc_auc, pro_score
@@ -54,7 +55,7 @@ def evaluate(stage, train_hidden, test_hidden, data, detector):
     bank = train[greedy_coreset(torch.from_numpy(train), int(FINE["coreset_ratio"] * len(train))).numpy()]
     squared, _ = brute_force_kneighbors(test, bank, 1)
     distances = np.sqrt(np.maximum(squared[:, 0], 0))
-    maps = detector._maps_from_distances(distances, tuple(grid), masks.shape[1:])[:, 0].numpy()
+    maps = smoothed_maps(distances, tuple(grid), masks.shape[1:], detector.patch_spec_["sigma"])[:, 0].numpy()
     scores = -maps.reshape(len(maps), -1).max(axis=1)
     return roc_auc_score(y_test, scores), pixel_roc_auc(masks, maps), pro_score(masks, maps)
 

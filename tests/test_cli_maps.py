@@ -251,3 +251,46 @@ def test_score_regions_needs_a_local_model_and_its_own_file(local, tmp_path, cap
                          FACTORY, "--output", output, "--regions", output)
     assert status != 0 and "--regions and --output name the same file" in err
     assert not output.exists()
+
+
+def test_update_adds_images_to_a_local_model(local, backbone_module, tmp_path, capsys):
+    updated = tmp_path / "updated.pt"
+    original = local.model.read_bytes()
+    good = sorted((local.root / "test").glob("good*.png"))
+    status, out, err = run(capsys, "update", *good, "--model", local.model, "--output", updated,
+                           "--backbone-factory", FACTORY)
+    assert status == 0, err
+    assert local.model.read_bytes() == original  # --output: the model file is left as it was
+    detector = load(updated, backbone=backbone_module.tiny_cnn)
+    assert detector.n_samples_seen_ == 13 and detector.n_training_patches_ > local.detector.n_training_patches_
+    assert len(detector.memory_bank_) > len(local.detector.memory_bank_)
+    expected = load(local.model, backbone=backbone_module.tiny_cnn).partial_fit([str(path) for path in good])
+    assert detector.offset_ == pytest.approx(expected.offset_)
+    assert f"10 -> 13 training images, a memory bank of {len(local.detector.memory_bank_)} -> " in out
+    assert f"Model saved to {updated}" in out
+
+
+def test_update_replaces_the_model_only_once_it_has_succeeded(local, tmp_path, capsys):
+    model = tmp_path / "model.pt"
+    model.write_bytes(local.model.read_bytes())
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    status, _, err = run(capsys, "update", local.root / "test" / "good0.png", broken, "--model", model,
+                         "--backbone-factory", FACTORY)
+    assert status == 2 and "broken.png" in err and err.count("\n") == 1
+    assert model.read_bytes() == local.model.read_bytes()
+    status, out, err = run(capsys, "update", local.root / "test" / "good0.png", "--model", model,
+                           "--backbone-factory", FACTORY)
+    assert status == 0 and "10 -> 11 training images" in out and model.read_bytes() != local.model.read_bytes()
+
+
+def test_update_refuses_an_image_level_model(tmp_path, capsys):
+    from sklearn_panda import PandaDetector
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((6, 32, 32, 3)) * 255).astype(np.uint8)
+    model = tmp_path / "image_level.pt"
+    PandaDetector(backbone="resnet18", weights=None, n_steps=0, random_state=0).fit(images).save(model)
+    Image.fromarray(images[0]).save(tmp_path / "new.png")
+    status, _, err = run(capsys, "update", tmp_path / "new.png", "--model", model)
+    assert status == 2 and "update needs a local model (fit --local, a PandaPatchDetector)" in err

@@ -331,7 +331,7 @@ def test_leave_one_out_with_fewer_bank_rows_from_other_images_than_n_neighbors_u
     spec = detector.patch_spec_
     for index in range(2):
         checked = check_input(images[index : index + 1])
-        ((_, (features,), _, _),) = detector._embeddings(detector.net_, checked, detector.device_, spec, "")
+        ((_, (features,), _, _, _),) = detector._embeddings(detector.net_, checked, detector.device_, spec, "")
         rows = features[0].permute(1, 2, 0).reshape(-1, features.shape[1]).numpy()
         # Which bank rows are this image's own: those equal to one of its patches.
         own = (np.abs(detector.memory_bank_[:, None, :] - rows[None]).max(axis=2) < 1e-6).any(axis=1)

@@ -77,7 +77,8 @@ def _half_squared_distances(rows, half_norms, centers, center_half_norms):
 
 
 def _lazy_greedy(points, n_select, first, block_size=256, n_candidates=2048, chunk_rows=65536, progress=None):
-    """Exact greedy k-center selection from ``first``, with the distance updates batched.
+    """Exact greedy k-center selection from ``first`` (a row index, or a list of rows chosen
+    already), with the distance updates batched.
 
     Plain greedy selection updates every point's distance to the chosen set
     after each pick: one matrix-vector product over all points per pick, which
@@ -94,8 +95,8 @@ def _lazy_greedy(points, n_select, first, block_size=256, n_candidates=2048, chu
     n_samples = points.shape[0]
     half_norms = 0.5 * (points * points).sum(dim=1)
     nearest = torch.full((n_samples,), float("inf"), device=points.device)
-    chosen = [first]
-    block = [first]
+    chosen = [first] if isinstance(first, int) else list(first)
+    block = list(chosen)
     n_candidates = min(n_candidates, n_samples - 1)
     while True:
         # Fold the block's picks into ``nearest``, a chunk of rows at a time.
@@ -227,20 +228,37 @@ class StreamingCoreset:
         if sum(len(pending) for pending, _ in self._pending) >= self.chunk_rows:
             self._reduce_pending()
 
-    def select(self, progress=None):
+    def select(self, progress=None, *, chosen=None):
         """The chosen rows ``(n_select, d)`` and their labels, in the order they came.
 
         ``progress(n_chosen, n_select)``, if given, is called as the selection goes.
+        ``chosen``, a triple ``(rows, labels, n_seen)`` from an earlier
+        selection (of ``n_seen`` rows), continues that selection: its rows
+        are kept, first, and the greedy selection goes on from them among
+        the rows added since, until ``ratio`` of all ``n_seen + n_seen_``
+        rows are chosen (PatchCore's rule, as if the greedy selection had
+        seen every row at once, up to the two stages). With a pool that
+        keeps every row (``pool_factor * ratio >= 1``), ``select`` after
+        adding A then B with ``chosen`` from A's selection gives the rows
+        that one selection of A and B gives when both keep every row.
         """
         if self.n_seen_ == 0:
             raise ValueError("No rows were added.")
         self._reduce_pending()
         rows, reduced, labels = (torch.cat(part) for part in zip(*self._pool))
-        n_select = min(len(rows), max(self.min_select, math.ceil(self.ratio * self.n_seen_)))
+        n_seen, n_kept = self.n_seen_, 0
+        if chosen is not None:
+            kept_rows, kept_labels, kept_seen = chosen
+            kept_rows = kept_rows.to(rows.device, torch.float32)
+            kept_reduced = kept_rows if self._projection is None else kept_rows @ self._projection.to(rows.device)
+            rows, reduced = torch.cat([kept_rows, rows]), torch.cat([kept_reduced, reduced])
+            labels = torch.cat([kept_labels.to(labels.device, labels.dtype), labels])
+            n_seen, n_kept = n_seen + kept_seen, len(kept_rows)
+        n_select = min(len(rows), max(self.min_select, n_kept, math.ceil(self.ratio * n_seen)))
         if n_select < len(rows):
-            first = int(torch.randint(len(rows), (1,), generator=self.generator))
-            chosen = _lazy_greedy(reduced, n_select, first, progress=progress).to(rows.device).sort().values
-            rows, labels = rows[chosen], labels[chosen.to(labels.device)]
+            first = list(range(n_kept)) if n_kept else int(torch.randint(len(rows), (1,), generator=self.generator))
+            picked = _lazy_greedy(reduced, n_select, first, progress=progress).to(rows.device).sort().values
+            rows, labels = rows[picked], labels[picked.to(labels.device)]
         return rows, labels
 
     def _reduce_pending(self):

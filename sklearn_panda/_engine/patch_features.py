@@ -324,13 +324,37 @@ def image_batches(checked, resize, batch_size):
         yield np.arange(start, min(start + size, len(checked)))
 
 
-def patch_grids(net, checked, device, spec, *, batch_size, progress):
-    """``(indices, grids, scored size, original size)`` batch by batch for a patch detector.
+def patch_features(maps, spec):
+    """The patch grids a detector's ``spec`` asks for, from its stage outputs ``maps``.
 
-    ``grids`` holds the patch features ``(n, D, h, w)`` (:func:`aggregate` of
-    the stage outputs, as ``spec`` says: ``resize``, ``neighbourhood``,
-    ``n_features``, ``border``), and with ``spec["image_score"] ==
-    "patch+fine"`` the first layer's own map ``(n, C, h, w)`` too; vectors
+    The :func:`aggregate` of the maps (``neighbourhood``, ``n_features``,
+    ``border``), and with ``spec["image_score"] == "patch+fine"`` the first
+    layer's own map too; vectors (no ``layers``: one map ``(n, d, 1, 1)``)
+    are their own patch.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._engine.patch_features import patch_features
+    >>> spec = {"layers": ["a", "b"], "neighbourhood": 3, "n_features": None, "border": "zeros",
+    ...         "image_score": "patch+fine"}
+    >>> grids = patch_features([torch.ones(1, 4, 8, 8), torch.ones(1, 6, 4, 4)], spec)
+    >>> [tuple(grid.shape) for grid in grids]
+    [(1, 10, 8, 8), (1, 4, 8, 8)]
+    """
+    if not spec["layers"]:
+        return [maps[0].float()]
+    grids = [aggregate(maps, spec["neighbourhood"], spec["n_features"], border=spec["border"])]
+    if spec["image_score"] == "patch+fine":
+        grids.append(maps[0].float())
+    return grids
+
+
+def patch_grids(net, checked, device, spec, *, batch_size, progress):
+    """``(indices, grids, scored size, original size, stage outputs)`` batch by batch for a patch detector.
+
+    ``grids`` holds the patch features of :func:`patch_features` (``(n, D,
+    h, w)`` each), the stage outputs the maps they were made from; vectors
     ``(n, d)`` give ``(n, d, 1, 1)``. ``checked`` is a validated input,
     ``progress`` a :class:`~sklearn_panda._engine.progress.ProgressBar`.
     """
@@ -339,7 +363,8 @@ def patch_grids(net, checked, device, spec, *, batch_size, progress):
         images = preprocessor(indices)
         with torch.inference_mode():
             if checked.spec.kind == "vectors":
-                yield indices, [net.stages(images).float()[:, :, None, None]], (1, 1), (1, 1)
+                maps = [net.stages(images).float()[:, :, None, None]]
+                yield indices, patch_features(maps, spec), (1, 1), (1, 1), maps
             else:
                 original = tuple(images.shape[-2:])
                 size = working_size(*original, spec["resize"])
@@ -347,8 +372,5 @@ def patch_grids(net, checked, device, spec, *, batch_size, progress):
                     images = TF.resize(images, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
                 images = TF.normalize(images, list(IMAGENET_MEAN), list(IMAGENET_STD))
                 maps = stage_outputs(net, images.contiguous(memory_format=torch.channels_last))
-                grids = [aggregate(maps, spec["neighbourhood"], spec["n_features"], border=spec["border"])]
-                if spec["image_score"] == "patch+fine":
-                    grids.append(maps[0].float())
-                yield indices, grids, size, original
+                yield indices, patch_features(maps, spec), size, original, maps
         progress.update(int(indices[-1]) + 1)

@@ -63,7 +63,7 @@ def leave_one_out(rows, index, bank, owners, scorer, others):
     the other images' bank rows. With an exact search the result is exact.
     Where fewer than ``n_neighbors`` bank rows come from other images, the
     mean is over those there are (a warning says so); where none do, over
-    ``others``, the other calibration images' patches.
+    ``others()``, the other calibration images' patches.
     """
     n_neighbors = scorer.n_neighbors_
     _, neighbours = scorer.kneighbors(rows, n_neighbors=min(n_neighbors + LEAVE_OUT_CANDIDATES, len(bank)))
@@ -76,7 +76,7 @@ def leave_one_out(rows, index, bank, owners, scorer, others):
     if len(short):
         gallery = bank[owners != index]
         if len(gallery) == 0:
-            gallery = np.concatenate(others)
+            gallery = np.concatenate(others())
         if len(gallery) < n_neighbors:
             warnings.warn(
                 f"Only {len(gallery)} memory-bank patches come from other images than training image "
@@ -104,21 +104,30 @@ def pixel_offset(map_maxima, pixel_contamination):
     return float(np.percentile(map_maxima, 100.0 * (1.0 - rate)))
 
 
-def calibration_images(n_images, rng):
-    """Which training images give the leave-one-out scores: every one, or ``CALIBRATION_IMAGES`` at random.
+def calibration_threshold(kept_keys, new_keys):
+    """The largest random key that keeps an image among the calibration images.
+
+    Each training image gets a uniform random key as it arrives; the
+    ``CALIBRATION_IMAGES`` images with the smallest keys among all those seen
+    (by ``fit`` and every ``partial_fit``) are the calibration images: a
+    uniform random sample of them, drawn without holding the others.
+    ``kept_keys`` are the keys of the calibration images so far, ``new_keys``
+    those of the images arriving.
 
     Examples
     --------
     >>> import numpy as np
-    >>> from sklearn_panda._estimators.patch_bank import calibration_images
-    >>> calibration_images(5, np.random.default_rng(0)).tolist()
-    [0, 1, 2, 3, 4]
-    >>> len(calibration_images(1000, np.random.default_rng(0)))
+    >>> from sklearn_panda._estimators.patch_bank import calibration_threshold
+    >>> calibration_threshold(np.array([0.5]), np.array([0.1, 0.9]))   # few images: every one
+    inf
+    >>> keys = np.random.default_rng(0).random(1000)
+    >>> int((keys <= calibration_threshold(keys[:0], keys)).sum())
     64
     """
-    if n_images <= CALIBRATION_IMAGES:
-        return np.arange(n_images)
-    return np.sort(rng.choice(n_images, size=CALIBRATION_IMAGES, replace=False))
+    keys = np.concatenate([kept_keys, new_keys])
+    if len(keys) <= CALIBRATION_IMAGES:
+        return float("inf")
+    return float(np.partition(keys, CALIBRATION_IMAGES - 1)[CALIBRATION_IMAGES - 1])
 
 
 def bank_search(algorithm, n_bank, n_neighbors, seed):

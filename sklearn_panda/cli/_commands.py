@@ -1,4 +1,4 @@
-"""The ``fit`` and ``score`` commands, run on parsed options."""
+"""The ``fit``, ``score`` and ``update`` commands, run on parsed options."""
 
 import os
 import shutil
@@ -60,6 +60,14 @@ def detector_from_args(args):
     return cls(**params)
 
 
+def images_and_model(args):
+    """The images named by ``args.sources`` (all readable) and the model ``args.model``, loaded."""
+    paths = collect_images(args.sources)
+    check_readable(paths)
+    factory = None if args.backbone_factory is None else import_factory(args.backbone_factory)
+    return paths, load_model(args.model, factory, args.device)
+
+
 def fit_command(args):
     from .._io.persistence import save
 
@@ -98,10 +106,7 @@ def score_command(args):
         if os.path.exists(args.maps):
             raise NotADirectoryError(f"--maps {args.maps} is a file; give a folder.")
         check_destination(args.maps, "--maps")  # made at the end, once there is something to write
-    paths = collect_images(args.sources)
-    check_readable(paths)
-    factory = None if args.backbone_factory is None else import_factory(args.backbone_factory)
-    estimator = load_model(args.model, factory, args.device)
+    paths, estimator = images_and_model(args)
     if not hasattr(estimator, "score_samples"):
         raise ValueError(
             f"{args.model} holds a {type(estimator).__name__}, which gives features, not scores; "
@@ -163,3 +168,28 @@ def score_command(args):
         print(f"Report written to {args.report}")
     if args.regions is not None:
         print(f"{len(regions)} defect regions written to {args.regions}")
+
+
+def update_command(args):
+    from .._io.persistence import save
+
+    destination, option = (args.model, "--model") if args.output is None else (args.output, "--output")
+    check_destination(destination, option)
+    paths, detector = images_and_model(args)
+    if not hasattr(detector, "partial_fit"):
+        raise ValueError(
+            f"update needs a local model (fit --local, a PandaPatchDetector); {args.model} holds a "
+            f"{type(detector).__name__}: fit it again on all the normal images instead."
+        )
+    if args.verbose:
+        detector.set_params(verbose=args.verbose)
+    before = (getattr(detector, "n_samples_seen_", 0), len(detector.memory_bank_), detector.offset_, detector.pixel_offset_)
+    detector.partial_fit(paths)
+    after = (detector.n_samples_seen_, len(detector.memory_bank_), detector.offset_, detector.pixel_offset_)
+    save(detector, destination)
+    print(
+        f"Added {len(paths)} images: {before[0]} -> {after[0]} training images, a memory bank of {before[1]} -> "
+        f"{after[1]} patches, threshold {number(before[2])} -> {number(after[2])}, pixel threshold "
+        f"{number(before[3])} -> {number(after[3])}."
+    )
+    print(f"Model saved to {destination}")

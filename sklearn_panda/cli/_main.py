@@ -3,10 +3,10 @@
 import sys
 import warnings
 
-from ._commands import fit_command, score_command
+from ._commands import fit_command, score_command, update_command
 from ._parser import PROG, build_parser
 
-COMMANDS = {"fit": fit_command, "score": score_command}
+COMMANDS = {"fit": fit_command, "score": score_command, "update": update_command}
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
@@ -33,6 +33,10 @@ def main(argv=None):
 
         sklearn-panda fit data/good --model model.pt
         sklearn-panda score data/new --model model.pt --output scores.csv --report report.html
+
+    Add newly approved normal images to a local model (``fit --local``)::
+
+        sklearn-panda update data/approved --model model.pt
     """
     parser = build_parser()
     try:

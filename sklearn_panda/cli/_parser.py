@@ -1,4 +1,4 @@
-"""The ``sklearn-panda`` options: ``fit`` and ``score``, and the parsers of option values."""
+"""The ``sklearn-panda`` options: ``fit``, ``score`` and ``update``, and the parsers of option values."""
 
 import argparse
 
@@ -49,7 +49,7 @@ def _resize(text):
 
 
 def build_parser():
-    """The ``sklearn-panda`` argument parser, with its ``fit`` and ``score`` subcommands.
+    """The ``sklearn-panda`` argument parser, with its ``fit``, ``score`` and ``update`` subcommands.
 
     Returns
     -------
@@ -170,4 +170,20 @@ def build_parser():
         help="the factory the model was fitted with, when it was fitted with one",
     )
     score.add_argument("--device", help="where to run (default: where it was fitted, else the CPU)")
+
+    update = commands.add_parser(
+        "update", help="add normal images to a local model", description="Add newly approved normal "
+        "images to a local model (fit --local, a PandaPatchDetector) without fitting it again "
+        "(PandaPatchDetector.partial_fit): their patches join the memory bank by the same coreset rule and "
+        "the thresholds are measured again. The model file is replaced only once the update has succeeded."
+    )
+    update.add_argument("sources", nargs="+", metavar="IMAGES", help="folders, image files or .txt list files")
+    update.add_argument("--model", required=True, help="a local model file written by 'fit --local'")
+    update.add_argument("--output", metavar="FILE", help="write the updated model here instead of over --model")
+    update.add_argument(
+        "--backbone-factory", metavar="MODULE:FUNCTION",
+        help="the factory the model was fitted with, when it was fitted with one",
+    )
+    update.add_argument("--device", help="where to run (default: where it was fitted, else the CPU)")
+    update.add_argument("--verbose", "-v", action="count", default=0, help="show progress bars")
     return parser
