@@ -25,11 +25,11 @@ from ..scorers import offset_from_training_scores
 from .outlier import OutlierContractMixin
 from .patch_bank import bank_search, exact_distances, patch_rows, pixel_offset
 from .patch_calibration import CalibrationSample, leave_one_out_distances, smoothed_maps
-from .regions import find_regions
+from .regions import DefectMasksMixin
 from .torch_state import TorchStateMixin
 from .validation import check_consistent, check_input
 
-class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
+class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin, BaseEstimator):
     """Local defects: nearest normal patch features, an anomaly map per image.
 
     Where :class:`PandaDetector` pools a whole image into one feature vector
@@ -685,78 +685,6 @@ class PandaPatchDetector(TorchStateMixin, OutlierContractMixin, BaseEstimator):
         checked, maps, scores = self._maps_and_scores(X, at_input_size=True)
         maps = np.stack(maps) if checked.spec.kind == "array_images" else maps
         return (maps, scores) if return_scores else maps
-
-    def predict_masks(self, X):
-        """Defect masks: True where a pixel's anomaly exceeds ``pixel_offset_``.
-
-        ``pixel_offset_`` comes from normal images only: the training images'
-        leave-one-out maps exceed it somewhere in ``pixel_contamination`` of
-        them, so about that share of new normal images gets a false region.
-
-        Parameters
-        ----------
-        X : array-like or list of paths / PIL images
-            Images in the layout seen in ``fit``.
-
-        Returns
-        -------
-        masks : ndarray of shape (n_images, H, W), bool, or list of ndarrays
-            At each image's size, as :meth:`anomaly_maps`.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from sklearn_panda import PandaPatchDetector
-        >>> rng = np.random.default_rng(0)
-        >>> normal = rng.normal(0.5, 0.02, size=(6, 64, 64, 3)).clip(0, 1)
-        >>> detector = PandaPatchDetector(backbone="resnet18", weights=None, random_state=0).fit(normal)
-        >>> defective = normal[:1].copy()
-        >>> defective[:, 20:28, 20:28] = 1.0   # a bright square
-        >>> mask = detector.predict_masks(defective)[0]
-        >>> mask.shape, bool(mask[20:28, 20:28].all()), bool(mask[48:, 48:].any())
-        ((64, 64), True, False)
-        >>> detector.predict_masks(normal[1:3]).any(axis=(1, 2))   # normal images: no defect pixel
-        array([False, False])
-        """
-        maps = self.anomaly_maps(X)
-        if isinstance(maps, list):
-            return [one > self.pixel_offset_ for one in maps]
-        return maps > self.pixel_offset_
-
-    def defect_regions(self, X):
-        """The defect regions of each image: box, area and peak of each connected part of its mask.
-
-        Parameters
-        ----------
-        X : array-like or list of paths / PIL images
-            Images in the layout seen in ``fit``.
-
-        Returns
-        -------
-        regions : list of list of dict
-            Per image, its regions (8-connected parts of
-            :meth:`predict_masks`), the most anomalous first, each a record
-            of plain numbers: ``image``, ``region``, ``top``, ``left``,
-            ``bottom``, ``right`` (bottom and right exclusive), ``area`` (in
-            pixels), ``peak`` (the largest map value inside), ``peak_row``,
-            ``peak_col``. ``pandas.DataFrame([r for one in regions for r in
-            one])`` gives one row a region.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> from sklearn_panda import PandaPatchDetector
-        >>> rng = np.random.default_rng(0)
-        >>> normal = rng.normal(0.5, 0.02, size=(6, 64, 64, 3)).clip(0, 1)
-        >>> detector = PandaPatchDetector(backbone="resnet18", weights=None, random_state=0).fit(normal)
-        >>> defective = normal[:1].copy()
-        >>> defective[:, 20:28, 20:28] = 1.0   # a bright square
-        >>> (region,) = detector.defect_regions(defective)[0]
-        >>> region["top"] <= 20 < 28 <= region["bottom"], (region["peak_row"], region["peak_col"])
-        (True, (25, 25))
-        """
-        maps = self.anomaly_maps(X)
-        return [find_regions(one, self.pixel_offset_, image=index) for index, one in enumerate(maps)]
 
     def score_samples(self, X):
         """Score each image by its worst patches: higher means more normal.

@@ -1,4 +1,4 @@
-"""Defect regions of an anomaly map: the connected parts above a threshold, as plain records.
+"""Defect masks and regions: an anomaly map above a threshold, its connected parts as plain records.
 
 numpy and scipy only; no torch.
 """
@@ -69,3 +69,79 @@ def find_regions(anomaly_map, threshold, image=0):
         }
         for rank, k in enumerate(order)
     ]
+
+
+class DefectMasksMixin:
+    """``predict_masks`` and ``defect_regions`` for a detector with ``anomaly_maps`` and ``pixel_offset_``."""
+
+    def predict_masks(self, X):
+        """Defect masks: True where a pixel's anomaly exceeds ``pixel_offset_``.
+
+        ``pixel_offset_`` comes from normal images only: the training images'
+        leave-one-out maps exceed it somewhere in ``pixel_contamination`` of
+        them, so about that share of new normal images gets a false region.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Images in the layout seen in ``fit``.
+
+        Returns
+        -------
+        masks : ndarray of shape (n_images, H, W), bool, or list of ndarrays
+            At each image's size, as :meth:`anomaly_maps`.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_panda import PandaPatchDetector
+        >>> rng = np.random.default_rng(0)
+        >>> normal = rng.normal(0.5, 0.02, size=(6, 64, 64, 3)).clip(0, 1)
+        >>> detector = PandaPatchDetector(backbone="resnet18", weights=None, random_state=0).fit(normal)
+        >>> defective = normal[:1].copy()
+        >>> defective[:, 20:28, 20:28] = 1.0   # a bright square
+        >>> mask = detector.predict_masks(defective)[0]
+        >>> mask.shape, bool(mask[20:28, 20:28].all()), bool(mask[48:, 48:].any())
+        ((64, 64), True, False)
+        >>> detector.predict_masks(normal[1:3]).any(axis=(1, 2))   # normal images: no defect pixel
+        array([False, False])
+        """
+        maps = self.anomaly_maps(X)
+        if isinstance(maps, list):
+            return [one > self.pixel_offset_ for one in maps]
+        return maps > self.pixel_offset_
+
+    def defect_regions(self, X):
+        """The defect regions of each image: box, area and peak of each connected part of its mask.
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Images in the layout seen in ``fit``.
+
+        Returns
+        -------
+        regions : list of list of dict
+            Per image, its regions (8-connected parts of
+            :meth:`predict_masks`), the most anomalous first, each a record
+            of plain numbers: ``image``, ``region``, ``top``, ``left``,
+            ``bottom``, ``right`` (bottom and right exclusive), ``area`` (in
+            pixels), ``peak`` (the largest map value inside), ``peak_row``,
+            ``peak_col``. ``pandas.DataFrame([r for one in regions for r in
+            one])`` gives one row a region.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_panda import PandaPatchDetector
+        >>> rng = np.random.default_rng(0)
+        >>> normal = rng.normal(0.5, 0.02, size=(6, 64, 64, 3)).clip(0, 1)
+        >>> detector = PandaPatchDetector(backbone="resnet18", weights=None, random_state=0).fit(normal)
+        >>> defective = normal[:1].copy()
+        >>> defective[:, 20:28, 20:28] = 1.0   # a bright square
+        >>> (region,) = detector.defect_regions(defective)[0]
+        >>> region["top"] <= 20 < 28 <= region["bottom"], (region["peak_row"], region["peak_col"])
+        (True, (25, 25))
+        """
+        maps = self.anomaly_maps(X)
+        return [find_regions(one, self.pixel_offset_, image=index) for index, one in enumerate(maps)]

@@ -1,0 +1,125 @@
+"""Does a whole-image term lift the patch detector's image score where the image-level detector wins? (issue 43)
+
+On BSData's test split ``PandaDetector()`` (whole image) ranked the pitted
+photos better (94.3 ROC AUC) than ``PandaPatchDetector()`` (92.1), while on
+DeepPCB the image-level detector is at chance (49.9). This study asks, on the
+**validation** splits of ``patch_study.py`` only, whether a third term of the
+patch detector's image score, computed from what it already has, closes that
+gap without costing DeepPCB: the patch detector's two terms (``patch`` and
+``fine``: largest distances of the chosen feature sets, each over its median
+leave-one-out score, from ``patch_study_scores``) plus a whole-image term:
+
+* ``mean``: the mean over positions of the two stage outputs (the detector's
+  own layers at the scored size), its distance to the nearest training
+  image's (leave-one-out for the training images), or its Mahalanobis
+  distance (Ledoit-Wolf) to the training images';
+* ``panda``: ``-score_samples`` of ``PandaDetector()`` itself (its own
+  forward pass at 224 x 224 and adaptation), over its median leave-one-out
+  training score.
+
+Terms are combined by sum or by the largest. Prints one table; writes nothing
+but ``benchmarks/out/patch_global_panda_<set>.npz`` (the image-level scores,
+reused on a rerun).
+
+    python benchmarks/patch_global_study.py --threads 2
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.covariance import LedoitWolf
+from sklearn.metrics import roc_auc_score
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from adaptation_study import cpu_name  # noqa: E402
+from patch_study import bsdata_splits, cache_path, deeppcb_splits  # noqa: E402
+
+# The default detector's two feature sets, as patch_study names them.
+PATCH, FINE = "native_s8s16-n3-zeros_0.01", "native_s8-n1_0.01"
+
+
+def global_descriptor(cache, image):
+    stored = np.load(cache_path(cache, image, "native"))
+    return np.concatenate([stored[f"map{i}"].astype(np.float32).mean(axis=(1, 2)) for i in (0, 1)])
+
+
+def nearest_scores(train, test):
+    """Distance to the nearest training descriptor; for the training ones, to the nearest other."""
+    def distances(a, b):
+        return np.sqrt(np.maximum((a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None], 0))
+
+    within = distances(train, train)
+    np.fill_diagonal(within, np.inf)
+    return within.min(axis=1), distances(test, train).min(axis=1)
+
+
+def mahalanobis_scores(train, test):
+    """Mahalanobis distance (Ledoit-Wolf); the training images' each from a fit without it."""
+    loo = np.empty(len(train))
+    for i in range(len(train)):
+        others = np.delete(train, i, axis=0)
+        loo[i] = np.sqrt(LedoitWolf().fit(others).mahalanobis(train[i : i + 1])[0])
+    return loo, np.sqrt(LedoitWolf().fit(train).mahalanobis(test))
+
+
+def panda_scores(fit, images, dataset, threads):
+    path = HERE / "out" / f"patch_global_panda_{dataset}.npz"
+    if path.is_file():
+        stored = np.load(path)
+        return stored["loo"], stored["test"]
+    from sklearn_panda import PandaDetector
+
+    torch.set_num_threads(threads)
+    detector = PandaDetector(random_state=0).fit(fit)
+    loo, test = -detector.training_scores_, -detector.score_samples(images)
+    path.parent.mkdir(exist_ok=True)
+    np.savez(path, loo=loo, test=test)
+    return loo, test
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deeppcb", default="../shared/data/deeppcb")
+    parser.add_argument("--bsdata", default="../shared/data/bsdata")
+    parser.add_argument("--cache", default="benchmarks/out/patch_study_cache")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    splits = {"deeppcb": deeppcb_splits(args.deeppcb)["validation"], "bsdata": bsdata_splits(args.bsdata)["validation"]}
+    results = {}
+    for dataset, (fit, images, y, _) in splits.items():
+        saved = {name: np.load(Path(args.cache).parent / "patch_study_scores" / f"{dataset}_validation_{name}.npz")
+                 for name in (PATCH, FINE)}
+        anomalous = y == -1
+        terms = {name: saved[key]["patch"] / np.median(saved[key]["loo_patch"])
+                 for name, key in (("patch", PATCH), ("fine", FINE))}
+        train = np.stack([global_descriptor(args.cache, image) for image in fit])
+        test = np.stack([global_descriptor(args.cache, image) for image in images])
+        for name, (loo, scores) in {
+            "mean-nn": nearest_scores(train, test),
+            "mean-mahalanobis": mahalanobis_scores(train, test),
+            "panda": panda_scores(fit, images, dataset, args.threads),
+        }.items():
+            terms[name] = scores / np.median(loo)
+        found = {name: roc_auc_score(anomalous, term) for name, term in terms.items()}
+        base = terms["patch"] + terms["fine"]
+        found["patch+fine"] = roc_auc_score(anomalous, base)
+        for name in ("mean-nn", "mean-mahalanobis", "panda"):
+            found[f"patch+fine+{name}"] = roc_auc_score(anomalous, base + terms[name])
+            found[f"max(patch,fine,{name})"] = roc_auc_score(
+                anomalous, np.maximum.reduce([terms["patch"], terms["fine"], terms[name]]))
+        results[dataset] = found
+    print(f"Validation splits, image ROC AUC; EfficientNet-Lite0; {cpu_name()}, {args.threads} threads\n")
+    print("| image score | DeepPCB | BSData | worse |")
+    print("|---|---|---|---|")
+    for name in sorted(results["deeppcb"], key=lambda n: -min(results[d][n] for d in results)):
+        row = [100 * results[d][name] for d in ("deeppcb", "bsdata")]
+        print(f"| {name} | {row[0]:.1f} | {row[1]:.1f} | {min(row):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
