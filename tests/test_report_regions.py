@@ -177,7 +177,9 @@ def test_the_report_draws_a_box_and_outline_for_each_region_the_regions_csv_list
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "nothing fetched from elsewhere"
 
 
-def _chromium():
+@pytest.fixture(scope="module")
+def chromium():
+    """The path of a Chromium executable; the test is skipped (before the model is fitted) without one."""
     for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
         if shutil.which(name):
             return shutil.which(name)
@@ -190,7 +192,8 @@ def _chromium():
 GEOMETRY_SCRIPT = """<script>
 const box = (element) => { const r = element.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
 const drawn = (element) => { const style = getComputedStyle(element);
-  return style.display !== "none" && style.visibility === "visible" && style.opacity === "1" && style.stroke !== "none"; };
+  return style.display !== "none" && style.visibility === "visible" && style.opacity === "1"
+    && style.stroke !== "none"; };
 const figures = [...document.querySelectorAll("figure")].map((figure) => {
   const photo = figure.querySelector("img");
   return { path: photo.alt, photo: box(photo), width: photo.naturalWidth, height: photo.naturalHeight,
@@ -213,8 +216,7 @@ def _run_chromium(chromium, page, profile, *args):
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
 
 
-def test_chromium_draws_the_outlines_and_boxes_over_the_regions_of_the_photos(scored, tmp_path):
-    chromium = _chromium()
+def test_chromium_draws_the_outlines_and_boxes_over_the_regions_of_the_photos(chromium, scored, tmp_path):
     page = tmp_path / "report.html"
     page.write_text(scored.report.read_text().replace("</body>", GEOMETRY_SCRIPT + "\n</body>"))
     dom = _run_chromium(chromium, page, tmp_path / "profile", "--dump-dom")
