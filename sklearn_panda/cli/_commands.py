@@ -124,7 +124,7 @@ def score_command(args):
             f"--regions needs the model's pixel threshold, which {args.model} was saved without (an older "
             "version); fit it again."
         )
-    overlays, staging = {}, None
+    figures, map_threshold, staging = {}, None, None
     try:
         if args.maps is not None:
             # The maps are written beside --maps and moved into it at the end: a failure
@@ -134,7 +134,7 @@ def score_command(args):
         regions = [] if args.regions is not None else None
         if local and (args.maps is not None or args.report is not None or regions is not None):
             top = args.top if args.report is not None else 0
-            scores, overlays = score_with_maps(estimator, paths, staging, top, regions)
+            scores, figures, map_threshold = score_with_maps(estimator, paths, staging, top, regions)
         else:
             scores = np.asarray(estimator.score_samples(paths), dtype=float)
         threshold = float(estimator.offset_)
@@ -146,7 +146,9 @@ def score_command(args):
             map_files = [os.path.join(args.maps, map_file(i, paths[i])) for i in order]
         outputs = {args.output: scores_csv([paths[i] for i in order], scores[order], flagged[order], map_files)}
         if args.report is not None:
-            outputs[args.report] = report_html(paths, scores, flagged, threshold, args.model, args.top, overlays)
+            outputs[args.report] = report_html(
+                paths, scores, flagged, threshold, args.model, args.top, figures, map_threshold
+            )
         if regions is not None:
             outputs[args.regions] = regions_csv(paths, regions)
         write_files(outputs)

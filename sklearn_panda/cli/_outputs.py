@@ -8,8 +8,8 @@ import pathlib
 
 import numpy as np
 
-from .._estimators.regions import find_regions
-from .._io.report import heat_overlay, open_rgb
+from .._estimators.regions import label_regions
+from .._io.report import MapFigure, heat_overlay, open_rgb
 
 
 def check_destination(path, option):
@@ -54,11 +54,18 @@ def regions_csv(paths, regions):
 
 def score_with_maps(estimator, paths, maps_folder, top, regions=None):
     """Scores of a local model, its maps written to ``maps_folder`` (when given) as they
-    come, the overlays of the ``top`` most anomalous images for the report, and (into the
-    list ``regions``, when given) each map's defect regions above ``pixel_offset_``."""
+    come, and (into the list ``regions``, when given) each map's defect regions above
+    ``pixel_offset_``.
+
+    Returns the scores; the report's figures of the ``top`` most anomalous images (a dict
+    of image index to :class:`MapFigure`: overlay and defect regions, each map's regions
+    found once for both outputs); and the map value the overlays' colours are anchored
+    at, one for every image (None when each batch had its own scale).
+    """
     # One colour scale for every image, anchored at the pixel threshold (a map value; models
     # saved before pixel_offset_ scored images by their map's maximum, so -offset_ is one).
-    threshold = float(getattr(estimator, "pixel_offset_", -estimator.offset_))
+    pixel_threshold = getattr(estimator, "pixel_offset_", None)
+    threshold = float(pixel_threshold if pixel_threshold is not None else -estimator.offset_)
     if not threshold > 0:
         threshold = None
     scores, kept = np.empty(len(paths)), []
@@ -69,19 +76,22 @@ def score_with_maps(estimator, paths, maps_folder, top, regions=None):
         scale = threshold if threshold is not None else max(float(np.max(m)) for m in maps) / 2 or 1.0
         for offset, (path, anomaly_map) in enumerate(zip(chunk, maps)):
             index, anomaly = start + offset, -chunk_scores[offset]
-            if regions is not None:
-                regions.extend(find_regions(anomaly_map, estimator.pixel_offset_, image=index))
             for_report = _among_top(kept, top, anomaly)
+            labels = found = None
+            if pixel_threshold is not None and (regions is not None or for_report):
+                labels, found = label_regions(anomaly_map, pixel_threshold, image=index)
+                if regions is not None:
+                    regions.extend(found)
             if maps_folder is None and not for_report:
                 continue
             overlay = heat_overlay(open_rgb(path), anomaly_map, scale)
             if maps_folder is not None:
                 overlay.save(os.path.join(maps_folder, map_file(index, path)))
             if for_report:
-                heapq.heappush(kept, (anomaly, index, overlay))
+                heapq.heappush(kept, (anomaly, index, MapFigure(overlay, found, labels)))
                 if len(kept) > top:
                     heapq.heappop(kept)
-    return scores, {index: overlay for _, index, overlay in kept}
+    return scores, {index: figure for _, index, figure in kept}, threshold
 
 
 def _among_top(kept, top, anomaly):
