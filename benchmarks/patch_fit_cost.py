@@ -119,13 +119,7 @@ def image_level(fit, images, y, dataset, threads):
 
     detector = PandaDetector(backbone="efficientnet_lite0", random_state=0)
     start = time.perf_counter()
-    if setting == "update":
-        detector.fit(fit[: len(fit) // 2])
-        update_start = time.perf_counter()
-        detector.partial_fit(fit[len(fit) // 2 :])
-        update_seconds = time.perf_counter() - update_start
-    else:
-        detector.fit(fit)
+    detector.fit(fit)
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
     scores = detector.score_samples(images)

@@ -13,7 +13,7 @@ leave-one-out score, from ``patch_study_scores``) plus a whole-image term:
   own layers at the scored size), its distance to the nearest training
   image's (leave-one-out for the training images), or its Mahalanobis
   distance (Ledoit-Wolf) to the training images';
-* ``panda``: ``-score_samples`` of ``PandaDetector()`` itself (its own
+* ``panda``: ``-score_samples`` of ``PandaDetector(backbone="efficientnet_lite0")`` (its own
   forward pass at 224 x 224 and adaptation), over its median leave-one-out
   training score.
 
@@ -75,7 +75,7 @@ def panda_scores(fit, images, dataset, threads):
     from sklearn_panda import PandaDetector
 
     torch.set_num_threads(threads)
-    detector = PandaDetector(random_state=0).fit(fit)
+    detector = PandaDetector(backbone="efficientnet_lite0", random_state=0).fit(fit)
     loo, test = -detector.training_scores_, -detector.score_samples(images)
     path.parent.mkdir(exist_ok=True)
     np.savez(path, loo=loo, test=test)
