@@ -30,9 +30,15 @@ choice by the rule fixed before any score was seen: for the image score and
 for the map separately, the candidate whose *worse* data set is best on the
 validation splits (image ROC AUC; pixel ROC AUC, then PRO).
 
+Stage ``coreset`` measures, for the chosen defaults only (the pair of feature
+sets of ``image_score="patch+fine"``), how the streaming coreset's pool factor
+and seed move the image and pixel ROC AUC, against the exact greedy selection
+(``benchmarks/patch_coreset.csv``, resumable).
+
     python benchmarks/patch_study.py --stage features --threads 2
     python benchmarks/patch_study.py --stage score --split validation --threads 2
     python benchmarks/patch_study.py --stage report --split validation
+    python benchmarks/patch_study.py --stage coreset --split validation --datasets deeppcb --threads 2
 """
 
 import argparse
@@ -211,10 +217,10 @@ def reweighted(query, nearest_index, bank, bank_norms):
     return float(weight * nearest_distance)
 
 
-def score_candidate(args, dataset, split, data, size_name, features, ratio):
+def score_candidate(args, dataset, split, data, size_name, features, ratio, *, pool_factor=4.0, seed=0, scores_to=None):
     fit, images, y, masks = data
-    generator = torch.Generator().manual_seed(0)
-    coreset = StreamingCoreset(ratio, min_select=2, generator=generator)
+    generator = torch.Generator().manual_seed(seed)
+    coreset = StreamingCoreset(ratio, min_select=2, pool_factor=pool_factor, generator=generator)
     start = time.perf_counter()
     for index, image in enumerate(fit):
         rows = patch_features(args.cache, image, size_name, features)[0].reshape(-1, FEATURES_DIM[features])
@@ -237,7 +243,8 @@ def score_candidate(args, dataset, split, data, size_name, features, ratio):
     search_seconds = time.perf_counter() - start
     print(f"  bank {len(bank)} rows: coreset {coreset_seconds:.0f} s, search {search_seconds:.0f} s", flush=True)
     anomalous = (y == -1).astype(int)
-    scores_path(args, dataset, split, size_name, features, ratio).parent.mkdir(parents=True, exist_ok=True)
+    scores_to = scores_to or scores_path(args, dataset, split, size_name, features, ratio)
+    scores_to.parent.mkdir(parents=True, exist_ok=True)
     map_scores_by_sigma = {}
     rows = []
     for sigma in SIGMAS:
@@ -263,7 +270,7 @@ def score_candidate(args, dataset, split, data, size_name, features, ratio):
             "coreset_s": coreset_seconds, "search_s": search_seconds, "cpu": cpu_name(),
         })
     np.savez(
-        scores_path(args, dataset, split, size_name, features, ratio), y=y, patch=np.array(patch_scores),
+        scores_to, y=y, patch=np.array(patch_scores),
         map4=np.array(map_scores_by_sigma[4.0]), loo_patch=loo_patch, loo_map=loo_map,
     )
     return rows
@@ -328,6 +335,59 @@ def score(args):
                           f"{100 * best['image_patch']:.1f} rw {100 * best['image_reweighted']:.1f} map "
                           f"{100 * best['image_map']:.1f}, pixel {100 * best['pixel_auc']:.1f} / "
                           f"{100 * new[1]['pixel_auc']:.1f} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+
+# --------------------------------------------------------------- coreset
+
+# The default detector's two feature sets (image score: both; map: the first).
+DEFAULT_PAIR = ("s8s16-n3-zeros", "s8-n1")
+# pool_factor 1 / ratio keeps every patch for stage two: the exact greedy selection.
+EXACT = "exact"
+
+
+def coreset_scores_path(args, dataset, features, pool, seed):
+    return Path(args.cache).parent / "patch_coreset_scores" / f"{dataset}_{args.split}_{features}_{pool}_{seed}.npz"
+
+
+def coreset(args):
+    """The default pair's image and pixel ROC AUC with the streaming coreset's pool factors and seeds,
+    and with the exact greedy selection (resumable: one CSV row a run)."""
+    splits = load_splits(args)
+    path = Path(args.coreset_csv)
+    rows = read_rows(path) if path.is_file() else []
+    fields = ["dataset", "split", "pool", "seed", "image_pair", "image_patch", "pixel_auc", "pro", "coreset_s", "cpu"]
+    for dataset in args.datasets:
+        for pool in args.pools:
+            for seed in args.seeds if pool != EXACT else args.seeds[:1]:
+                if any((r["dataset"], r["split"], r["pool"], int(r["seed"])) == (dataset, args.split, pool, seed)
+                       for r in rows):
+                    continue
+                found, seconds = {}, 0.0
+                for features in DEFAULT_PAIR:
+                    factor = 1.0 / 0.01 if pool == EXACT else float(pool)
+                    target = coreset_scores_path(args, dataset, features, pool, seed)
+                    found[features] = score_candidate(args, dataset, args.split, splits[dataset][args.split], "native",
+                                                      features, 0.01, pool_factor=factor, seed=seed, scores_to=target)
+                    seconds += found[features][0]["coreset_s"]
+                saved = [np.load(coreset_scores_path(args, dataset, features, pool, seed)) for features in DEFAULT_PAIR]
+                pair = pair_scores(saved[0], saved[1], "patch", "sum")
+                first = found[DEFAULT_PAIR[0]][0]  # sigma 4
+                rows.append({"dataset": dataset, "split": args.split, "pool": pool, "seed": seed,
+                             "image_pair": roc_auc_score(saved[0]["y"] == -1, pair),
+                             "image_patch": first["image_patch"], "pixel_auc": first["pixel_auc"], "pro": first["pro"],
+                             "coreset_s": seconds, "cpu": cpu_name()})
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "w", newline="") as file:
+                    writer = csv.DictWriter(file, fields)
+                    writer.writeheader()
+                    writer.writerows(rows)
+                print(f"{dataset} pool {pool} seed {seed}: image {100 * rows[-1]['image_pair']:.1f}, pixel "
+                      f"{100 * float(first['pixel_auc']):.1f}, coreset {seconds:.0f} s", flush=True)
+    print("| set | pool | seed | image (patch+fine) | pixel | PRO | coreset s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['pool']} | {r['seed']} | {100 * float(r['image_pair']):.1f} | "
+              f"{100 * float(r['pixel_auc']):.1f} | {100 * float(r['pro']):.1f} | {float(r['coreset_s']):.0f} |")
 
 
 # ---------------------------------------------------------------- report
@@ -407,7 +467,7 @@ def report_pairs(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=["features", "score", "report"], required=True)
+    parser.add_argument("--stage", choices=["features", "score", "report", "coreset"], required=True)
     parser.add_argument("--split", choices=["validation", "test"], default="validation")
     parser.add_argument("--deeppcb", default="../shared/data/deeppcb")
     parser.add_argument("--bsdata", default="../shared/data/bsdata")
@@ -417,11 +477,14 @@ def main(argv=None):
     parser.add_argument("--features", nargs="+", default=list(FEATURES), choices=list(FEATURES))
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.01])
     parser.add_argument("--datasets", nargs="+", default=["bsdata", "deeppcb"], choices=["bsdata", "deeppcb"])
+    parser.add_argument("--pools", nargs="+", default=["4", "16", EXACT], help="--stage coreset: pool factors")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="--stage coreset: coreset seeds")
+    parser.add_argument("--coreset-csv", default="benchmarks/patch_coreset.csv")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    {"features": extract, "score": score, "report": report}[args.stage](args)
+    {"features": extract, "score": score, "report": report, "coreset": coreset}[args.stage](args)
 
 
 if __name__ == "__main__":
