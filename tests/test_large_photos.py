@@ -1,7 +1,8 @@
-"""Photos of any size: tiles through the backbone equal the whole image.
+"""Photos of any size: tiles through the backbone equal the whole image, and the other steps go in blocks.
 
-The assembled maps of tiles equal the untiled ones, and so do a detector's
-maps and scores.
+The assembled maps of tiles equal the untiled ones (so do a detector's maps
+and scores); the smoothing of a map and the exact distances of a photo's
+patches, done in blocks, equal what they are at once.
 """
 
 import functools
@@ -15,12 +16,14 @@ from sklearn_panda import PandaPatchDetector
 from sklearn_panda._engine import patch_features
 from sklearn_panda._engine.patch_features import (
     build_patch_net,
+    gaussian_smoothing,
     normalized_stage_outputs,
     split_patch_net,
     stage_outputs,
     tiled_stage_outputs,
 )
 from sklearn_panda._engine.tiles import Reach, measure_reach, run_in_tiles, tile_layout, tile_spans
+from sklearn_panda._estimators import patch_bank
 
 CPU = torch.device("cpu")
 
@@ -145,3 +148,18 @@ def test_a_detectors_maps_and_scores_do_not_change_in_tiles(detector_and_photos,
     np.testing.assert_allclose(tiled_maps, maps, rtol=1e-5, atol=1e-5 * maps.max())
     np.testing.assert_allclose(tiled_scores, scores, rtol=1e-5)
 
+
+def test_smoothing_in_blocks_equals_smoothing_at_once(monkeypatch):
+    maps = torch.rand(2, 1, 61, 47, generator=torch.Generator().manual_seed(0))
+    at_once = gaussian_smoothing(maps, 4.0)
+    monkeypatch.setattr(patch_features, "SMOOTHING_PIXELS", 100)
+    torch.testing.assert_close(gaussian_smoothing(maps, 4.0), at_once, rtol=1e-6, atol=1e-6)
+
+
+def test_exact_distances_in_blocks_equal_them_at_once(monkeypatch):
+    rng = np.random.default_rng(0)
+    rows, bank = rng.random((50, 6), dtype=np.float32), rng.random((9, 6), dtype=np.float32)
+    neighbours = rng.integers(0, 9, size=(50, 2))
+    at_once = patch_bank.exact_distances(rows, bank, neighbours)
+    monkeypatch.setattr(patch_bank, "EXACT_DISTANCE_ROWS", 7)
+    np.testing.assert_array_equal(patch_bank.exact_distances(rows, bank, neighbours), at_once)
