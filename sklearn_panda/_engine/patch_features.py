@@ -11,10 +11,16 @@ The backbone is split by node name (:func:`~sklearn_panda._engine.stages.split_m
 with the chosen layers as its stage ends, so that the same network can be
 saved, moved and adapted as the image-level detectors' are. Default layers
 come from the family's stage ends: the last one at stride 8 and the last at
-stride 16, measured on a blank image. No estimator code here.
+stride 16, measured on a blank image. An image larger than ``TILE_PIXELS``
+goes through the backbone in overlapping tiles (:mod:`.tiles`), its maps
+assembled exactly, so that a photo of any size is scored at its own
+resolution with the memory of one tile. No estimator code here.
 """
 
+import functools
 import numbers
+import warnings
+import weakref
 
 import numpy as np
 
@@ -27,6 +33,7 @@ from .backbones import build_model
 from .data import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
 from .families import family_stage_ends
 from .stages import split_model
+from .tiles import measure_reach, run_in_tiles, tile_layout
 
 # The strides of the default layers: the finest maps that still carry mid-level meaning.
 DEFAULT_STRIDES = (8, 16)
@@ -44,6 +51,16 @@ NARROWEST_SIDE = 32
 # runs a large image fastest one at a time (EfficientNet-Lite0 on 640 x 640 boards, 2 cores:
 # 10.7 images/s one at a time against 3.9 in batches of 8; at 224 x 224, 87 images/s in batches of 8).
 PIXELS_PER_BATCH = 2**19
+# At most this many pixels, margins included, go through the backbone at once: a larger image goes
+# through in overlapping tiles whose maps are assembled exactly (tiles.py), so that the memory
+# does not grow with the photo. EfficientNet-Lite0 up to its stride-16 block holds about 220 bytes
+# of activations a pixel (0.9 GB for this 2,048 x 2,048 tile); its tiles reach 176 pixels past their
+# cores, so smaller tiles would compute much of the image twice (benchmarks/RESULTS.md, "Photos of any size").
+TILE_PIXELS = 2**22
+# Each split network's reach (tiles.Reach, or None where tiling would not be exact), measured once.
+_REACHES = weakref.WeakKeyDictionary()
+# Pixels of a map smoothed in one convolution (see convolve_lines).
+SMOOTHING_PIXELS = 2**20
 # How a neighbourhood average treats the positions past a map's border (see aggregate).
 BORDERS = frozenset({"zeros", "inside"})
 
@@ -72,6 +89,74 @@ def stage_outputs(net, images):
         images = stage(images)
         outputs.append(images)
     return outputs
+
+
+def normalized_stage_outputs(net, images):
+    """:func:`stage_outputs` of ``images`` in [0, 1], normalised with the ImageNet mean and standard deviation."""
+    images = TF.normalize(images, list(IMAGENET_MEAN), list(IMAGENET_STD))
+    return stage_outputs(net, images.contiguous(memory_format=torch.channels_last))
+
+
+def tiled_stage_outputs(net, images, *, tile_pixels=None):
+    """:func:`normalized_stage_outputs`, tile by tile where ``images`` hold more than ``tile_pixels`` pixels.
+
+    Tiles overlap by the network's reach (:func:`network_reach`), so that
+    the assembled maps equal the untiled ones up to float rounding while the
+    backbone's activations, and the normalised copy of the images, stay
+    those of one tile. A network that cannot be tiled exactly runs on the
+    whole images.
+
+    Parameters
+    ----------
+    net : FeatureNet
+        Split by :func:`split_patch_net`.
+    images : Tensor (n, 3, H, W)
+        In [0, 1], not yet normalised.
+    tile_pixels : int or None, default=None
+        Pixels, margins included, that go through ``net`` at once;
+        ``None``: ``TILE_PIXELS``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from sklearn_panda._engine.patch_features import (
+    ...     normalized_stage_outputs, split_patch_net, tiled_stage_outputs)
+    >>> strided = [nn.Conv2d(3 if first else 8, 8, 3, stride=2, padding=1) for first in (1, 0, 0, 0)]
+    >>> net = split_patch_net(nn.Sequential(*strided), ["2", "3"])   # maps at strides 8 and 16
+    >>> images = torch.rand(1, 3, 480, 360)
+    >>> with torch.inference_mode():
+    ...     tiled = tiled_stage_outputs(net, images, tile_pixels=200**2)
+    ...     whole = normalized_stage_outputs(net, images)
+    >>> [bool(torch.allclose(one, other, atol=1e-5)) for one, other in zip(tiled, whole)]
+    [True, True]
+    """
+    tile_pixels = TILE_PIXELS if tile_pixels is None else tile_pixels
+    n_images, _, height, width = images.shape
+    reach = network_reach(net, images) if n_images * height * width > tile_pixels else None
+    run = functools.partial(normalized_stage_outputs, net)
+    if reach is None:
+        return run(images)
+    return run_in_tiles(run, images, reach, *tile_layout(height, width, tile_pixels // n_images, reach))
+
+
+def network_reach(net, images):
+    """``net``'s :class:`~sklearn_panda._engine.tiles.Reach`, measured once on probes like ``images``;
+    ``None`` (with a warning) where tiling it would not be exact."""
+    if net not in _REACHES:
+        reach = measure_reach(
+            functools.partial(normalized_stage_outputs, net), images.shape[1], device=images.device, dtype=images.dtype
+        )
+        if reach is None:
+            warnings.warn(
+                "The patch network's feature maps cannot be computed in tiles exactly (a position's "
+                "features depend on pixels far away, as with squeeze-and-excitation blocks, or its "
+                "maps are not at integer strides): large images go through it whole, and its memory "
+                "grows with them.",
+                UserWarning,
+            )
+        _REACHES[net] = reach
+    return _REACHES[net]
 
 
 def default_layers(model):
@@ -274,7 +359,10 @@ def gaussian_smoothing(maps, sigma):
     to float rounding (PatchCore smooths with scipy's default, ``"reflect"``,
     which repeats the border pixel; the two differ near the border only). Separable: a pass along each axis, so that the
     cost grows with the kernel's width, not its area (a 640 x 640 map at
-    sigma 4 takes 66 multiply-adds per pixel instead of 1,089).
+    sigma 4 takes 66 multiply-adds per pixel instead of 1,089). Each pass
+    convolves blocks of about ``SMOOTHING_PIXELS`` pixels per map, whole
+    lines along its axis, so that the memory beyond the maps stays that of
+    a block.
 
     Examples
     --------
@@ -297,13 +385,33 @@ def gaussian_smoothing(maps, sigma):
         offsets = torch.arange(-reach, reach + 1, dtype=torch.float32, device=maps.device)
         kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
         kernel = (kernel / kernel.sum()).to(maps.dtype)
-        if axis == -1:
-            padded = F.pad(maps, (reach, reach, 0, 0), mode="reflect")
-            maps = F.conv2d(padded, kernel.view(1, 1, 1, -1))
-        else:
-            padded = F.pad(maps, (0, 0, reach, reach), mode="reflect")
-            maps = F.conv2d(padded, kernel.view(1, 1, -1, 1))
+        maps = convolve_lines(maps, kernel, axis)
     return maps
+
+
+def convolve_lines(maps, kernel, axis):
+    """Maps ``(n, 1, H, W)`` convolved along ``axis`` (-1 or -2) with an odd 1-D ``kernel``, mirrored at the border.
+
+    A convolution of one channel unfolds its input into a copy per kernel
+    tap (33 at sigma 4: 1.6 GB for a 4,096 x 3,000 map), so the lines along
+    ``axis`` go through it in blocks of about ``SMOOTHING_PIXELS`` pixels
+    per map; each line needs no other.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sklearn_panda._engine.patch_features import convolve_lines
+    >>> convolve_lines(torch.tensor([[[[0.0, 3.0, 0.0, 0.0]]]]), torch.tensor([1.0, 1.0, 1.0]), -1)
+    tensor([[[[6., 3., 3., 0.]]]])
+    """
+    reach = len(kernel) // 2
+    if axis == -1:
+        padding, weight, lines_axis = (reach, reach, 0, 0), kernel.view(1, 1, 1, -1), -2
+    else:
+        padding, weight, lines_axis = (0, 0, reach, reach), kernel.view(1, 1, -1, 1), -1
+    lines_per_block = max(1, SMOOTHING_PIXELS // maps.shape[axis])
+    blocks = [F.conv2d(F.pad(block, padding, mode="reflect"), weight) for block in maps.split(lines_per_block, lines_axis)]
+    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=lines_axis)
 
 
 def resize_maps(maps, size):
@@ -360,17 +468,22 @@ def patch_grids(net, checked, device, spec, *, batch_size, progress):
     """
     preprocessor = Preprocessor(checked, resize=None, crop_size=None, device=device, normalize=False)
     for indices in image_batches(checked, spec["resize"], batch_size):
-        images = preprocessor(indices)
         with torch.inference_mode():
             if checked.spec.kind == "vectors":
-                maps = [net.stages(images).float()[:, :, None, None]]
+                maps = [net.stages(preprocessor(indices)).float()[:, :, None, None]]
                 yield indices, patch_features(maps, spec), (1, 1), (1, 1), maps
             else:
-                original = tuple(images.shape[-2:])
-                size = working_size(*original, spec["resize"])
-                if size != original:
-                    images = TF.resize(images, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
-                images = TF.normalize(images, list(IMAGENET_MEAN), list(IMAGENET_STD))
-                maps = stage_outputs(net, images.contiguous(memory_format=torch.channels_last))
-                yield indices, patch_features(maps, spec), size, original, maps
+                # The images are freed before the grids are handed on: only the grids grow with them.
+                yield indices, *image_grids(net, preprocessor(indices), spec)
         progress.update(int(indices[-1]) + 1)
+
+
+def image_grids(net, images, spec):
+    """``(grids, scored size, original size, stage outputs)`` of images ``(n, 3, H, W)`` in [0, 1],
+    as :func:`patch_grids`."""
+    original = tuple(images.shape[-2:])
+    size = working_size(*original, spec["resize"])
+    if size != original:
+        images = TF.resize(images, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+    maps = tiled_stage_outputs(net, images)
+    return patch_features(maps, spec), size, original, maps

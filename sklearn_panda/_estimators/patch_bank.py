@@ -26,6 +26,9 @@ CALIBRATION_IMAGES = 64
 # Candidates beyond n_neighbors that a training patch asks the bank for, to find neighbours
 # from other images than its own.
 LEAVE_OUT_CANDIDATES = 8
+# Rows whose differences to their neighbours are taken at once: a photo's hundreds of thousands
+# of patches would otherwise hold two more copies of its features.
+EXACT_DISTANCE_ROWS = 2**14
 
 
 def exact_distances(rows, bank, neighbours):
@@ -34,7 +37,7 @@ def exact_distances(rows, bank, neighbours):
     The search's own distances come from ``|x|^2 - 2 x.y + |y|^2`` in float32
     matrix products, whose rounding depends on what else is in the batch;
     these depend on the row and its neighbours alone (and lose no precision
-    to the cancellation).
+    to the cancellation). Taken ``EXACT_DISTANCE_ROWS`` rows at a time.
 
     Examples
     --------
@@ -43,7 +46,11 @@ def exact_distances(rows, bank, neighbours):
     >>> exact_distances(np.zeros((1, 2), np.float32), np.array([[3.0, 4.0], [1.0, 0.0]], np.float32), np.array([[1, 0]]))
     array([[1., 5.]], dtype=float32)
     """
-    return np.linalg.norm(rows[:, None, :] - bank[neighbours], axis=2)
+    distances = np.empty(neighbours.shape, dtype=np.result_type(rows, bank))
+    for start in range(0, len(rows), EXACT_DISTANCE_ROWS):
+        block = slice(start, start + EXACT_DISTANCE_ROWS)
+        distances[block] = np.linalg.norm(rows[block, None, :] - bank[neighbours[block]], axis=2)
+    return distances
 
 
 def patch_rows(grid):
