@@ -167,3 +167,21 @@ def test_streaming_coreset_with_every_row_kept_gives_the_rows_of_one_selection()
     rows, found = later.select(chosen=(*earlier.select(), earlier.n_seen_))
     torch.testing.assert_close(rows, points)
     assert found.tolist() == labels.tolist()
+
+
+def test_going_on_from_many_chosen_rows_folds_them_in_blocks(monkeypatch):
+    # The rows chosen before are folded into the distances a block at a time, never all at once.
+    import sklearn_panda._engine.coreset as coreset_module
+
+    widths = []
+    original = coreset_module._half_squared_distances
+
+    def recording(rows, half_norms, centers, center_half_norms):
+        widths.append(len(centers))
+        return original(rows, half_norms, centers, center_half_norms)
+
+    monkeypatch.setattr(coreset_module, "_half_squared_distances", recording)
+    points = torch.randn(3000, 4, generator=torch.Generator().manual_seed(0))
+    chosen = coreset_module._lazy_greedy(points, 800, list(range(700)), block_size=256)
+    assert len(chosen) == 800 and chosen[:700].tolist() == list(range(700))
+    assert max(widths) <= 256

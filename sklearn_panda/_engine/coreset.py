@@ -99,15 +99,17 @@ def _lazy_greedy(points, n_select, first, block_size=256, n_candidates=2048, chu
     block = list(chosen)
     n_candidates = min(n_candidates, n_samples - 1)
     while True:
-        # Fold the block's picks into ``nearest``, a chunk of rows at a time.
-        centers = points[block]
-        center_half_norms = half_norms[block]
-        for start in range(0, n_samples, chunk_rows):
-            stop = min(start + chunk_rows, n_samples)
-            block_distances = _half_squared_distances(
-                points[start:stop], half_norms[start:stop], centers, center_half_norms
-            )
-            torch.minimum(nearest[start:stop], block_distances.min(dim=1).values, out=nearest[start:stop])
+        # Fold the block's picks into ``nearest``, a chunk of rows and of picks at a time (the rows
+        # chosen before, given in ``first``, can be many: a chunk_rows x block_size matrix at most).
+        for begin in range(0, len(block), block_size):
+            centers = points[block[begin : begin + block_size]]
+            center_half_norms = half_norms[block[begin : begin + block_size]]
+            for start in range(0, n_samples, chunk_rows):
+                stop = min(start + chunk_rows, n_samples)
+                block_distances = _half_squared_distances(
+                    points[start:stop], half_norms[start:stop], centers, center_half_norms
+                )
+                torch.minimum(nearest[start:stop], block_distances.min(dim=1).values, out=nearest[start:stop])
         # A chosen point is never a candidate again, whatever the rounding of its distance to itself.
         nearest[block] = -float("inf")
         if progress is not None:
