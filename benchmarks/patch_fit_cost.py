@@ -17,6 +17,8 @@ training scores. Settings:
   ``offset_`` with the default's subset (and the subset's spread, by
   resampling the all-image scores);
 * ``old-defaults``: the defaults before issue 43 (``SETTINGS``);
+* ``pool-16``: the streaming coreset keeping 16x the ratio in each chunk's pool
+  (the default: 4x), everything else the default;
 * ``image-level``: ``PandaDetector()`` on the same split (image ROC AUC);
 * ``update``: ``fit`` on the first half of the training images, then
   ``partial_fit`` on the rest (``fit_s`` is the sum, ``update_s`` the
@@ -64,13 +66,14 @@ def run_one(dataset, setting, threads, roots):
         fit, images, y, masks = deeppcb_splits(roots["deeppcb"])["test"]
     else:
         fit, images, y, masks = bsdata_splits(roots["bsdata"])["test"]
-    if setting == "exact":
+    if setting in ("exact", "pool-16"):
         original = coreset_module.StreamingCoreset.__init__
+        pool_factor = 1e9 if setting == "exact" else 16.0
 
-        def exact_init(self, ratio, **kwargs):
-            original(self, ratio, **{**kwargs, "pool_factor": 1e9})
+        def pool_init(self, ratio, **kwargs):
+            original(self, ratio, **{**kwargs, "pool_factor": pool_factor})
 
-        patch_module.StreamingCoreset.__init__ = exact_init
+        patch_module.StreamingCoreset.__init__ = pool_init
     if setting == "all-images":
         patch_bank.CALIBRATION_IMAGES = 10**9
     if setting == "image-level":
