@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .backbones import build_model
+from .backbones import build_feature_net, build_model
 from .data import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
+from .device import seeded_cpu_generator
 from .families import family_stage_ends
 from .stages import split_model
 from .tiles import measure_reach, run_in_tiles, tile_layout
@@ -197,20 +198,48 @@ def default_layers(model):
     return layers
 
 
-def build_patch_net(backbone, weights, layers):
+def build_patch_net(backbone, weights, layers, *, vector_length=None, seed=0, device="cpu"):
     """The backbone split at ``layers`` (``"auto"``: :func:`default_layers`), and the layers.
 
     The first layer's stage is frozen (the trunk), the last stage ends at the
-    last layer; nothing after it is kept.
+    last layer; nothing after it is kept. With ``vector_length`` (inputs are
+    vectors of that length) the whole backbone is one stage and ``layers``
+    is ``[]``. Random initialisation (``weights=None``) is seeded with
+    ``seed`` without touching torch's global generator. The network comes
+    frozen, in eval mode, on ``device`` (image networks channels-last).
 
     Returns
     -------
     net : FeatureNet
     layers : list of str
+
+    Examples
+    --------
+    >>> from sklearn_panda._engine.patch_features import build_patch_net
+    >>> net, layers = build_patch_net("resnet18", None, "auto")
+    >>> layers
+    ['layer2', 'layer3']
     """
-    model = build_model(backbone, weights)
-    layers = default_layers(model) if layers == "auto" else list(layers)
-    return split_patch_net(model, layers), layers
+    with seeded_cpu_generator(seed):
+        if vector_length is not None:
+            if layers != "auto":
+                raise ValueError("layers names feature maps of images; with vectors (n, d) leave it 'auto'.")
+            net = build_feature_net(backbone, weights, 1, torch.zeros(1, vector_length))
+            if net.expects_images:
+                raise ValueError(
+                    f"The backbone {backbone!r} expects images of shape (n, H, W), (n, H, W, C) or "
+                    f"(n, C, H, W); got a 2-D array, which is read as vectors (n_samples, n_features)."
+                )
+            layers = []
+        else:
+            model = build_model(backbone, weights)
+            layers = default_layers(model) if layers == "auto" else list(layers)
+            net = split_patch_net(model, layers)
+    for parameter in net.parameters():
+        parameter.requires_grad_(False)
+    if net.expects_images:
+        net = net.to(memory_format=torch.channels_last)
+    return net.to(device).eval(), layers
 
 
 def split_patch_net(model, layers):

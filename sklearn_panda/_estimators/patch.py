@@ -2,7 +2,6 @@
 
 import numbers
 import os
-import warnings
 
 import numpy as np
 import torch
@@ -10,24 +9,18 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .._engine.backbones import build_feature_net, build_model
-from .._engine.coreset import StreamingCoreset
-from .._engine.device import ON_DEVICE, resolve_device, seeded_cpu_generator
-from .._engine.patch_features import (
-    default_layers,
-    resize_maps,
-    split_patch_net,
-    patch_grids,
-)
+from .._engine.device import ON_DEVICE, resolve_device
+from .._engine.patch_features import build_patch_net, patch_grids, resize_maps
 from .._engine.progress import ProgressBar
 from .._sklearn_compat import Interval, StrOptions, _fit_context
-from ..scorers import offset_from_training_scores
 from .outlier import OutlierContractMixin
-from .patch_bank import bank_search, exact_distances, patch_rows, pixel_offset
-from .patch_calibration import CalibrationSample, leave_one_out_distances, smoothed_maps
+from .patch_bank import patch_distances
+from .patch_calibration import smoothed_maps
+from .patch_memory import BankAssembly, image_scores
 from .regions import DefectMasksMixin
 from .torch_state import TorchStateMixin
 from .validation import check_consistent, check_input
+
 
 class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin, BaseEstimator):
     """Local defects: nearest normal patch features, an anomaly map per image.
@@ -416,7 +409,8 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
             validate_data(self, X, dtype=None, reset=False)
         check_consistent(checked.spec, self.input_spec_, getattr(checked.data, "shape", None))
         seed = self._draw_seed()
-        fitted = self._learn(checked, self.net_, self._spec(), self.device_, seed, previous=self)
+        stream = self._embeddings(self.net_, checked, self.device_, self._spec(), "patch features")
+        fitted = BankAssembly.of(self).learn(stream, len(checked), self._spec(), seed, previous=self)
         for name, value in fitted.items():
             setattr(self, name, value)
         return self
@@ -433,8 +427,13 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
             )
         device = resolve_device(self.device)
         seed = self._draw_seed()
-        net, layers = self._build_net(checked, seed, device)
-        fitted = self._learn(checked, net, self._fitted_spec(layers), device, seed, previous=None)
+        vector_length = checked.spec.channels if checked.spec.kind == "vectors" else None
+        net, layers = build_patch_net(
+            self.backbone, self.weights, self.layers, vector_length=vector_length, seed=seed, device=device
+        )
+        spec = self._fitted_spec(layers)
+        stream = self._embeddings(net, checked, device, spec, "patch features")
+        fitted = BankAssembly.of(self).learn(stream, len(checked), spec, seed)
         fitted.update(net_=net, layers_=layers, input_spec_=checked.spec, device_=device)
         for name in ("fine_bank_", "fine_scorer_", "fine_bank_images_", "score_scales_"):
             self.__dict__.pop(name, None)
@@ -447,52 +446,6 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
 
     def _draw_seed(self):
         return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-
-    def _learn(self, checked, net, spec, device, seed, previous):
-        """The fitted banks, searches and offsets from ``checked`` (and ``previous``'s banks and
-        calibration images, when it updates a fitted detector), as a dict of attributes."""
-        fine = spec["image_score"] == "patch+fine"
-        first = previous.n_samples_seen_ if previous is not None else 0
-        sample = CalibrationSample(
-            previous.calibration_maps_ if previous is not None else [], len(checked), np.random.default_rng([seed, first])
-        )
-        coresets = [self._coreset(seed) for _ in range(2 if fine else 1)]
-        for indices, grids, size, _, maps in self._embeddings(net, checked, device, spec, "patch features"):
-            rows = [patch_rows(grid) for grid in grids]
-            owners = torch.from_numpy(np.repeat(indices + first, rows[0].shape[1]))
-            for coreset, batch in zip(coresets, rows):
-                coreset.add(batch.reshape(-1, batch.shape[-1]), owners)
-            for offset, index in enumerate(indices.tolist()):
-                sample.offer(index, image=first + index, maps=[one[offset] for one in maps], size=size)
-        names = [("memory bank", "memory_bank_", "memory_bank_images_"), ("fine bank", "fine_bank_", "fine_bank_images_")]
-        banks = []
-        for coreset, (label, bank_name, images_name) in zip(coresets, names):
-            chosen = None
-            if previous is not None:
-                bank, images = getattr(previous, bank_name), getattr(previous, images_name)
-                chosen = (torch.from_numpy(bank), torch.from_numpy(images), previous.n_training_patches_)
-            banks.append(self._select(coreset, seed, label, chosen))
-        progress = ProgressBar(len(sample.entries), "training scores", self.verbose > 0)
-        distances, map_maxima = leave_one_out_distances(banks, sample.entries, spec, progress)
-        maxima = np.stack([patch.max(axis=1) for patch in distances]) if fine else None
-        scales = np.median(maxima, axis=1) if fine else None
-        training_scores = -self._image_scores(distances, map_maxima, spec, scales)
-        fitted = {
-            "patch_spec_": spec,
-            "memory_bank_": banks[0][0],
-            "memory_bank_images_": banks[0][1],
-            "scorer_": banks[0][2],
-            "n_training_patches_": coresets[0].n_seen_ + (previous.n_training_patches_ if previous is not None else 0),
-            "n_samples_seen_": first + len(checked),
-            "calibration_maps_": sample.entries,
-            "training_scores_": training_scores,
-            "offset_": offset_from_training_scores(training_scores, self.contamination),
-            "training_map_maxima_": map_maxima,
-            "pixel_offset_": pixel_offset(map_maxima, self.pixel_contamination),
-        }
-        if fine:
-            fitted.update(fine_bank_=banks[1][0], fine_bank_images_=banks[1][1], fine_scorer_=banks[1][2], score_scales_=scales)
-        return fitted
 
     def _check_parameters(self):
         if self.neighbourhood % 2 == 0:
@@ -527,63 +480,6 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
             spec = {**self._fitted_spec(self.layers_), "border": "inside", "image_score": "map"}
         return spec
 
-    def _coreset(self, seed):
-        return StreamingCoreset(
-            self.coreset_ratio,
-            min_select=self.n_neighbors + 1,
-            projection_dim=self.projection_dim,
-            generator=torch.Generator().manual_seed(seed),
-        )
-
-    def _select(self, coreset, seed, label, chosen=None):
-        """``(bank, the image each row came from, its fitted search)`` from a coreset's stream
-        (going on from an earlier selection ``chosen``: see ``StreamingCoreset.select``)."""
-        bars = []
-
-        def show(done, total):
-            if not bars:
-                bars.append(ProgressBar(total, label, self.verbose > 0))
-            bars[0].update(done)
-
-        bank, owners = coreset.select(progress=show, chosen=chosen)
-        bank, owners = bank.cpu().numpy(), owners.numpy()
-        return bank, owners, bank_search(self.algorithm, len(bank), self._neighbours_for(len(bank)), seed).fit(bank)
-
-    def _neighbours_for(self, n_bank):
-        if self.n_neighbors >= n_bank:
-            warnings.warn(
-                f"n_neighbors ({self.n_neighbors}) is not smaller than the memory bank ({n_bank} patches, "
-                "one of which is left out of each training image's score); using "
-                f"{max(1, n_bank - 1)}.",
-                UserWarning,
-            )
-            return max(1, n_bank - 1)
-        return self.n_neighbors
-
-    def _build_net(self, checked, seed, device):
-        # Random initialisation (weights=None) is seeded without touching the global generator.
-        with seeded_cpu_generator(seed):
-            if checked.spec.kind == "vectors":
-                if self.layers != "auto":
-                    raise ValueError("layers names feature maps of images; with vectors (n, d) leave it 'auto'.")
-                example = torch.zeros(1, checked.spec.channels)
-                net = build_feature_net(self.backbone, self.weights, 1, example)
-                if net.expects_images:
-                    raise ValueError(
-                        f"The backbone {self.backbone!r} expects images of shape (n, H, W), (n, H, W, C) or "
-                        f"(n, C, H, W); got a 2-D array, which is read as vectors (n_samples, n_features)."
-                    )
-                layers = []
-            else:
-                model = build_model(self.backbone, self.weights)
-                layers = default_layers(model) if self.layers == "auto" else list(self.layers)
-                net = split_patch_net(model, layers)
-        for parameter in net.parameters():
-            parameter.requires_grad_(False)
-        if net.expects_images:
-            net = net.to(memory_format=torch.channels_last)
-        return net.to(device).eval(), layers
-
     def _split_arguments(self, attributes):
         """How :func:`sklearn_panda.load` splits the rebuilt backbone: as ``fit`` did."""
         if attributes["input_spec_"].kind == "vectors":
@@ -600,22 +496,6 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
 
     # ----------------------------------------------------------------- maps
 
-    def _image_scores(self, distances, map_maxima, spec, scales):
-        """Each image's anomaly (higher = more anomalous) from its patch distances ``(n, h * w)``
-        (and its fine patches', with ``"patch+fine"``) or its smoothed map's maxima ``(n,)``."""
-        if spec["image_score"] == "map":
-            return np.asarray(map_maxima, dtype=np.float64)
-        if spec["image_score"] == "patch":
-            return distances[0].max(axis=1).astype(np.float64)
-        return sum(patch.max(axis=1).astype(np.float64) / scale for patch, scale in zip(distances, scales))
-
-    def _patch_distances(self, grid, bank, scorer):
-        """Mean distance of each patch of ``grid`` (n, D, h, w) to its nearest ``bank`` rows: ``(n, h * w)``."""
-        rows = patch_rows(grid)
-        flat = rows.reshape(-1, rows.shape[-1]).cpu().numpy()
-        _, neighbours = scorer.kneighbors(flat)
-        return exact_distances(flat, bank, neighbours).mean(axis=1).reshape(rows.shape[:2])
-
     def _maps_and_scores(self, X, *, at_input_size):
         check_is_fitted(self)
         checked = check_input(X)
@@ -629,10 +509,10 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         if spec["image_score"] == "patch+fine":
             searches.append((self.fine_bank_, self.fine_scorer_))
         for indices, grids, size, original, _ in self._embeddings(self.net_, checked, self.device_, spec, "anomaly maps"):
-            distances = [self._patch_distances(grid, bank, scorer) for grid, (bank, scorer) in zip(grids, searches)]
+            distances = [patch_distances(grid, bank, scorer) for grid, (bank, scorer) in zip(grids, searches)]
             smoothed = smoothed_maps(distances[0], grids[0].shape[-2:], size, spec["sigma"])
             map_maxima = smoothed.amax(dim=(1, 2, 3)).numpy()
-            scores[indices] = -self._image_scores(distances, map_maxima, spec, getattr(self, "score_scales_", None))
+            scores[indices] = -image_scores(distances, map_maxima, spec, getattr(self, "score_scales_", None))
             if at_input_size:
                 resized = resize_maps(smoothed, original)
                 for offset, index in enumerate(indices):

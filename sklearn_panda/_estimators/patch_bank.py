@@ -59,6 +59,15 @@ def patch_rows(grid):
     return grid.permute(0, 2, 3, 1).reshape(n_images, height * width, n_channels)
 
 
+def patch_distances(grid, bank, scorer):
+    """Mean distance of each patch of ``grid`` ``(n, D, h, w)`` to its nearest ``bank`` rows
+    (found by the fitted search ``scorer``): ``(n, h * w)``."""
+    rows = patch_rows(grid)
+    flat = rows.reshape(-1, rows.shape[-1]).cpu().numpy()
+    _, neighbours = scorer.kneighbors(flat)
+    return exact_distances(flat, bank, neighbours).mean(axis=1).reshape(rows.shape[:2])
+
+
 def leave_one_out(rows, index, bank, owners, scorer, others):
     """Mean distance of each of training image ``index``'s patch ``rows`` to its nearest bank rows
     from other images.

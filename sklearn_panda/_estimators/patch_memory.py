@@ -1,0 +1,164 @@
+"""A patch detector's fitted memory: its banks of normal patches, their searches and its offsets.
+
+:class:`BankAssembly` turns a stream of patch grids (one batch of training
+images at a time) into the fitted attributes of a
+:class:`~sklearn_panda.PandaPatchDetector`: each bank is chosen by a two-stage
+coreset (:class:`~sklearn_panda._engine.coreset.StreamingCoreset`), fitted into
+a search, and the offsets are measured from the leave-one-out scores of a
+random sample of calibration images. Given an earlier fit, it goes on from
+that fit's banks and calibration images (``partial_fit``).
+"""
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .._engine.coreset import StreamingCoreset
+from .._engine.progress import ProgressBar
+from ..scorers import offset_from_training_scores
+from .patch_bank import bank_search, patch_rows, pixel_offset
+from .patch_calibration import CalibrationSample, leave_one_out_distances
+
+# (progress label, bank attribute, attribute of the image each bank row came from), one per bank.
+BANKS = (
+    ("memory bank", "memory_bank_", "memory_bank_images_"),
+    ("fine bank", "fine_bank_", "fine_bank_images_"),
+)
+
+
+def image_scores(distances, map_maxima, spec, scales):
+    """Each image's anomaly (higher = more anomalous) from its patch distances ``(n, h * w)``
+    (one array a bank) or its smoothed map's maxima ``(n,)``, as ``spec["image_score"]`` says.
+
+    ``"patch+fine"`` sums each bank's largest patch distance divided by its
+    ``scales`` entry (its median over the calibration images).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda._estimators.patch_memory import image_scores
+    >>> distances = [np.array([[1.0, 3.0]]), np.array([[2.0, 4.0]])]
+    >>> image_scores(distances, np.array([2.5]), {"image_score": "patch+fine"}, [3.0, 2.0])
+    array([3.])
+    """
+    if spec["image_score"] == "map":
+        return np.asarray(map_maxima, dtype=np.float64)
+    if spec["image_score"] == "patch":
+        return distances[0].max(axis=1).astype(np.float64)
+    return sum(patch.max(axis=1).astype(np.float64) / scale for patch, scale in zip(distances, scales))
+
+
+@dataclass(frozen=True)
+class BankAssembly:
+    """The parameters of a patch detector that choose its banks and offsets.
+
+    Parameters
+    ----------
+    coreset_ratio, projection_dim, n_neighbors, algorithm, contamination, pixel_contamination, verbose
+        As :class:`~sklearn_panda.PandaPatchDetector`'s.
+    """
+
+    coreset_ratio: float
+    projection_dim: int
+    n_neighbors: int
+    algorithm: str
+    contamination: object
+    pixel_contamination: object
+    verbose: int
+
+    @classmethod
+    def of(cls, detector):
+        """The assembly a detector's current parameters describe."""
+        return cls(**{name: getattr(detector, name) for name in cls.__dataclass_fields__})
+
+    def learn(self, stream, n_images, spec, seed, previous=None):
+        """The fitted banks, searches and offsets, as a dict of attributes.
+
+        Parameters
+        ----------
+        stream : iterable
+            :func:`~sklearn_panda._engine.patch_features.patch_grids`'s batches
+            of the ``n_images`` new training images.
+        n_images : int
+        spec : dict
+            The detector's ``patch_spec_``.
+        seed : int
+            Seeds the coresets' projections and the calibration sample.
+        previous : PandaPatchDetector, optional
+            A fitted detector whose banks and calibration images the new
+            images are added to.
+        """
+        fine = spec["image_score"] == "patch+fine"
+        first = previous.n_samples_seen_ if previous is not None else 0
+        sample = CalibrationSample(
+            previous.calibration_maps_ if previous is not None else [], n_images, np.random.default_rng([seed, first])
+        )
+        coresets = [self._coreset(seed) for _ in range(2 if fine else 1)]
+        for indices, grids, size, _, maps in stream:
+            rows = [patch_rows(grid) for grid in grids]
+            owners = torch.from_numpy(np.repeat(indices + first, rows[0].shape[1]))
+            for coreset, batch in zip(coresets, rows):
+                coreset.add(batch.reshape(-1, batch.shape[-1]), owners)
+            for offset, index in enumerate(indices.tolist()):
+                sample.offer(index, image=first + index, maps=[one[offset] for one in maps], size=size)
+        banks = []
+        for coreset, (label, bank_name, images_name) in zip(coresets, BANKS):
+            chosen = None
+            if previous is not None:
+                bank, images = getattr(previous, bank_name), getattr(previous, images_name)
+                chosen = (torch.from_numpy(bank), torch.from_numpy(images), previous.n_training_patches_)
+            banks.append(self._select(coreset, seed, label, chosen))
+        progress = ProgressBar(len(sample.entries), "training scores", self.verbose > 0)
+        distances, map_maxima = leave_one_out_distances(banks, sample.entries, spec, progress)
+        scales = np.median(np.stack([patch.max(axis=1) for patch in distances]), axis=1) if fine else None
+        training_scores = -image_scores(distances, map_maxima, spec, scales)
+        fitted = {
+            "patch_spec_": spec,
+            "n_training_patches_": coresets[0].n_seen_ + (previous.n_training_patches_ if previous is not None else 0),
+            "n_samples_seen_": first + n_images,
+            "calibration_maps_": sample.entries,
+            "training_scores_": training_scores,
+            "offset_": offset_from_training_scores(training_scores, self.contamination),
+            "training_map_maxima_": map_maxima,
+            "pixel_offset_": pixel_offset(map_maxima, self.pixel_contamination),
+        }
+        fitted.update(memory_bank_=banks[0][0], memory_bank_images_=banks[0][1], scorer_=banks[0][2])
+        if fine:
+            fitted.update(fine_bank_=banks[1][0], fine_bank_images_=banks[1][1], fine_scorer_=banks[1][2])
+            fitted["score_scales_"] = scales
+        return fitted
+
+    def _coreset(self, seed):
+        return StreamingCoreset(
+            self.coreset_ratio,
+            min_select=self.n_neighbors + 1,
+            projection_dim=self.projection_dim,
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def _select(self, coreset, seed, label, chosen=None):
+        """``(bank, the image each row came from, its fitted search)`` from a coreset's stream
+        (going on from an earlier selection ``chosen``: see ``StreamingCoreset.select``)."""
+        bars = []
+
+        def show(done, total):
+            if not bars:
+                bars.append(ProgressBar(total, label, self.verbose > 0))
+            bars[0].update(done)
+
+        bank, owners = coreset.select(progress=show, chosen=chosen)
+        bank, owners = bank.cpu().numpy(), owners.numpy()
+        return bank, owners, bank_search(self.algorithm, len(bank), self._neighbours_for(len(bank)), seed).fit(bank)
+
+    def _neighbours_for(self, n_bank):
+        if self.n_neighbors >= n_bank:
+            warnings.warn(
+                f"n_neighbors ({self.n_neighbors}) is not smaller than the memory bank ({n_bank} patches, "
+                "one of which is left out of each training image's score); using "
+                f"{max(1, n_bank - 1)}.",
+                UserWarning,
+            )
+            return max(1, n_bank - 1)
+        return self.n_neighbors
