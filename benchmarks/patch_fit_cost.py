@@ -55,7 +55,6 @@ def run_one(dataset, setting, threads, roots):
     torch.set_num_threads(threads)
     sys.path.insert(0, str(HERE))
     import sklearn_panda._engine.coreset as coreset_module
-    import sklearn_panda._estimators.patch as patch_module
     import sklearn_panda._estimators.patch_bank as patch_bank
     from adaptation_study import cpu_name
     from patch_study import bsdata_splits, deeppcb_splits, mask_array
@@ -73,7 +72,7 @@ def run_one(dataset, setting, threads, roots):
         def pool_init(self, ratio, **kwargs):
             original(self, ratio, **{**kwargs, "pool_factor": pool_factor})
 
-        patch_module.StreamingCoreset.__init__ = pool_init
+        coreset_module.StreamingCoreset.__init__ = pool_init
     if setting == "all-images":
         patch_bank.CALIBRATION_IMAGES = 10**9
     if setting == "image-level":

@@ -49,7 +49,7 @@ class _PaddedBatches:
         self.module = module
         self.compiled = torch.compile(module, dynamic=False, options={"freezing": True})
         self.batch_size = batch_size
-        self.weights_version = _weights_version(module)
+        self.weights_version = weights_version(module)
         # Calls switch requires_grad on shared parameters: one at a time.
         self.lock = threading.Lock()
 
@@ -63,7 +63,7 @@ class _PaddedBatches:
             return self.compiled(padded)[:n_samples]
 
 
-def _weights_version(module):
+def weights_version(module):
     """Changes whenever a parameter or buffer of ``module`` is modified in place."""
     return tuple(tensor._version for tensor in itertools.chain(module.parameters(), module.buffers()))
 
@@ -115,6 +115,6 @@ def compiled(module, batch_size):
     """
     per_size = module.__dict__.setdefault(_CACHE_ATTRIBUTE, _Compilations())
     forward = per_size.get(batch_size)
-    if forward is None or forward.weights_version != _weights_version(module):
+    if forward is None or forward.weights_version != weights_version(module):
         forward = per_size[batch_size] = _PaddedBatches(module, batch_size)
     return forward

@@ -32,6 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 from .backbones import build_feature_net, build_model
 from .data import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
 from .device import seeded_cpu_generator
+from .folding import folded
 from .families import family_stage_ends
 from .stages import split_model
 from .tiles import measure_reach, run_in_tiles, tile_layout
@@ -494,8 +495,12 @@ def patch_grids(net, checked, device, spec, *, batch_size, progress):
     h, w)`` each), the stage outputs the maps they were made from; vectors
     ``(n, d)`` give ``(n, d, 1, 1)``. ``checked`` is a validated input,
     ``progress`` a :class:`~sklearn_panda._engine.progress.ProgressBar`.
+    Images go through ``net`` with its BatchNorm folded into the
+    convolutions (:func:`~sklearn_panda._engine.folding.folded`).
     """
     preprocessor = Preprocessor(checked, resize=None, crop_size=None, device=device, normalize=False)
+    if net.expects_images:
+        net = folded(net)
     for indices in image_batches(checked, spec["resize"], batch_size):
         with torch.inference_mode():
             if checked.spec.kind == "vectors":

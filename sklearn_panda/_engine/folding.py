@@ -1,0 +1,121 @@
+"""BatchNorm folded into the convolution before it, for networks that only infer.
+
+In eval mode a BatchNorm is an affine map per channel, so a convolution
+followed by one is a single convolution with rescaled weights and a shifted
+bias. Folding saves a pass over every feature map the network makes: on
+EfficientNet-Lite0 at 640 x 640 on a CPU, BatchNorm took about a sixth of the
+forward pass (``benchmarks/RESULTS.md``). torch's own fusion
+(``torch.fx.experimental.optimization.fuse``) looks for ``nn.Conv2d`` modules
+in a graph traced with torch's default leaves, so it misses convolutions that
+subclass ``nn.Conv2d`` (EfficientNet-Lite's "same" padding convolutions are
+traced through, down to ``F.conv2d``); here every ``nn.Conv2d`` and
+``nn.BatchNorm2d``, subclass or not, is a leaf.
+
+The folded network is a copy: the original keeps its weights (what ``save``
+stores and adaptation trains). :func:`folded` keeps one copy per network and
+makes it again once the original's weights have changed.
+"""
+
+import copy
+import weakref
+
+import torch
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from .compilation import weights_version
+from .stages import FeatureNet, Trunk
+
+_FOLDED = weakref.WeakKeyDictionary()
+
+
+class _ConvolutionLeaves(fx.Tracer):
+    """torch's default leaves, and every convolution and BatchNorm, subclasses included."""
+
+    def is_leaf_module(self, module, qualified_name):
+        return isinstance(module, (nn.Conv2d, nn.BatchNorm2d)) or super().is_leaf_module(module, qualified_name)
+
+
+def fold_batchnorm(module):
+    """A copy of ``module`` (in eval mode) with each BatchNorm after a convolution folded into it.
+
+    A BatchNorm is folded where its only input is the output of a
+    convolution module called once in the network whose output nothing else
+    reads. The copy computes what ``module`` computes in eval mode, up to
+    float rounding, and is in eval mode with every parameter frozen. A
+    module that ``torch.fx`` cannot trace is copied unfolded.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from torch import nn
+    >>> from sklearn_panda._engine.folding import fold_batchnorm
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+    >>> with torch.no_grad():
+    ...     _ = net[1].running_mean.normal_()
+    >>> folded = fold_batchnorm(net)
+    >>> sum(isinstance(part, nn.BatchNorm2d) for part in folded.modules())
+    0
+    >>> x = torch.randn(1, 3, 8, 8)
+    >>> torch.allclose(folded(x), net(x), atol=1e-5)
+    True
+    """
+    module = copy.deepcopy(module).eval()
+    try:
+        graph = _ConvolutionLeaves().trace(module)
+    except Exception:  # noqa: BLE001 - any network fx cannot trace runs as it is
+        return _frozen(module)
+    traced = fx.GraphModule(module, graph)
+    modules = dict(traced.named_modules())
+    calls = {}
+    for node in traced.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    for node in list(traced.graph.nodes):
+        source = node.args[0] if node.op == "call_module" and node.args else None
+        if (
+            isinstance(modules.get(node.target), nn.BatchNorm2d)
+            and len(node.args) == 1
+            and not node.kwargs
+            and isinstance(source, fx.Node)
+            and source.op == "call_module"
+            and isinstance(modules[source.target], nn.Conv2d)
+            and calls[source.target] == 1
+            and len(source.users) == 1
+            and modules[node.target].track_running_stats
+        ):
+            _replace(traced, source.target, fuse_conv_bn_eval(modules[source.target], modules[node.target]))
+            node.replace_all_uses_with(source)
+            traced.graph.erase_node(node)
+    traced.graph.lint()
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return _frozen(traced)
+
+
+def folded(net):
+    """:func:`fold_batchnorm` of each stage of a :class:`~sklearn_panda._engine.stages.FeatureNet`
+    (the last, its pooling, shared), as a ``FeatureNet`` for inference without a head; one copy per
+    ``net``, made again when its weights change."""
+    version = weights_version(net)
+    cached = _FOLDED.get(net)
+    if cached is None or cached[0] != version:
+        trunk = Trunk(*[fold_batchnorm(stage) for stage in net.trunk], float32_stages=net.trunk.float32_stages)
+        stages = nn.Sequential(*[fold_batchnorm(stage) for stage in list(net.stages)[:-1]], net.stages[-1])
+        copy_ = FeatureNet(trunk, stages, None, expects_images=net.expects_images)
+        if net.expects_images:
+            copy_ = copy_.to(memory_format=torch.channels_last)
+        cached = (version, copy_.eval())
+        _FOLDED[net] = cached
+    return cached[1]
+
+
+def _replace(graph_module, target, new):
+    parent, _, name = target.rpartition(".")
+    setattr(graph_module.get_submodule(parent) if parent else graph_module, name, new)
+
+
+def _frozen(module):
+    for parameter in module.parameters():
+        parameter.requires_grad_(False)
+    return module.eval()

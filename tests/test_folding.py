@@ -1,0 +1,121 @@
+"""BatchNorm folded into convolutions for inference: same outputs, the original untouched."""
+
+import pytest
+import torch
+from torch import nn
+
+from sklearn_panda._engine.folding import fold_batchnorm, folded
+from sklearn_panda._engine.patch_features import build_patch_net, stage_outputs
+
+
+def batchnorms(module):
+    return sum(isinstance(part, nn.BatchNorm2d) for part in module.modules())
+
+
+def with_statistics(module, seed=0):
+    """``module`` with non-trivial BatchNorm statistics and affine parameters (fresh ones are identities)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for part in module.modules():
+            if isinstance(part, nn.BatchNorm2d):
+                part.running_mean.normal_(generator=generator)
+                part.running_var.uniform_(0.5, 2.0, generator=generator)
+                part.weight.normal_(generator=generator)
+                part.bias.normal_(generator=generator)
+    return module.eval()
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0"])
+def test_folded_patch_net_has_no_batchnorm_and_the_same_stage_outputs(backbone):
+    pytest.importorskip("efficientnet_lite_pytorch") if backbone == "efficientnet_lite0" else None
+    net, _ = build_patch_net(backbone, None, "auto")
+    net = with_statistics(net)
+    weights = {name: tensor.clone() for name, tensor in net.state_dict().items()}
+    fast = folded(net)
+    assert batchnorms(net) > 0
+    assert batchnorms(fast) == 0
+    images = torch.rand(2, 3, 72, 88).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for slow_map, fast_map in zip(stage_outputs(net, images), stage_outputs(fast, images), strict=True):
+            scale = slow_map.abs().max()
+            torch.testing.assert_close(fast_map, slow_map, atol=1e-5 * float(scale), rtol=1e-4)
+    # The original keeps its BatchNorm and its weights (what save() stores).
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in net.state_dict().items())
+
+
+def test_folded_copy_is_kept_and_made_again_when_the_weights_change():
+    net, _ = build_patch_net("resnet18", None, "auto")
+    net = with_statistics(net)
+    first = folded(net)
+    assert folded(net) is first
+    images = torch.rand(1, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        net.trunk[0][0].weight.mul_(2.0)
+    second = folded(net)
+    assert second is not first
+    with torch.inference_mode():
+        expected = stage_outputs(net, images)[0]
+        torch.testing.assert_close(stage_outputs(second, images)[0], expected, atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(stage_outputs(first, images)[0], expected, atol=1e-3)
+
+
+class SharedConvolutionOutput(nn.Module):
+    """A convolution whose output the BatchNorm and a skip connection both read: not foldable."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class ConvolutionCalledTwice(nn.Module):
+    """One convolution module used at two places, only one followed by a BatchNorm: not foldable."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.bn(self.conv(x)) + self.conv(x)
+
+
+class DataDependent(nn.Module):
+    """Control flow on a tensor's values: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return y if y.sum() > 0 else -y
+
+
+@pytest.mark.parametrize("module", [SharedConvolutionOutput, ConvolutionCalledTwice, DataDependent])
+def test_batchnorm_that_cannot_be_folded_exactly_is_kept(module):
+    network = with_statistics(module())
+    copy = fold_batchnorm(network)
+    assert batchnorms(copy) == 1
+    images = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(copy(images), network(images))
+
+
+def test_subclassed_convolutions_are_folded():
+    class SamePadding(nn.Conv2d):
+        def forward(self, x):
+            return nn.functional.conv2d(nn.functional.pad(x, [1, 1, 1, 1]), self.weight, self.bias, self.stride)
+
+    network = with_statistics(nn.Sequential(SamePadding(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU6()))
+    copy = fold_batchnorm(network)
+    assert batchnorms(copy) == 0
+    assert all(not parameter.requires_grad for parameter in copy.parameters())
+    images = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(copy(images), network(images), atol=1e-5, rtol=1e-4)
