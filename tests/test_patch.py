@@ -245,7 +245,7 @@ def test_auto_searches_large_banks_through_a_faiss_graph(monkeypatch):
     monkeypatch.setattr(patch_bank, "BANK_INDEX_MIN_ROWS", 50)
     images = stripes(12)
     approximate = PandaPatchDetector(**TINY, coreset_ratio=0.5).fit(images)
-    assert approximate.scorer_.algorithm == "faiss" and approximate.scorer_.faiss_index == "HNSW32"
+    assert approximate.scorer_.algorithm == "faiss" and approximate.scorer_.faiss_index == "HNSW16"
     exact = PandaPatchDetector(**TINY, coreset_ratio=0.5, algorithm="brute").fit(images)
     test = with_square(stripes(4, seed=2), top=20, left=24)
     # Candidates re-ranked by their exact distances: the maps agree where the graph found the nearest patch.
@@ -254,6 +254,51 @@ def test_auto_searches_large_banks_through_a_faiss_graph(monkeypatch):
     np.testing.assert_allclose(approximate.training_scores_, exact.training_scores_, rtol=1e-6)
     small = PandaPatchDetector(**TINY, coreset_ratio=0.05).fit(images)
     assert small.scorer_.algorithm == "brute"
+
+
+def test_a_poor_graph_still_gives_the_exact_searchs_image_scores_and_offsets(monkeypatch):
+    """Each image's largest patch distances are searched again exactly until the largest is certain."""
+    pytest.importorskip("faiss")
+    import sklearn_panda._estimators.patch_bank as patch_bank
+
+    monkeypatch.setattr(patch_bank, "BANK_INDEX_MIN_ROWS", 1)
+    monkeypatch.setattr(patch_bank, "BANK_INDEX", "HNSW4")
+    monkeypatch.setattr(patch_bank, "BANK_INDEX_PARAMS", {"efSearch": 1, "k_factor": 1})
+    monkeypatch.setattr(patch_bank, "CERTIFIED_PATCHES", 2)  # several rounds of certify_largest
+    images = stripes(12)
+    poor = PandaPatchDetector(**TINY, coreset_ratio=0.5).fit(images)
+    exact = PandaPatchDetector(**TINY, coreset_ratio=0.5, algorithm="brute").fit(images)
+    assert poor.scorer_.faiss_index == "HNSW4" and poor.fine_scorer_.faiss_index == "HNSW4"
+    test = np.concatenate([stripes(3, seed=3), with_square(stripes(3, seed=2), top=20, left=24)])
+    poor_maps, poor_scores = poor.anomaly_maps(test, return_scores=True)
+    exact_maps, exact_scores = exact.anomaly_maps(test, return_scores=True)
+    # The graph misses nearest patches (the maps differ) ...
+    assert np.abs(poor_maps - exact_maps).max() > 1e-3
+    # ... yet the image scores, the training scores and the offsets are the exact search's.
+    np.testing.assert_allclose(poor_scores, exact_scores, rtol=1e-6)
+    np.testing.assert_allclose(poor.training_scores_, exact.training_scores_, rtol=1e-6)
+    assert poor.offset_ == pytest.approx(exact.offset_, rel=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_certify_largest_makes_the_largest_distance_exact_and_never_lowers_below_exact(seed):
+    from sklearn_panda._estimators.patch_bank import certify_largest, exact_distances
+    from sklearn_panda.scorers import brute_force_kneighbors
+
+    rng = np.random.default_rng(seed)
+    gallery = rng.normal(size=(200, 6)).astype(np.float32)
+    rows = rng.normal(size=(300, 6)).astype(np.float32)
+    _, nearest = brute_force_kneighbors(rows, gallery, 2)
+    exact = exact_distances(rows, gallery, nearest).mean(axis=1)
+    # An approximate search: some patches' neighbours are farther rows than the nearest.
+    _, farther = brute_force_kneighbors(rows, gallery, 40)
+    picked = np.where(rng.random((300, 1)) < 0.3, farther[:, -2:], nearest)
+    approximate = exact_distances(rows, gallery, picked).mean(axis=1)
+    certified = certify_largest(approximate.copy(), rows, gallery, 2)
+    assert certified.max() == pytest.approx(exact.max(), rel=1e-6)
+    assert np.all(certified >= exact - 1e-5) and np.all(certified <= approximate + 1e-5)
+    top = certified >= certified.max() - 1e-6
+    np.testing.assert_allclose(certified[top], exact[top], rtol=1e-6)
 
 
 def test_leave_one_out_scores_with_few_candidates_equal_those_over_the_whole_bank(monkeypatch):

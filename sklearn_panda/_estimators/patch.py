@@ -141,11 +141,15 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
 
     algorithm : {"auto", "brute", "faiss", "nndescent"}, default="auto"
         The bank's search, as ``KNNScorer``'s (``"faiss"``: its exact
-        ``"Flat"`` index). ``"auto"``: a faiss HNSW graph (``"HNSW32"``,
-        efSearch 32, four candidates a patch re-ranked exactly) for banks of
-        20,000 rows or more where faiss is installed, exact float32 search
+        ``"Flat"`` index). ``"auto"``: a faiss HNSW graph (``"HNSW16"``,
+        efSearch 8, four candidates a patch re-ranked exactly) for banks of
+        2,000 rows or more where faiss is installed, exact float32 search
         otherwise. The leave-one-out training scores go through the same
-        search (exact with an exact one).
+        search (exact with an exact one). With an approximate search (a
+        graph), each image's largest patch distances are searched again
+        exactly until its largest is certain, so that the ``"patch"`` and
+        ``"patch+fine"`` image scores and ``offset_`` are the exact
+        search's; elsewhere a map value may lie a little above the exact one.
 
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_`` from the leave-one-out image scores of the

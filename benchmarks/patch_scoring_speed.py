@@ -1,0 +1,169 @@
+"""How fast a fitted PandaPatchDetector scores photos, where the time goes, and what faster searches cost (issue 43).
+
+Fits ``PandaPatchDetector(random_state=0)`` on a development set's training
+images (``patch_study.py``'s splits; the fitted model is saved under
+``--models`` and loaded from there on later runs), then scores the split's
+evaluation photos (files, one at a time) with ``anomaly_maps`` in each
+variant and prints one table: images/s, the share of the time in the
+backbone's forward pass and in the bank searches, image and pixel ROC AUC,
+and the largest score difference from the first variant. Variants:
+
+* ``batchnorm``: the backbone as built, BatchNorm layers run on their own
+  (searches as fitted);
+* ``fitted``: the detector as fitted (BatchNorm folded into the convolutions;
+  searches as ``algorithm="auto"`` chose them);
+* ``exact``: both banks searched exactly;
+* ``hnswM-efE``: both banks searched through a faiss ``HNSW{M}`` graph at
+  ``efSearch=E`` (4 candidates re-ranked exactly), whatever their size;
+* any of them with ``-uncertified``: without the exact search again of each
+  image's largest patch distances (``patch_bank.certify_largest``).
+
+    python benchmarks/patch_scoring_speed.py --threads 2 --dataset deeppcb --split validation \
+        --variants fitted batchnorm exact hnsw32-ef32 hnsw32-ef16 hnsw16-ef16
+"""
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+HERE = Path(__file__).resolve().parent
+
+
+class PhaseTimer:
+    """Wall time spent inside wrapped functions, by phase."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def wrap(self, phase, function):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+        return timed
+
+
+@contextlib.contextmanager
+def patched(module, name, value):
+    original = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
+
+
+def fitted_detector(model_path, fit_images):
+    from sklearn_panda import PandaPatchDetector, load, save
+
+    if Path(model_path).exists():
+        return load(model_path), None
+    start = time.perf_counter()
+    detector = PandaPatchDetector(random_state=0).fit(fit_images)
+    seconds = time.perf_counter() - start
+    Path(model_path).parent.mkdir(parents=True, exist_ok=True)
+    save(detector, model_path)
+    return detector, seconds
+
+
+def searches(detector, variant):
+    """The detector's two bank searches for ``variant`` (fitted on its banks)."""
+    from sklearn_panda.scorers import KNNScorer
+
+    variant = variant.removesuffix("-uncertified")
+    if variant in ("fitted", "batchnorm"):
+        return detector.scorer_, detector.fine_scorer_
+    if variant == "exact":
+        options = {"algorithm": "brute"}
+    else:
+        graph, ef = variant.removeprefix("hnsw").split("-ef")
+        options = {"algorithm": "faiss", "faiss_index": f"HNSW{graph}", "faiss_params": {"efSearch": int(ef), "k_factor": 4}}
+    return tuple(
+        KNNScorer(n_neighbors=detector.n_neighbors, metric="euclidean", random_state=0, **options).fit(bank)
+        for bank in (detector.memory_bank_, detector.fine_bank_)
+    )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dataset", choices=["deeppcb", "bsdata"], default="deeppcb")
+    parser.add_argument("--split", choices=["validation", "test"], default="validation")
+    parser.add_argument("--deeppcb", default="../shared/data/deeppcb")
+    parser.add_argument("--bsdata", default="../shared/data/bsdata")
+    parser.add_argument("--models", default="benchmarks/out/patch_scoring_models")
+    parser.add_argument("--n-images", type=int, default=None, help="score only the first N evaluation images")
+    parser.add_argument("--variants", nargs="+", default=["fitted", "batchnorm"])
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(HERE))
+    import sklearn_panda._engine.patch_features as patch_features
+    import sklearn_panda._estimators.patch as patch_module
+    import sklearn_panda._estimators.patch_bank as patch_bank
+    from adaptation_study import cpu_name
+    from patch_study import bsdata_splits, deeppcb_splits, mask_array
+    from sklearn_panda.metrics import pixel_roc_auc
+
+    splits = deeppcb_splits(args.deeppcb) if args.dataset == "deeppcb" else bsdata_splits(args.bsdata)
+    fit, images, y, masks = splits[args.split]
+    model_path = Path(args.models) / f"{args.dataset}_{args.split}.pt"
+    detector, fit_seconds = fitted_detector(model_path, fit)
+    count = len(images) if args.n_images is None else args.n_images
+    images, y, masks = images[:count], y[:count], masks[:count]
+    detector.anomaly_maps(images[:2])  # warm-up: the folded copy, the tiles' checks, the allocator
+    fitted = detector.scorer_, detector.fine_scorer_
+    rows, first_scores = [], None
+    for variant in args.variants:
+        detector.scorer_, detector.fine_scorer_ = searches(detector, variant)
+        timer = PhaseTimer()
+        unfolded = patched(patch_features, "folded", lambda net: net) if variant == "batchnorm" else contextlib.nullcontext()
+        uncertified = variant.endswith("-uncertified")
+        with (
+            unfolded,
+            patched(patch_bank, "is_exact", lambda scorer: True) if uncertified else contextlib.nullcontext(),
+            patched(patch_features, "tiled_stage_outputs", timer.wrap("forward", patch_features.tiled_stage_outputs)),
+            patched(patch_module, "patch_distances", timer.wrap("search", patch_module.patch_distances)),
+        ):
+            start = time.perf_counter()
+            maps, scores = detector.anomaly_maps(images, return_scores=True)
+            seconds = time.perf_counter() - start
+        detector.scorer_, detector.fine_scorer_ = fitted
+        first_scores = scores if first_scores is None else first_scores
+        truth = [mask_array(mask, np.shape(one)) for mask, one in zip(masks, maps)]
+        rows.append({
+            "variant": variant,
+            "images_per_s": len(images) / seconds,
+            "forward": timer.seconds.get("forward", 0.0) / seconds,
+            "search": timer.seconds.get("search", 0.0) / seconds,
+            "image_auc": roc_auc_score(y == -1, -scores),
+            "pixel_auc": pixel_roc_auc(truth, maps),
+            "difference": float(np.max(np.abs(scores - first_scores))),
+        })
+        del maps, truth
+        print(f"  {rows[-1]}", flush=True)
+    print(f"\n# {args.dataset} {args.split}: {len(images)} photos (files, one at a time); {cpu_name()}, "
+          f"{args.threads} threads; banks {len(detector.memory_bank_)} and {len(detector.fine_bank_)} rows")
+    if fit_seconds is not None:
+        print(f"# fit on {len(fit)} images: {fit_seconds:.0f} s")
+    print(f"| variant | images/s | forward | bank searches | image ROC AUC | pixel ROC AUC | largest score difference from {rows[0]['variant']} |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['variant']} | {row['images_per_s']:.2f} | {row['forward']:.0%} | {row['search']:.0%} "
+            f"| {100 * row['image_auc']:.2f} | {100 * row['pixel_auc']:.2f} | {row['difference']:.2e} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
