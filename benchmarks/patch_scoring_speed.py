@@ -16,10 +16,17 @@ and the largest score difference from the first variant. Variants:
 * ``hnswM-efE``: both banks searched through a faiss ``HNSW{M}`` graph at
   ``efSearch=E`` (4 candidates re-ranked exactly), whatever their size;
 * any of them with ``-uncertified``: without the exact search again of each
-  image's largest patch distances (``patch_bank.certify_largest``).
+  image's largest patch distances (``patch_bank.certify_largest``);
+* ``batchnorm+SEARCH``: both, e.g. ``batchnorm+hnsw32-ef32-uncertified``
+  (the scoring path before issue 43's last changes).
 
     python benchmarks/patch_scoring_speed.py --threads 2 --dataset deeppcb --split validation \
         --variants fitted batchnorm exact hnsw32-ef32 hnsw32-ef16 hnsw16-ef16
+
+``--forward-only`` times the backbone's forward pass alone on random 640 x 640
+images (batches of 1 and 8, the three networks taking turns, best of the
+rounds): as built, with BatchNorm folded, and folded with the activations
+overwriting their inputs (the default).
 """
 
 import argparse
@@ -78,7 +85,7 @@ def searches(detector, variant):
     """The detector's two bank searches for ``variant`` (fitted on its banks)."""
     from sklearn_panda.scorers import KNNScorer
 
-    variant = variant.removesuffix("-uncertified")
+    variant = variant.removeprefix("batchnorm+").removesuffix("-uncertified")
     if variant in ("fitted", "batchnorm"):
         return detector.scorer_, detector.fine_scorer_
     if variant == "exact":
@@ -92,6 +99,44 @@ def searches(detector, variant):
     )
 
 
+def forward_only(threads, rounds):
+    import torch
+
+    import sklearn_panda._engine.folding as folding
+    from adaptation_study import cpu_name
+    from sklearn_panda._engine.patch_features import build_patch_net
+
+    net, _ = build_patch_net("efficientnet_lite0", "imagenet", "auto")
+    networks = {"batchnorm": list(net.trunk)}
+    with patched(folding, "_activations_in_place", lambda traced: None):
+        networks["folded"] = [folding.fold_batchnorm(stage) for stage in net.trunk]
+    networks["folded, activations in place"] = [folding.fold_batchnorm(stage) for stage in net.trunk]
+
+    def stage_outputs(stages, images):
+        outputs = []
+        for stage in stages:
+            images = stage(images)
+            outputs.append(images)
+        return outputs
+
+    print(f"\n# forward pass of EfficientNet-Lite0 to its patch layers, 640 x 640; {cpu_name()}, {threads} threads")
+    print("| network | batch 1 images/s | batch 8 images/s |")
+    print("|---|---|---|")
+    best = {name: {} for name in networks}
+    for batch in (1, 8):
+        images = torch.rand(batch, 3, 640, 640).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            for _ in range(rounds):
+                for name, network in networks.items():
+                    start = time.perf_counter()
+                    for _ in range(8 // batch):
+                        stage_outputs(network, images)
+                    seconds = (time.perf_counter() - start) / 8
+                    best[name][batch] = min(best[name].get(batch, np.inf), seconds)
+    for name, seconds in best.items():
+        print(f"| {name} | {1 / seconds[1]:.1f} | {1 / seconds[8]:.1f} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -102,12 +147,16 @@ def main(argv=None):
     parser.add_argument("--models", default="benchmarks/out/patch_scoring_models")
     parser.add_argument("--n-images", type=int, default=None, help="score only the first N evaluation images")
     parser.add_argument("--variants", nargs="+", default=["fitted", "batchnorm"])
+    parser.add_argument("--forward-only", action="store_true")
+    parser.add_argument("--rounds", type=int, default=4, help="--forward-only: rounds of turns")
     args = parser.parse_args(argv)
 
     import torch
 
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
+    if args.forward_only:
+        return forward_only(args.threads, args.rounds)
     import sklearn_panda._engine.patch_features as patch_features
     import sklearn_panda._estimators.patch as patch_module
     import sklearn_panda._estimators.patch_bank as patch_bank
@@ -127,7 +176,9 @@ def main(argv=None):
     for variant in args.variants:
         detector.scorer_, detector.fine_scorer_ = searches(detector, variant)
         timer = PhaseTimer()
-        unfolded = patched(patch_features, "folded", lambda net: net) if variant == "batchnorm" else contextlib.nullcontext()
+        unfolded = contextlib.nullcontext()
+        if variant.startswith("batchnorm"):
+            unfolded = patched(patch_features, "folded", lambda net: net)
         uncertified = variant.endswith("-uncertified")
         with (
             unfolded,

@@ -97,6 +97,31 @@ class DataDependent(nn.Module):
         return y if y.sum() > 0 else -y
 
 
+class ActivationBesideSkip(nn.Module):
+    """A convolution's output read by an activation and by a skip connection: not overwritten."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        return self.act(y) + y
+
+
+def test_activations_overwrite_only_what_nothing_else_reads():
+    network = with_statistics(ActivationBesideSkip())
+    copy = fold_batchnorm(network)
+    assert batchnorms(copy) == 0 and not copy.act.inplace
+    images = torch.rand(2, 3, 8, 8) - 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(copy(images), network(images), atol=1e-5, rtol=1e-4)
+    chain = fold_batchnorm(with_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU6())))
+    assert chain.get_submodule("2").inplace
+
+
 @pytest.mark.parametrize("module", [SharedConvolutionOutput, ConvolutionCalledTwice, DataDependent])
 def test_batchnorm_that_cannot_be_folded_exactly_is_kept(module):
     network = with_statistics(module())
