@@ -144,3 +144,28 @@ def test_subclassed_convolutions_are_folded():
     images = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(copy(images), network(images), atol=1e-5, rtol=1e-4)
+
+
+class StaticSamePadding(nn.Conv2d):
+    """A convolution that zero-pads in a module of its own first (EfficientNet-Lite's "same" padding)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride, padding):
+        super().__init__(in_channels, out_channels, kernel_size, stride, bias=False)
+        self.static_padding = nn.ZeroPad2d(padding)
+
+    def forward(self, x):
+        return nn.functional.conv2d(self.static_padding(x), self.weight, self.bias, self.stride)
+
+
+@pytest.mark.parametrize(
+    ("padding", "folded_in"), [((1, 1, 1, 1), True), ((2, 2, 1, 1), True), ((0, 1, 0, 1), False)]
+)
+def test_even_zero_padding_of_its_own_becomes_the_convolutions(padding, folded_in):
+    kernel = (3, 5) if padding == (2, 2, 1, 1) else 3
+    network = with_statistics(nn.Sequential(StaticSamePadding(3, 4, kernel, 1, padding), nn.BatchNorm2d(4)))
+    copy = fold_batchnorm(network)
+    assert batchnorms(copy) == 0
+    assert (type(copy.get_submodule("0")) is nn.Conv2d) == folded_in
+    images = torch.rand(2, 3, 9, 11)
+    with torch.no_grad():
+        torch.testing.assert_close(copy(images), network(images), atol=1e-5, rtol=1e-4)

@@ -67,6 +67,7 @@ def fold_batchnorm(module):
     except Exception:  # noqa: BLE001 - any network fx cannot trace runs as it is
         return _frozen(module)
     traced = fx.GraphModule(module, graph)
+    _padding_into_convolutions(traced)
     modules = dict(traced.named_modules())
     calls = {}
     for node in traced.graph.nodes:
@@ -93,6 +94,45 @@ def fold_batchnorm(module):
     _activations_in_place(traced)
     traced.recompile()
     return _frozen(traced)
+
+
+def _padding_into_convolutions(traced):
+    """Convolutions that zero-pad their input evenly on opposite sides in a module of their own
+    (``static_padding``, as the "same"-padding convolutions of EfficientNet-Lite) become plain
+    ``nn.Conv2d`` padding as they convolve: one copy of the padded feature map fewer. Each is
+    checked on a random input and kept where the results differ."""
+    for node in traced.graph.nodes:
+        if node.op != "call_module":
+            continue
+        convolution = traced.get_submodule(node.target)
+        padding = getattr(convolution, "static_padding", None)
+        if (
+            type(convolution) is nn.Conv2d
+            or not isinstance(convolution, nn.Conv2d)
+            or not isinstance(padding, nn.ZeroPad2d)
+            or tuple(convolution.padding) != (0, 0)
+            or convolution.padding_mode != "zeros"
+        ):
+            continue
+        left, right, top, bottom = padding.padding
+        if left != right or top != bottom:
+            continue
+        plain = nn.Conv2d(
+            convolution.in_channels, convolution.out_channels, convolution.kernel_size, convolution.stride,
+            (top, left), convolution.dilation, convolution.groups, convolution.bias is not None,
+        ).to(convolution.weight.device, convolution.weight.dtype)
+        with torch.no_grad():
+            plain.weight.copy_(convolution.weight)
+            if convolution.bias is not None:
+                plain.bias.copy_(convolution.bias)
+        plain.eval()
+        side = max(convolution.kernel_size) + 2 * max(convolution.stride) + 3
+        probe = torch.randn(1, convolution.in_channels, side, side + 1, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(convolution.weight.device, convolution.weight.dtype)
+        with torch.no_grad():
+            same = torch.allclose(plain(probe), convolution(probe), rtol=1e-4, atol=1e-5)
+        if same:
+            _replace(traced, node.target, plain)
 
 
 def _activations_in_place(traced):
