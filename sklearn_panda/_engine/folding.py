@@ -9,7 +9,10 @@ forward pass (``benchmarks/RESULTS.md``). torch's own fusion
 in a graph traced with torch's default leaves, so it misses convolutions that
 subclass ``nn.Conv2d`` (EfficientNet-Lite's "same" padding convolutions are
 traced through, down to ``F.conv2d``); here every ``nn.Conv2d`` and
-``nn.BatchNorm2d``, subclass or not, is a leaf.
+``nn.BatchNorm2d``, subclass or not, is a leaf. Two more passes go the same
+way: an activation that alone reads a convolution's output overwrites it, and
+a convolution that zero-pads evenly in a module of its own (EfficientNet-Lite's
+``static_padding``) pads as it convolves.
 
 The folded network is a copy: the original keeps its weights (what ``save``
 stores and adaptation trains). :func:`folded` keeps one copy per network and
