@@ -59,51 +59,43 @@ def test_folded_copy_is_kept_and_made_again_when_the_weights_change():
         assert not torch.allclose(stage_outputs(first, images)[0], expected, atol=1e-3)
 
 
-class SharedConvolutionOutput(nn.Module):
-    """A convolution whose output the BatchNorm and a skip connection both read: not foldable."""
+class ConvolutionAndBatchNorm(nn.Module):
+    """A convolution and a BatchNorm; each subclass wires them in its own ``forward``."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 3, 3, padding=1)
         self.bn = nn.BatchNorm2d(3)
+
+
+class SharedConvolutionOutput(ConvolutionAndBatchNorm):
+    """A convolution whose output the BatchNorm and a skip connection both read: not foldable."""
 
     def forward(self, x):
         y = self.conv(x)
         return self.bn(y) + y
 
 
-class ConvolutionCalledTwice(nn.Module):
+class ConvolutionCalledTwice(ConvolutionAndBatchNorm):
     """One convolution module used at two places, only one followed by a BatchNorm: not foldable."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
 
     def forward(self, x):
         return self.bn(self.conv(x)) + self.conv(x)
 
 
-class DataDependent(nn.Module):
+class DataDependent(ConvolutionAndBatchNorm):
     """Control flow on a tensor's values: torch.fx cannot trace it."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
 
     def forward(self, x):
         y = self.bn(self.conv(x))
         return y if y.sum() > 0 else -y
 
 
-class ActivationBesideSkip(nn.Module):
+class ActivationBesideSkip(ConvolutionAndBatchNorm):
     """A convolution's output read by an activation and by a skip connection: not overwritten."""
 
     def __init__(self):
         super().__init__()
-        self.conv = nn.Conv2d(3, 3, 3, padding=1)
-        self.bn = nn.BatchNorm2d(3)
         self.act = nn.ReLU6()
 
     def forward(self, x):

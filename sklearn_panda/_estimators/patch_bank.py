@@ -169,9 +169,10 @@ def leave_one_out(rows, index, bank, owners, scorer, others):
             )
         squared, _ = brute_force_kneighbors(rows[short], gallery, min(n_neighbors, len(gallery)))
         distances[short] = np.sqrt(np.maximum(squared, 0)).mean(axis=1)
-    others_rows = bank[owners != index]
-    if not is_exact(scorer) and len(others_rows) >= n_neighbors:
-        certify_largest(distances, rows, others_rows, n_neighbors)
+    if not is_exact(scorer):
+        others_rows = bank[owners != index]
+        if len(others_rows) >= n_neighbors:
+            certify_largest(distances, rows, others_rows, n_neighbors)
     return distances
 
 
