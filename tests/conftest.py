@@ -47,6 +47,22 @@ def _share_the_cores_between_workers():
 
 _share_the_cores_between_workers()
 
+
+@pytest.fixture(autouse=True)
+def _torch_threads_left_as_found():
+    """Fail a test after which torch's thread count has changed (and set it back).
+
+    A library that changes it for the rest of the process (numba's threading
+    layer did, through pynndescent) oversubscribes the cores of every test
+    that follows in the worker, and a user's process as well.
+    """
+    threads = torch.get_num_threads()
+    yield
+    changed = torch.get_num_threads()
+    if changed != threads:
+        torch.set_num_threads(threads)
+        pytest.fail(f"torch's thread count went from {threads} to {changed} in this test", pytrace=False)
+
 TINY_IMAGES = dict(backbone=tiny_resnet, weights=None, resize=32, crop_size=32, batch_size=8)
 
 

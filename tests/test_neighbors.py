@@ -63,6 +63,35 @@ def test_a_file_never_unpickles_a_graph(rows):
         NNDescentSearch.from_saved(gallery, np.frombuffer(b"cos\nsystem\n", dtype=np.uint8), **options)
 
 
+def test_an_nndescent_search_gives_torch_its_thread_count_back(rows, monkeypatch):
+    """numba's threading layer sets the thread count of the OpenMP runtime it starts on, which can be
+    torch's (with faiss imported first): the graph's build and queries must leave torch's as it was."""
+    from threadpoolctl import ThreadpoolController
+
+    def as_numba_starts():
+        ThreadpoolController().limit(limits=3, user_api="openmp")  # set, never given back
+
+    class StartsThreads:
+        def __init__(self, gallery, **options):
+            as_numba_starts()
+
+        def query(self, queries, k, epsilon):
+            as_numba_starts()
+            return np.zeros((len(queries), k), dtype=np.int64), None
+
+    monkeypatch.setattr("pynndescent.NNDescent", StartsThreads)
+    gallery, queries = rows
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        search = NNDescentSearch(gallery, n_neighbors=30, random_state=0, n_jobs=-1)
+        assert torch.get_num_threads() == 1
+        search.search(queries, 2)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _earlier_pickled_state(scorer):
     """A fitted KNNScorer's ``__getstate__`` as the version before the backends wrote it."""
     state = dict(scorer.__getstate__())

@@ -13,10 +13,12 @@ backend pickles as its gallery, its options and what it keeps of its index.
 :class:`~sklearn_panda.KNNScorer` chooses a backend by its ``algorithm``.
 """
 
+import contextlib
 import pickle
 from abc import ABC, abstractmethod
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from ._exact import _drop_self, _squared_to_candidates, brute_force_kneighbors
 from ._faiss import (
@@ -213,6 +215,20 @@ class FaissSearch(NeighborSearch):
         return index
 
 
+@contextlib.contextmanager
+def _openmp_threads_kept():
+    """Give every OpenMP runtime loaded before the block its thread count back afterwards.
+
+    numba, which compiles pynndescent, sets the thread count of the OpenMP
+    runtime its threading layer starts on; where that runtime is torch's (seen
+    with faiss imported first), torch's thread count (``torch.set_num_threads``)
+    would otherwise change for the rest of the process: on a machine shared by
+    several processes that oversubscribes the cores, several times slower.
+    """
+    with ThreadpoolController().limit(limits=None, user_api="openmp"):
+        yield
+
+
 class NNDescentSearch(NeighborSearch):
     """A pynndescent graph. Options: ``n_neighbors`` (of the graph), ``random_state``, ``n_jobs``.
 
@@ -232,17 +248,19 @@ class NNDescentSearch(NeighborSearch):
         from pynndescent import NNDescent
 
         n_jobs = self.options.get("n_jobs")
-        return NNDescent(
-            self.gallery,
-            metric="euclidean",
-            n_neighbors=self.options["n_neighbors"],
-            random_state=self.options.get("random_state"),
-            n_jobs=n_jobs if n_jobs is not None else -1,
-            compressed=False,
-        )
+        with _openmp_threads_kept():
+            return NNDescent(
+                self.gallery,
+                metric="euclidean",
+                n_neighbors=self.options["n_neighbors"],
+                random_state=self.options.get("random_state"),
+                n_jobs=n_jobs if n_jobs is not None else -1,
+                compressed=False,
+            )
 
     def _candidates(self, queries, width):
-        indices, _ = self._built.query(queries, k=width, epsilon=0.3)
+        with _openmp_threads_kept():
+            indices, _ = self._built.query(queries, k=width, epsilon=0.3)
         return indices
 
     def _pickled(self):
