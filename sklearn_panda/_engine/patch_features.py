@@ -329,11 +329,15 @@ def channel_pooling(n_channels, n_features):
     >>> channel_pooling(4, 2).T.tolist()
     [[0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 0.5, 0.5]]
     """
-    matrix = torch.zeros(n_channels, n_features)
-    for column in range(n_features):
-        start, stop = (column * n_channels) // n_features, -((-(column + 1) * n_channels) // n_features)
-        matrix[start:stop, column] = 1.0 / (stop - start)
-    return matrix
+    # Built without a loop over the columns: an exported graph would hold one slice and one
+    # scatter per column (seconds of export each hundred), where these few operations fold into
+    # one constant.
+    columns = torch.arange(n_features)
+    starts = (columns * n_channels) // n_features
+    stops = -((-(columns + 1) * n_channels) // n_features)
+    rows = torch.arange(n_channels)[:, None]
+    inside = (rows >= starts) & (rows < stops)
+    return inside / (stops - starts).to(torch.float32)
 
 
 def working_size(height, width, resize):
