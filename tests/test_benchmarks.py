@@ -1,31 +1,55 @@
-"""The one-class benchmark runs end to end on tiny settings (so it never rots)."""
+"""The benchmark scripts run end to end on tiny settings (so they never rot).
+
+Each runs as ``__main__`` in the test's own process (``runpy``; its command
+line in ``sys.argv``), which spares it the seconds a new interpreter takes to
+import torch; torch's thread count is restored afterwards.
+"""
 
 import csv
-import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_one_class_benchmark_tiny_run(tmp_path):
+def run_benchmark(name, *args, monkeypatch, capsys):
+    """Run ``benchmarks/NAME.py ARGS`` as a script in this process; its standard output.
+
+    A non-zero exit fails the test with what the script printed.
+    """
+    script = ROOT / "benchmarks" / f"{name}.py"
+    monkeypatch.setattr(sys, "argv", [str(script), *map(str, args)])
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # scripts import their neighbours
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as exit:
+        captured = capsys.readouterr()
+        assert exit.code in (None, 0), f"{name}.py exited with {exit.code}\n{captured.out}\n{captured.err}"
+        return captured.out
+    finally:
+        torch.set_num_threads(threads)
+    return capsys.readouterr().out
+
+
+def test_one_class_benchmark_tiny_run(tmp_path, monkeypatch, capsys):
     pytest.importorskip("efficientnet_lite_pytorch")
-    command = [
-        sys.executable, str(ROOT / "benchmarks" / "one_class.py"),
+    out = run_benchmark(
+        "one_class",
         "--dataset", "digits", "--classes", "0", "--max-train", "20", "--max-test", "40",
         "--methods", "paper-unadapted", "unadapted", "panda", "ses", "ses-all", "oe", "oe-knn", "iforest-pixels",
         "--steps", "2", "--ses-steps", "2", "--checkpoint-every", "1", "--oe-steps", "2",
         "--clip-norm", "0", "--resize", "64", "--crop-size", "64",
-        "--out", str(tmp_path),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "| **mean** |" in result.stdout
+        "--out", tmp_path,
+        monkeypatch=monkeypatch, capsys=capsys,
+    )
+    assert "| **mean** |" in out
     with open(tmp_path / "one_class_digits_efficientnet_lite0.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["class"] for row in rows] == ["0"]
@@ -33,22 +57,20 @@ def test_one_class_benchmark_tiny_run(tmp_path):
     assert all(0 <= float(row[method]) <= 100 for row in rows for method in methods)
 
 
-def test_speed_benchmark_tiny_run(tmp_path):
+def test_speed_benchmark_tiny_run(tmp_path, monkeypatch, capsys):
     # Every row of the speed benchmark but the compile=True ones (compile=True itself is
     # tested in test_compilation.py; each row here would compile a backbone anew, the
     # slowest thing in the suite), on 8 digit images and a small random network (MobileNetV3
     # small: the paper pipeline's 224x224 inputs cost it a twentieth of a ResNet18), so the
     # script keeps working; its numbers mean nothing at this size.
-    command = [
-        sys.executable, str(ROOT / "benchmarks" / "speed.py"),
+    run_benchmark(
+        "speed",
         "--dataset", "digits", "--backbone", "mobilenet_v3_small", "--weights", "none",
         "--n-images", "8", "--n-train", "10", "--n-test", "20", "--steps", "1",
         "--checkpoints", "1", "--skip-auc", "--memory-images", "16", "--precision-classes", "1",
-        "--skip-compile", "--out", str(tmp_path),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
+        "--skip-compile", "--out", tmp_path,
+        monkeypatch=monkeypatch, capsys=capsys,
+    )
     table = (tmp_path / "speed_mobilenet_v3_small.md").read_text()
     for row in (
         "| paper pipeline", "| package, float32, inference_batch_size=32 |", "| package, bfloat16 |",
@@ -59,15 +81,13 @@ def test_speed_benchmark_tiny_run(tmp_path):
     assert "compile=True" not in table
 
 
-def test_batch_size_benchmark_tiny_run():
-    command = [
-        sys.executable, str(ROOT / "benchmarks" / "batch_size.py"), "--backbone", "resnet18", "--weights", "none",
+def test_batch_size_benchmark_tiny_run(monkeypatch, capsys):
+    out = run_benchmark(
+        "batch_size", "--backbone", "resnet18", "--weights", "none",
         "--sizes", "1", "2", "--n-images", "4", "--rounds", "1", "--crop-size", "64",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    header, _, row = result.stdout.strip().splitlines()
+        monkeypatch=monkeypatch, capsys=capsys,
+    )
+    header, _, row = out.strip().splitlines()
     assert header == "| resnet18, float32 | 1 | 2 | auto |"
     # resnet18 at 64x64: 64 channels at 32x32 in float32 is its largest activation.
     assert row.startswith("| images/s (largest activation 0.3 MB per image) |")
@@ -213,39 +233,32 @@ def test_adaptation_study_plots_each_run_from_the_unadapted_features_of_its_prep
         assert study.SETTINGS[start]["n_steps"] == 0
 
 
-def test_deeppcb_benchmark_tiny_run_and_resume(tmp_path):
+def test_deeppcb_benchmark_tiny_run_and_resume(tmp_path, monkeypatch, capsys):
     # On the DeepPCB sample that ships with the package, at 224 x 224: the script keeps working and
     # skips the settings its CSV already holds; its numbers mean nothing at this size.
     pytest.importorskip("efficientnet_lite_pytorch")
     out = tmp_path / "deeppcb.csv"
-    command = [
-        sys.executable, str(ROOT / "benchmarks" / "deeppcb.py"), "--max-train", "6", "--max-test", "4",
-        "--settings", "fine-224", "image-paper", "--csv", str(out),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+    command = ["--max-train", "6", "--max-test", "4", "--settings", "fine-224", "image-paper", "--csv", out]
+    run_benchmark("deeppcb", *command, monkeypatch=monkeypatch, capsys=capsys)
     with open(out) as handle:
         rows = {row["setting"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"fine-224", "image-paper"}
     assert 0 <= float(rows["fine-224"]["pixel_auc"]) <= 1 and rows["image-paper"]["pixel_auc"] == ""
-    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert "fine-224: in" in again.stdout and "already" in again.stdout
+    again = run_benchmark("deeppcb", *command, monkeypatch=monkeypatch, capsys=capsys)
+    assert "fine-224: in" in again and "already" in again
 
 
-def test_large_photos_benchmark_tiny_run(tmp_path):
-    # A 600 x 400 photo in tiles of at most 100,000 pixels, in its own process, with a small random
-    # network: the script keeps working; its numbers mean nothing here (one piece, --untiled, is the
-    # same child process with another budget).
+def test_large_photos_benchmark_tiny_run(tmp_path, monkeypatch, capsys):
+    # A 600 x 400 photo in tiles of at most 100,000 pixels, scored in a process of its own (as the
+    # script does for each size), with a small random network: the script keeps working; its numbers
+    # mean nothing here (one piece, --untiled, is the same child process with another budget).
     out = tmp_path / "large_photos.md"
-    command = [
-        sys.executable, str(ROOT / "benchmarks" / "large_photos.py"), "--backbone", "resnet18", "--weights", "none",
+    run_benchmark(
+        "large_photos", "--backbone", "resnet18", "--weights", "none",
         "--sizes", "600x400", "--fit-size", "200x160", "--fit-images", "2", "--tile-pixels", "100000",
-        "--threads", "1", "--repeats", "1", "--out", str(out),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
+        "--threads", "1", "--repeats", "1", "--out", out,
+        monkeypatch=monkeypatch, capsys=capsys,
+    )
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| 600 x 400 |")]
     assert [row[2] for row in rows] == ["2 x 8"]
 

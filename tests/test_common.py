@@ -110,7 +110,7 @@ def _leave_one_out_failures(estimator):
 
 ESTIMATORS = [
         KNNScorer(),
-        KNNScorer(algorithm="nndescent", random_state=0),
+        # KNNScorer(algorithm="nndescent"): in test_scorers.py, beside its other tests.
         KMeansScorer(n_clusters=3),
         CenterScorer(),
         MahalanobisScorer(),

@@ -5,7 +5,6 @@ Items elsewhere: 1 (save/load of GoogLeNet-like networks) in test_save_architect
 in test_own_networks.py.
 """
 
-import subprocess
 import sys
 import types
 
@@ -16,6 +15,7 @@ import torch
 from conftest import TINY_IMAGES, tiny_mlp
 
 from sklearn_panda import PandaDetector, PandaFeatures, PandaOE, PandaPatchDetector, PandaSES, save
+from sklearn_panda.cli import main as cli_main
 
 
 @pytest.fixture
@@ -103,10 +103,13 @@ def test_dask_tasks_give_the_workers_thread_setting_back(monkeypatch):
         torch.set_num_threads(previous)
 
 
-# 14: the command line's other error paths, in a subprocess.
-def _cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "sklearn_panda", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+# 14: the command line's other error paths (``main`` in this process: ``python -m sklearn_panda``
+# runs the same function, tested in test_cli.py).
+def _cli(*args, cwd, monkeypatch, capsys):
+    monkeypatch.chdir(cwd)
+    status = cli_main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 @pytest.fixture(scope="module")
@@ -134,13 +137,13 @@ def cli_files(tmp_path_factory):
         ("unreadable image", ["images", "--model", "features.pt", "--output", "s.csv"], ["broken.png"]),
     ],
 )
-def test_cli_errors_are_one_line_with_status_2(case, args, words, cli_files):
-    result = _cli("score", *args, cwd=cli_files)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("sklearn-panda: error: ") and len(result.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in result.stderr
+def test_cli_errors_are_one_line_with_status_2(case, args, words, cli_files, monkeypatch, capsys):
+    status, _, err = _cli("score", *args, cwd=cli_files, monkeypatch=monkeypatch, capsys=capsys)
+    assert status == 2, err
+    assert err.startswith("sklearn-panda: error: ") and len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
     for word in words:
-        assert word in result.stderr
+        assert word in err
     assert not (cli_files / "s.csv").exists()
 
 

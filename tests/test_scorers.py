@@ -12,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy.spatial.distance import cdist
+from sklearn.utils.estimator_checks import parametrize_with_checks
+from test_common import expected_failed_checks
 
 from sklearn_panda import CenterScorer, KMeansScorer, KNNScorer
 from sklearn_panda.scorers import brute_force_kneighbors
@@ -59,6 +61,16 @@ def test_kneighbors_matches_reference(blobs, algorithm, metric):
     np.testing.assert_allclose(
         -scorer.score_samples(queries), dist.mean(axis=1), rtol=1e-6
     )
+
+
+# scikit-learn's common checks for the nndescent search, here rather than in test_common.py: a
+# pytest-xdist worker takes a module whole, so one worker compiles pynndescent's numba functions
+# (about 20 s) for these and this module's other nndescent tests.
+@parametrize_with_checks(
+    [KNNScorer(algorithm="nndescent", random_state=0)], expected_failed_checks=expected_failed_checks
+)
+def test_nndescent_search_passes_the_common_checks(estimator, check):
+    check(estimator)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
