@@ -72,15 +72,36 @@ def images():
     return (rng.random((24, 20, 20, 3)) * 255).astype(np.uint8)
 
 
-# Modules that take longest, first. With ``--dist loadscope`` (``pyproject.toml``)
-# pytest-xdist hands each module to one worker whole, in the order of collection:
-# a module's tests share its module-scoped fixtures (a fitted model, a Dask
-# cluster), built once. Starting with the longest modules keeps either worker
-# from waiting for the other at the end.
-LONG_MODULES = ("tests/test_benchmarks.py", "tests/test_examples.py", "tests/test_common.py", "tests/test_scorers.py")
+# Modules that take longest, first. With ``--dist loadscope --no-loadscope-reorder``
+# (``pyproject.toml``) pytest-xdist hands each module to one worker whole, in the
+# order of collection: a module's tests share its module-scoped fixtures (a fitted
+# model, a Dask cluster), built once. Starting with the longest modules keeps
+# either worker from waiting for the other at the end.
+LONG_MODULES = (
+    "tests/test_examples.py", "tests/test_scorers.py", "tests/test_benchmarks.py", "tests/test_backbone_nodes.py",
+)
+
+# Modules handed to the worker of another, as if they were one module: they share a costly
+# first use in each process, pynndescent's numba compilation (about 20 s).
+SAME_WORKER = {"tests/test_neighbors.py": "tests/test_scorers.py"}
 
 
 def pytest_collection_modifyitems(items):
     """Put the tests of ``LONG_MODULES`` first, in that order (each module's tests stay in theirs)."""
     rank = {name: position for position, name in enumerate(LONG_MODULES)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(LONG_MODULES)))
+    items.sort(key=lambda item: rank.get(SAME_WORKER.get(item.nodeid.split("::")[0], item.nodeid.split("::")[0]),
+                                         len(LONG_MODULES)))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadscope``, with each module of ``SAME_WORKER`` in its partner's scope."""
+    if config.getoption("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedScopes(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            scope = super()._split_scope(nodeid)
+            return SAME_WORKER.get(scope, scope)
+
+    return SharedScopes(config, log)
