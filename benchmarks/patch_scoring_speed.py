@@ -26,8 +26,8 @@ and the largest score difference from the first variant. Variants:
 ``--forward-only`` times the backbone's forward pass alone on random 640 x 640
 images (batches of 1 and 8, the three networks taking turns, best of the
 rounds): as built, with BatchNorm folded, folded with the activations
-overwriting their inputs, and also with EfficientNet-Lite's even zero padding
-done by the convolutions (the default).
+overwriting their inputs, also with EfficientNet-Lite's even zero padding
+done by the convolutions, and with its uneven padding too (the default).
 """
 
 import argparse
@@ -100,6 +100,23 @@ def searches(detector, variant):
     )
 
 
+def even_padding_only(padding_pass):
+    """``padding_pass`` as it was before it folded uneven padding: uneven ``static_padding`` modules
+    are wrapped (the same padding, no longer an ``nn.ZeroPad2d``), so the pass leaves them."""
+    from torch import nn
+
+    def even_only(traced):
+        for module in traced.modules():
+            padding = getattr(module, "static_padding", None)
+            if isinstance(padding, nn.ZeroPad2d):
+                left, right, top, bottom = padding.padding
+                if left != right or top != bottom:
+                    module.static_padding = nn.Sequential(padding)
+        padding_pass(traced)
+
+    return even_only
+
+
 def forward_only(threads, rounds):
     import torch
 
@@ -114,6 +131,10 @@ def forward_only(threads, rounds):
             networks["folded"] = [folding.fold_batchnorm(stage) for stage in net.trunk]
     with patched(folding, "_padding_into_convolutions", lambda traced: None):
         networks["folded, activations in place"] = [folding.fold_batchnorm(stage) for stage in net.trunk]
+    with patched(folding, "_padding_into_convolutions", even_padding_only(folding._padding_into_convolutions)):
+        networks["folded, activations in place, even padding in the convolutions"] = [
+            folding.fold_batchnorm(stage) for stage in net.trunk
+        ]
     networks["folded, activations in place, padding in the convolutions"] = [
         folding.fold_batchnorm(stage) for stage in net.trunk
     ]

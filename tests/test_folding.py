@@ -150,14 +150,24 @@ class StaticSamePadding(nn.Conv2d):
 
 
 @pytest.mark.parametrize(
-    ("padding", "folded_in"), [((1, 1, 1, 1), True), ((2, 2, 1, 1), True), ((0, 1, 0, 1), False)]
+    ("padding", "kernel", "stride", "folded_in"),
+    [
+        ((1, 1, 1, 1), 3, 1, True),
+        ((2, 2, 1, 1), (3, 5), 1, True),
+        # Uneven: stride-2 "same" padding of an even map, then one wider after than before.
+        ((0, 1, 0, 1), 3, 2, True),
+        ((1, 2, 1, 2), 5, 2, True),
+        ((2, 1, 0, 1), 3, 1, True),
+        # Negative padding crops: kept as it is.
+        ((-1, -1, 0, 0), 3, 1, False),
+    ],
 )
-def test_even_zero_padding_of_its_own_becomes_the_convolutions(padding, folded_in):
-    kernel = (3, 5) if padding == (2, 2, 1, 1) else 3
-    network = with_statistics(nn.Sequential(StaticSamePadding(3, 4, kernel, 1, padding), nn.BatchNorm2d(4)))
+@pytest.mark.parametrize("size", [(9, 11), (10, 12)])
+def test_zero_padding_of_its_own_becomes_the_convolutions(padding, kernel, stride, folded_in, size):
+    network = with_statistics(nn.Sequential(StaticSamePadding(3, 4, kernel, stride, padding), nn.BatchNorm2d(4)))
     copy = fold_batchnorm(network)
     assert batchnorms(copy) == 0
     assert (type(copy.get_submodule("0")) is nn.Conv2d) == folded_in
-    images = torch.rand(2, 3, 9, 11)
+    images = torch.rand(2, 3, *size)
     with torch.no_grad():
         torch.testing.assert_close(copy(images), network(images), atol=1e-5, rtol=1e-4)
