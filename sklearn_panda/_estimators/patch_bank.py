@@ -21,11 +21,12 @@ from ..scorers._contract import AUTO_CONTAMINATION
 # scores and offsets are the exact search's. Chosen on the validation splits of DeepPCB and
 # BSData (benchmarks/patch_scoring_speed.py; benchmarks/RESULTS.md, "Faster scoring"): the
 # fastest graph whose pixel ROC AUC stayed within 0.1 of the exact search's on both, HNSW16 at
-# efSearch 8 (DeepPCB 7.4 images/s against 1.3 exact and 3.8 for HNSW32 at efSearch 32; pixel
-# ROC AUC 88.15 against 88.14; BSData 5.5 against 2.0, 98.06 against 98.07). From about 2,000
-# rows on the graph answers 6,400 queries faster than the exact search, build included.
+# efSearch 4 (DeepPCB 8.9-9.1 images/s against 8.2 at efSearch 8, pixel ROC AUC 88.13 against
+# 88.14 exact; BSData 7.3-7.6 against 6.3, 98.02 against 98.07; HNSW8 at efSearch 4, faster
+# still, lost 0.12 on DeepPCB). From about 2,000 rows on the graph answers 6,400 queries faster
+# than the exact search, build included.
 BANK_INDEX = "HNSW16"
-BANK_INDEX_PARAMS = {"efSearch": 8, "k_factor": 4}
+BANK_INDEX_PARAMS = {"efSearch": 4, "k_factor": 4}
 BANK_INDEX_MIN_ROWS = 2_000
 # The leave-one-out training scores (offset_) come from at most this many training images.
 CALIBRATION_IMAGES = 64
