@@ -93,6 +93,7 @@ def pytest_collection_modifyitems(items):
                                          len(LONG_MODULES)))
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown to pytest without it
 def pytest_xdist_make_scheduler(config, log):
     """``--dist loadscope``, with each module of ``SAME_WORKER`` in its partner's scope."""
     if config.getoption("dist") != "loadscope":

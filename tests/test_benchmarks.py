@@ -2,7 +2,7 @@
 
 Each runs as ``__main__`` in the test's own process (``runpy``; its command
 line in ``sys.argv``), which spares it the seconds a new interpreter takes to
-import torch; torch's thread count is restored afterwards.
+import torch; torch's thread count is restored and pyplot's figures closed afterwards.
 """
 
 import csv
@@ -35,6 +35,8 @@ def run_benchmark(name, *args, monkeypatch, capsys):
         return captured.out
     finally:
         torch.set_num_threads(threads)
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close("all")
     return capsys.readouterr().out
 
 

@@ -92,6 +92,33 @@ def test_an_nndescent_search_gives_torch_its_thread_count_back(rows, monkeypatch
         torch.set_num_threads(previous)
 
 
+def test_an_nndescent_search_leaves_blas_limits_alone(rows, monkeypatch):
+    """Only the OpenMP runtimes get their thread counts back: a BLAS limit set meanwhile (by another
+    thread, say) stays. (A BLAS threaded by OpenMP follows its runtime: left out here.)"""
+    from threadpoolctl import ThreadpoolController
+
+    def own_threads():
+        return {
+            info["filepath"]: info["num_threads"]
+            for info in ThreadpoolController().select(user_api="blas").info()
+            if info.get("threading_layer") != "openmp"
+        }
+
+    class LimitsBlas:
+        def __init__(self, gallery, **options):
+            ThreadpoolController().limit(limits=1, user_api="blas")  # set, never given back
+
+    monkeypatch.setattr("pynndescent.NNDescent", LimitsBlas)
+    original = own_threads()
+    if not original:
+        pytest.skip("no BLAS library with threads of its own that threadpoolctl controls")
+    try:
+        NNDescentSearch(rows[0], n_neighbors=30, random_state=0, n_jobs=1)
+        assert set(own_threads().values()) == {1}
+    finally:
+        ThreadpoolController().limit(limits=max(original.values()), user_api="blas")
+
+
 def _earlier_pickled_state(scorer):
     """A fitted KNNScorer's ``__getstate__`` as the version before the backends wrote it."""
     state = dict(scorer.__getstate__())

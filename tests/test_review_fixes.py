@@ -7,6 +7,7 @@ in test_own_networks.py.
 
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -107,7 +108,10 @@ def test_dask_tasks_give_the_workers_thread_setting_back(monkeypatch):
 # runs the same function, tested in test_cli.py).
 def _cli(*args, cwd, monkeypatch, capsys):
     monkeypatch.chdir(cwd)
-    status = cli_main([str(arg) for arg in args])
+    with warnings.catch_warnings():
+        # As in a process of its own, where Python hides them (pytest shows them).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        status = cli_main([str(arg) for arg in args])
     out, err = capsys.readouterr()
     return status, out, err
 

@@ -225,7 +225,8 @@ def _openmp_threads_kept():
     would otherwise change for the rest of the process: on a machine shared by
     several processes that oversubscribes the cores, several times slower.
     """
-    with ThreadpoolController().limit(limits=None, user_api="openmp"):
+    # Only the OpenMP runtimes: a BLAS limit another thread sets meanwhile stays as it is.
+    with ThreadpoolController().select(user_api="openmp").limit(limits=None):
         yield
 
 
