@@ -87,10 +87,14 @@ SAME_WORKER = {"tests/test_neighbors.py": "tests/test_scorers.py"}
 
 
 def pytest_collection_modifyitems(items):
-    """Put the tests of ``LONG_MODULES`` first, in that order (each module's tests stay in theirs)."""
+    """Put the tests of ``LONG_MODULES`` (and of their ``SAME_WORKER`` partners) first, in that order."""
     rank = {name: position for position, name in enumerate(LONG_MODULES)}
-    items.sort(key=lambda item: rank.get(SAME_WORKER.get(item.nodeid.split("::")[0], item.nodeid.split("::")[0]),
-                                         len(LONG_MODULES)))
+    items.sort(key=lambda item: rank.get(_worker_scope(item.nodeid.split("::")[0]), len(LONG_MODULES)))
+
+
+def _worker_scope(scope):
+    """The scope whose worker runs ``scope``'s tests: its partner in ``SAME_WORKER``, else itself."""
+    return SAME_WORKER.get(scope, scope)
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: unknown to pytest without it
@@ -102,7 +106,6 @@ def pytest_xdist_make_scheduler(config, log):
 
     class SharedScopes(LoadScopeScheduling):
         def _split_scope(self, nodeid):
-            scope = super()._split_scope(nodeid)
-            return SAME_WORKER.get(scope, scope)
+            return _worker_scope(super()._split_scope(nodeid))
 
     return SharedScopes(config, log)
