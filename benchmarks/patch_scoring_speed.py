@@ -27,7 +27,8 @@ and the largest score difference from the first variant. Variants:
 images (batches of 1 and 8, the three networks taking turns, best of the
 rounds): as built, with BatchNorm folded, folded with the activations
 overwriting their inputs, also with EfficientNet-Lite's even zero padding
-done by the convolutions, and with its uneven padding too (the default).
+done by the convolutions, with its uneven padding too, and with the
+activations applied by the convolutions (oneDNN; the default).
 """
 
 import argparse
@@ -126,16 +127,20 @@ def forward_only(threads, rounds):
 
     net, _ = build_patch_net("efficientnet_lite0", "imagenet", "auto")
     networks = {"batchnorm": list(net.trunk)}
-    with patched(folding, "_activations_in_place", lambda traced: None):
+    with patched(folding, "_activations_into_convolutions", lambda traced, calls: None):
+        with patched(folding, "_activations_in_place", lambda traced: None):
+            with patched(folding, "_padding_into_convolutions", lambda traced: None):
+                networks["folded"] = [folding.fold_batchnorm(stage) for stage in net.trunk]
         with patched(folding, "_padding_into_convolutions", lambda traced: None):
-            networks["folded"] = [folding.fold_batchnorm(stage) for stage in net.trunk]
-    with patched(folding, "_padding_into_convolutions", lambda traced: None):
-        networks["folded, activations in place"] = [folding.fold_batchnorm(stage) for stage in net.trunk]
-    with patched(folding, "_padding_into_convolutions", even_padding_only(folding._padding_into_convolutions)):
-        networks["folded, activations in place, even padding in the convolutions"] = [
+            networks["folded, activations in place"] = [folding.fold_batchnorm(stage) for stage in net.trunk]
+        with patched(folding, "_padding_into_convolutions", even_padding_only(folding._padding_into_convolutions)):
+            networks["folded, activations in place, even padding in the convolutions"] = [
+                folding.fold_batchnorm(stage) for stage in net.trunk
+            ]
+        networks["folded, activations in place, padding in the convolutions"] = [
             folding.fold_batchnorm(stage) for stage in net.trunk
         ]
-    networks["folded, activations in place, padding in the convolutions"] = [
+    networks["folded, padding and activations in the convolutions"] = [
         folding.fold_batchnorm(stage) for stage in net.trunk
     ]
 

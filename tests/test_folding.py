@@ -4,7 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from sklearn_panda._engine.folding import fold_batchnorm, folded
+from sklearn_panda._engine.folding import (
+    ConvolutionWithActivation,
+    _pointwise_convolutions_available,
+    fold_batchnorm,
+    folded,
+)
 from sklearn_panda._engine.patch_features import build_patch_net, stage_outputs
 
 
@@ -110,8 +115,61 @@ def test_activations_overwrite_only_what_nothing_else_reads():
     images = torch.rand(2, 3, 8, 8) - 0.5
     with torch.no_grad():
         torch.testing.assert_close(copy(images), network(images), atol=1e-5, rtol=1e-4)
-    chain = fold_batchnorm(with_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU6())))
+    # An activation oneDNN cannot apply inside the convolution overwrites the convolution's output.
+    chain = fold_batchnorm(with_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.SiLU())))
     assert chain.get_submodule("2").inplace
+
+
+def activation_calls(graph_module):
+    modules = dict(graph_module.named_modules())
+    return sum(
+        node.op == "call_module" and isinstance(modules[node.target], (nn.ReLU, nn.ReLU6))
+        for node in graph_module.graph.nodes
+    )
+
+
+class ActivationAfterConvolutionCalledTwice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.conv(x)) + self.conv(x)
+
+
+@pytest.mark.skipif(not _pointwise_convolutions_available(), reason="this torch has no oneDNN convolution with an activation")
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.ReLU6])
+def test_activations_after_convolutions_are_applied_by_the_convolution(activation):
+    network = with_statistics(
+        nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), activation(), nn.Conv2d(8, 4, 1), activation())
+    )
+    copy = fold_batchnorm(network)
+    assert activation_calls(copy) == 0
+    assert sum(isinstance(part, ConvolutionWithActivation) for part in copy.modules()) == 2
+    images = (torch.rand(2, 3, 17, 20) * 4 - 2).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(copy(images), network(images), atol=1e-5, rtol=1e-4)
+    # What the oneDNN kernel does not take goes through the modules: gradients wanted ...
+    wanted = images.clone().requires_grad_()
+    with torch.no_grad():
+        expected = network(images)
+    torch.testing.assert_close(copy(wanted), expected, atol=1e-5, rtol=1e-4)
+    copy(wanted).sum().backward()
+    assert wanted.grad is not None
+    # ... or another dtype.
+    with torch.no_grad():
+        torch.testing.assert_close(copy.double()(images.double()), network.double()(images.double()))
+
+
+def test_an_activation_after_a_convolution_called_twice_stays_apart():
+    network = ActivationAfterConvolutionCalledTwice().eval()
+    copy = fold_batchnorm(network)
+    assert activation_calls(copy) == 1
+    assert not any(isinstance(part, ConvolutionWithActivation) for part in copy.modules())
+    images = torch.rand(2, 3, 8, 8) - 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(copy(images), network(images))
 
 
 @pytest.mark.parametrize("module", [SharedConvolutionOutput, ConvolutionCalledTwice, DataDependent])

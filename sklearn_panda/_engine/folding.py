@@ -9,10 +9,12 @@ forward pass (``benchmarks/RESULTS.md``). torch's own fusion
 in a graph traced with torch's default leaves, so it misses convolutions that
 subclass ``nn.Conv2d`` (EfficientNet-Lite's "same" padding convolutions are
 traced through, down to ``F.conv2d``); here every ``nn.Conv2d`` and
-``nn.BatchNorm2d``, subclass or not, is a leaf. Two more passes go the same
-way: an activation that alone reads a convolution's output overwrites it, and
-a convolution that zero-pads in a module of its own (EfficientNet-Lite's
-``static_padding``) pads as it convolves.
+``nn.BatchNorm2d``, subclass or not, is a leaf. Three more passes go the same
+way: a convolution that zero-pads in a module of its own (EfficientNet-Lite's
+``static_padding``) pads as it convolves; on a CPU a ReLU or ReLU6 that alone
+reads a convolution's output is applied by oneDNN as the convolution writes
+it (:class:`ConvolutionWithActivation`); any other such activation
+overwrites it.
 
 The folded network is a copy: the original keeps its weights (what ``save``
 stores and adaptation trains). :func:`folded` keeps one copy per network and
@@ -20,6 +22,7 @@ makes it again once the original's weights have changed.
 """
 
 import copy
+import functools
 import weakref
 
 import torch
@@ -92,6 +95,7 @@ def fold_batchnorm(module):
             _replace(traced, source.target, fuse_conv_bn_eval(modules[source.target], modules[node.target]))
             node.replace_all_uses_with(source)
             traced.graph.erase_node(node)
+    _activations_into_convolutions(traced, calls)
     traced.graph.lint()
     traced.delete_all_unused_submodules()
     _activations_in_place(traced)
@@ -149,6 +153,91 @@ def _padding_into_convolutions(traced):
             same = torch.allclose(plain(probe), convolution(probe), rtol=1e-4, atol=1e-5)
         if same:
             _replace(traced, node.target, plain)
+
+
+class ConvolutionWithActivation(nn.Module):
+    """A plain ``nn.Conv2d`` and the ReLU or ReLU6 after it, one oneDNN call on a CPU.
+
+    ``torch.ops.mkldnn._convolution_pointwise`` (the kernel that
+    ``torch.compile``'s CPU backend calls for the same pattern) applies the
+    activation as the convolution writes its output: one pass over the
+    feature map fewer (EfficientNet-Lite0 to its stride-16 block at
+    640 x 640, 2 cores: 1.14x the forward pass with the activations in
+    place; ``benchmarks/patch_scoring_speed.py --forward-only``). Inputs that
+    the kernel does not take (another device, another dtype, gradients
+    wanted) go through the convolution and the activation as they are.
+    """
+
+    def __init__(self, convolution, activation):
+        super().__init__()
+        self.convolution = convolution
+        self.activation = activation
+        self.attribute, self.scalars = _POINTWISE[type(activation)](activation)
+
+    def forward(self, x):
+        weight, bias = self.convolution.weight, self.convolution.bias
+        if x.device.type == weight.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not (
+            torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        ):
+            convolution = self.convolution
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, weight, bias, list(convolution.padding), list(convolution.stride), list(convolution.dilation),
+                convolution.groups, self.attribute, self.scalars, None,
+            )
+        return self.activation(self.convolution(x))
+
+
+# The activations oneDNN applies inside a convolution: type -> (its name there, its scalars).
+_POINTWISE = {
+    nn.ReLU: lambda activation: ("relu", []),
+    nn.ReLU6: lambda activation: ("hardtanh", [0.0, 6.0]),
+}
+
+
+@functools.cache
+def _pointwise_convolutions_available():
+    """Whether this torch has oneDNN's convolution with a fused activation (CPU builds with mkldnn)."""
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _activations_into_convolutions(traced, calls):
+    """ReLUs and ReLU6s that alone read a plain convolution's output (called once) become part of it
+    (:class:`ConvolutionWithActivation`); each is checked on a random input, kept apart where the
+    results differ. ``calls``: how often each module is called in the graph."""
+    if not _pointwise_convolutions_available():
+        return
+    modules = dict(traced.named_modules())
+    for node in list(traced.graph.nodes):
+        activation = modules.get(node.target) if node.op == "call_module" else None
+        source = node.args[0] if node.op == "call_module" and len(node.args) == 1 else None
+        if type(activation) not in _POINTWISE or node.kwargs or not isinstance(source, fx.Node):
+            continue
+        convolution = modules.get(source.target) if source.op == "call_module" else None
+        if (
+            type(convolution) is not nn.Conv2d
+            or calls[source.target] != 1
+            or len(source.users) != 1
+            or isinstance(convolution.padding, str)
+            or convolution.padding_mode != "zeros"
+            or convolution.weight.device.type != "cpu"
+        ):
+            continue
+        fused = ConvolutionWithActivation(convolution, activation).eval()
+        side = max(convolution.kernel_size) + 2 * max(convolution.stride) + 3
+        probe = torch.randn(1, convolution.in_channels, side, side + 1, generator=torch.Generator().manual_seed(0))
+        probe = probe.to(convolution.weight.dtype)
+        try:
+            with torch.inference_mode():
+                same = torch.allclose(fused(probe), activation(convolution(probe)), rtol=1e-4, atol=1e-5)
+        except RuntimeError:
+            same = False
+        if same:
+            _replace(traced, source.target, fused)
+            node.replace_all_uses_with(source)
+            traced.graph.erase_node(node)
 
 
 def _activations_in_place(traced):
