@@ -154,12 +154,3 @@ def test_smoothing_in_blocks_equals_smoothing_at_once(monkeypatch):
     at_once = gaussian_smoothing(maps, 4.0)
     monkeypatch.setattr(patch_features, "SMOOTHING_PIXELS", 100)
     torch.testing.assert_close(gaussian_smoothing(maps, 4.0), at_once, rtol=1e-6, atol=1e-6)
-
-
-def test_exact_distances_in_blocks_equal_them_at_once(monkeypatch):
-    rng = np.random.default_rng(0)
-    rows, bank = rng.random((50, 6), dtype=np.float32), rng.random((9, 6), dtype=np.float32)
-    neighbours = rng.integers(0, 9, size=(50, 2))
-    at_once = patch_bank.exact_distances(rows, bank, neighbours)
-    monkeypatch.setattr(patch_bank, "EXACT_DISTANCE_ROWS", 7)
-    np.testing.assert_array_equal(patch_bank.exact_distances(rows, bank, neighbours), at_once)

@@ -345,14 +345,14 @@ class PatchScoringGraph(nn.Module):
     channels : {1, 3}
     spec : dict
         The detector's fitted ``patch_spec_``: ``neighbourhood``, ``border``,
-        ``n_features``, ``sigma`` and ``image_score`` are read.
+        ``n_features``, ``sigma``, ``image_score`` and ``n_worst_patches`` are read.
     bank : ndarray of shape (n_bank, d), float32
         The memory bank.
     n_neighbors : int
     fine_bank : ndarray of shape (n_fine, c), float32, or None
         With ``image_score="patch+fine"``: the bank of the first layer's own features.
     scales : (float, float) or None
-        With ``image_score="patch+fine"``: what each bank's largest patch distance is divided by.
+        With ``image_score="patch+fine"``: what each bank's worst-patch mean is divided by.
     """
 
     def __init__(self, net, *, channels, spec, bank, n_neighbors, fine_bank=None, scales=None):
@@ -364,6 +364,7 @@ class PatchScoringGraph(nn.Module):
         self.n_features = spec["n_features"]
         self.sigma = spec["sigma"]
         self.image_score = spec["image_score"]
+        self.n_worst = spec["n_worst_patches"]
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD, dtype=torch.float32).reshape(1, 3, 1, 1))
         self.distance = GalleryDistance(bank, n_neighbors, "euclidean")
@@ -388,9 +389,16 @@ class PatchScoringGraph(nn.Module):
         if (height, width) != tuple(size):
             upsampled = F.interpolate(patch_map, size=size, mode="bilinear", align_corners=False)
         smoothed = gaussian_smoothing(upsampled, self.sigma)
-        worst = (smoothed if self.image_score == "map" else patch_map).amax(dim=(1, 2, 3))
+        if self.image_score == "map":
+            worst = smoothed.amax(dim=(1, 2, 3))
+        else:
+            worst = self._worst_patches(patch_map.reshape(n_images, -1))
         if self.image_score == "patch+fine":
             fine_rows = maps[0].permute(0, 2, 3, 1).reshape(n_images * height * width, -1)
-            fine_worst = self.fine_distance(fine_rows).reshape(n_images, -1).amax(dim=1)
+            fine_worst = self._worst_patches(self.fine_distance(fine_rows).reshape(n_images, -1))
             worst = worst / self.scales[0] + fine_worst / self.scales[1]
         return -worst, smoothed[:, 0]
+
+    def _worst_patches(self, distances):
+        """Each image's mean of its ``n_worst_patches`` largest patch distances ``(n, m)`` -> ``(n,)``."""
+        return distances.topk(min(self.n_worst, distances.shape[1]), dim=1).values.mean(dim=1)

@@ -14,7 +14,7 @@ from .._engine.patch_features import build_patch_net, patch_grids, resize_maps
 from .._engine.progress import ProgressBar
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from .outlier import OutlierContractMixin
-from .patch_bank import patch_distances
+from .patch_bank import patch_distances, worst_patches
 from .patch_calibration import smoothed_maps
 from .patch_memory import BankAssembly, image_scores
 from .regions import DefectMasksMixin
@@ -47,10 +47,11 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
        smoothed by a Gaussian of ``sigma`` pixels: the anomaly map
        (:meth:`anomaly_maps`);
     4. the image's anomaly score (``image_score``): by default the sum of its
-       largest patch distance and the largest distance of the first layer's
-       own features (no averaging; a second, "fine" bank), each divided by
-       its median over the training images. The averaged features see a
-       region whose texture changed, the fine ones a defect of a few pixels.
+       worst patches' mean distance (its ``n_worst_patches`` largest) and the
+       same for the first layer's own features (no averaging; a second,
+       "fine" bank), each divided by its median over the training images.
+       The averaged features see a region whose texture changed, the fine
+       ones a defect of a few pixels.
 
     The defaults were chosen on two kinds of surface at once, printed-circuit
     boards (DeepPCB: line art, defects a few pixels wide) and ball-screw
@@ -130,14 +131,25 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         that smooths the maps (PatchCore's 4); 0 does not smooth.
 
     image_score : {"patch+fine", "patch", "map"}, default="patch+fine"
-        An image's anomaly score (``-score_samples``): ``"patch"`` its
-        largest patch distance, before upsampling and smoothing (PatchCore's);
-        ``"map"`` its smoothed map's maximum; ``"patch+fine"`` the largest
-        patch distance plus the largest distance of the first layer's own
-        features (stride 8, no neighbourhood averaging) to a second bank of
-        those (``fine_bank_``), each divided by its median over the
-        calibration images' leave-one-out scores (``score_scales_``). For
-        vectors, which have one scale, ``"patch+fine"`` is ``"patch"``.
+        An image's anomaly score (``-score_samples``): ``"patch"`` the mean
+        of its ``n_worst_patches`` largest patch distances, before upsampling
+        and smoothing (with ``n_worst_patches=1``, PatchCore's); ``"map"`` its
+        smoothed map's maximum; ``"patch+fine"`` that mean plus the same mean
+        of the distances of the first layer's own features (stride 8, no
+        neighbourhood averaging) to a second bank of those (``fine_bank_``),
+        each divided by its median over the calibration images' leave-one-out
+        scores (``score_scales_``). For vectors, which have one scale,
+        ``"patch+fine"`` is ``"patch"``.
+
+    n_worst_patches : int, default=4
+        How many of an image's largest patch distances (in each bank) its
+        image score averages, with ``image_score="patch"`` or
+        ``"patch+fine"``: 1 ranks images by their single worst patch, more
+        by a worst region (measured on the validation splits of both
+        development sets: DeepPCB 91.1 / 88.8 / 82.8 image ROC AUC at 1 / 4 /
+        16, BSData 86.6 / 88.1 / 89.7; 4 has the better worse set). Raise it
+        where defects spread over many patches (wear, soiling, a changed
+        texture); keep it low for defects of a few pixels.
 
     algorithm : {"auto", "brute", "faiss", "nndescent"}, default="auto"
         The bank's search, as ``KNNScorer``'s (``"faiss"``: its exact
@@ -189,7 +201,7 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
     patch_spec_ : dict
         What the features, maps and scores are made of, fixed at fit
         (``layers``, ``resize``, ``neighbourhood``, ``border``,
-        ``n_features``, ``sigma``, ``image_score``): scoring and export read
+        ``n_features``, ``sigma``, ``image_score``, ``n_worst_patches``): scoring and export read
         these, never the parameters, so a later ``set_params`` changes
         nothing until the next fit.
     memory_bank_ : ndarray of shape (n_bank, n_features_out), float32
@@ -207,8 +219,8 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
     fine_scorer_ : KNNScorer
         Only with ``image_score="patch+fine"``: the search over ``fine_bank_``.
     score_scales_ : ndarray of shape (2,)
-        Only with ``image_score="patch+fine"``: the medians the two largest
-        distances are divided by.
+        Only with ``image_score="patch+fine"``: the medians the two banks'
+        worst-patch means are divided by.
     n_training_patches_ : int
         How many patch features the training images gave before the coreset.
     n_samples_seen_ : int
@@ -278,6 +290,7 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         "n_neighbors": [Interval(numbers.Integral, 1, None, closed="left")],
         "sigma": [Interval(numbers.Real, 0, None, closed="left")],
         "image_score": [StrOptions({"patch+fine", "patch", "map"})],
+        "n_worst_patches": [Interval(numbers.Integral, 1, None, closed="left")],
         "algorithm": [StrOptions({"auto", "brute", "faiss", "nndescent"})],
         "contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
         "pixel_contamination": [StrOptions({"auto"}), Interval(numbers.Real, 0, 0.5, closed="right")],
@@ -302,6 +315,7 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         n_neighbors=1,
         sigma=4.0,
         image_score="patch+fine",
+        n_worst_patches=4,
         algorithm="auto",
         contamination="auto",
         pixel_contamination="auto",
@@ -322,6 +336,7 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         self.n_neighbors = n_neighbors
         self.sigma = sigma
         self.image_score = image_score
+        self.n_worst_patches = n_worst_patches
         self.algorithm = algorithm
         self.contamination = contamination
         self.pixel_contamination = pixel_contamination
@@ -475,14 +490,16 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
             "n_features": None if self.n_features is None else int(self.n_features),
             "sigma": float(self.sigma),
             "image_score": image_score,
+            "n_worst_patches": int(self.n_worst_patches),
         }
 
     def _spec(self):
-        """The fitted spec; a model fitted before ``patch_spec_`` existed made its features as then."""
+        """The fitted spec; a model fitted before ``patch_spec_`` (or a key of it) existed made its
+        features and scores as then."""
         spec = getattr(self, "patch_spec_", None)
         if spec is None:
             spec = {**self._fitted_spec(self.layers_), "border": "inside", "image_score": "map"}
-        return spec
+        return {"n_worst_patches": 1, **spec}
 
     def _split_arguments(self, attributes):
         """How :func:`sklearn_panda.load` splits the rebuilt backbone: as ``fit`` did."""
@@ -512,11 +529,13 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         searches = [(self.memory_bank_, self.scorer_)]
         if spec["image_score"] == "patch+fine":
             searches.append((self.fine_bank_, self.fine_scorer_))
+        n_worst = spec["n_worst_patches"]
         for indices, grids, size, original, _ in self._embeddings(self.net_, checked, self.device_, spec, "anomaly maps"):
-            distances = [patch_distances(grid, bank, scorer) for grid, (bank, scorer) in zip(grids, searches)]
+            distances = [patch_distances(grid, bank, scorer, n_worst) for grid, (bank, scorer) in zip(grids, searches)]
             smoothed = smoothed_maps(distances[0], grids[0].shape[-2:], size, spec["sigma"])
             map_maxima = smoothed.amax(dim=(1, 2, 3)).numpy()
-            scores[indices] = -image_scores(distances, map_maxima, spec, getattr(self, "score_scales_", None))
+            worst = [worst_patches(found, n_worst) for found in distances]
+            scores[indices] = -image_scores(worst, map_maxima, spec, getattr(self, "score_scales_", None))
             if at_input_size:
                 resized = resize_maps(smoothed, original)
                 for offset, index in enumerate(indices):
@@ -581,10 +600,10 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         Returns
         -------
         scores : ndarray of shape (n_images,)
-            Minus each image's anomaly score (``image_score``: by default its
-            largest patch distance plus its largest fine-patch distance, each
-            divided by its median over the training images); the lower, the
-            more anomalous its worst region.
+            Minus each image's anomaly score (``image_score``: by default the
+            mean distance of its ``n_worst_patches`` worst patches plus that of
+            its worst fine patches, each divided by its median over the
+            training images); the lower, the more anomalous its worst region.
         """
         return self._maps_and_scores(X, at_input_size=False)[2]
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .._engine.patch_features import gaussian_smoothing, patch_features
-from .patch_bank import calibration_threshold, leave_one_out, patch_rows
+from .patch_bank import calibration_threshold, leave_one_out, patch_rows, worst_patches
 
 # The largest magnitude a float16 holds; stage outputs beyond it are kept in float32.
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -93,14 +93,16 @@ def calibration_rows(entry, spec):
     return [patch_rows(grid)[0].numpy() for grid in grids], tuple(grids[0].shape[-2:])
 
 
-def leave_one_out_distances(banks, entries, spec, progress):
-    """The calibration images' patch distances, each against the banks without its own patches.
+def leave_one_out_worst(banks, entries, spec, progress):
+    """The calibration images' worst patches, each image measured against the banks without its own patches.
 
     ``banks`` holds ``(rows, the image each row came from, its search)`` a
-    bank. Returns one ``(n_entries, h * w)`` array per bank (images of
-    different grids are padded with their own largest distance) and the
+    bank. Returns one ``(n_entries,)`` array per bank, each image's mean
+    of its ``spec["n_worst_patches"]`` largest patch distances
+    (:func:`~sklearn_panda._estimators.patch_bank.worst_patches`), and the
     maxima of their smoothed maps.
     """
+    n_worst = spec["n_worst_patches"]
     per_bank = [[] for _ in banks]
     map_maxima = np.empty(len(entries))
     for number, entry in enumerate(entries):
@@ -110,10 +112,10 @@ def leave_one_out_distances(banks, entries, spec, progress):
             def others(which=which, image=entry["image"]):
                 return [calibration_rows(other, spec)[0][which] for other in entries if other["image"] != image]
 
-            per_bank[which].append(leave_one_out(rows[which], entry["image"], bank, owners, scorer, others))
-        smoothed = smoothed_maps(per_bank[0][-1], grid, tuple(entry["size"]), spec["sigma"])
-        map_maxima[number] = float(smoothed.amax())
+            distances = leave_one_out(rows[which], entry["image"], bank, owners, scorer, others, n_worst)
+            per_bank[which].append(worst_patches(distances[None], n_worst)[0])
+            if which == 0:
+                smoothed = smoothed_maps(distances, grid, tuple(entry["size"]), spec["sigma"])
+                map_maxima[number] = float(smoothed.amax())
         progress.update(number + 1)
-    width = max(len(one) for one in per_bank[0])
-    padded = [np.stack([np.pad(one, (0, width - len(one)), mode="edge") for one in found]) for found in per_bank]
-    return padded, map_maxima
+    return [np.array(found) for found in per_bank], map_maxima

@@ -19,7 +19,7 @@ from .._engine.coreset import StreamingCoreset
 from .._engine.progress import ProgressBar
 from ..scorers import offset_from_training_scores
 from .patch_bank import bank_search, patch_rows, pixel_offset
-from .patch_calibration import CalibrationSample, leave_one_out_distances
+from .patch_calibration import CalibrationSample, leave_one_out_worst
 
 # (progress label, bank attribute, attribute of the image each bank row came from), one per bank.
 BANKS = (
@@ -28,26 +28,27 @@ BANKS = (
 )
 
 
-def image_scores(distances, map_maxima, spec, scales):
-    """Each image's anomaly (higher = more anomalous) from its patch distances ``(n, h * w)``
-    (one array a bank) or its smoothed map's maxima ``(n,)``, as ``spec["image_score"]`` says.
+def image_scores(worst, map_maxima, spec, scales):
+    """Each image's anomaly (higher = more anomalous) from its worst patches ``(n,)`` (one array a
+    bank: :func:`~sklearn_panda._estimators.patch_bank.worst_patches`) or its smoothed map's maxima
+    ``(n,)``, as ``spec["image_score"]`` says.
 
-    ``"patch+fine"`` sums each bank's largest patch distance divided by its
-    ``scales`` entry (its median over the calibration images).
+    ``"patch+fine"`` sums each bank's worst patches divided by its ``scales``
+    entry (their median over the calibration images).
 
     Examples
     --------
     >>> import numpy as np
     >>> from sklearn_panda._estimators.patch_memory import image_scores
-    >>> distances = [np.array([[1.0, 3.0]]), np.array([[2.0, 4.0]])]
-    >>> image_scores(distances, np.array([2.5]), {"image_score": "patch+fine"}, [3.0, 2.0])
+    >>> worst = [np.array([3.0]), np.array([4.0])]
+    >>> image_scores(worst, np.array([2.5]), {"image_score": "patch+fine"}, [3.0, 2.0])
     array([3.])
     """
     if spec["image_score"] == "map":
         return np.asarray(map_maxima, dtype=np.float64)
     if spec["image_score"] == "patch":
-        return distances[0].max(axis=1).astype(np.float64)
-    return sum(patch.max(axis=1).astype(np.float64) / scale for patch, scale in zip(distances, scales))
+        return np.asarray(worst[0], dtype=np.float64)
+    return sum(np.asarray(one, dtype=np.float64) / scale for one, scale in zip(worst, scales))
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,9 @@ class BankAssembly:
                 chosen = (torch.from_numpy(bank), torch.from_numpy(images), previous.n_training_patches_)
             banks.append(self._select(coreset, seed, label, chosen))
         progress = ProgressBar(len(sample.entries), "training scores", self.verbose > 0)
-        distances, map_maxima = leave_one_out_distances(banks, sample.entries, spec, progress)
-        scales = np.median(np.stack([patch.max(axis=1) for patch in distances]), axis=1) if fine else None
-        training_scores = -image_scores(distances, map_maxima, spec, scales)
+        worst, map_maxima = leave_one_out_worst(banks, sample.entries, spec, progress)
+        scales = np.median(np.stack(worst), axis=1) if fine else None
+        training_scores = -image_scores(worst, map_maxima, spec, scales)
         fitted = {
             "patch_spec_": spec,
             "n_training_patches_": coresets[0].n_seen_ + (previous.n_training_patches_ if previous is not None else 0),
