@@ -29,6 +29,10 @@ rounds): as built, with BatchNorm folded, folded with the activations
 overwriting their inputs, also with EfficientNet-Lite's even zero padding
 done by the convolutions, with its uneven padding too, and with the
 activations applied by the convolutions (oneDNN; the default).
+
+``--smoothing-only`` times the maps' Gaussian smoothing (sigma 4) at three
+map sizes: the package's banded matrix products against one-channel
+convolutions along each axis (the package before), best of the rounds.
 """
 
 import argparse
@@ -169,6 +173,39 @@ def forward_only(threads, rounds):
         print(f"| {name} | {1 / seconds[1]:.1f} | {1 / seconds[8]:.1f} |")
 
 
+def smoothing_only(threads, rounds):
+    import torch
+    import torch.nn.functional as F
+
+    from adaptation_study import cpu_name
+    from sklearn_panda._engine.patch_features import gaussian_smoothing
+
+    def by_convolution(maps, sigma):
+        radius = int(4 * sigma + 0.5)
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = kernel / kernel.sum()
+        maps = F.conv2d(F.pad(maps, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+        return F.conv2d(F.pad(maps, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+
+    print(f"\n# Gaussian smoothing of one map, sigma 4; {cpu_name()}, {threads} threads, best of {rounds} rounds")
+    print("| map | convolutions, ms | banded products (the package), ms | ratio | largest difference |")
+    print("|---|---|---|---|---|")
+    for shape in ((640, 640), (460, 1130), (1024, 4096)):
+        maps = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(0))
+        best = {}
+        with torch.inference_mode():
+            for _ in range(rounds):
+                for name, smooth in (("convolutions", by_convolution), ("products", gaussian_smoothing)):
+                    start = time.perf_counter()
+                    for _ in range(5):
+                        smoothed = smooth(maps, 4.0)
+                    best[name] = min(best.get(name, np.inf), (time.perf_counter() - start) / 5)
+            difference = float((gaussian_smoothing(maps, 4.0) - by_convolution(maps, 4.0)).abs().max())
+        print(f"| {shape[0]} x {shape[1]} | {1e3 * best['convolutions']:.1f} | {1e3 * best['products']:.1f} "
+              f"| {best['convolutions'] / best['products']:.1f}x | {difference:.1e} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -180,7 +217,8 @@ def main(argv=None):
     parser.add_argument("--n-images", type=int, default=None, help="score only the first N evaluation images")
     parser.add_argument("--variants", nargs="+", default=["fitted", "batchnorm"])
     parser.add_argument("--forward-only", action="store_true")
-    parser.add_argument("--rounds", type=int, default=4, help="--forward-only: rounds of turns")
+    parser.add_argument("--smoothing-only", action="store_true")
+    parser.add_argument("--rounds", type=int, default=4, help="--forward-only, --smoothing-only: rounds of turns")
     args = parser.parse_args(argv)
 
     import torch
@@ -189,6 +227,8 @@ def main(argv=None):
     sys.path.insert(0, str(HERE))
     if args.forward_only:
         return forward_only(args.threads, args.rounds)
+    if args.smoothing_only:
+        return smoothing_only(args.threads, args.rounds)
     import sklearn_panda._engine.patch_features as patch_features
     import sklearn_panda._estimators.patch as patch_module
     import sklearn_panda._estimators.patch_bank as patch_bank

@@ -226,11 +226,16 @@ def test_working_size():
     assert working_size(100, 50, (30, 40)) == (30, 40)
 
 
-def test_gaussian_smoothing_is_scipys_mirrored_gaussian_filter():
+# Runs of positions per banded product: the default (one run per line here), and several runs.
+@pytest.mark.parametrize("block", [None, 5, 16, 56])
+def test_gaussian_smoothing_is_scipys_mirrored_gaussian_filter(block, monkeypatch):
     from scipy import ndimage
 
+    from sklearn_panda._engine import patch_features
     from sklearn_panda._engine.patch_features import gaussian_smoothing
 
+    if block is not None:
+        monkeypatch.setattr(patch_features, "SMOOTHING_BLOCK", block)
     maps = torch.rand(3, 1, 40, 57, generator=torch.Generator().manual_seed(0))
     for sigma in (1.0, 4.0):
         expected = np.stack([ndimage.gaussian_filter(m[0].double().numpy(), sigma, mode="mirror") for m in maps])
