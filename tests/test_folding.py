@@ -201,10 +201,17 @@ class StaticSamePadding(nn.Conv2d):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride, padding):
         super().__init__(in_channels, out_channels, kernel_size, stride, bias=False)
-        self.static_padding = nn.ZeroPad2d(padding)
+        self.static_padding = padding if isinstance(padding, nn.Module) else nn.ZeroPad2d(padding)
 
     def forward(self, x):
         return nn.functional.conv2d(self.static_padding(x), self.weight, self.bias, self.stride)
+
+
+class PassThrough(nn.Module):
+    """An identity of its own (EfficientNet-Lite's 1 x 1 convolutions pad with one)."""
+
+    def forward(self, x):
+        return x
 
 
 @pytest.mark.parametrize(
@@ -218,6 +225,11 @@ class StaticSamePadding(nn.Conv2d):
         ((2, 1, 0, 1), 3, 1, True),
         # Negative padding crops: kept as it is.
         ((-1, -1, 0, 0), 3, 1, False),
+        # No padding at all, through a module of its own ...
+        (PassThrough(), 1, 1, True),
+        (PassThrough(), 3, 2, True),
+        # ... but not another kind of padding.
+        (nn.ReflectionPad2d(1), 3, 1, False),
     ],
 )
 @pytest.mark.parametrize("size", [(9, 11), (10, 12)])

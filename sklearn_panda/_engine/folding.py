@@ -105,9 +105,9 @@ def fold_batchnorm(module):
 
 def _padding_into_convolutions(traced):
     """Convolutions that zero-pad their input in a module of their own (``static_padding``, as the
-    "same"-padding convolutions of EfficientNet-Lite) become plain ``nn.Conv2d`` padding as they
-    convolve: one copy of the padded feature map fewer. Each is checked on a random input and
-    kept where the results differ.
+    "same"-padding convolutions of EfficientNet-Lite, or an identity there where nothing is padded)
+    become plain ``nn.Conv2d`` padding as they convolve: one copy of the padded feature map fewer.
+    Each is checked on a random input and kept where the results differ.
 
     Uneven padding (one pixel more after than before, as a stride-2 "same" convolution of an
     even map has) becomes the larger padding on both sides with a kernel grown by the difference,
@@ -123,12 +123,15 @@ def _padding_into_convolutions(traced):
         if (
             type(convolution) is nn.Conv2d
             or not isinstance(convolution, nn.Conv2d)
-            or not isinstance(padding, nn.ZeroPad2d)
+            or not isinstance(padding, nn.Module)
             or tuple(convolution.padding) != (0, 0)
             or convolution.padding_mode != "zeros"
         ):
             continue
-        left, right, top, bottom = padding.padding
+        # Another module there is taken to pad nothing (EfficientNet-Lite's 1 x 1 convolutions hold an
+        # identity), which the check below confirms: a plain convolution all the same, which the
+        # activation after it can join (_activations_into_convolutions).
+        left, right, top, bottom = padding.padding if isinstance(padding, nn.ZeroPad2d) else (0, 0, 0, 0)
         if min(left, right, top, bottom) < 0 or tuple(convolution.dilation) != (1, 1):
             continue
         # The kernel grows towards the side padded less, by the difference.
@@ -150,7 +153,8 @@ def _padding_into_convolutions(traced):
         probe = torch.randn(1, convolution.in_channels, side, side + 1, generator=torch.Generator().manual_seed(0))
         probe = probe.to(convolution.weight.device, convolution.weight.dtype)
         with torch.no_grad():
-            same = torch.allclose(plain(probe), convolution(probe), rtol=1e-4, atol=1e-5)
+            expected, found = convolution(probe), plain(probe)
+            same = expected.shape == found.shape and torch.allclose(found, expected, rtol=1e-4, atol=1e-5)
         if same:
             _replace(traced, node.target, plain)
 
