@@ -1,8 +1,8 @@
 """Image score from more than the one worst patch? (issue 43; validation splits only)
 
-``PandaPatchDetector``'s default image score is each bank's **largest** patch
+``PandaPatchDetector``'s image score was each bank's **largest** patch
 distance (over its median leave-one-out training score), summed over the two
-banks (``"patch+fine"``). On BSData's splits the image-level ``PandaDetector()``
+banks (``"patch+fine"``); this study chose ``n_worst_patches=4`` instead. On BSData's splits the image-level ``PandaDetector()``
 ranks the pitted photos better; a whole-image term lifted BSData and wrecked
 DeepPCB (``patch_global_study.py``). This study asks whether an aggregate
 between the two, the **mean of each image's k largest patch distances**,
@@ -14,7 +14,8 @@ banks **exactly**, and keeps each evaluation image's and each calibration
 image's (leave-one-out) largest ``KEEP`` patch distances per bank in
 ``benchmarks/out/patch_topk_<set>.npz`` (reused on a rerun). Every aggregate
 is normalised as the detector normalises the maximum: by its median over the
-calibration images' leave-one-out values. Prints one table, each candidate's
+calibration images' leave-one-out values. Every image of a set must have at
+least ``KEEP`` patches (both sets have thousands). Prints one table, each candidate's
 validation image ROC AUC on both sets and the worse of the two.
 
     python benchmarks/patch_topk_study.py --threads 2

@@ -45,8 +45,10 @@ def images_per_s(tree, model, photos, threads):
     environment = dict(os.environ, PYTHONPATH=str(tree))
     result = subprocess.run(
         [sys.executable, "-c", SCORER, str(model), json.dumps(photos), str(threads)],
-        cwd=tree, env=environment, capture_output=True, text=True, check=True,
+        cwd=tree, env=environment, capture_output=True, text=True,
     )
+    if result.returncode:
+        raise RuntimeError(f"Scoring at {tree} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])["images_per_s"]
 
 

@@ -121,7 +121,7 @@ def test_activations_overwrite_only_what_nothing_else_reads():
 
 
 def activation_calls(graph_module):
-    modules = dict(graph_module.named_modules())
+    modules = dict(graph_module.named_modules(remove_duplicate=False))
     return sum(
         node.op == "call_module" and isinstance(modules[node.target], (nn.ReLU, nn.ReLU6))
         for node in graph_module.graph.nodes
@@ -157,11 +157,38 @@ def test_activations_after_convolutions_are_applied_by_the_convolution(activatio
     torch.testing.assert_close(copy(wanted), expected, atol=1e-5, rtol=1e-4)
     copy(wanted).sum().backward()
     assert wanted.grad is not None
+    # ... or autocast on ...
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert copy(images).dtype == network(images).dtype == torch.bfloat16
     # ... or another dtype.
     with torch.no_grad():
         torch.testing.assert_close(copy.double()(images.double()), network.double()(images.double()))
 
 
+class SharedActivation(ConvolutionAndBatchNorm):
+    """One ReLU module called at two places: after the convolution, and after a sum another activation reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.relu = nn.ReLU()
+        self.act = nn.ReLU6()
+
+    def forward(self, x):
+        y = self.relu(self.bn(self.conv(x)))
+        return self.act(self.relu(y + x))
+
+
+def test_a_shared_activation_joins_its_convolution_and_stays_at_its_other_call():
+    network = with_statistics(SharedActivation())
+    copy = fold_batchnorm(network)
+    images = torch.rand(2, 3, 8, 8) - 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(copy(images), network(images), atol=1e-5, rtol=1e-4)
+    if _pointwise_convolutions_available():
+        assert activation_calls(copy) == 2 and isinstance(copy.conv, ConvolutionWithActivation)
+
+
+@pytest.mark.skipif(not _pointwise_convolutions_available(), reason="this torch has no oneDNN convolution with an activation")
 def test_an_activation_after_a_convolution_called_twice_stays_apart():
     network = ActivationAfterConvolutionCalledTwice().eval()
     copy = fold_batchnorm(network)

@@ -55,6 +55,18 @@ def test_the_channel_pooling_is_one_constant_in_the_file(exported, tmp_path):
     assert len(operations) < 150
 
 
+@pytest.mark.parametrize("n_worst", [1, 50])
+def test_the_file_averages_the_n_worst_patches_even_more_than_an_image_has(n_worst, tmp_path):
+    # 48 x 48 images: 36 patches a bank, fewer than 50.
+    detector = PandaPatchDetector(
+        backbone="resnet18", weights=None, resize=None, n_worst_patches=n_worst, random_state=0
+    ).fit(stripes(6))
+    export_onnx(detector, tmp_path / "worst.onnx", image_size=(48, 48))
+    images = stripes(3, seed=2)
+    images[:, 10:18, 20:28] = 255
+    np.testing.assert_allclose(OnnxDetector(tmp_path / "worst.onnx").score_samples(images), detector.score_samples(images), atol=1e-5)
+
+
 def test_a_detector_that_resizes_exports_for_the_scored_size(exported, tmp_path):
     detector = PandaPatchDetector(backbone="resnet18", weights=None, random_state=0).fit(stripes(4))
     with pytest.raises(ValueError, match=r"scores 48 x 48 images at 224 x 224.*image_size=\(224, 224\)"):

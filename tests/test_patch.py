@@ -60,10 +60,12 @@ def test_scores_come_with_the_maps_and_bound_them(fitted):
     images = with_square(stripes(3, seed=2))
     maps, scores = fitted.anomaly_maps(images, return_scores=True)
     np.testing.assert_allclose(scores, fitted.score_samples(images), rtol=1e-6)
-    # The largest patch distance: upsampling and smoothing only average patch distances.
-    assert (-scores >= maps.reshape(3, -1).max(axis=1) - 1e-6).all()
     np.testing.assert_array_equal(fitted.decision_function(images), scores - fitted.offset_)
     np.testing.assert_array_equal(fitted.predict(images), np.where(scores < fitted.offset_, -1, 1))
+    # The single worst patch's distance bounds the map: upsampling and smoothing only average patch distances.
+    worst = PandaPatchDetector(**TINY_10, image_score="patch", n_worst_patches=1).fit(stripes(16))
+    maps, scores = worst.anomaly_maps(images, return_scores=True)
+    assert (-scores >= maps.reshape(3, -1).max(axis=1) - 1e-6).all()
 
 
 def test_maps_have_each_inputs_size_for_files_and_pil_images(tmp_path):
@@ -262,7 +264,8 @@ def test_auto_searches_large_banks_through_a_faiss_graph(monkeypatch):
 
 
 def test_a_poor_graph_still_gives_the_exact_searchs_image_scores_and_offsets(monkeypatch):
-    """Each image's largest patch distances are searched again exactly until the largest is certain."""
+    """Each image's largest patch distances are searched again exactly until the ``n_worst_patches``
+    largest (4, the default) are certain."""
     pytest.importorskip("faiss")
     import sklearn_panda._estimators.patch_bank as patch_bank
 
@@ -289,7 +292,7 @@ def mean_distances(rows, gallery, neighbours):
     return np.linalg.norm(rows[:, None, :] - gallery[neighbours], axis=2).mean(axis=1)
 
 
-@pytest.mark.parametrize("n_largest", [1, 5, 40])
+@pytest.mark.parametrize("n_largest", [1, 5, 40, 500])  # 500: more than the 300 patches
 @pytest.mark.parametrize("seed", range(5))
 def test_certify_largest_makes_the_largest_distances_exact_and_never_lowers_below_exact(seed, n_largest):
     from sklearn_panda._estimators.patch_bank import certify_largest
@@ -305,10 +308,12 @@ def test_certify_largest_makes_the_largest_distances_exact_and_never_lowers_belo
     picked = np.where(rng.random((300, 1)) < 0.3, farther[:, -2:], nearest)
     approximate = mean_distances(rows, gallery, picked)
     certified = certify_largest(approximate.copy(), rows, gallery, 2, n_largest)
-    # The n_largest largest values are the exact search's, held by the patches that hold them there.
-    np.testing.assert_allclose(np.sort(certified)[-n_largest:], np.sort(exact)[-n_largest:], rtol=1e-5)
+    # The n_largest largest values (all of them where there are fewer) are the exact search's, held
+    # by the patches that hold them there.
+    certain = min(n_largest, len(rows))
+    np.testing.assert_allclose(np.sort(certified)[-certain:], np.sort(exact)[-certain:], rtol=1e-5)
     assert np.all(certified >= exact - 1e-5) and np.all(certified <= approximate + 1e-5)
-    top = certified >= np.sort(certified)[-n_largest] - 1e-6
+    top = certified >= np.sort(certified)[-certain] - 1e-6
     np.testing.assert_allclose(certified[top], exact[top], rtol=1e-5)
 
 
@@ -440,7 +445,8 @@ def test_a_model_fitted_before_n_worst_patches_existed_scores_by_its_worst_patch
     detector = PandaPatchDetector(**TINY, n_worst_patches=1).fit(stripes(8))
     images = with_square(stripes(3, seed=2))
     scores = detector.score_samples(images)
-    del detector.patch_spec_["n_worst_patches"]  # as saved before the parameter existed
+    del detector.patch_spec_["n_worst_patches"]  # as saved before the parameter existed ...
+    detector.set_params(n_worst_patches=4)  # ... with today's default among its parameters
     np.testing.assert_array_equal(detector.score_samples(images), scores)
 
 

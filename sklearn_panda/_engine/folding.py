@@ -48,8 +48,10 @@ def fold_batchnorm(module):
     A BatchNorm is folded where its only input is the output of a
     convolution module called once in the network whose output nothing else
     reads; an activation module with an ``inplace`` flag whose every call
-    reads such an output alone then overwrites it. The copy computes what ``module`` computes in eval mode, up to
-    float rounding, and is in eval mode with every parameter frozen. A
+    reads such an output alone then overwrites it, or on a CPU, for a ReLU or ReLU6, is applied by
+    oneDNN as the convolution writes it (:class:`ConvolutionWithActivation`). The copy computes what
+    ``module`` computes in eval mode, up to float rounding, and is in eval mode with every parameter
+    frozen. A
     module that ``torch.fx`` cannot trace is copied unfolded.
 
     Examples
@@ -74,7 +76,7 @@ def fold_batchnorm(module):
         return _frozen(module)
     traced = fx.GraphModule(module, graph)
     _padding_into_convolutions(traced)
-    modules = dict(traced.named_modules())
+    modules = _modules_by_target(traced)
     calls = {}
     for node in traced.graph.nodes:
         if node.op == "call_module":
@@ -129,8 +131,9 @@ def _padding_into_convolutions(traced):
         ):
             continue
         # Another module there is taken to pad nothing (EfficientNet-Lite's 1 x 1 convolutions hold an
-        # identity), which the check below confirms: a plain convolution all the same, which the
-        # activation after it can join (_activations_into_convolutions).
+        # identity of their own): the check on a random input below keeps the convolution where that
+        # is wrong (a check, not a proof). A plain convolution can take the activation after it
+        # (_activations_into_convolutions).
         left, right, top, bottom = padding.padding if isinstance(padding, nn.ZeroPad2d) else (0, 0, 0, 0)
         if min(left, right, top, bottom) < 0 or tuple(convolution.dilation) != (1, 1):
             continue
@@ -169,7 +172,7 @@ class ConvolutionWithActivation(nn.Module):
     640 x 640, 2 cores: 1.14x the forward pass with the activations in
     place; ``benchmarks/patch_scoring_speed.py --forward-only``). Inputs that
     the kernel does not take (another device, another dtype, gradients
-    wanted) go through the convolution and the activation as they are.
+    wanted, autocast on) go through the convolution and the activation as they are.
     """
 
     def __init__(self, convolution, activation):
@@ -180,8 +183,11 @@ class ConvolutionWithActivation(nn.Module):
 
     def forward(self, x):
         weight, bias = self.convolution.weight, self.convolution.bias
-        if x.device.type == weight.device.type == "cpu" and x.dtype == weight.dtype == torch.float32 and not (
-            torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+        if (
+            x.device.type == weight.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.is_autocast_enabled("cpu")
         ):
             convolution = self.convolution
             return torch.ops.mkldnn._convolution_pointwise(
@@ -213,7 +219,7 @@ def _activations_into_convolutions(traced, calls):
     results differ. ``calls``: how often each module is called in the graph."""
     if not _pointwise_convolutions_available():
         return
-    modules = dict(traced.named_modules())
+    modules = _modules_by_target(traced)
     for node in list(traced.graph.nodes):
         activation = modules.get(node.target) if node.op == "call_module" else None
         source = node.args[0] if node.op == "call_module" and len(node.args) == 1 else None
@@ -247,7 +253,7 @@ def _activations_into_convolutions(traced, calls):
 def _activations_in_place(traced):
     """Activations (``nn.ReLU6`` and the like) that only ever read a convolution's output, nothing
     else reading it, overwrite it: one feature map fewer allocated and written per activation."""
-    modules = dict(traced.named_modules())
+    modules = _modules_by_target(traced)
     sites = {}
     for node in traced.graph.nodes:
         module = modules.get(node.target) if node.op == "call_module" else None
@@ -281,6 +287,12 @@ def folded(net):
         cached = (version, copy_.eval())
         _FOLDED[net] = cached
     return cached[1]
+
+
+def _modules_by_target(traced):
+    """Every module of ``traced`` under every name a graph node may call it by (a module held at
+    two places, such as a ReLU shared by several calls and kept in a fused convolution, has both)."""
+    return dict(traced.named_modules(remove_duplicate=False))
 
 
 def _replace(graph_module, target, new):

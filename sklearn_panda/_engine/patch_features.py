@@ -429,7 +429,7 @@ def convolve_lines(maps, kernel, axis):
     ``axis`` is the product of the padded positions that reach it with a
     banded matrix holding the kernel (:func:`kernel_band`). A convolution of
     one channel runs far slower (a 640 x 640 map at sigma 4 on 2 cores of an
-    Intel Xeon: 24 ms through ``conv2d``, 4 ms as products), and would
+    Intel Xeon: 5 to 24 ms through ``conv2d``, about 2 ms as products), and would
     unfold its input into a copy per kernel tap. Lines go through in blocks
     of about ``SMOOTHING_PIXELS`` pixels per map, so that the memory beyond
     the maps stays that of a block; each line needs no other.

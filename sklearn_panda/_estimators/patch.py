@@ -159,7 +159,7 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         otherwise. The leave-one-out training scores go through the same
         search (exact with an exact one). With an approximate search (a
         graph), each image's largest patch distances are searched again
-        exactly until its largest is certain, so that the ``"patch"`` and
+        exactly until its ``n_worst_patches`` largest are certain, so that the ``"patch"`` and
         ``"patch+fine"`` image scores and ``offset_`` are the exact
         search's; elsewhere a map value may lie a little above the exact one.
 
@@ -498,7 +498,7 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         features and scores as then."""
         spec = getattr(self, "patch_spec_", None)
         if spec is None:
-            spec = {**self._fitted_spec(self.layers_), "border": "inside", "image_score": "map"}
+            spec = {**self._fitted_spec(self.layers_), "border": "inside", "image_score": "map", "n_worst_patches": 1}
         return {"n_worst_patches": 1, **spec}
 
     def _split_arguments(self, attributes):
