@@ -15,6 +15,7 @@ and the largest score difference from the first variant. Variants:
 * ``exact``: both banks searched exactly;
 * ``hnswM-efE``: both banks searched through a faiss ``HNSW{M}`` graph at
   ``efSearch=E`` (4 candidates re-ranked exactly), whatever their size;
+  ``hnswM-efE-kF``: F candidates a patch (``k_factor``) instead of 4;
 * any of them with ``-uncertified``: without the exact search again of each
   image's largest patch distances (``patch_bank.certify_largest``);
 * ``batchnorm+SEARCH``: both, e.g. ``batchnorm+hnsw32-ef32-uncertified``
@@ -98,7 +99,12 @@ def searches(detector, variant):
         options = {"algorithm": "brute"}
     else:
         graph, ef = variant.removeprefix("hnsw").split("-ef")
-        options = {"algorithm": "faiss", "faiss_index": f"HNSW{graph}", "faiss_params": {"efSearch": int(ef), "k_factor": 4}}
+        ef, _, k_factor = ef.partition("-k")
+        options = {
+            "algorithm": "faiss",
+            "faiss_index": f"HNSW{graph}",
+            "faiss_params": {"efSearch": int(ef), "k_factor": int(k_factor or 4)},
+        }
     return tuple(
         KNNScorer(n_neighbors=detector.n_neighbors, metric="euclidean", random_state=0, **options).fit(bank)
         for bank in (detector.memory_bank_, detector.fine_bank_)

@@ -154,7 +154,7 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
     algorithm : {"auto", "brute", "faiss", "nndescent"}, default="auto"
         The bank's search, as ``KNNScorer``'s (``"faiss"``: its exact
         ``"Flat"`` index). ``"auto"``: a faiss HNSW graph (``"HNSW16"``,
-        efSearch 4, four candidates a patch re-ranked exactly) for banks of
+        efSearch 4, one candidate a patch) for banks of
         2,000 rows or more where faiss is installed, exact float32 search
         otherwise. The leave-one-out training scores go through the same
         search (exact with an exact one). With an approximate search (a
