@@ -178,6 +178,23 @@ class SharedActivation(ConvolutionAndBatchNorm):
         return self.act(self.relu(y + x))
 
 
+@pytest.mark.parametrize("error", [RuntimeError, TypeError])
+def test_a_fused_convolution_that_fails_its_check_stays_apart(error, monkeypatch):
+    from sklearn_panda._engine import folding
+
+    def fails(self, x):
+        raise error("this torch's oneDNN operator takes other arguments")
+
+    monkeypatch.setattr(folding.ConvolutionWithActivation, "forward", fails)
+    network = with_statistics(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU6()))
+    copy = fold_batchnorm(network)
+    assert activation_calls(copy) == 1
+    assert not any(isinstance(part, folding.ConvolutionWithActivation) for part in copy.modules())
+    images = torch.rand(2, 3, 8, 8) - 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(copy(images), network(images), atol=1e-5, rtol=1e-4)
+
+
 def test_a_shared_activation_joins_its_convolution_and_stays_at_its_other_call():
     network = with_statistics(SharedActivation())
     copy = fold_batchnorm(network)
