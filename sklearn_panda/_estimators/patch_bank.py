@@ -23,7 +23,7 @@ from ..scorers._contract import AUTO_CONTAMINATION
 # (certify_largest), so that image scores and offsets are the exact search's. Chosen on the validation splits of DeepPCB and
 # BSData (benchmarks/patch_scoring_speed.py; benchmarks/RESULTS.md, "Faster scoring"): the
 # fastest graph whose pixel ROC AUC stayed within 0.1 of the exact search's on both, HNSW16 at
-# efSearch 4 (DeepPCB 8.9-9.1 images/s against 8.2 at efSearch 8, pixel ROC AUC 88.13 against
+# efSearch 4 (2 cores of an Intel Xeon, Sapphire Rapids: DeepPCB 8.9-9.1 images/s against 8.2 at efSearch 8, pixel ROC AUC 88.13 against
 # 88.14 exact; BSData 7.3-7.6 against 6.3, 98.02 against 98.07; HNSW8 at efSearch 4, faster
 # still, lost 0.12 on DeepPCB). From about 2,000 rows on the graph answers 6,400 queries faster
 # than the exact search, build included. One candidate a patch (k_factor 1): faiss's beam holds
