@@ -15,7 +15,10 @@ image's (leave-one-out) largest ``KEEP`` patch distances per bank in
 ``benchmarks/out/patch_topk_<set>.npz`` (reused on a rerun). Every aggregate
 is normalised as the detector normalises the maximum: by its median over the
 calibration images' leave-one-out values. Every image of a set must have at
-least ``KEEP`` patches (both sets have thousands). Prints one table, each candidate's
+least ``KEEP`` patches (both sets have thousands). Last, the k-mean *above the image's own level*
+(minus its 128th or 512th largest distance): does a score that ignores how far
+the whole image is from the bank keep DeepPCB's unseen boards down at larger
+k? Prints one table, each candidate's
 validation image ROC AUC on both sets and the worse of the two.
 
     python benchmarks/patch_topk_study.py --threads 2
@@ -100,7 +103,24 @@ def candidates():
             f"patch+fine max + patch+fine top-{k}",
             lambda e, l, k=k: sum(normalised(j, w)(e, l) for j in (1, k) for w in (0, 1)),
         ))
+    for k in (1, 4, 16, 64):
+        for base in (128, 512):
+            found.append((
+                f"patch+fine top-{k} mean minus the {base}th largest",
+                lambda e, l, k=k, base=base: sum(contrast(k, base, w)(e, l) for w in (0, 1)),
+            ))
     return found
+
+
+def contrast(k, base, which):
+    """The top-``k`` mean above the image's own ``base``-th largest distance, over its median
+    leave-one-out value: a region that stands out from the rest of its own image."""
+    def level(distances):
+        return aggregate(distances, k) - distances[:, base - 1]
+
+    def term(evaluation, loo):
+        return level(evaluation[which]) / np.median(level(loo[which]))
+    return term
 
 
 def main(argv=None):

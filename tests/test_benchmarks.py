@@ -309,3 +309,25 @@ def test_defaults_report_ranks_worst_class_first_then_passes(tmp_path):
     # The rows are in the order of their worst validation gain.
     worst = [float(line.split("|")[3]) for line in table.splitlines()[2:]]
     assert worst == sorted(worst, reverse=True)
+
+
+def test_bsdata_dates_counts_only_pairs_of_the_same_day():
+    dates = _load_benchmark("bsdata_dates")
+    assert dates.capture_time("x/01_200905081130_277500_315_crop_2.jpg") == "200905081130"
+    rng = np.random.default_rng(0)
+    days = rng.choice(["200901", "200902", "200903"], 60)
+    anomalous = rng.random(60) < 0.4
+    scores = rng.normal(size=60) + anomalous
+    # Brute force: every (anomalous, normal) pair of one day, a tie counting half.
+    wins = [
+        (scores[a] > scores[n]) + 0.5 * (scores[a] == scores[n])
+        for a in np.flatnonzero(anomalous) for n in np.flatnonzero(~anomalous) if days[a] == days[n]
+    ]
+    matched, pairs = dates.date_matched_auc(anomalous, scores, days)
+    assert pairs == len(wins) and matched == pytest.approx(np.mean(wins))
+    # A score that is the day alone ranks every photo above the earlier days' and none within a day.
+    by_day = days.astype(float) + 0.0 * anomalous
+    assert dates.date_matched_auc(anomalous, by_day, days)[0] == 0.5
+    dates.BOOTSTRAP_DRAWS = 200
+    low, high = dates.paired_bootstrap(anomalous, -scores, scores)
+    assert 0 < low <= high  # the better score's lead, never below zero here
