@@ -19,6 +19,9 @@ training scores. Settings:
 * ``old-defaults``: the defaults before issue 43 (``SETTINGS``);
 * ``pool-16``: the streaming coreset keeping 16x the ratio in each chunk's pool
   (the default: 4x), everything else the default;
+* ``seed-N``: the defaults with ``random_state=N`` (the others: 0), which
+  draws the streaming coreset's pools and the calibration images: the spread
+  of one fit;
 * ``image-level``: ``PandaDetector()`` on the same split (image ROC AUC);
 * ``update``: ``fit`` on the first half of the training images, then
   ``partial_fit`` on the rest (``fit_s`` is the sum, ``update_s`` the
@@ -77,7 +80,8 @@ def run_one(dataset, setting, threads, roots):
         patch_bank.CALIBRATION_IMAGES = 10**9
     if setting == "image-level":
         return image_level(fit, images, y, dataset, threads)
-    detector = PandaPatchDetector(random_state=0, **SETTINGS.get(setting, {}))
+    seed = int(setting.removeprefix("seed-")) if setting.startswith("seed-") else 0
+    detector = PandaPatchDetector(random_state=seed, **SETTINGS.get(setting, {}))
     start = time.perf_counter()
     if setting == "update":
         detector.fit(fit[: len(fit) // 2])
