@@ -11,11 +11,11 @@ closes part of the gap without costing DeepPCB.
 It loads the detectors ``patch_scoring_speed.py`` fitted on the validation
 splits' training images (``--models``; fitted there if missing), searches both
 banks **exactly**, and keeps each evaluation image's and each calibration
-image's (leave-one-out) largest ``KEEP`` patch distances per bank in
+image's (leave-one-out) largest ``--keep`` (512) patch distances per bank in
 ``benchmarks/out/patch_topk_<set>.npz`` (reused on a rerun). Every aggregate
 is normalised as the detector normalises the maximum: by its median over the
 calibration images' leave-one-out values. Every image of a set must have at
-least ``KEEP`` patches (both sets have thousands). Last, the k-mean *above the image's own level*
+least that many patches (both sets have thousands). Last, the k-mean *above the image's own level*
 (minus its 128th or 512th largest distance): does a score that ignores how far
 the whole image is from the bank keep DeepPCB's unseen boards down at larger
 k? Prints one table, each candidate's
@@ -33,14 +33,17 @@ from sklearn.metrics import roc_auc_score
 
 HERE = Path(__file__).resolve().parent
 # Largest patch distances kept per image and bank.
-KEEP = 512
 KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+CONTRAST_KS = (1, 4, 16, 64)
+CONTRAST_BASES = (128, 512)
 
 
-def largest(distances):
-    """Each row's KEEP largest values, in decreasing order: ``(n, KEEP)``."""
+def largest(distances, keep):
+    """Each row's ``keep`` largest values, in decreasing order: ``(n, keep)``."""
     distances = np.asarray(distances)
-    return -np.sort(-distances, axis=1)[:, :KEEP]
+    if distances.shape[1] < keep:
+        raise ValueError(f"An image has {distances.shape[1]} patches, fewer than --keep {keep}.")
+    return -np.sort(-distances, axis=1)[:, :keep]
 
 
 def distances_of(dataset, args):
@@ -48,6 +51,8 @@ def distances_of(dataset, args):
     path = Path(args.out) / f"patch_topk_{dataset}.npz"
     if path.is_file():
         stored = np.load(path)
+        if stored["eval0"].shape[1] < args.keep:
+            raise ValueError(f"{path} keeps {stored['eval0'].shape[1]} distances an image, fewer than --keep {args.keep}.")
         return [stored["eval0"], stored["eval1"]], [stored["loo0"], stored["loo1"]], stored["y"]
     from patch_scoring_speed import fitted_detector, searches
     from patch_study import bsdata_splits, deeppcb_splits
@@ -66,14 +71,14 @@ def distances_of(dataset, args):
     checked = check_input(images)
     for _, grids, _, _, _ in detector._embeddings(detector.net_, checked, detector.device_, spec, "evaluation"):
         for which, (grid, (bank, scorer)) in enumerate(zip(grids, banks)):
-            found[which].append(largest(patch_distances(grid, bank, scorer)))
+            found[which].append(largest(patch_distances(grid, bank, scorer), args.keep))
     owners = (detector.memory_bank_images_, detector.fine_bank_images_)
     loo = [[], []]
     for entry in detector.calibration_maps_:
         rows, _ = calibration_rows(entry, spec)
         for which, ((bank, scorer), owner) in enumerate(zip(banks, owners)):
             distances = leave_one_out(rows[which], entry["image"], bank, owner, scorer, others=None)
-            loo[which].append(largest(distances[None])[0])
+            loo[which].append(largest(distances[None], args.keep)[0])
     evaluation = [np.concatenate(one) for one in found]
     loo = [np.array(one) for one in loo]
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -85,26 +90,27 @@ def aggregate(largest_distances, k):
     return largest_distances[:, :k].mean(axis=1)
 
 
-def candidates():
-    """(name, function of (evaluation, loo) per bank -> anomaly scores)."""
+def candidates(keep=max(KS)):
+    """(name, function of (evaluation, loo) per bank -> anomaly scores), for ``keep`` distances an image."""
     def normalised(k, which):
         def term(evaluation, loo):
             return aggregate(evaluation[which], k) / np.median(aggregate(loo[which], k))
         return term
 
+    ks = [k for k in KS if k <= keep]
     found = []
-    for k in KS:
+    for k in ks:
         found.append((f"patch+fine, top-{k} mean", lambda e, l, k=k: normalised(k, 0)(e, l) + normalised(k, 1)(e, l)))
-    for k in KS[1:]:
+    for k in ks[1:]:
         found.append((f"patch top-{k} + fine max", lambda e, l, k=k: normalised(k, 0)(e, l) + normalised(1, 1)(e, l)))
         found.append((f"patch max + fine top-{k}", lambda e, l, k=k: normalised(1, 0)(e, l) + normalised(k, 1)(e, l)))
-    for k in KS[1:]:
+    for k in ks[1:]:
         found.append((
             f"patch+fine max + patch+fine top-{k}",
             lambda e, l, k=k: sum(normalised(j, w)(e, l) for j in (1, k) for w in (0, 1)),
         ))
-    for k in (1, 4, 16, 64):
-        for base in (128, 512):
+    for k in CONTRAST_KS:
+        for base in (base for base in CONTRAST_BASES if k < base <= keep):
             found.append((
                 f"patch+fine top-{k} mean minus the {base}th largest",
                 lambda e, l, k=k, base=base: sum(contrast(k, base, w)(e, l) for w in (0, 1)),
@@ -130,6 +136,7 @@ def main(argv=None):
     parser.add_argument("--bsdata", default="../shared/data/bsdata")
     parser.add_argument("--models", default="benchmarks/out/patch_scoring_models")
     parser.add_argument("--out", default="benchmarks/out")
+    parser.add_argument("--keep", type=int, default=max(KS), help="largest distances kept an image and bank")
     args = parser.parse_args(argv)
 
     import torch
@@ -140,7 +147,7 @@ def main(argv=None):
     print("\n# validation image ROC AUC, exact searches of the validation detectors' banks")
     print("| image score | DeepPCB | BSData | worse |")
     print("|---|---|---|---|")
-    for name, score in candidates():
+    for name, score in candidates(args.keep):
         aucs = [100 * roc_auc_score(y == -1, score(evaluation, loo)) for evaluation, loo, y in data.values()]
         print(f"| {name} | {aucs[0]:.1f} | {aucs[1]:.1f} | {min(aucs):.1f} |")
 

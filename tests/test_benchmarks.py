@@ -331,3 +331,100 @@ def test_bsdata_dates_counts_only_pairs_of_the_same_day():
     dates.BOOTSTRAP_DRAWS = 200
     low, high = dates.paired_bootstrap(anomalous, -scores, scores)
     assert 0 < low <= high  # the better score's lead, never below zero here
+
+
+@pytest.fixture(scope="module")
+def surface_sets(tmp_path_factory):
+    """Tiny stand-ins for ``../shared/data/deeppcb`` and ``bsdata``, laid out as those folders are.
+
+    DeepPCB: four 128 x 128 one-bit boards a group (template, the same board with a flipped block as
+    its tested image, the block as its mask). BSData: 204 normal and 60 pitted 64 x 160 photos of
+    noise, each pit a faint dark disc with its mask, named as the set names them (capture time second).
+    """
+    from PIL import Image
+
+    from sklearn_panda._io.deeppcb import TEST_GROUPS, TRAIN_GROUPS
+
+    root = tmp_path_factory.mktemp("surfaces")
+    rng = np.random.default_rng(0)
+    for group in TRAIN_GROUPS + TEST_GROUPS:
+        for kind in ("template", "tested", "mask"):
+            (root / "deeppcb" / group / kind).mkdir(parents=True)
+        for name in ("a.png", "b.png", "c.png", "d.png"):
+            board = np.kron(rng.random((16, 16)) < 0.5, np.ones((8, 8), dtype=bool))
+            mask = np.zeros_like(board)
+            top, left = rng.integers(8, 112, size=2)
+            mask[top : top + 2, left : left + 2] = True
+            for kind, image in (("template", board), ("tested", board ^ mask), ("mask", mask)):
+                Image.fromarray(255 * image.astype(np.uint8)).save(root / "deeppcb" / group / kind / name)
+    for kind in ("normal", "pitting", "mask"):
+        (root / "bsdata" / kind).mkdir(parents=True)
+    rows, cols = np.mgrid[:64, :160]
+    for number in range(264):
+        photo = np.clip(128 + 20 * rng.normal(size=(64, 160, 1)), 0, 255).repeat(3, axis=2)
+        name = f"01_2009{1 + number % 7:02d}{number:06d}_277500_315_crop_2"
+        if number < 204:
+            Image.fromarray(photo.astype(np.uint8)).save(root / "bsdata" / "normal" / f"{name}.jpg")
+            continue
+        y, x = rng.integers(8, 56), rng.integers(8, 152)
+        pit = (rows - y) ** 2 + (cols - x) ** 2 < 16
+        photo[pit] -= 40
+        Image.fromarray(photo.astype(np.uint8)).save(root / "bsdata" / "pitting" / f"{name}.jpg")
+        Image.fromarray(255 * pit.astype(np.uint8)).save(root / "bsdata" / "mask" / f"{name}.png")
+    return root
+
+
+def test_patch_fit_cost_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
+    # One fit a data set and setting, as the script's own child process runs it, then the tables
+    # from the lines they printed (the script skips settings its file holds, so no child starts).
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import json
+
+    roots = ["--deeppcb", surface_sets / "deeppcb", "--bsdata", surface_sets / "bsdata", "--threads", "1"]
+    lines = []
+    for dataset in ("deeppcb", "bsdata"):
+        out = run_benchmark("patch_fit_cost", "--one", dataset, "seed-1", *roots, monkeypatch=monkeypatch, capsys=capsys)
+        row = json.loads(out.strip().splitlines()[-1])
+        assert (row["dataset"], row["setting"], row["n_train"]) == (dataset, "seed-1", 20 if dataset == "deeppcb" else 150)
+        assert 0 <= row["image_auc"] <= 1 and 0 <= row["pixel_auc"] <= 1 and row["bank_rows"] > 0
+        lines.append(json.dumps(row))
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    out = run_benchmark(
+        "patch_fit_cost", "--datasets", "deeppcb", "bsdata", "--settings", "seed-1", "--jsonl", jsonl, *roots,
+        monkeypatch=monkeypatch, capsys=capsys,
+    )
+    assert sum(line.startswith("| deeppcb | seed-1 |") or line.startswith("| bsdata | seed-1 |")
+               for line in out.splitlines()) == 4  # both tables, both sets
+
+
+def test_patch_scoring_speed_and_topk_study_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
+    # The top-k study's "top-4 mean" is the detector's own image score (n_worst_patches=4, each bank
+    # over its median leave-one-out value): its ROC AUC is the scoring benchmark's exact search's,
+    # and its scores the detector's.
+    pytest.importorskip("efficientnet_lite_pytorch")
+    roots = ["--deeppcb", surface_sets / "deeppcb", "--bsdata", surface_sets / "bsdata", "--threads", "1"]
+    models = tmp_path / "models"
+    out = run_benchmark(
+        "patch_scoring_speed", "--dataset", "deeppcb", "--split", "validation", "--models", models,
+        "--variants", "fitted", "exact", "batchnorm+hnsw16-ef4-k1-uncertified", *roots,
+        monkeypatch=monkeypatch, capsys=capsys,
+    )
+    table = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
+    assert set(table) >= {"fitted", "exact", "batchnorm+hnsw16-ef4-k1-uncertified"}
+    assert float(table["exact"][-1].rstrip(" |")) == 0  # a bank this small is searched exactly when fitted
+    out = run_benchmark(
+        "patch_topk_study", "--models", models, "--out", tmp_path, "--keep", "128", *roots,
+        monkeypatch=monkeypatch, capsys=capsys,
+    )
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
+    assert "patch+fine top-64 mean minus the 128th largest" in rows and "patch+fine, top-256 mean" not in rows
+    assert rows["patch+fine, top-4 mean"][1] == f"{float(table['exact'][4]):.1f}"  # DeepPCB's column
+    # and score by score, from the distances the study kept:
+    from sklearn_panda import load
+
+    kept = np.load(tmp_path / "patch_topk_deeppcb.npz")
+    study = sum(kept[f"eval{w}"][:, :4].mean(1) / np.median(kept[f"loo{w}"][:, :4].mean(1)) for w in (0, 1))
+    images = _load_benchmark("patch_study").deeppcb_splits(surface_sets / "deeppcb")["validation"][1]
+    detector = load(models / "deeppcb_validation.pt")
+    np.testing.assert_allclose(-detector.score_samples(images), study, rtol=1e-5)
