@@ -21,7 +21,8 @@ training scores. Settings:
   (the default: 4x), everything else the default;
 * ``seed-N``: the defaults with ``random_state=N`` (the others: 0), which
   draws the streaming coreset's pools and the calibration images: the spread
-  of one fit;
+  of one fit; ``SETTING+seed-N``: any setting with that seed;
+* ``ratio-R``: ``coreset_ratio=R`` (the default: 0.01);
 * ``image-level``: ``PandaDetector()`` on the same split (image ROC AUC);
 * ``update``: ``fit`` on the first half of the training images, then
   ``partial_fit`` on the rest (``fit_s`` is the sum, ``update_s`` the
@@ -29,7 +30,9 @@ training scores. Settings:
 
     python benchmarks/patch_fit_cost.py --threads 2 --settings default exact all-images
 
-Results are appended to ``--jsonl`` (resumable: settings there are skipped).
+``--split validation`` fits and scores the validation splits instead (for
+choosing). Results are appended to ``--jsonl`` (resumable: settings there,
+for the split, are skipped).
 """
 
 import argparse
@@ -52,7 +55,22 @@ SETTINGS = {
 }
 
 
-def run_one(dataset, setting, threads, roots):
+def parse_setting(setting):
+    """``(base setting, PandaPatchDetector parameters, seed)`` of a setting's name.
+
+    >>> parse_setting("ratio-0.02+seed-1")
+    ('ratio-0.02', {'coreset_ratio': 0.02}, 1)
+    """
+    base, _, seed = setting.partition("+seed-")
+    if base.startswith("seed-"):
+        base, seed = "default", base.removeprefix("seed-")
+    parameters = dict(SETTINGS.get(base, {}))
+    if base.startswith("ratio-"):
+        parameters["coreset_ratio"] = float(base.removeprefix("ratio-"))
+    return base, parameters, int(seed or 0)
+
+
+def run_one(dataset, setting, threads, roots, split="test"):
     import torch
 
     torch.set_num_threads(threads)
@@ -65,25 +83,25 @@ def run_one(dataset, setting, threads, roots):
     from sklearn_panda.metrics import pixel_roc_auc, pro_score
 
     if dataset == "deeppcb":
-        fit, images, y, masks = deeppcb_splits(roots["deeppcb"])["test"]
+        fit, images, y, masks = deeppcb_splits(roots["deeppcb"])[split]
     else:
-        fit, images, y, masks = bsdata_splits(roots["bsdata"])["test"]
-    if setting in ("exact", "pool-16"):
+        fit, images, y, masks = bsdata_splits(roots["bsdata"])[split]
+    base, parameters, seed = parse_setting(setting)
+    if base in ("exact", "pool-16"):
         original = coreset_module.StreamingCoreset.__init__
-        pool_factor = 1e9 if setting == "exact" else 16.0
+        pool_factor = 1e9 if base == "exact" else 16.0
 
         def pool_init(self, ratio, **kwargs):
             original(self, ratio, **{**kwargs, "pool_factor": pool_factor})
 
         coreset_module.StreamingCoreset.__init__ = pool_init
-    if setting == "all-images":
+    if base == "all-images":
         patch_bank.CALIBRATION_IMAGES = 10**9
-    if setting == "image-level":
-        return image_level(fit, images, y, dataset, threads)
-    seed = int(setting.removeprefix("seed-")) if setting.startswith("seed-") else 0
-    detector = PandaPatchDetector(random_state=seed, **SETTINGS.get(setting, {}))
+    if base == "image-level":
+        return {**image_level(fit, images, y, dataset, threads), "setting": setting, "split": split}
+    detector = PandaPatchDetector(random_state=seed, **parameters)
     start = time.perf_counter()
-    if setting == "update":
+    if base == "update":
         detector.fit(fit[: len(fit) // 2])
         update_start = time.perf_counter()
         detector.partial_fit(fit[len(fit) // 2 :])
@@ -100,8 +118,9 @@ def run_one(dataset, setting, threads, roots):
         **mask_figures(truth, maps, detector.pixel_offset_, y),
         "dataset": dataset,
         "setting": setting,
+        "split": split,
         "fit_s": fit_seconds,
-        **({"update_s": update_seconds} if setting == "update" else {}),
+        **({"update_s": update_seconds} if base == "update" else {}),
         "score_images_per_s": len(images) / score_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "fit_peak_rss_mb": fit_peak,
@@ -175,20 +194,23 @@ def main(argv=None):
     parser.add_argument("--deeppcb", default="../shared/data/deeppcb")
     parser.add_argument("--bsdata", default="../shared/data/bsdata")
     parser.add_argument("--jsonl", default="benchmarks/patch_fit_cost.jsonl")
+    parser.add_argument("--split", choices=["test", "validation"], default="test")
     parser.add_argument("--one", nargs=2, metavar=("DATASET", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     roots = {"deeppcb": args.deeppcb, "bsdata": args.bsdata}
     if args.one:
-        print(json.dumps(run_one(*args.one, args.threads, roots)))
+        print(json.dumps(run_one(*args.one, args.threads, roots, args.split)))
         return
     path = Path(args.jsonl)
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    stored = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    # Rows written before --split existed are the test split's.
+    rows = [r for r in stored if r.get("split", "test") == args.split]
     for dataset in args.datasets:
         for setting in args.settings:
             if any(r["dataset"] == dataset and r["setting"] == setting for r in rows):
                 continue
             command = [sys.executable, __file__, "--one", dataset, setting, "--threads", str(args.threads),
-                       "--deeppcb", args.deeppcb, "--bsdata", args.bsdata]
+                       "--deeppcb", args.deeppcb, "--bsdata", args.bsdata, "--split", args.split]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             row = json.loads(output.strip().splitlines()[-1])
             rows.append(row)

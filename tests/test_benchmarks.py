@@ -383,18 +383,22 @@ def test_patch_fit_cost_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     roots = ["--deeppcb", surface_sets / "deeppcb", "--bsdata", surface_sets / "bsdata", "--threads", "1"]
     lines = []
     for dataset in ("deeppcb", "bsdata"):
-        out = run_benchmark("patch_fit_cost", "--one", dataset, "seed-1", *roots, monkeypatch=monkeypatch, capsys=capsys)
+        out = run_benchmark(
+            "patch_fit_cost", "--one", dataset, "ratio-0.02+seed-1", *roots, monkeypatch=monkeypatch, capsys=capsys
+        )
         row = json.loads(out.strip().splitlines()[-1])
-        assert (row["dataset"], row["setting"], row["n_train"]) == (dataset, "seed-1", 20 if dataset == "deeppcb" else 150)
-        assert 0 <= row["image_auc"] <= 1 and 0 <= row["pixel_auc"] <= 1 and row["bank_rows"] > 0
+        assert (row["dataset"], row["setting"], row["split"]) == (dataset, "ratio-0.02+seed-1", "test")
+        assert row["n_train"] == (20 if dataset == "deeppcb" else 150)
+        assert row["bank_rows"] == pytest.approx(0.02 * row["training_patches"], abs=1)
+        assert 0 <= row["image_auc"] <= 1 and 0 <= row["pixel_auc"] <= 1
         lines.append(json.dumps(row))
     jsonl = tmp_path / "rows.jsonl"
     jsonl.write_text("\n".join(lines) + "\n")
     out = run_benchmark(
-        "patch_fit_cost", "--datasets", "deeppcb", "bsdata", "--settings", "seed-1", "--jsonl", jsonl, *roots,
+        "patch_fit_cost", "--datasets", "deeppcb", "bsdata", "--settings", "ratio-0.02+seed-1", "--jsonl", jsonl, *roots,
         monkeypatch=monkeypatch, capsys=capsys,
     )
-    assert sum(line.startswith("| deeppcb | seed-1 |") or line.startswith("| bsdata | seed-1 |")
+    assert sum(line.startswith(("| deeppcb | ratio-0.02+seed-1 |", "| bsdata | ratio-0.02+seed-1 |"))
                for line in out.splitlines()) == 4  # both tables, both sets
 
 
