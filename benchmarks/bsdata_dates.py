@@ -12,18 +12,22 @@ Both detectors are fitted with their defaults on the 150 training photos of
 ``patch_study.py``'s BSData split (the same fit as the test split's) and score
 every held-out photo. Printed:
 
-* the test split's image ROC AUC of each, and the difference with a paired,
-  stratified bootstrap interval (2,000 draws of the test photos);
-* the **date-matched** ROC AUC on the test split: only pairs of a normal and a
-  pitted photo taken on the same day count (the per-day ROC AUCs, weighted by
-  their pairs), so that the date cannot separate them;
+* on the test split, then on the validation and test splits together (the
+  validation photos chose the patch detector's defaults): each detector's
+  image ROC AUC, and the difference with a paired, stratified bootstrap
+  interval (2,000 draws of the photos);
+* the **date-matched** ROC AUC on the same photos: only pairs of a normal and
+  a pitted photo taken on the same day count (the per-day ROC AUCs, weighted
+  by their pairs), so that the date cannot separate them; its difference's
+  interval likewise;
 * among the held-out **normal** photos only (validation and test, none
-  pitted), the ROC AUC with which each score tells the photos taken on a day
-  with pitted photos (2020-09-05 on) from the earlier ones, and the rank
-  correlation of the score with the capture time: how much of the score is
-  the date.
+  pitted), the ROC AUC with which each score tells the photos taken on
+  2020-09-05 or later (the days of 165 of the 167 pitted photos) from the
+  earlier ones, and the rank correlation of the score with the capture time:
+  how much of the score is the date.
 
-Scores are kept in ``benchmarks/out/bsdata_dates.npz`` (reused on a rerun).
+Scores are kept in ``--out``'s ``bsdata_dates.npz``, reused on a rerun
+whatever ``--bsdata`` says (delete it to score again).
 
     python benchmarks/bsdata_dates.py --threads 2
 """
@@ -86,7 +90,8 @@ def paired_bootstrap(anomalous, first, second, seed=0):
 
 
 def date_matched_difference_interval(anomalous, first, second, days, seed=0):
-    """Paired bootstrap interval (as :func:`paired_bootstrap`) of the date-matched ROC AUC difference."""
+    """Paired bootstrap interval (as :func:`paired_bootstrap`) of the date-matched ROC AUC difference
+    (over the draws that hold a same-day pair)."""
     rng = np.random.default_rng(seed)
     positive, negative = np.flatnonzero(anomalous), np.flatnonzero(~anomalous)
     differences = []
@@ -96,11 +101,12 @@ def date_matched_difference_interval(anomalous, first, second, days, seed=0):
             date_matched_auc(anomalous[drawn], second[drawn], days[drawn])[0]
             - date_matched_auc(anomalous[drawn], first[drawn], days[drawn])[0]
         )
-    return np.percentile(differences, [2.5, 97.5])
+    return np.nanpercentile(differences, [2.5, 97.5])
 
 
 def date_matched_auc(anomalous, scores, days):
-    """ROC AUC over the pairs of a normal and an anomalous photo of the same day."""
+    """ROC AUC over the pairs of a normal and an anomalous photo of the same day (NaN without
+    any), and the number of those pairs."""
     weighted, pairs = 0.0, 0
     for day in np.unique(days):
         on_day = days == day
@@ -108,7 +114,7 @@ def date_matched_auc(anomalous, scores, days):
         if n_pairs:
             weighted += n_pairs * roc_auc_score(anomalous[on_day], scores[on_day])
             pairs += n_pairs
-    return weighted / pairs, pairs
+    return (weighted / pairs if pairs else float("nan")), pairs
 
 
 def main(argv=None):
@@ -128,7 +134,8 @@ def main(argv=None):
     detectors = {"PandaDetector() (image level)": image_level, "PandaPatchDetector()": patch}
 
     test = split == "test"
-    for name, rows in (("test split", test), ("validation and test splits (validation chose the patch defaults)", split != "")):
+    everything = np.ones(len(split), dtype=bool)
+    for name, rows in (("test split", test), ("validation and test splits (validation chose the patch defaults)", everything)):
         print(f"\n# BSData {name}: {int((~anomalous[rows]).sum())} normal, {int(anomalous[rows].sum())} pitted photos")
         print("| detector | image ROC AUC | date-matched ROC AUC |")
         print("|---|---|---|")
@@ -150,7 +157,7 @@ def main(argv=None):
     print("| detector | ROC AUC late against early | Spearman with capture time |")
     print("|---|---|---|")
     for name, scores in detectors.items():
-        rho = spearmanr(scores[normal], times[normal].astype(np.int64)).statistic
+        rho = spearmanr(scores[normal], times[normal].astype(np.int64))[0]
         print(f"| {name} | {100 * roc_auc_score(late, scores[normal]):.1f} | {rho:+.2f} |")
 
 

@@ -98,6 +98,8 @@ def run_one(dataset, setting, threads, roots, split="test"):
     if base == "all-images":
         patch_bank.CALIBRATION_IMAGES = 10**9
     if base == "image-level":
+        if seed:
+            raise ValueError("image-level takes no +seed-N: PandaDetector's seed is fixed at 0 here.")
         return {**image_level(fit, images, y, dataset, threads), "setting": setting, "split": split}
     detector = PandaPatchDetector(random_state=seed, **parameters)
     start = time.perf_counter()

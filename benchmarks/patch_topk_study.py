@@ -32,7 +32,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 HERE = Path(__file__).resolve().parent
-# Largest patch distances kept per image and bank.
+# k of the k-mean candidates, and of the "minus the base-th largest" ones.
 KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 CONTRAST_KS = (1, 4, 16, 64)
 CONTRAST_BASES = (128, 512)

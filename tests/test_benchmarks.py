@@ -331,6 +331,44 @@ def test_bsdata_dates_counts_only_pairs_of_the_same_day():
     dates.BOOTSTRAP_DRAWS = 200
     low, high = dates.paired_bootstrap(anomalous, -scores, scores)
     assert 0 < low <= high  # the better score's lead, never below zero here
+    # Paired: both scores see the same draws, so a score against its own monotone transform differs by
+    # exactly nothing in every draw (an unpaired bootstrap would spread).
+    assert list(dates.paired_bootstrap(anomalous, scores, 2 * scores + 1)) == [0, 0]
+    assert list(dates.date_matched_difference_interval(anomalous, scores, 2 * scores + 1, days)) == [0, 0]
+
+
+def test_bsdata_dates_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
+    # From stored scores (the script reuses them; fitting PandaDetector would take too long here).
+    dates = _load_benchmark("bsdata_dates")
+    splits = _load_benchmark("patch_study").bsdata_splits(surface_sets / "bsdata")
+    paths, y, split = [], [], []
+    for name in ("validation", "test"):
+        paths += splits[name][1]
+        y += list(splits[name][2])
+        split += [name] * len(splits[name][1])
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=len(paths)) + (np.array(y) == -1)
+    np.savez(tmp_path / "bsdata_dates.npz", paths=np.array(paths), y=np.array(y), image_level=scores,
+             patch=-scores, split=np.array(split))
+    dates.BOOTSTRAP_DRAWS = 20
+    monkeypatch.setattr(sys, "argv", ["bsdata_dates.py", "--out", str(tmp_path), "--threads", "1"])
+    threads = torch.get_num_threads()
+    try:
+        dates.main()
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert out.count("| PandaPatchDetector() |") == 3 and out.count("95% paired bootstrap interval") == 2
+    assert "# BSData test split: 4 normal, 3 pitted photos" in out and "date-matched pairs: 0" not in out
+
+
+def test_patch_fit_cost_parses_settings():
+    parse = _load_benchmark("patch_fit_cost").parse_setting
+    assert parse("default") == ("default", {}, 0)
+    assert parse("seed-2") == ("default", {}, 2)
+    assert parse("ratio-0.05") == ("ratio-0.05", {"coreset_ratio": 0.05}, 0)
+    assert parse("ratio-0.02+seed-1") == ("ratio-0.02", {"coreset_ratio": 0.02}, 1)
+    assert parse("old-defaults+seed-3")[1:] == ({"border": "inside", "image_score": "map", "coreset_ratio": 0.1}, 3)
 
 
 @pytest.fixture(scope="module")
@@ -362,7 +400,7 @@ def surface_sets(tmp_path_factory):
     rows, cols = np.mgrid[:64, :160]
     for number in range(264):
         photo = np.clip(128 + 20 * rng.normal(size=(64, 160, 1)), 0, 255).repeat(3, axis=2)
-        name = f"01_2009{1 + number % 7:02d}{number:06d}_277500_315_crop_2"
+        name = f"01_2009{4 + number % 2:02d}{number:06d}_277500_315_crop_2"  # 09-04 and 09-05
         if number < 204:
             Image.fromarray(photo.astype(np.uint8)).save(root / "bsdata" / "normal" / f"{name}.jpg")
             continue
@@ -400,6 +438,15 @@ def test_patch_fit_cost_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     )
     assert sum(line.startswith(("| deeppcb | ratio-0.02+seed-1 |", "| bsdata | ratio-0.02+seed-1 |"))
                for line in out.splitlines()) == 4  # both tables, both sets
+    # Each split's table holds its own rows only (a row written before --split is the test split's).
+    validation = [json.dumps({**json.loads(line), "split": "validation", "fit_s": 12345}) for line in lines]
+    jsonl.write_text("\n".join(lines + validation) + "\n")
+    for split, shown in (("test", False), ("validation", True)):
+        out = run_benchmark(
+            "patch_fit_cost", "--datasets", "deeppcb", "bsdata", "--settings", "ratio-0.02+seed-1", "--jsonl", jsonl,
+            "--split", split, *roots, monkeypatch=monkeypatch, capsys=capsys,
+        )
+        assert ("| 12345 |" in out) is shown and out.count("| deeppcb | ratio-0.02+seed-1 |") == 2
 
 
 def test_patch_scoring_speed_and_topk_study_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
@@ -423,7 +470,7 @@ def test_patch_scoring_speed_and_topk_study_tiny_run(surface_sets, tmp_path, mon
     )
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
     assert "patch+fine top-64 mean minus the 128th largest" in rows and "patch+fine, top-256 mean" not in rows
-    assert rows["patch+fine, top-4 mean"][1] == f"{float(table['exact'][4]):.1f}"  # DeepPCB's column
+    assert float(rows["patch+fine, top-4 mean"][1]) == pytest.approx(float(table["exact"][4]), abs=0.06)  # DeepPCB
     # and score by score, from the distances the study kept:
     from sklearn_panda import load
 
