@@ -116,7 +116,10 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         fine bank), chosen by greedy k-center selection in two stages: each
         chunk of 16,384 patches keeps four times this fraction, then the
         final selection is made among those (exact greedy selection where
-        four times the fraction is 1 or more; 1 keeps every patch).
+        four times the fraction is 1 or more; 1 keeps every patch). On the
+        validation splits of both development sets 0.02 gained at most half
+        a point (within the seeds' spread on BSData's image score) for half
+        the scoring speed, and 0.05 more than doubled the fit again.
 
     projection_dim : int or None, default=128
         Dimension of the random projection the coreset selection measures
