@@ -117,10 +117,10 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         chunk of 16,384 patches keeps four times this fraction, then the
         final selection is made among those (exact greedy selection where
         four times the fraction is 1 or more; 1 keeps every patch). On the
-        validation splits of both development sets 0.02 gained at most half
-        a point (within the seeds' spread on BSData's image score) and cost
-        a fifth to two fifths of the scoring speed, and 0.05 fitted DeepPCB's 400 photos in
-        445 s against 55 s (``benchmarks/RESULTS.md``).
+        validation splits of both development sets 0.02 gained 0.2 to 0.6
+        points (within the seeds' spread on BSData's image score) and cost
+        a fifth to two fifths of the scoring speed; 0.05 fitted DeepPCB's
+        400 photos in 445 s against 55 s (``benchmarks/RESULTS.md``).
 
     projection_dim : int or None, default=128
         Dimension of the random projection the coreset selection measures
