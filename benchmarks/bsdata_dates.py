@@ -77,31 +77,29 @@ def scores_of(args):
     return paths, np.array(y), image_level, patch, np.array(split)
 
 
-def paired_bootstrap(anomalous, first, second, seed=0):
-    """2.5th and 97.5th percentiles of ROC AUC(second) - ROC AUC(first) over photos drawn with
-    replacement within each class."""
+def paired_interval(anomalous, first, second, auc, draws=None, seed=0):
+    """2.5th and 97.5th percentiles of ``auc(drawn, second) - auc(drawn, first)`` over draws of the
+    photos' indices with replacement within each class (both scores see the same draws; draws
+    where ``auc`` is NaN are left out). ``draws``: ``BOOTSTRAP_DRAWS`` unless given."""
     rng = np.random.default_rng(seed)
     positive, negative = np.flatnonzero(anomalous), np.flatnonzero(~anomalous)
     differences = []
-    for _ in range(BOOTSTRAP_DRAWS):
+    for _ in range(BOOTSTRAP_DRAWS if draws is None else draws):
         drawn = np.r_[rng.choice(positive, len(positive)), rng.choice(negative, len(negative))]
-        differences.append(roc_auc_score(anomalous[drawn], second[drawn]) - roc_auc_score(anomalous[drawn], first[drawn]))
-    return np.percentile(differences, [2.5, 97.5])
-
-
-def date_matched_difference_interval(anomalous, first, second, days, seed=0):
-    """Paired bootstrap interval (as :func:`paired_bootstrap`) of the date-matched ROC AUC difference
-    (over the draws that hold a same-day pair)."""
-    rng = np.random.default_rng(seed)
-    positive, negative = np.flatnonzero(anomalous), np.flatnonzero(~anomalous)
-    differences = []
-    for _ in range(BOOTSTRAP_DRAWS):
-        drawn = np.r_[rng.choice(positive, len(positive)), rng.choice(negative, len(negative))]
-        differences.append(
-            date_matched_auc(anomalous[drawn], second[drawn], days[drawn])[0]
-            - date_matched_auc(anomalous[drawn], first[drawn], days[drawn])[0]
-        )
+        differences.append(auc(drawn, second) - auc(drawn, first))
     return np.nanpercentile(differences, [2.5, 97.5])
+
+
+def paired_bootstrap(anomalous, first, second, draws=None):
+    """Paired bootstrap interval of ROC AUC(second) - ROC AUC(first)."""
+    return paired_interval(anomalous, first, second, lambda drawn, s: roc_auc_score(anomalous[drawn], s[drawn]), draws)
+
+
+def date_matched_difference_interval(anomalous, first, second, days, draws=None):
+    """Paired bootstrap interval of the date-matched ROC AUC difference."""
+    def auc(drawn, scores):
+        return date_matched_auc(anomalous[drawn], scores[drawn], days[drawn])[0]
+    return paired_interval(anomalous, first, second, auc, draws)
 
 
 def date_matched_auc(anomalous, scores, days):
@@ -122,6 +120,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--bsdata", default="../shared/data/bsdata")
     parser.add_argument("--out", default="benchmarks/out")
+    parser.add_argument("--draws", type=int, default=BOOTSTRAP_DRAWS, help="bootstrap draws of each interval")
     args = parser.parse_args(argv)
 
     import torch
@@ -145,9 +144,11 @@ def main(argv=None):
         shared = [d for d in np.unique(days[rows]) if len(np.unique(anomalous[rows][days[rows] == d])) == 2]
         print(f"date-matched pairs: {pairs}; days with both kinds (normal photos on them): "
               + ", ".join(f"{d} ({int((~anomalous[rows] & (days[rows] == d)).sum())})" for d in shared))
-        low, high = paired_bootstrap(anomalous[rows], image_level[rows], patch[rows])
+        low, high = paired_bootstrap(anomalous[rows], image_level[rows], patch[rows], args.draws)
         print(f"patch minus image level, 95% paired bootstrap interval: {100 * low:+.1f} to {100 * high:+.1f}")
-        low, high = date_matched_difference_interval(anomalous[rows], image_level[rows], patch[rows], days[rows])
+        low, high = date_matched_difference_interval(
+            anomalous[rows], image_level[rows], patch[rows], days[rows], args.draws
+        )
         print(f"the same, date-matched: {100 * low:+.1f} to {100 * high:+.1f}")
 
     normal = ~anomalous

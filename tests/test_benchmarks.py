@@ -339,7 +339,6 @@ def test_bsdata_dates_counts_only_pairs_of_the_same_day():
 
 def test_bsdata_dates_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     # From stored scores (the script reuses them; fitting PandaDetector would take too long here).
-    dates = _load_benchmark("bsdata_dates")
     splits = _load_benchmark("patch_study").bsdata_splits(surface_sets / "bsdata")
     paths, y, split = [], [], []
     for name in ("validation", "test"):
@@ -350,14 +349,8 @@ def test_bsdata_dates_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     scores = rng.normal(size=len(paths)) + (np.array(y) == -1)
     np.savez(tmp_path / "bsdata_dates.npz", paths=np.array(paths), y=np.array(y), image_level=scores,
              patch=-scores, split=np.array(split))
-    dates.BOOTSTRAP_DRAWS = 20
-    monkeypatch.setattr(sys, "argv", ["bsdata_dates.py", "--out", str(tmp_path), "--threads", "1"])
-    threads = torch.get_num_threads()
-    try:
-        dates.main()
-    finally:
-        torch.set_num_threads(threads)
-    out = capsys.readouterr().out
+    out = run_benchmark("bsdata_dates", "--out", tmp_path, "--threads", "1", "--draws", "20",
+                        monkeypatch=monkeypatch, capsys=capsys)
     assert out.count("| PandaPatchDetector() |") == 3 and out.count("95% paired bootstrap interval") == 2
     assert "# BSData test split: 4 normal, 3 pitted photos" in out and "date-matched pairs: 0" not in out
 
@@ -373,7 +366,8 @@ def test_patch_fit_cost_parses_settings():
 
 @pytest.fixture(scope="module")
 def surface_sets(tmp_path_factory):
-    """Tiny stand-ins for ``../shared/data/deeppcb`` and ``bsdata``, laid out as those folders are.
+    """Tiny stand-ins for the DeepPCB and BSData folders the benchmarks read, laid out as those are
+    (the tests never read the real ones).
 
     DeepPCB: four 128 x 128 one-bit boards a group (template, the same board with a flipped block as
     its tested image, the block as its mask). BSData: 204 normal and 60 pitted 64 x 160 photos of

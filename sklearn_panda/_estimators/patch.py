@@ -502,7 +502,7 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         features and scores as then."""
         spec = getattr(self, "patch_spec_", None)
         if spec is None:
-            spec = {**self._fitted_spec(self.layers_), "border": "inside", "image_score": "map", "n_worst_patches": 1}
+            spec = {**self._fitted_spec(self.layers_), "border": "inside", "image_score": "map"}
         return {"n_worst_patches": 1, **spec}
 
     def _split_arguments(self, attributes):
