@@ -355,6 +355,56 @@ def test_bsdata_dates_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     assert "# BSData test split: 4 normal, 3 pitted photos" in out and "date-matched pairs: 0" not in out
 
 
+def test_bsdata_crossfit_pairs_are_a_roc_auc():
+    crossfit, dates = _load_benchmark("bsdata_crossfit"), _load_benchmark("bsdata_dates")
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    normal, pitted = rng.normal(size=40).round(1), rng.normal(size=25).round(1) + 1  # rounded: ties too
+    normal_days, pitted_days = rng.choice(["200901", "200902"], 40), rng.choice(["200901", "200902"], 25)
+    # One model for every normal photo: the share of won pairs is the ROC AUC, the same-day share
+    # bsdata_dates' date-matched ROC AUC.
+    wins = crossfit.pair_wins(normal, np.broadcast_to(pitted, (40, 25)))
+    labels = np.r_[np.zeros(40, dtype=bool), np.ones(25, dtype=bool)]
+    assert crossfit.pair_auc(wins, np.ones((40, 25))) == pytest.approx(roc_auc_score(labels, np.r_[normal, pitted]))
+    same_day = (normal_days[:, None] == pitted_days[None]).astype(float)
+    matched = dates.date_matched_auc(labels, np.r_[normal, pitted], np.r_[normal_days, pitted_days])[0]
+    assert crossfit.pair_auc(wins, same_day) == pytest.approx(matched)
+    # Each normal photo's row compares it with the pitted photos as its own model scored them.
+    shifted = np.broadcast_to(pitted, (40, 25)) + 100 * (np.arange(40) < 20)[:, None]
+    assert crossfit.pair_auc(crossfit.pair_wins(normal, shifted), np.ones((40, 25)), np.arange(20), np.arange(25)) == 1
+    # Paired draws: a detector against itself differs by nothing; against a worse one, by more than nothing.
+    assert list(crossfit.paired_pair_interval(wins, wins, np.ones((40, 25)), draws=50)) == [0, 0]
+    worse = crossfit.pair_wins(normal, np.broadcast_to(pitted - 1, (40, 25)))
+    assert crossfit.paired_pair_interval(worse, wins, np.ones((40, 25)), draws=50)[0] > 0
+
+
+def test_bsdata_crossfit_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
+    # Two folds: the second from stored scores, the first fitted (both detectors; the image-level one
+    # with a single adaptation step, its default's 45 s on these photos being the script's, not the test's).
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import sklearn_panda
+
+    image_level = sklearn_panda.PandaDetector
+    monkeypatch.setattr(sklearn_panda, "PandaDetector", lambda **params: image_level(**params, n_steps=1))
+    crossfit = _load_benchmark("bsdata_crossfit")
+    normal, pitted = crossfit.photos(surface_sets / "bsdata")
+    assert (len(normal), len(pitted)) == (154, 3)  # the 150 training and 4 normal test photos; the pitted test ones
+    fold = crossfit.folds_of(normal, 2)
+    late = np.array([crossfit.capture_time(p)[:6] >= crossfit.LATE for p in normal])
+    assert abs(late[fold == 0].sum() - late[fold == 1].sum()) <= 1  # stratified by the date
+    held_out = int((fold == 1).sum())
+    (tmp_path / "bsdata_crossfit").mkdir()
+    np.savez(tmp_path / "bsdata_crossfit" / "fold1.npz", image_level_normal=np.zeros(held_out),
+             image_level_pitted=np.ones(3), patch_normal=np.ones(held_out), patch_pitted=np.zeros(3))
+    out = run_benchmark("bsdata_crossfit", "--bsdata", surface_sets / "bsdata", "--out", tmp_path, "--folds", "2",
+                        "--threads", "1", "--draws", "20", monkeypatch=monkeypatch, capsys=capsys)
+    fitted = np.load(tmp_path / "bsdata_crossfit" / "fold0.npz")
+    assert fitted["patch_normal"].shape == (154 - held_out,) and fitted["image_level_pitted"].shape == (3,)
+    assert "each fit on 77 / 77 photos" in out and out.count("95% paired bootstrap interval") == 4
+    assert "| PandaPatchDetector() |" in out.split("# Normal photos only")[1]
+
+
 def test_patch_fit_cost_parses_settings():
     parse = _load_benchmark("patch_fit_cost").parse_setting
     assert parse("default") == ("default", {}, 0)
