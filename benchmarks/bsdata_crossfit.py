@@ -20,8 +20,8 @@ count half), over all pairs and over pairs of the same day. Intervals: 95%
 paired bootstrap over the normal and the pitted photos (each resampled within
 its class, both detectors on the same draws; the fits are not redrawn).
 
-Each fold's scores are kept in ``--out``/``bsdata_crossfit/fold<k>.npz`` and
-reused on a rerun (the run is resumable fold by fold).
+Each fold's scores are kept in ``--out``/``bsdata_crossfit/fold<k>of<folds>.npz``
+and reused on a rerun whatever ``--bsdata`` says (the run is resumable fold by fold).
 
     python benchmarks/bsdata_crossfit.py --threads 2
 """
@@ -65,7 +65,7 @@ def folds_of(normal, n_folds):
 
 def fold_scores(normal, pitted, fold, k, out):
     """Anomaly scores of fold ``k``'s normal photos and of every pitted photo, per detector."""
-    path = Path(out) / "bsdata_crossfit" / f"fold{k}.npz"
+    path = Path(out) / "bsdata_crossfit" / f"fold{k}of{fold.max() + 1}.npz"
     if path.is_file():
         return dict(np.load(path))
     from sklearn_panda import PandaDetector, PandaPatchDetector

@@ -395,11 +395,11 @@ def test_bsdata_crossfit_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     assert abs(late[fold == 0].sum() - late[fold == 1].sum()) <= 1  # stratified by the date
     held_out = int((fold == 1).sum())
     (tmp_path / "bsdata_crossfit").mkdir()
-    np.savez(tmp_path / "bsdata_crossfit" / "fold1.npz", image_level_normal=np.zeros(held_out),
+    np.savez(tmp_path / "bsdata_crossfit" / "fold1of2.npz", image_level_normal=np.zeros(held_out),
              image_level_pitted=np.ones(3), patch_normal=np.ones(held_out), patch_pitted=np.zeros(3))
     out = run_benchmark("bsdata_crossfit", "--bsdata", surface_sets / "bsdata", "--out", tmp_path, "--folds", "2",
                         "--threads", "1", "--draws", "20", monkeypatch=monkeypatch, capsys=capsys)
-    fitted = np.load(tmp_path / "bsdata_crossfit" / "fold0.npz")
+    fitted = np.load(tmp_path / "bsdata_crossfit" / "fold0of2.npz")
     assert fitted["patch_normal"].shape == (154 - held_out,) and fitted["image_level_pitted"].shape == (3,)
     assert "each fit on 77 / 77 photos" in out and out.count("95% paired bootstrap interval") == 4
     assert "| PandaPatchDetector() |" in out.split("# Normal photos only")[1]
