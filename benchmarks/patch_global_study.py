@@ -32,7 +32,7 @@ set (BSData, 88.1) by more than the default's seed spread there (0.8), that is
 reaches 88.9; only ``mean-nn`` and ``mean-mahalanobis`` can (the detector's own
 forward pass), ``panda`` is shown for reference.
 
-Prints one table; writes nothing but ``benchmarks/out/patch_global_panda_<set>.npz``
+Prints one table; writes nothing but ``--out``'s ``patch_global_panda_<set>.npz``
 (the image-level scores, reused on a rerun).
 
     python benchmarks/patch_global_study.py --threads 2                 # the largest patch distance (the table in RESULTS.md)
@@ -82,8 +82,8 @@ def mahalanobis_scores(train, test):
     return loo, np.sqrt(LedoitWolf().fit(train).mahalanobis(test))
 
 
-def panda_scores(fit, images, dataset, threads):
-    path = HERE / "out" / f"patch_global_panda_{dataset}.npz"
+def panda_scores(fit, images, dataset, threads, out):
+    path = Path(out) / f"patch_global_panda_{dataset}.npz"
     if path.is_file():
         stored = np.load(path)
         return stored["loo"], stored["test"]
@@ -106,7 +106,7 @@ def bank_terms(args, dataset):
                  for name in (PATCH, FINE)}
         return {name: saved[key]["patch"] / np.median(saved[key]["loo_patch"])
                 for name, key in (("patch", PATCH), ("fine", FINE))}
-    kept = np.load(Path(args.topk) / f"patch_topk_{dataset}.npz")
+    kept = np.load(Path(args.out) / f"patch_topk_{dataset}.npz")
     return {name: kept[f"eval{which}"][:, :4].mean(axis=1) / np.median(kept[f"loo{which}"][:, :4].mean(axis=1))
             for which, name in enumerate(("patch", "fine"))}
 
@@ -119,7 +119,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--base", choices=("max", "worst4"), default="max",
                         help="each bank's term: its largest patch distance, or the mean of its 4 largest")
-    parser.add_argument("--topk", default="benchmarks/out", help="where patch_topk_study.py kept its distances")
+    parser.add_argument("--out", default="benchmarks/out",
+                        help="where patch_topk_study.py kept its distances and this study keeps the image-level scores")
     args = parser.parse_args(argv)
     splits = {"deeppcb": deeppcb_splits(args.deeppcb)["validation"], "bsdata": bsdata_splits(args.bsdata)["validation"]}
     results, beyond = {}, {}
@@ -131,7 +132,7 @@ def main(argv=None):
         for name, (loo, scores) in {
             "mean-nn": nearest_scores(train, test),
             "mean-mahalanobis": mahalanobis_scores(train, test),
-            "panda": panda_scores(fit, images, dataset, args.threads),
+            "panda": panda_scores(fit, images, dataset, args.threads, args.out),
         }.items():
             terms[name] = scores / np.median(loo)
             terms[f"capped-{name}"] = np.minimum(scores, loo.max()) / np.median(loo)

@@ -405,6 +405,55 @@ def test_bsdata_crossfit_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     assert "| PandaPatchDetector() |" in out.split("# Normal photos only")[1]
 
 
+def test_patch_global_study_tiny_run_caps_each_term_at_its_training_spread(
+    surface_sets, tmp_path, monkeypatch, capsys
+):
+    # From stored inputs (stage outputs, the study's and the top-k study's distances, image-level
+    # scores) for the stand-in sets' validation splits; one capped row checked against its definition.
+    from sklearn.metrics import roc_auc_score
+
+    study, global_study = _load_benchmark("patch_study"), _load_benchmark("patch_global_study")
+    splits = {"deeppcb": study.deeppcb_splits(surface_sets / "deeppcb")["validation"],
+              "bsdata": study.bsdata_splits(surface_sets / "bsdata")["validation"]}
+    cache, rng, expected = tmp_path / "cache", np.random.default_rng(0), {}
+    cache.mkdir()
+    (tmp_path / "patch_study_scores").mkdir()
+    for dataset, (fit, images, y, _) in splits.items():
+        anomalous = np.asarray(y) == -1
+        for image in fit + images:
+            # Evaluation images lie at random distances beyond the training spread, whatever their
+            # label (as DeepPCB's unseen boards): capped, the term is a constant for them.
+            shift = rng.uniform(0, 3) if image in images else 0.0
+            np.savez(study.cache_path(cache, image, "native"), map0=rng.normal(shift, 1, (3, 4, 4)),
+                     map1=rng.normal(0, 1, (2, 2, 2)))
+        for name in (global_study.PATCH, global_study.FINE):
+            np.savez(tmp_path / "patch_study_scores" / f"{dataset}_validation_{name}.npz",
+                     patch=rng.random(len(images)) + anomalous, loo_patch=rng.random(len(fit)) + 0.5)
+        kept = {f"eval{w}": -np.sort(-rng.random((len(images), 6)) - 0.3 * anomalous[:, None], axis=1) for w in (0, 1)}
+        kept.update({f"loo{w}": -np.sort(-rng.random((20, 6)), axis=1) for w in (0, 1)})
+        np.savez(tmp_path / f"patch_topk_{dataset}.npz", **kept, y=np.asarray(y))
+        np.savez(tmp_path / f"patch_global_panda_{dataset}.npz", loo=rng.random(len(fit)), test=rng.random(len(images)))
+        # patch+fine+capped-mean-nn with the worst-4 base, by its definition.
+        base = sum(kept[f"eval{w}"][:, :4].mean(1) / np.median(kept[f"loo{w}"][:, :4].mean(1)) for w in (0, 1))
+        train = np.stack([global_study.global_descriptor(cache, image) for image in fit])
+        test = np.stack([global_study.global_descriptor(cache, image) for image in images])
+        within = np.linalg.norm(train[:, None] - train[None], axis=2)
+        np.fill_diagonal(within, np.inf)
+        loo, nearest = within.min(1), np.linalg.norm(test[:, None] - train[None], axis=2).min(1)
+        capped = np.minimum(nearest, loo.max()) / np.median(loo)
+        expected[dataset] = 100 * roc_auc_score(anomalous, base + capped)
+    arguments = ["--deeppcb", surface_sets / "deeppcb", "--bsdata", surface_sets / "bsdata", "--cache", cache,
+                 "--out", tmp_path, "--threads", "1"]
+    for base_name in ("max", "worst4"):
+        out = run_benchmark("patch_global_study", *arguments, "--base", base_name, monkeypatch=monkeypatch, capsys=capsys)
+        assert f"(base: {base_name})" in out and "| patch+fine+capped-panda |" in out
+        row = next(line for line in out.splitlines() if line.startswith("| patch+fine+capped-mean-nn |"))
+        if base_name == "worst4":
+            found = [float(cell) for cell in row.split("|")[2:4]]
+            assert found == pytest.approx([expected["deeppcb"], expected["bsdata"]], abs=0.05)
+    assert "| mean-nn |" in out.split("beyond the cap")[1]
+
+
 def test_patch_fit_cost_parses_settings():
     parse = _load_benchmark("patch_fit_cost").parse_setting
     assert parse("default") == ("default", {}, 0)
