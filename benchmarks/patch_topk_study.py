@@ -15,7 +15,10 @@ image's (leave-one-out) largest ``--keep`` (512) patch distances per bank in
 ``benchmarks/out/patch_topk_<set>.npz`` (reused on a rerun). Every aggregate
 is normalised as the detector normalises the maximum: by its median over the
 calibration images' leave-one-out values. Every image of a set must have at
-least that many patches (both sets have thousands). Last, the k-mean *above the image's own level*
+least that many patches (both sets have thousands). Then the 4-mean of each bank standardised by the spread of its
+leave-one-out values (interquartile range or standard deviation) instead of
+divided by their median: does weighting each bank by how tightly its normal
+images gather rank better? Last, the k-mean *above the image's own level*
 (minus its 128th or 512th largest distance): does a score that ignores how far
 the whole image is from the bank keep DeepPCB's unseen boards down at larger
 k? Prints one table, each candidate's
@@ -109,6 +112,11 @@ def candidates(keep=max(KS)):
             f"patch+fine max + patch+fine top-{k}",
             lambda e, l, k=k: sum(normalised(j, w)(e, l) for j in (1, k) for w in (0, 1)),
         ))
+    for spread in ("interquartile range", "standard deviation"):
+        found.append((
+            f"patch+fine top-4 mean, each less its median over its {spread}",
+            lambda e, l, spread=spread: sum(standardised(4, w, spread)(e, l) for w in (0, 1)),
+        ))
     for k in CONTRAST_KS:
         for base in (base for base in CONTRAST_BASES if k < base <= keep):
             found.append((
@@ -116,6 +124,17 @@ def candidates(keep=max(KS)):
                 lambda e, l, k=k, base=base: sum(contrast(k, base, w)(e, l) for w in (0, 1)),
             ))
     return found
+
+
+def standardised(k, which, spread):
+    """The top-``k`` mean less its median leave-one-out value, over the leave-one-out values'
+    ``spread`` (``"interquartile range"`` or ``"standard deviation"``): each bank weighted by how
+    tightly its normal images' scores gather, instead of by their median alone."""
+    def term(evaluation, loo):
+        normal = aggregate(loo[which], k)
+        scale = np.subtract(*np.percentile(normal, [75, 25])) if spread == "interquartile range" else normal.std()
+        return (aggregate(evaluation[which], k) - np.median(normal)) / scale
+    return term
 
 
 def contrast(k, base, which):
