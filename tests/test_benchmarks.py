@@ -542,6 +542,21 @@ def test_patch_fit_cost_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
         assert ("| 12345 |" in out) is shown and out.count("| deeppcb | ratio-0.02+seed-1 |") == 2
 
 
+def test_topk_study_standardises_each_bank_by_its_leave_one_out_spread():
+    study = _load_benchmark("patch_topk_study")
+    rng = np.random.default_rng(0)
+    evaluation = [-np.sort(-rng.random((30, 8)), axis=1) for _ in range(2)]
+    loo = [-np.sort(-rng.random((20, 8)), axis=1) for _ in range(2)]
+    normal = loo[1][:, :4].mean(1)
+    quartiles = np.percentile(normal, [25, 75])
+    np.testing.assert_allclose(study.standardised(4, 1, "interquartile range")(evaluation, loo),
+                               (evaluation[1][:, :4].mean(1) - np.median(normal)) / (quartiles[1] - quartiles[0]))
+    np.testing.assert_allclose(study.standardised(4, 1, "standard deviation")(evaluation, loo),
+                               (evaluation[1][:, :4].mean(1) - np.median(normal)) / normal.std())
+    names = [name for name, _ in study.candidates(8)]
+    assert sum("less its median over its" in name for name in names) == 2
+
+
 def test_patch_scoring_speed_and_topk_study_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     # The top-k study's "top-4 mean" is the detector's own image score (n_worst_patches=4, each bank
     # over its median leave-one-out value): its ROC AUC is the scoring benchmark's exact search's,
