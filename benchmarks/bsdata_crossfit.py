@@ -16,12 +16,19 @@ for each fold both detectors are fitted with their defaults on the other folds'
 photos and score the fold's photos and the 110 pitted test photos. A pair of a
 normal photo and a pitted one is compared by the model that did not see the
 normal photo; the ROC AUC is the share of pairs the pitted photo wins (ties
-count half), over all pairs and over pairs of the same day. Intervals: 95%
-paired bootstrap over the normal and the pitted photos (each resampled within
-its class, both detectors on the same draws; the fits are not redrawn).
+count half), over all pairs, pairs of the same day and pairs of different
+days. Then, among the normal photos alone, the ROC AUC with which each score
+tells a late photo from an early one of the same fold (scored by the same
+model): how much of the score is the date. Intervals: 95% paired bootstrap
+over the photos (each resampled within its class, both detectors on the same
+draws; the fits are not redrawn, and photos of one day count as independent,
+though they share that day's soiling).
 
-Each fold's scores are kept in ``--out``/``bsdata_crossfit/fold<k>of<folds>.npz``
-and reused on a rerun whatever ``--bsdata`` says (the run is resumable fold by fold).
+The image-level detector is ``PandaDetector(backbone="efficientnet_lite0")``
+(the backbone of every measurement here), the patch detector ``PandaPatchDetector()``.
+Each fold's scores and the photos they belong to are kept in
+``--out``/``bsdata_crossfit/fold<k>of<folds>.npz`` and reused on a rerun (the
+run is resumable fold by fold; stored photos that are not the fold's stop it).
 
     python benchmarks/bsdata_crossfit.py --threads 2
 """
@@ -66,21 +73,24 @@ def folds_of(normal, n_folds):
 def fold_scores(normal, pitted, fold, k, out):
     """Anomaly scores of fold ``k``'s normal photos and of every pitted photo, per detector."""
     path = Path(out) / "bsdata_crossfit" / f"fold{k}of{fold.max() + 1}.npz"
+    held_out = [p for p, f in zip(normal, fold) if f == k]
     if path.is_file():
-        return dict(np.load(path))
+        stored = dict(np.load(path))
+        if [list(stored["normal_paths"]), list(stored["pitted_paths"])] != [held_out, list(pitted)]:
+            raise ValueError(f"{path} holds the scores of other photos than fold {k}'s; delete it to score again.")
+        return stored
     from sklearn_panda import PandaDetector, PandaPatchDetector
 
     fit = [p for p, f in zip(normal, fold) if f != k]
-    scored = [p for p, f in zip(normal, fold) if f == k] + list(pitted)
+    scored = held_out + list(pitted)
     detectors = {
         "image_level": PandaDetector(backbone="efficientnet_lite0", random_state=0),
         "patch": PandaPatchDetector(random_state=0),
     }
-    scores = {}
+    scores = {"normal_paths": np.array(held_out), "pitted_paths": np.array(pitted)}
     for name, detector in detectors.items():
         anomaly = -detector.fit(fit).score_samples(scored)
-        n_normal = len(scored) - len(pitted)
-        scores[f"{name}_normal"], scores[f"{name}_pitted"] = anomaly[:n_normal], anomaly[n_normal:]
+        scores[f"{name}_normal"], scores[f"{name}_pitted"] = anomaly[: len(held_out)], anomaly[len(held_out) :]
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **scores)
     return scores
@@ -94,10 +104,11 @@ def pair_wins(normal_scores, pitted_scores):
     return (difference > 0) + 0.5 * (difference == 0)
 
 
-def pair_auc(wins, weights, normal_rows=None, pitted_columns=None):
-    """Weighted share of won pairs over the drawn rows and columns (every one unless given)."""
-    if normal_rows is not None:
-        wins, weights = wins[normal_rows][:, pitted_columns], weights[normal_rows][:, pitted_columns]
+def pair_auc(wins, weights, drawn=None):
+    """Weighted share of won pairs; over the ``drawn`` ``(normal rows, pitted columns)`` if given."""
+    if drawn is not None:
+        rows, columns = drawn
+        wins, weights = wins[rows][:, columns], weights[rows][:, columns]
     total = weights.sum()
     return float((wins * weights).sum() / total) if total else float("nan")
 
@@ -110,7 +121,7 @@ def paired_pair_interval(first, second, weights, draws, seed=0):
     differences = []
     for _ in range(draws):
         rows, columns = rng.integers(n_normal, size=n_normal), rng.integers(n_pitted, size=n_pitted)
-        differences.append(pair_auc(second, weights, rows, columns) - pair_auc(first, weights, rows, columns))
+        differences.append(pair_auc(second, weights, (rows, columns)) - pair_auc(first, weights, (rows, columns)))
     return np.nanpercentile(differences, [2.5, 97.5])
 
 

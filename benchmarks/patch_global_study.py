@@ -32,7 +32,8 @@ set (BSData, 88.1) by more than the default's seed spread there (0.8), that is
 reaches 88.9; only ``mean-nn`` and ``mean-mahalanobis`` can (the detector's own
 forward pass), ``panda`` is shown for reference.
 
-Prints one table; writes nothing but ``--out``'s ``patch_global_panda_<set>.npz``
+Prints the table of candidates and, for each whole-image term, the share of
+normal and of anomalous evaluation images beyond its cap; writes nothing but ``--out``'s ``patch_global_panda_<set>.npz``
 (the image-level scores, reused on a rerun).
 
     python benchmarks/patch_global_study.py --threads 2                 # the largest patch distance (the table in RESULTS.md)
@@ -92,12 +93,12 @@ def panda_scores(fit, images, dataset, threads, out):
     torch.set_num_threads(threads)
     detector = PandaDetector(backbone="efficientnet_lite0", random_state=0).fit(fit)
     loo, test = -detector.training_scores_, -detector.score_samples(images)
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, loo=loo, test=test)
     return loo, test
 
 
-def bank_terms(args, dataset):
+def bank_terms(args, dataset, y):
     """The patch detector's two terms on the validation split, each over its median leave-one-out
     value: each bank's largest patch distance (``--base max``, ``patch_study.py``'s scores) or the
     mean of its 4 largest (``worst4``, ``patch_topk_study.py``'s kept distances)."""
@@ -107,6 +108,8 @@ def bank_terms(args, dataset):
         return {name: saved[key]["patch"] / np.median(saved[key]["loo_patch"])
                 for name, key in (("patch", PATCH), ("fine", FINE))}
     kept = np.load(Path(args.out) / f"patch_topk_{dataset}.npz")
+    if not np.array_equal(kept["y"], y):
+        raise ValueError(f"patch_topk_{dataset}.npz holds other images than this validation split.")
     return {name: kept[f"eval{which}"][:, :4].mean(axis=1) / np.median(kept[f"loo{which}"][:, :4].mean(axis=1))
             for which, name in enumerate(("patch", "fine"))}
 
@@ -126,7 +129,7 @@ def main(argv=None):
     results, beyond = {}, {}
     for dataset, (fit, images, y, _) in splits.items():
         anomalous = y == -1
-        terms = bank_terms(args, dataset)
+        terms = bank_terms(args, dataset, y)
         train = np.stack([global_descriptor(args.cache, image) for image in fit])
         test = np.stack([global_descriptor(args.cache, image) for image in images])
         for name, (loo, scores) in {

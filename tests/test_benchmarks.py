@@ -370,13 +370,27 @@ def test_bsdata_crossfit_pairs_are_a_roc_auc():
     same_day = (normal_days[:, None] == pitted_days[None]).astype(float)
     matched = dates.date_matched_auc(labels, np.r_[normal, pitted], np.r_[normal_days, pitted_days])[0]
     assert crossfit.pair_auc(wins, same_day) == pytest.approx(matched)
-    # Each normal photo's row compares it with the pitted photos as its own model scored them.
-    shifted = np.broadcast_to(pitted, (40, 25)) + 100 * (np.arange(40) < 20)[:, None]
-    assert crossfit.pair_auc(crossfit.pair_wins(normal, shifted), np.ones((40, 25)), np.arange(20), np.arange(25)) == 1
+    # Each normal photo's row compares it with the pitted photos as its own model scored them: the
+    # odd rows' model scores every pitted photo 100 higher, the even rows' as before.
+    odd = np.arange(40) % 2 == 1
+    shifted = crossfit.pair_wins(normal, np.broadcast_to(pitted, (40, 25)) + 100 * odd[:, None])
+    everyone = np.arange(25)
+    assert crossfit.pair_auc(shifted, np.ones((40, 25)), (np.flatnonzero(odd), everyone)) == 1
+    even_labels = np.r_[np.zeros((~odd).sum(), dtype=bool), np.ones(25, dtype=bool)]
+    assert crossfit.pair_auc(shifted, np.ones((40, 25)), (np.flatnonzero(~odd), everyone)) == pytest.approx(
+        roc_auc_score(even_labels, np.r_[normal[~odd], pitted]))
     # Paired draws: a detector against itself differs by nothing; against a worse one, by more than nothing.
     assert list(crossfit.paired_pair_interval(wins, wins, np.ones((40, 25)), draws=50)) == [0, 0]
     worse = crossfit.pair_wins(normal, np.broadcast_to(pitted - 1, (40, 25)))
-    assert crossfit.paired_pair_interval(worse, wins, np.ones((40, 25)), draws=50)[0] > 0
+    low, high = crossfit.paired_pair_interval(worse, wins, np.ones((40, 25)), draws=50)
+    assert 0 < low < high
+    # Both kinds of photos are drawn: a difference that lives in one pitted column, or in one normal
+    # row, spreads only if the columns, or the rows, are resampled.
+    for axis in (0, 1):
+        better = wins.copy()
+        better[(slice(None), 0) if axis == 0 else (0, slice(None))] = 1
+        low, high = crossfit.paired_pair_interval(wins, better, np.ones((40, 25)), draws=50)
+        assert low < high, axis
 
 
 def test_bsdata_crossfit_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
@@ -393,16 +407,44 @@ def test_bsdata_crossfit_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     fold = crossfit.folds_of(normal, 2)
     late = np.array([crossfit.capture_time(p)[:6] >= crossfit.LATE for p in normal])
     assert abs(late[fold == 0].sum() - late[fold == 1].sum()) <= 1  # stratified by the date
+    arguments = ["--bsdata", surface_sets / "bsdata", "--folds", "2", "--threads", "1", "--draws", "20"]
+
+    def store(folder, k, image_level_normal, image_level_pitted, patch_normal, patch_pitted):
+        (folder / "bsdata_crossfit").mkdir(parents=True, exist_ok=True)
+        np.savez(folder / "bsdata_crossfit" / f"fold{k}of2.npz", image_level_normal=image_level_normal,
+                 image_level_pitted=image_level_pitted, patch_normal=patch_normal, patch_pitted=patch_pitted,
+                 normal_paths=np.array([p for p, f in zip(normal, fold) if f == k]), pitted_paths=np.array(pitted))
+
+    # Fold 1 stored, fold 0 fitted.
     held_out = int((fold == 1).sum())
-    (tmp_path / "bsdata_crossfit").mkdir()
-    np.savez(tmp_path / "bsdata_crossfit" / "fold1of2.npz", image_level_normal=np.zeros(held_out),
-             image_level_pitted=np.ones(3), patch_normal=np.ones(held_out), patch_pitted=np.zeros(3))
-    out = run_benchmark("bsdata_crossfit", "--bsdata", surface_sets / "bsdata", "--out", tmp_path, "--folds", "2",
-                        "--threads", "1", "--draws", "20", monkeypatch=monkeypatch, capsys=capsys)
+    store(tmp_path, 1, np.zeros(held_out), np.ones(3), np.ones(held_out), np.zeros(3))
+    out = run_benchmark("bsdata_crossfit", *arguments, "--out", tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     fitted = np.load(tmp_path / "bsdata_crossfit" / "fold0of2.npz")
+    assert list(fitted["normal_paths"]) == [p for p, f in zip(normal, fold) if f == 0]
     assert fitted["patch_normal"].shape == (154 - held_out,) and fitted["image_level_pitted"].shape == (3,)
     assert "each fit on 77 / 77 photos" in out and out.count("95% paired bootstrap interval") == 4
     assert "| PandaPatchDetector() |" in out.split("# Normal photos only")[1]
+    # Stored scores for other photos stop the run instead of being read as this fold's.
+    np.savez(tmp_path / "bsdata_crossfit" / "fold1of2.npz", **{
+        **np.load(tmp_path / "bsdata_crossfit" / "fold1of2.npz"), "pitted_paths": np.array(pitted[::-1])})
+    with pytest.raises(ValueError, match="other photos than fold 1"):
+        run_benchmark("bsdata_crossfit", *arguments, "--out", tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+
+    # Every fold stored, with scores whose figures are known. Image level: fold k's model scores an
+    # early normal photo 10 k, a late one 10 k + 1, every pitted photo 10 k + 0.5: the pitted photos
+    # win the pairs of early photos only, and a late photo outscores an early one of its own fold
+    # (not of the other: 1 < 10). Patch: pitted 1, normal 0, whatever the date.
+    stored = tmp_path / "stored"
+    for k in (0, 1):
+        rows = fold == k
+        store(stored, k, late[rows] + 10.0 * k, np.full(3, 10 * k + 0.5), np.zeros(rows.sum()), np.ones(3))
+    out = run_benchmark("bsdata_crossfit", *arguments, "--out", stored, monkeypatch=monkeypatch, capsys=capsys)
+    pairs, date_rows = out.split("# Normal photos only")
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in pairs.splitlines() if line.startswith("| ")}
+    per_fold = " / ".join(f"{100 * (~late[fold == k]).mean():.1f}" for k in (0, 1))
+    assert rows["PandaDetector() (image level)"][1:3] == [f"{100 * (~late).mean():.1f}", per_fold]
+    assert rows["PandaPatchDetector()"][1:3] == ["100.0", "100.0 / 100.0"]
+    assert "| PandaDetector() (image level) | 100.0 |" in date_rows and "| PandaPatchDetector() | 50.0 |" in date_rows
 
 
 def test_patch_global_study_tiny_run_caps_each_term_at_its_training_spread(
@@ -442,6 +484,8 @@ def test_patch_global_study_tiny_run_caps_each_term_at_its_training_spread(
         loo, nearest = within.min(1), np.linalg.norm(test[:, None] - train[None], axis=2).min(1)
         capped = np.minimum(nearest, loo.max()) / np.median(loo)
         expected[dataset] = 100 * roc_auc_score(anomalous, base + capped)
+        expected[dataset, "beyond"] = " / ".join(f"{100 * (nearest[rows] > loo.max()).mean():.0f}%"
+                                                 for rows in (~anomalous, anomalous))
     arguments = ["--deeppcb", surface_sets / "deeppcb", "--bsdata", surface_sets / "bsdata", "--cache", cache,
                  "--out", tmp_path, "--threads", "1"]
     for base_name in ("max", "worst4"):
@@ -451,7 +495,7 @@ def test_patch_global_study_tiny_run_caps_each_term_at_its_training_spread(
         if base_name == "worst4":
             found = [float(cell) for cell in row.split("|")[2:4]]
             assert found == pytest.approx([expected["deeppcb"], expected["bsdata"]], abs=0.05)
-    assert "| mean-nn |" in out.split("beyond the cap")[1]
+    assert f"| mean-nn | {expected['deeppcb', 'beyond']} | {expected['bsdata', 'beyond']} |" in out.split("beyond the cap")[1]
 
 
 def test_patch_fit_cost_parses_settings():
@@ -553,8 +597,12 @@ def test_topk_study_standardises_each_bank_by_its_leave_one_out_spread():
                                (evaluation[1][:, :4].mean(1) - np.median(normal)) / (quartiles[1] - quartiles[0]))
     np.testing.assert_allclose(study.standardised(4, 1, "standard deviation")(evaluation, loo),
                                (evaluation[1][:, :4].mean(1) - np.median(normal)) / normal.std())
-    names = [name for name, _ in study.candidates(8)]
-    assert sum("less its median over its" in name for name in names) == 2
+    found = {name: score for name, score in study.candidates(8) if "less its median over its" in name}
+    assert len(found) == 2
+    for name, score in found.items():
+        spread = "interquartile range" if "interquartile" in name else "standard deviation"
+        np.testing.assert_allclose(score(evaluation, loo), sum(study.standardised(4, w, spread)(evaluation, loo)
+                                                               for w in (0, 1)))
 
 
 def test_patch_scoring_speed_and_topk_study_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
