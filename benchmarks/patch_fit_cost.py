@@ -67,6 +67,8 @@ def parse_setting(setting):
     parameters = dict(SETTINGS.get(base, {}))
     if base.startswith("ratio-"):
         parameters["coreset_ratio"] = float(base.removeprefix("ratio-"))
+    if base.startswith("sigma-"):
+        parameters["sigma"] = float(base.removeprefix("sigma-"))
     return base, parameters, int(seed or 0)
 
 

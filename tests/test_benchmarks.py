@@ -504,6 +504,7 @@ def test_patch_fit_cost_parses_settings():
     assert parse("seed-2") == ("default", {}, 2)
     assert parse("ratio-0.05") == ("ratio-0.05", {"coreset_ratio": 0.05}, 0)
     assert parse("ratio-0.02+seed-1") == ("ratio-0.02", {"coreset_ratio": 0.02}, 1)
+    assert parse("sigma-4+seed-2") == ("sigma-4", {"sigma": 4.0}, 2)
     assert parse("old-defaults+seed-3")[1:] == ({"border": "inside", "image_score": "map", "coreset_ratio": 0.1}, 3)
 
 
@@ -584,6 +585,30 @@ def test_patch_fit_cost_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
             "--split", split, *roots, monkeypatch=monkeypatch, capsys=capsys,
         )
         assert ("| 12345 |" in out) is shown and out.count("| deeppcb | ratio-0.02+seed-1 |") == 2
+
+
+def test_patch_sigma_study_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
+    # Detectors fitted on the stand-in sets' validation splits; at their own sigma (the default's) the
+    # study's maps are the detector's anomaly maps.
+    pytest.importorskip("efficientnet_lite_pytorch")
+    models = tmp_path / "models"
+    out = run_benchmark(
+        "patch_sigma_study", "--deeppcb", surface_sets / "deeppcb", "--bsdata", surface_sets / "bsdata",
+        "--models", models, "--threads", "1", "--sigmas", "2", monkeypatch=monkeypatch, capsys=capsys,
+    )
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "sigma" not in line and "---" not in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| 2", "| 6"]  # the detectors' own always measured
+    assert "by the rule sigma" in out
+    from sklearn_panda import load
+
+    study = _load_benchmark("patch_sigma_study")
+    images = _load_benchmark("patch_study").bsdata_splits(surface_sets / "bsdata")["validation"][1][:6]
+    detector = load(models / "bsdata_validation.pt")
+    own = detector.get_params()["sigma"]
+    found = study.maps_by_sigma(detector, images, [own, 2 * own])
+    for mine, theirs in zip(found[own], detector.anomaly_maps(images)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(found[2 * own][0], found[own][0])
 
 
 def test_topk_study_standardises_each_bank_by_its_leave_one_out_spread():

@@ -224,9 +224,10 @@ def test_every_combination_of_score_options(kind, with_maps, with_report, with_o
 def test_score_regions_writes_one_row_a_region_as_defect_regions_finds_them(local, backbone_module, tmp_path,
                                                                             capsys):
     # A pixel threshold low enough that the scratches make regions (the fixture's stripe phases
-    # seen once each put its leave-one-out maps, and so its threshold, high).
+    # seen once each put its leave-one-out maps, and so its threshold, high), and a blur narrow
+    # enough for these small images that a scratch stays above it.
     detector = PandaPatchDetector(backbone=backbone_module.tiny_cnn, weights=None, layers=["5", "7"], resize=None,
-                                  coreset_ratio=1.0, pixel_contamination=0.5, random_state=0)
+                                  coreset_ratio=1.0, pixel_contamination=0.5, sigma=4.0, random_state=0)
     detector.fit(collect_images([local.root / "train"])).save(tmp_path / "model.pt")
     output, regions = tmp_path / "scores.csv", tmp_path / "regions.csv"
     status, out, err = run(capsys, "score", local.root / "test", "--model", tmp_path / "model.pt",

@@ -130,9 +130,14 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         A patch's anomaly is its mean distance to this many nearest bank
         patches (PatchCore: 1).
 
-    sigma : float, default=4.0
+    sigma : float, default=6.0
         Standard deviation in pixels, at the scored size, of the Gaussian
-        that smooths the maps (PatchCore's 4); 0 does not smooth.
+        that smooths the maps; 0 does not smooth. Chosen on the validation
+        splits of DeepPCB and BSData by the worse set's pixel ROC AUC among
+        1, 2, 3, 4 (PatchCore's), 6 and 8 (DeepPCB 88.30 at 6 against 88.14
+        at 4, PRO 67.16 against 67.37; BSData 98.08 against 98.09). It moves
+        the map alone: the image score comes from the patch distances before
+        smoothing.
 
     image_score : {"patch+fine", "patch", "map"}, default="patch+fine"
         An image's anomaly score (``-score_samples``): ``"patch"`` the mean
@@ -317,7 +322,7 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         coreset_ratio=0.01,
         projection_dim=128,
         n_neighbors=1,
-        sigma=4.0,
+        sigma=6.0,
         image_score="patch+fine",
         n_worst_patches=4,
         algorithm="auto",
