@@ -660,3 +660,55 @@ def test_patch_scoring_speed_and_topk_study_tiny_run(surface_sets, tmp_path, mon
     images = _load_benchmark("patch_study").deeppcb_splits(surface_sets / "deeppcb")["validation"][1]
     detector = load(models / "deeppcb_validation.pt")
     np.testing.assert_allclose(-detector.score_samples(images), study, rtol=1e-5)
+
+
+def test_patch_coarse_study_term_is_the_worst_patches_against_the_coarse_bank(surface_sets, tmp_path, monkeypatch, capsys):
+    # With a bank of every training patch (ratio 1) the coarse term is, by its definition, each image's
+    # mean of its 4 largest nearest-neighbour distances to the training patches, and a calibration
+    # image's is the same without its own patches; each table row combines it with the stored default.
+    from sklearn.metrics import roc_auc_score
+
+    study, coarse = _load_benchmark("patch_study"), _load_benchmark("patch_coarse_study")
+    monkeypatch.setattr(coarse, "RATIO", 1.0)
+    calibration = {"deeppcb": [0, 2, 3], "bsdata": [1, 4, 7, 9]}
+    monkeypatch.setattr(coarse, "calibration_images", lambda model: calibration[Path(model).stem.split("_")[0]])
+    cache, rng, expected = tmp_path / "cache", np.random.default_rng(0), {}
+    cache.mkdir()
+    for dataset, root in (("deeppcb", surface_sets / "deeppcb"), ("bsdata", surface_sets / "bsdata")):
+        splits = getattr(study, f"{dataset}_splits")(root)
+        fit, images, y, _ = splits["validation"]
+        anomalous = np.asarray(y) == -1
+        grids = {}
+        for image in fit + images:
+            grids[image] = rng.normal(0, 1, (5, 3, 4))
+            if image in images and anomalous[images.index(image)]:
+                grids[image][:, 1, 1] += 4.0  # one odd patch
+            np.savez(study.cache_path(cache, image, "224"), map0=grids[image], map1=rng.normal(0, 1, (2, 2, 2)),
+                     size=np.array([3, 4]), original=np.array([3, 4]))
+        kept = {f"eval{w}": -np.sort(-rng.random((len(images), 6)), axis=1) for w in (0, 1)}
+        kept.update({f"loo{w}": -np.sort(-rng.random((20, 6)), axis=1) for w in (0, 1)})
+        np.savez(tmp_path / f"patch_topk_{dataset}.npz", **kept, y=np.asarray(y))
+        base = sum(kept[f"eval{w}"][:, :4].mean(1) / np.median(kept[f"loo{w}"][:, :4].mean(1)) for w in (0, 1))
+
+        def rows(image):
+            return grids[image].reshape(5, -1).T
+
+        def worst4(image, others):
+            bank = np.concatenate([rows(other) for other in others])
+            nearest = np.linalg.norm(rows(image)[:, None] - bank[None], axis=2).min(1)
+            return np.sort(nearest)[-4:].mean()
+
+        evaluation, loo = coarse.coarse_term(cache, fit, images, calibration[dataset], "s8-n1")
+        np.testing.assert_allclose(evaluation, [worst4(image, fit) for image in images], rtol=1e-4)
+        np.testing.assert_allclose(loo, [worst4(fit[i], fit[:i] + fit[i + 1 :]) for i in calibration[dataset]],
+                                   rtol=1e-4)
+        expected[dataset] = 100 * roc_auc_score(anomalous, base + 0.5 * evaluation / np.median(loo))
+    threads = torch.get_num_threads()
+    try:  # in this process, so that the patched bank ratio and calibration images hold
+        coarse.main([str(arg) for arg in ("--deeppcb", surface_sets / "deeppcb", "--bsdata", surface_sets / "bsdata",
+                                          "--cache", cache, "--out", tmp_path, "--models", tmp_path, "--threads", 1)])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("| default + 0.5 x 224-s8-n1 |"))
+    assert [float(cell) for cell in row.split("|")[2:4]] == pytest.approx([expected["deeppcb"], expected["bsdata"]], abs=0.05)
