@@ -197,16 +197,29 @@ def test_channel_count_must_match_training(images):
         det.score_samples(images[..., 0])
 
 
-def test_offline_imagenet_weights_error_names_the_cache_file(monkeypatch, tmp_path, images):
-    def offline(*args, **kwargs):
+def test_offline_imagenet_weights_error_names_the_cache_file(monkeypatch, tmp_path, images, capsys):
+    def offline(url, destination, hash_prefix, progress=True):
+        assert hash_prefix == "f37072fd" and not progress
         raise urllib.error.URLError("no network")
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(OSError, match=r"resnet18-f37072fd\.pth") as error:
         PandaDetector(backbone="resnet18", n_steps=0).fit(images)
     assert str(tmp_path) in str(error.value)
     assert "weights=None" in str(error.value)
+    assert capsys.readouterr().err == ""  # verbose=0: not even torch hub's "Downloading: ..."
+
+
+def test_a_download_that_is_not_a_state_dict_is_not_kept(monkeypatch, tmp_path, images):
+    def pickled_object(url, destination, hash_prefix, progress=True):
+        torch.save({"weights": object()}, destination)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", pickled_object)
+    with pytest.raises(OSError, match="download failed"):
+        PandaDetector(backbone="resnet18", n_steps=0).fit(images)
+    assert not any(tmp_path.rglob("*.pth"))
 
 
 def test_pipeline_and_grid_search_with_normal_only_split():

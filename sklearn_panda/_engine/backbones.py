@@ -15,6 +15,7 @@ works offline). A factory may return any ``nn.Module``, pretrained or not.
 """
 
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -90,8 +91,18 @@ def _download_torchvision_weights(weights_enum):
     if cache_file.is_file():
         return
     try:
-        # Loaded once with weights_only=True: a download that is not a plain state dict fails here.
-        torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
+        # torch.hub.load_state_dict_from_url would say "Downloading: ..." on stderr whatever
+        # its progress: downloaded here silently (verbose=0 prints nothing), the hash in the
+        # file name checked, then loaded once with weights_only=True: a download that is
+        # not a plain state dict fails here and is not left in the cache.
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        hash_prefix = re.search(r"-([a-f0-9]+)\.", os.path.basename(url))
+        torch.hub.download_url_to_file(url, str(cache_file), hash_prefix and hash_prefix.group(1), progress=False)
+        try:
+            torch.load(cache_file, map_location="cpu", weights_only=True)
+        except Exception:
+            cache_file.unlink()
+            raise
     except Exception as error:  # offline: URLError, socket errors, HTTP errors
         raise WeightsUnavailableError(
             f"Could not load the pretrained weights {weights_enum}: not in the torch "
