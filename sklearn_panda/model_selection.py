@@ -52,7 +52,7 @@ class NormalOnlySplit:
         self.shuffle = shuffle
         self.random_state = random_state
 
-    def split(self, X, y, groups=None):
+    def split(self, X, y=None, groups=None):
         """Yield ``(train, test)`` index arrays.
 
         Parameters
@@ -60,7 +60,7 @@ class NormalOnlySplit:
         X : array-like of shape (n_samples, ...)
             Only its length is used.
         y : array-like of shape (n_samples,)
-            +1 normal, -1 anomaly.
+            +1 normal, -1 anomaly. Required (``None`` is an error that says so).
         groups : Ignored
             Not used, present for API consistency by convention.
 
@@ -68,6 +68,11 @@ class NormalOnlySplit:
         ------
         train, test : ndarray
         """
+        if y is None:
+            raise ValueError(
+                "NormalOnlySplit needs y (+1 normal, -1 anomaly): it trains on normal samples only and tests "
+                "on both. With cross_val_score or GridSearchCV, pass y to it."
+            )
         y = np.asarray(y)
         if len(y) != len(X):
             raise ValueError(f"X has {len(X)} samples but y has {len(y)}.")

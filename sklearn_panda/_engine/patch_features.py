@@ -312,6 +312,11 @@ def aggregate(maps, neighbourhood, n_features=None, *, border="zeros"):
         parts.append(feature_map)
     features = torch.cat(parts, dim=1)
     n_images, n_channels, height, width = features.shape
+    if n_features is not None and n_features > n_channels:
+        raise ValueError(
+            f"n_features={n_features} is more than the {n_channels} channels of the patch features (the "
+            f"layers' channels together): give at most {n_channels}, or None to keep them all."
+        )
     if n_features is not None and n_features < n_channels:
         pooling = channel_pooling(n_channels, n_features).to(features.device)
         features = torch.einsum("nchw,cd->ndhw", features, pooling)
@@ -546,6 +551,10 @@ def patch_grids(net, checked, device, spec, *, batch_size, progress):
         progress.update(int(indices[-1]) + 1)
 
 
+# Images whose shorter side is below this many pixels may be too small for a backbone's windows.
+SMALL_IMAGE = 64
+
+
 def image_grids(net, images, spec):
     """``(grids, scored size, original size, stage outputs)`` of images ``(n, 3, H, W)`` in [0, 1],
     as :func:`patch_grids`."""
@@ -553,5 +562,14 @@ def image_grids(net, images, spec):
     size = working_size(*original, spec["resize"])
     if size != original:
         images = TF.resize(images, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
-    maps = tiled_stage_outputs(net, images)
+    try:
+        maps = tiled_stage_outputs(net, images)
+    except RuntimeError as error:
+        # A convolution or pooling window larger than what is left of a small image.
+        if min(size) >= SMALL_IMAGE or "size" not in str(error).lower():
+            raise
+        raise ValueError(
+            f"The backbone cannot take images of {size[0]} x {size[1]} pixels ({error}). Score them larger: "
+            "resize='auto' (images shorter than 224 pixels are scaled up) or a larger integer resize."
+        ) from error
     return patch_features(maps, spec), size, original, maps

@@ -35,15 +35,25 @@ class _FromFeatures:
         raise AttributeError(f"{self.name} is features_.{self.name}; set it there.")
 
 
-def _offset_of(scorer):
-    """The fitted scorer's ``offset_`` as a float (OneClassSVM keeps it in an array of one)."""
+def _offset_of(scorer, training_features, training_scores):
+    """The fitted scorer's ``offset_`` as a float (OneClassSVM keeps it in an array of one).
+
+    A scorer without one (a scikit-learn ``Pipeline`` ending in an outlier
+    detector) gives it by its ``decision_function``, when that is
+    ``score_samples`` less one constant on the training features.
+    """
     offset = np.asarray(getattr(scorer, "offset_", np.nan), dtype=np.float64)
-    if offset.size != 1 or np.isnan(offset).all():
-        raise ValueError(
-            f"The scorer {type(scorer).__name__} has no single offset_ after fit; a scorer must follow "
-            "scikit-learn's outlier contract, decision_function = score_samples - offset_."
-        )
-    return float(offset.reshape(()))
+    if offset.size == 1 and not np.isnan(offset).all():
+        return float(offset.reshape(()))
+    if hasattr(scorer, "decision_function"):
+        shift = training_scores - np.asarray(scorer.decision_function(training_features), dtype=np.float64)
+        if np.allclose(shift, shift[0], rtol=1e-6, atol=1e-9 * max(1.0, float(np.abs(training_scores).max()))):
+            return float(shift[0])
+    raise ValueError(
+        f"The scorer {type(scorer).__name__} has no single offset_ after fit, nor a decision_function that is "
+        "score_samples less a constant; a scorer must follow scikit-learn's outlier contract, "
+        "decision_function = score_samples - offset_."
+    )
 
 
 class FeatureDetectorBase(BasePandaDetector):
@@ -426,7 +436,8 @@ class PandaDetector(FeatureDetectorBase):
             training_scores = scorer.training_scores_
         else:
             training_scores = np.asarray(scorer.score_samples(training_features), dtype=np.float64)
-        return {"scorer_": scorer, "offset_": _offset_of(scorer), "training_scores_": training_scores}
+        offset = _offset_of(scorer, training_features, training_scores)
+        return {"scorer_": scorer, "offset_": offset, "training_scores_": training_scores}
 
     def _score_checked(self, checked):
         features = self._embed(self.net_, self._preprocessor(checked, self.device_), mirror=self._averages_mirror)

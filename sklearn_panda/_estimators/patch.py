@@ -16,7 +16,7 @@ from .._sklearn_compat import Interval, StrOptions, _fit_context
 from .outlier import OutlierContractMixin
 from .patch_bank import patch_distances, worst_patches
 from .patch_calibration import smoothed_maps
-from .patch_memory import BankAssembly, image_scores
+from .patch_memory import BankAssembly, image_scores, leave_one_out_scores
 from .regions import DefectMasksMixin
 from .torch_state import TorchStateMixin
 from .validation import check_consistent, check_input
@@ -431,6 +431,9 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
                 "This detector was fitted by an older version of sklearn-panda, which kept no calibration "
                 "images: partial_fit cannot measure its offsets again. Fit it again on all its images."
             )
+        # scikit-learn's _fit_context checks the parameters of a partial_fit on an unfitted estimator
+        # only; this one reads coreset_ratio, n_neighbors, algorithm and the contaminations now.
+        self._validate_params()
         self._check_parameters()
         checked = check_input(X)
         if checked.spec.kind == self.input_spec_.kind == "vectors":
@@ -442,6 +445,51 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         for name, value in fitted.items():
             setattr(self, name, value)
         return self
+
+    def fit_predict(self, X, y=None):
+        """Fit on normal images ``X`` and label each of them by its leave-one-out score.
+
+        An image's leave-one-out score is measured against the memory banks
+        without its own patches, as ``training_scores_`` are for the
+        calibration images, so that a float ``contamination`` is about the
+        fraction of the images flagged. With more than ``CALIBRATION_IMAGES``
+        images, the others are passed through the network again and measured
+        the same way (about the cost of scoring them).
+
+        Parameters
+        ----------
+        X : array-like or list of paths / PIL images
+            Normal training images, as in :meth:`fit`.
+        y : Ignored
+            Not used, present for API consistency by convention.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            -1 for the images whose leave-one-out score is below ``offset_``,
+            +1 for the others, in the order of ``X``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from sklearn_panda import PandaPatchDetector
+        >>> normal = np.random.default_rng(0).normal(0.5, 0.02, size=(6, 32, 32, 3)).clip(0, 1)
+        >>> PandaPatchDetector(backbone="resnet18", weights=None, random_state=0).fit_predict(normal).shape
+        (6,)
+        """
+        self.fit(X)
+        if len(self.calibration_maps_) == self.n_samples_seen_:
+            # Every image is a calibration image: training_scores_ are the scores, in the sample's order.
+            order = np.argsort([entry["image"] for entry in self.calibration_maps_])
+            scores = self.training_scores_[order]
+        else:
+            spec = self._spec()
+            banks = [(self.memory_bank_, self.memory_bank_images_, self.scorer_)]
+            if spec["image_score"] == "patch+fine":
+                banks.append((self.fine_bank_, self.fine_bank_images_, self.fine_scorer_))
+            stream = self._embeddings(self.net_, check_input(X), self.device_, spec, "training scores")
+            scores = leave_one_out_scores(stream, banks, spec, getattr(self, "score_scales_", None))
+        return np.where(scores < self.offset_, -1, 1)
 
     def _fit(self, X):
         self._check_parameters()
@@ -478,8 +526,9 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
     def _check_parameters(self):
         if self.neighbourhood % 2 == 0:
             raise ValueError(f"neighbourhood must be odd (a window centred on each position); got {self.neighbourhood}.")
-        if isinstance(self.resize, (tuple, list)) and (
-            len(self.resize) != 2 or not all(isinstance(side, numbers.Integral) and side >= 1 for side in self.resize)
+        if isinstance(self.resize, bool) or isinstance(self.resize, (tuple, list)) and (
+            len(self.resize) != 2
+            or not all(isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1 for side in self.resize)
         ):
             raise ValueError(
                 f"resize must be an integer (the shorter side), a pair (height, width) of integers >= 1, "

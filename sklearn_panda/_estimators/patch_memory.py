@@ -19,13 +19,34 @@ from .._engine.coreset import StreamingCoreset
 from .._engine.progress import ProgressBar
 from ..scorers import offset_from_training_scores
 from .patch_bank import bank_search, patch_rows, pixel_offset
-from .patch_calibration import CalibrationSample, leave_one_out_worst
+from .patch_calibration import CalibrationSample, compact, leave_one_out_worst
 
 # (progress label, bank attribute, attribute of the image each bank row came from), one per bank.
 BANKS = (
     ("memory bank", "memory_bank_", "memory_bank_images_"),
     ("fine bank", "fine_bank_", "fine_bank_images_"),
 )
+
+
+def leave_one_out_scores(stream, banks, spec, scales):
+    """Every training image's leave-one-out ``score_samples``, measured as the calibration images' are.
+
+    ``stream`` gives :func:`~sklearn_panda._engine.patch_features.patch_grids`'s
+    batches of the images a detector was fitted on, in the order it saw them;
+    ``banks`` holds ``(rows, the image each row came from, its search)`` a
+    bank; ``scales`` is ``score_scales_`` (``None`` for one bank). Each
+    image is measured against the banks without its own patches.
+    """
+    scores = {}
+    quiet = ProgressBar(0, "", False)
+    for indices, _, size, _, maps in stream:
+        entries = [
+            {"image": int(index), "size": list(size), "maps": [compact(one[offset]) for one in maps]}
+            for offset, index in enumerate(indices.tolist())
+        ]
+        worst, map_maxima = leave_one_out_worst(banks, entries, spec, quiet)
+        scores.update(zip(indices.tolist(), -image_scores(worst, map_maxima, spec, scales)))
+    return np.array([scores[index] for index in range(len(scores))])
 
 
 def image_scores(worst, map_maxima, spec, scales):

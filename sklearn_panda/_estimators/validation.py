@@ -78,6 +78,8 @@ def check_input(X):
     >>> check_input(np.zeros((2, 3, 8, 8))).spec
     InputSpec(kind='array_images', channels=3)
     """
+    if _is_image_like(X):
+        raise ValueError(f"Got one image ({type(X).__name__}), not a list of them; for one image, pass [X].")
     if getattr(X, "ndim", None) == 1 and len(X) and all(map(_is_image_like, X)):
         # A numpy array or pandas Series of file paths: a list of them.
         X = list(X)

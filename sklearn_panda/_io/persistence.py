@@ -28,7 +28,9 @@ import io
 import numbers
 import os
 import pathlib
+import pickle
 import warnings
+import zipfile
 
 import numpy as np
 import torch
@@ -452,9 +454,12 @@ def load(path, *, backbone=None, device=None):
 
     Raises
     ------
+    FileNotFoundError
+        When there is no file at ``path``.
     ValueError
-        When the file is not a sklearn-panda file, comes from an
-        incompatible format or package version, or needs a ``backbone``.
+        When the file is not a sklearn-panda file (another kind of file, cut
+        short or damaged), comes from an incompatible format or package
+        version, or needs a ``backbone``.
 
     See Also
     --------
@@ -475,9 +480,28 @@ def load(path, *, backbone=None, device=None):
     >>> type(loaded).__name__, loaded.transform(X).shape
     ('PandaFeatures', (20, 4))
     """
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = _read_payload(path)
     _check_header(payload, path)
     return _decode_estimator(payload, backbone, device, path)
+
+
+def _read_payload(path):
+    """``torch.load``'s dictionary, or an error that says the file is not a model."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No such model file: {path}")
+    # save() writes torch's zip archive; anything else would fail inside the unpickler
+    # with whatever error the stray bytes happen to cause.
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not a model file written by sklearn-panda (not a torch archive: "
+            "another kind of file, or cut short)."
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as error:
+        # torch's own message would suggest weights_only=False, which would run the file's code.
+        reason = "not a weights-only file" if isinstance(error, pickle.UnpicklingError) else "damaged"
+        raise ValueError(f"{path} is not a model file written by sklearn-panda (a torch archive, {reason}).") from None
 
 
 def _decode_estimator(payload, backbone, device, path):

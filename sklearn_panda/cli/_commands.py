@@ -10,7 +10,7 @@ from .._io.images import collect_images, write_files
 from .._io.report import number, report_html
 from ._config import detector_parameters, read_config
 from ._inputs import check_readable, import_factory, load_model
-from ._outputs import check_destination, map_file, regions_csv, score_with_maps, scores_csv
+from ._outputs import check_destination, check_spares_inputs, map_file, regions_csv, score_with_maps, scores_csv
 from ._parser import DEFAULT_BACKBONE, PROG
 
 # Options of one kind of model only: given for the other kind, they are an error, whatever
@@ -75,6 +75,7 @@ def fit_command(args):
     # The options are checked before the images are looked for: a wrong one fails at once.
     detector = detector_from_args(args)
     paths = collect_images(args.sources)
+    check_spares_inputs({"--model": args.model}, paths)
     detector.fit(paths)
     save(detector, args.model)
     n_flagged = int(np.sum(detector.training_scores_ < detector.offset_))
@@ -107,6 +108,7 @@ def score_command(args):
             raise NotADirectoryError(f"--maps {args.maps} is a file; give a folder.")
         check_destination(args.maps, "--maps")  # made at the end, once there is something to write
     paths, estimator = images_and_model(args)
+    check_spares_inputs(files, paths, model=args.model)
     if not hasattr(estimator, "score_samples"):
         raise ValueError(
             f"{args.model} holds a {type(estimator).__name__}, which gives features, not scores; "
@@ -178,6 +180,8 @@ def update_command(args):
     destination, option = (args.model, "--model") if args.output is None else (args.output, "--output")
     check_destination(destination, option)
     paths, detector = images_and_model(args)
+    # Writing the model over itself is what update does by default; over an image, never.
+    check_spares_inputs({option: destination}, paths)
     if not hasattr(detector, "partial_fit"):
         raise ValueError(
             f"update needs a local model (fit --local, a PandaPatchDetector); {args.model} holds a "

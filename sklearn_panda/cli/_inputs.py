@@ -1,10 +1,7 @@
 """What the command line reads: backbone factories, model files, image files."""
 
 import importlib
-import os
-import pickle
 import warnings
-import zipfile
 
 
 def import_factory(spec):
@@ -54,24 +51,10 @@ def import_factory(spec):
 def load_model(path, factory, device):
     from .._io.persistence import load
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such model file: {path}")
-    # save() writes torch's zip archive; anything else would fail inside the unpickler
-    # with whatever error the stray bytes happen to cause.
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path} is not a model file written by sklearn-panda (not a torch archive: "
-            "another kind of file, or cut short)."
-        )
     # torch.load's warnings about a foreign file would add lines to the one-line error.
     with warnings.catch_warnings(record=True) as caught:
         try:
             estimator = load(path, backbone=factory, device=device)
-        except (pickle.UnpicklingError, RuntimeError) as error:
-            reason = "not a weights-only file" if isinstance(error, pickle.UnpicklingError) else "damaged"
-            raise ValueError(
-                f"{path} is not a model file written by sklearn-panda (a torch archive, {reason})."
-            ) from None
         except ValueError as error:
             if factory is None and "backbone factory" in str(error):
                 raise ValueError(

@@ -1,0 +1,198 @@
+"""The fourth review's defects (2026-12-07), one test (or more) each."""
+
+import numpy as np
+import pytest
+from conftest import TINY_IMAGES, TINY_LAYERS, tiny_cnn
+from PIL import Image
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import OneClassSVM
+
+from sklearn_panda import PandaDetector, PandaPatchDetector, load, save
+from sklearn_panda._estimators.patch_bank import CALIBRATION_IMAGES
+from sklearn_panda.cli import main
+from sklearn_panda.model_selection import NormalOnlySplit
+
+TINY_PATCH = dict(backbone=tiny_cnn, weights=None, layers=TINY_LAYERS, resize=None, coreset_ratio=0.2, random_state=0)
+
+
+def _images(n, seed, size=16):
+    return (np.random.default_rng(seed).random((n, size, size)) * 255).astype(np.uint8)
+
+
+# fit_predict labelled the calibration sample (at most 64 images), not every training image.
+def test_patch_fit_predict_labels_every_training_image_in_order():
+    X = _images(CALIBRATION_IMAGES + 6, 0)
+    X[3] = 255 - X[3] // 8  # one odd image
+    detector = PandaPatchDetector(**TINY_PATCH, contamination=0.05)
+    labels = detector.fit_predict(X)
+    assert labels.shape == (len(X),) and set(labels.tolist()) <= {-1, 1}
+    assert labels[3] == -1
+    # The calibration images' labels are their training_scores_'.
+    images = [entry["image"] for entry in detector.calibration_maps_]
+    assert len(images) == CALIBRATION_IMAGES < len(X)
+    np.testing.assert_array_equal(labels[images], np.where(detector.training_scores_ < detector.offset_, -1, 1))
+    # About contamination of the images are flagged (ties aside), not a sample's share.
+    assert abs((labels == -1).mean() - 0.05) <= 2 / len(X)
+
+
+def test_patch_fit_predict_scores_are_leave_one_out_scores():
+    from sklearn_panda._estimators.patch_memory import leave_one_out_scores
+    from sklearn_panda._estimators.validation import check_input
+
+    X = _images(CALIBRATION_IMAGES + 2, 1)
+    detector = PandaPatchDetector(**TINY_PATCH).fit(X)
+    spec = detector._spec()
+    banks = [(detector.memory_bank_, detector.memory_bank_images_, detector.scorer_),
+             (detector.fine_bank_, detector.fine_bank_images_, detector.fine_scorer_)]
+    stream = detector._embeddings(detector.net_, check_input(X), detector.device_, spec, "training scores")
+    scores = leave_one_out_scores(stream, banks, spec, detector.score_scales_)
+    images = [entry["image"] for entry in detector.calibration_maps_]
+    np.testing.assert_allclose(scores[images], detector.training_scores_, rtol=1e-5)
+    # Left out, an image scores worse than against the bank with its own patches (to within the
+    # half precision its stage outputs are kept in, as the calibration images' are).
+    against_all = detector.score_samples(X)
+    assert (scores <= against_all + 1e-3).all() and (scores < against_all - 0.1).any()
+
+
+# partial_fit on a fitted detector read its parameters unchecked.
+@pytest.mark.parametrize("params", [{"contamination": 0.9}, {"projection_dim": 0}, {"n_neighbors": 0},
+                                    {"algorithm": "kd_tree"}, {"contamination": "AUTO"}])
+def test_partial_fit_checks_the_parameters_it_reads(params):
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    X = _images(8, 2)
+    detector = PandaPatchDetector(**TINY_PATCH).fit(X[:4])
+    bank = detector.memory_bank_.copy()
+    with pytest.raises(InvalidParameterError):
+        detector.set_params(**params).partial_fit(X[4:])
+    np.testing.assert_array_equal(detector.memory_bank_, bank)
+
+
+# Images too small for the backbone's windows: an error that names their size and resize.
+def test_images_too_small_for_the_backbone_name_their_size():
+    with pytest.raises(ValueError, match=r"cannot take images of 2 x 2 pixels.*resize='auto'"):
+        PandaPatchDetector(weights=None, resize=None).fit(_images(3, 3, size=2))
+
+
+# A Pipeline ending in an outlier detector has no offset_: its decision_function gives it.
+def test_a_pipeline_scorer_takes_its_offset_from_decision_function():
+    X = (np.random.default_rng(4).random((20, 20, 20, 3)) * 255).astype(np.uint8)
+    scorer = make_pipeline(StandardScaler(), OneClassSVM(nu=0.2))
+    detector = PandaDetector(**TINY_IMAGES, n_steps=1, scorer=scorer, random_state=0).fit(X)
+    assert detector.offset_ == pytest.approx(float(detector.scorer_[-1].offset_[0]))
+    features = detector.features_.transform(X)
+    np.testing.assert_allclose(detector.decision_function(X), detector.scorer_.decision_function(features),
+                               rtol=1e-6, atol=1e-9)
+
+
+def test_a_scorer_whose_decision_function_is_not_a_shift_is_refused():
+    from sklearn.base import BaseEstimator, OutlierMixin
+
+    class NoOffset(OutlierMixin, BaseEstimator):
+        """No offset_, and a decision_function that is twice score_samples: no constant shift."""
+
+        def fit(self, X, y=None):
+            self.mean_ = np.mean(X, axis=0)
+            return self
+
+        def score_samples(self, X):
+            return -np.linalg.norm(X - self.mean_, axis=1)
+
+        def decision_function(self, X):
+            return 2 * self.score_samples(X)
+
+    X = (np.random.default_rng(4).random((20, 20, 20, 3)) * 255).astype(np.uint8)
+    with pytest.raises(ValueError, match="no single offset_.*less a constant"):
+        PandaDetector(**TINY_IMAGES, n_steps=0, scorer=NoOffset(), random_state=0).fit(X)
+
+
+# load() of a file that is no model: a ValueError that says so, not torch's KeyError or its advice.
+@pytest.mark.parametrize("content", [b"hello", b"\x89PNG\r\n\x1a\n not a model"])
+def test_load_of_another_kind_of_file_is_a_value_error(content, tmp_path):
+    path = tmp_path / "x.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="not a model file written by sklearn-panda"):
+        load(path)
+    with pytest.raises(FileNotFoundError, match="No such model file"):
+        load(tmp_path / "missing.pt")
+
+
+def test_load_of_a_pickle_is_refused_without_running_it(tmp_path):
+    import torch
+
+    torch.save({"payload": object()}, tmp_path / "p.pt")
+    with pytest.raises(ValueError, match="not a weights-only file"):
+        load(tmp_path / "p.pt")
+
+
+# NormalOnlySplit without y.
+def test_normal_only_split_needs_y():
+    with pytest.raises(ValueError, match="needs y"):
+        list(NormalOnlySplit(2).split(np.zeros((6, 2))))
+
+
+# One path (or PIL image) instead of a list of them.
+def test_one_path_instead_of_a_list_says_so(tmp_path):
+    from sklearn_panda._estimators.validation import check_input
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    for one in (str(tmp_path / "a.png"), tmp_path / "a.png", Image.new("RGB", (8, 8))):
+        with pytest.raises(ValueError, match=r"one image.*\[X\]"):
+            check_input(one)
+
+
+# The command line never writes over its model or an input image.
+def _run(capsys, monkeypatch, cwd, *args):
+    monkeypatch.chdir(cwd)
+    status = main([str(arg) for arg in args])
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command, args, kept",
+    [
+        ("fit", ["images", "--model", "images/0.png", "--backbone", "resnet18", "--weights", "none"], "images/0.png"),
+        ("score", ["images", "--model", "model.pt", "--output", "model.pt"], "model.pt"),
+        ("score", ["images", "--model", "model.pt", "--output", "images/1.png"], "images/1.png"),
+        ("score", ["images", "--model", "model.pt", "--output", "s.csv", "--report", "images/2.png"], "images/2.png"),
+    ],
+)
+def test_cli_outputs_never_overwrite_the_model_or_an_input(command, args, kept, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    shutil.copytree(_cli_root(tmp_path), tmp_path / "w")
+    before = (tmp_path / "w" / kept).read_bytes()
+    status, err = _run(capsys, monkeypatch, tmp_path / "w", command, *args)
+    assert status == 2 and "would overwrite it" in err and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "w" / kept).read_bytes() == before
+
+
+def _cli_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "images").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(_images(1, 10 + i, size=20)[0]).save(root / "images" / f"{i}.png")
+    detector = PandaDetector(backbone="resnet18", weights=None, n_steps=0, resize=32, crop_size=32)
+    save(detector.fit([str(root / "images" / f"{i}.png") for i in range(3)]), root / "model.pt")
+    return root
+
+
+# resize=True read as the integer 1 (and crashed in torchvision); n_features beyond the channels ignored.
+@pytest.mark.parametrize("resize", [True, (True, 32)])
+def test_resize_refuses_booleans(resize):
+    with pytest.raises(ValueError, match="resize must be an integer"):
+        PandaPatchDetector(**dict(TINY_PATCH, resize=resize)).fit(_images(3, 5, size=32))
+
+
+def test_n_features_beyond_the_channels_is_an_error():
+    import torch
+
+    from sklearn_panda._engine.patch_features import aggregate
+
+    maps = [torch.ones(1, 4, 8, 8), torch.ones(1, 6, 4, 4)]
+    assert aggregate(maps, 3, n_features=10).shape[1] == 10
+    with pytest.raises(ValueError, match="n_features=11 is more than the 10 channels"):
+        aggregate(maps, 3, n_features=11)
+    with pytest.raises(ValueError, match="more than the"):
+        PandaPatchDetector(**TINY_PATCH, n_features=10_000).fit(_images(3, 5, size=32))
