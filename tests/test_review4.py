@@ -46,7 +46,7 @@ def test_patch_fit_predict_scores_are_leave_one_out_scores():
     banks = [(detector.memory_bank_, detector.memory_bank_images_, detector.scorer_),
              (detector.fine_bank_, detector.fine_bank_images_, detector.fine_scorer_)]
     stream = detector._embeddings(detector.net_, check_input(X), detector.device_, spec, "training scores")
-    scores = leave_one_out_scores(stream, banks, spec, detector.score_scales_)
+    scores = leave_one_out_scores(stream, banks, spec, detector.score_scales_, detector.calibration_maps_)
     images = [entry["image"] for entry in detector.calibration_maps_]
     np.testing.assert_allclose(scores[images], detector.training_scores_, rtol=1e-5)
     # Left out, an image scores worse than against the bank with its own patches (to within the
@@ -67,6 +67,34 @@ def test_partial_fit_checks_the_parameters_it_reads(params):
     with pytest.raises(InvalidParameterError):
         detector.set_params(**params).partial_fit(X[4:])
     np.testing.assert_array_equal(detector.memory_bank_, bank)
+
+
+def test_partial_fit_skips_the_check_where_scikit_learn_is_told_to():
+    from sklearn import config_context
+
+    X = _images(8, 2)
+    detector = PandaPatchDetector(**TINY_PATCH).fit(X[:4])
+    with config_context(skip_parameter_validation=True):
+        detector.set_params(contamination=0.9).partial_fit(X[4:])  # checked by nobody, as asked
+    assert detector.n_samples_seen_ == 8
+
+
+def test_leave_one_out_falls_back_on_the_pool_where_every_bank_row_is_its_own():
+    # A bank of image 0's patches only: image 0 is measured against the other images of the pool
+    # (fit_predict passes the calibration images; its batch may hold image 0 alone).
+    from sklearn_panda._estimators.patch_bank import bank_search, worst_patches
+    from sklearn_panda._estimators.patch_calibration import calibration_rows, leave_one_out_worst
+    from sklearn_panda._engine.progress import ProgressBar
+
+    detector = PandaPatchDetector(**TINY_PATCH).fit(_images(4, 6))
+    spec = dict(detector._spec(), image_score="patch")
+    entries = sorted(detector.calibration_maps_, key=lambda entry: entry["image"])
+    own = calibration_rows(entries[0], spec)[0][0]
+    bank = (own, np.zeros(len(own), dtype=int), bank_search("auto", len(own), 1, 0).fit(own))
+    worst, _ = leave_one_out_worst([bank], entries[:1], spec, ProgressBar(0, "", False), pool=entries)
+    others = np.concatenate([calibration_rows(entry, spec)[0][0] for entry in entries[1:]])
+    nearest = np.linalg.norm(own[:, None] - others[None], axis=2).min(1)
+    np.testing.assert_allclose(worst[0], worst_patches(nearest[None], spec["n_worst_patches"]), rtol=1e-5)
 
 
 # Images too small for the backbone's windows: an error that names their size and resize.
@@ -156,6 +184,8 @@ def _run(capsys, monkeypatch, cwd, *args):
         ("score", ["images", "--model", "model.pt", "--output", "model.pt"], "model.pt"),
         ("score", ["images", "--model", "model.pt", "--output", "images/1.png"], "images/1.png"),
         ("score", ["images", "--model", "model.pt", "--output", "s.csv", "--report", "images/2.png"], "images/2.png"),
+        # image 2 (1.png, after 0.png and 00002-1.png) would have its map named 00002-1.png, an input image
+        ("score", ["images", "--model", "model.pt", "--output", "s.csv", "--maps", "images"], "images/00002-1.png"),
     ],
 )
 def test_cli_outputs_never_overwrite_the_model_or_an_input(command, args, kept, tmp_path, capsys, monkeypatch):
@@ -173,6 +203,7 @@ def _cli_root(tmp_path):
     (root / "images").mkdir(parents=True)
     for i in range(3):
         Image.fromarray(_images(1, 10 + i, size=20)[0]).save(root / "images" / f"{i}.png")
+    Image.fromarray(_images(1, 13, size=20)[0]).save(root / "images" / "00002-1.png")
     detector = PandaDetector(backbone="resnet18", weights=None, n_steps=0, resize=32, crop_size=32)
     save(detector.fit([str(root / "images" / f"{i}.png") for i in range(3)]), root / "model.pt")
     return root
@@ -185,14 +216,12 @@ def test_resize_refuses_booleans(resize):
         PandaPatchDetector(**dict(TINY_PATCH, resize=resize)).fit(_images(3, 5, size=32))
 
 
-def test_n_features_beyond_the_channels_is_an_error():
-    import torch
-
-    from sklearn_panda._engine.patch_features import aggregate
-
-    maps = [torch.ones(1, 4, 8, 8), torch.ones(1, 6, 4, 4)]
-    assert aggregate(maps, 3, n_features=10).shape[1] == 10
-    with pytest.raises(ValueError, match="n_features=11 is more than the 10 channels"):
-        aggregate(maps, 3, n_features=11)
-    with pytest.raises(ValueError, match="more than the"):
-        PandaPatchDetector(**TINY_PATCH, n_features=10_000).fit(_images(3, 5, size=32))
+def test_n_features_beyond_the_channels_is_an_error_at_fit():
+    X = _images(3, 5, size=32)
+    with pytest.raises(ValueError, match="n_features=10000 is more than the"):
+        PandaPatchDetector(**TINY_PATCH, n_features=10_000).fit(X)
+    # A detector fitted before the check (it kept every channel) still scores as it did.
+    detector = PandaPatchDetector(**TINY_PATCH).fit(X)
+    expected = detector.score_samples(X)
+    detector.patch_spec_["n_features"] = 10_000
+    np.testing.assert_array_equal(detector.score_samples(X), expected)

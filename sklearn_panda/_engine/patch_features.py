@@ -312,11 +312,6 @@ def aggregate(maps, neighbourhood, n_features=None, *, border="zeros"):
         parts.append(feature_map)
     features = torch.cat(parts, dim=1)
     n_images, n_channels, height, width = features.shape
-    if n_features is not None and n_features > n_channels:
-        raise ValueError(
-            f"n_features={n_features} is more than the {n_channels} channels of the patch features (the "
-            f"layers' channels together): give at most {n_channels}, or None to keep them all."
-        )
     if n_features is not None and n_features < n_channels:
         pooling = channel_pooling(n_channels, n_features).to(features.device)
         features = torch.einsum("nchw,cd->ndhw", features, pooling)

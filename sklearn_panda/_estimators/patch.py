@@ -22,6 +22,23 @@ from .torch_state import TorchStateMixin
 from .validation import check_consistent, check_input
 
 
+def _channels_checked(stream, n_features):
+    """``stream``'s batches, once its first shows that ``n_features`` is at most the patch features' channels.
+
+    Checked at fit only: a detector fitted before this check with more (kept
+    all the channels) still scores.
+    """
+    for batch in stream:
+        channels = batch[1][0].shape[1]
+        if n_features is not None and n_features > channels:
+            raise ValueError(
+                f"n_features={n_features} is more than the {channels} channels of the patch features (the "
+                f"layers' channels together): give at most {channels}, or None to keep them all."
+            )
+        n_features = None
+        yield batch
+
+
 class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin, BaseEstimator):
     """Local defects: nearest normal patch features, an anomaly map per image.
 
@@ -384,7 +401,6 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         """
         return self._fit(X)
 
-    @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y=None):
         """Add normal images to the fitted memory banks; on an unfitted detector, :meth:`fit`.
 
@@ -424,6 +440,13 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
         >>> detector.partial_fit(normal[4:]).n_samples_seen_
         8
         """
+        return self._partial_fit(X)
+
+    # Not named partial_fit: scikit-learn's _fit_context would check the parameters of a partial_fit
+    # on an unfitted estimator only, and this one reads coreset_ratio, n_neighbors, algorithm and
+    # the contaminations at every call.
+    @_fit_context(prefer_skip_nested_validation=True)
+    def _partial_fit(self, X):
         if not hasattr(self, "memory_bank_"):
             return self._fit(X)
         if not hasattr(self, "calibration_maps_"):
@@ -431,9 +454,6 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
                 "This detector was fitted by an older version of sklearn-panda, which kept no calibration "
                 "images: partial_fit cannot measure its offsets again. Fit it again on all its images."
             )
-        # scikit-learn's _fit_context checks the parameters of a partial_fit on an unfitted estimator
-        # only; this one reads coreset_ratio, n_neighbors, algorithm and the contaminations now.
-        self._validate_params()
         self._check_parameters()
         checked = check_input(X)
         if checked.spec.kind == self.input_spec_.kind == "vectors":
@@ -488,7 +508,9 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
             if spec["image_score"] == "patch+fine":
                 banks.append((self.fine_bank_, self.fine_bank_images_, self.fine_scorer_))
             stream = self._embeddings(self.net_, check_input(X), self.device_, spec, "training scores")
-            scores = leave_one_out_scores(stream, banks, spec, getattr(self, "score_scales_", None))
+            scores = leave_one_out_scores(
+                stream, banks, spec, getattr(self, "score_scales_", None), self.calibration_maps_
+            )
         return np.where(scores < self.offset_, -1, 1)
 
     def _fit(self, X):
@@ -508,7 +530,7 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
             self.backbone, self.weights, self.layers, vector_length=vector_length, seed=seed, device=device
         )
         spec = self._fitted_spec(layers)
-        stream = self._embeddings(net, checked, device, spec, "patch features")
+        stream = _channels_checked(self._embeddings(net, checked, device, spec, "patch features"), spec["n_features"])
         fitted = BankAssembly.of(self).learn(stream, len(checked), spec, seed)
         fitted.update(net_=net, layers_=layers, input_spec_=checked.spec, device_=device)
         for name in ("fine_bank_", "fine_scorer_", "fine_bank_images_", "score_scales_"):

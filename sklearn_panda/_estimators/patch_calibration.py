@@ -93,16 +93,19 @@ def calibration_rows(entry, spec):
     return [patch_rows(grid)[0].numpy() for grid in grids], tuple(grids[0].shape[-2:])
 
 
-def leave_one_out_worst(banks, entries, spec, progress):
+def leave_one_out_worst(banks, entries, spec, progress, pool=None):
     """The calibration images' worst patches, each image measured against the banks without its own patches.
 
     ``banks`` holds ``(rows, the image each row came from, its search)`` a
-    bank. Returns one ``(n_entries,)`` array per bank, each image's mean
+    bank. Where every bank row comes from the image measured, it is measured
+    against the patches of the other images of ``pool`` (default:
+    ``entries``). Returns one ``(n_entries,)`` array per bank, each image's mean
     of its ``spec["n_worst_patches"]`` largest patch distances
     (:func:`~sklearn_panda._estimators.patch_bank.worst_patches`), and the
     maxima of their smoothed maps.
     """
     n_worst = spec["n_worst_patches"]
+    pool = entries if pool is None else pool
     per_bank = [[] for _ in banks]
     map_maxima = np.empty(len(entries))
     for number, entry in enumerate(entries):
@@ -110,7 +113,7 @@ def leave_one_out_worst(banks, entries, spec, progress):
         for which, (bank, owners, scorer) in enumerate(banks):
 
             def others(which=which, image=entry["image"]):
-                return [calibration_rows(other, spec)[0][which] for other in entries if other["image"] != image]
+                return [calibration_rows(other, spec)[0][which] for other in pool if other["image"] != image]
 
             distances = leave_one_out(rows[which], entry["image"], bank, owners, scorer, others, n_worst)
             per_bank[which].append(worst_patches(distances[None], n_worst)[0])

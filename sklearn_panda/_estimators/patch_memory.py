@@ -28,14 +28,16 @@ BANKS = (
 )
 
 
-def leave_one_out_scores(stream, banks, spec, scales):
+def leave_one_out_scores(stream, banks, spec, scales, calibration):
     """Every training image's leave-one-out ``score_samples``, measured as the calibration images' are.
 
     ``stream`` gives :func:`~sklearn_panda._engine.patch_features.patch_grids`'s
     batches of the images a detector was fitted on, in the order it saw them;
     ``banks`` holds ``(rows, the image each row came from, its search)`` a
     bank; ``scales`` is ``score_scales_`` (``None`` for one bank). Each
-    image is measured against the banks without its own patches.
+    image is measured against the banks without its own patches (where every
+    bank row is its own, against the other ``calibration`` images' patches,
+    as in the fit).
     """
     scores = {}
     quiet = ProgressBar(0, "", False)
@@ -44,7 +46,7 @@ def leave_one_out_scores(stream, banks, spec, scales):
             {"image": int(index), "size": list(size), "maps": [compact(one[offset]) for one in maps]}
             for offset, index in enumerate(indices.tolist())
         ]
-        worst, map_maxima = leave_one_out_worst(banks, entries, spec, quiet)
+        worst, map_maxima = leave_one_out_worst(banks, entries, spec, quiet, pool=calibration)
         scores.update(zip(indices.tolist(), -image_scores(worst, map_maxima, spec, scales)))
     return np.array([scores[index] for index in range(len(scores))])
 

@@ -75,7 +75,7 @@ def fit_command(args):
     # The options are checked before the images are looked for: a wrong one fails at once.
     detector = detector_from_args(args)
     paths = collect_images(args.sources)
-    check_spares_inputs({"--model": args.model}, paths)
+    check_spares_inputs([("--model", args.model)], paths)
     detector.fit(paths)
     save(detector, args.model)
     n_flagged = int(np.sum(detector.training_scores_ < detector.offset_))
@@ -108,7 +108,10 @@ def score_command(args):
             raise NotADirectoryError(f"--maps {args.maps} is a file; give a folder.")
         check_destination(args.maps, "--maps")  # made at the end, once there is something to write
     paths, estimator = images_and_model(args)
-    check_spares_inputs(files, paths, model=args.model)
+    written = list(files.items())
+    if args.maps is not None:
+        written += [("--maps", os.path.join(args.maps, map_file(i, path))) for i, path in enumerate(paths)]
+    check_spares_inputs(written, paths, model=args.model)
     if not hasattr(estimator, "score_samples"):
         raise ValueError(
             f"{args.model} holds a {type(estimator).__name__}, which gives features, not scores; "
@@ -181,7 +184,7 @@ def update_command(args):
     check_destination(destination, option)
     paths, detector = images_and_model(args)
     # Writing the model over itself is what update does by default; over an image, never.
-    check_spares_inputs({option: destination}, paths)
+    check_spares_inputs([(option, destination)], paths)
     if not hasattr(detector, "partial_fit"):
         raise ValueError(
             f"update needs a local model (fit --local, a PandaPatchDetector); {args.model} holds a "

@@ -24,13 +24,13 @@ def check_destination(path, option):
 def check_spares_inputs(outputs, inputs, model=None):
     """Fail before the work when an output would overwrite an input image or the model read.
 
-    ``outputs`` maps each option to the file it writes; ``model`` is the model
-    file a command reads (``--model``), ``None`` where it writes it.
+    ``outputs`` holds ``(option, a file it writes)`` pairs; ``model`` is the
+    model file a command reads (``--model``), ``None`` where it writes it.
     """
     read = {os.path.realpath(path): f"one of the input images ({path})" for path in inputs}
     if model is not None:
         read[os.path.realpath(model)] = f"the model read (--model {model})"
-    for option, path in outputs.items():
+    for option, path in outputs:
         what = read.get(os.path.realpath(path))
         if what is not None:
             raise ValueError(f"{option} {path} is {what}; writing there would overwrite it. Give another file.")
