@@ -254,7 +254,8 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
     calibration_maps_ : list of dict
         The calibration images (a uniform random sample of at most 64 of the
         training images): each one's number (``image``), random ``key``,
-        scored ``size`` and stage outputs (``maps``, float16 where they fit),
+        scored ``size``, input size (``original``) and stage outputs (``maps``,
+        float16 where they fit),
         kept so that :meth:`partial_fit` measures the offsets again. They are
         most of a saved model's size with large images: 64 photos of 640 x
         640 pixels take about 55 MB with the default backbone.
@@ -263,7 +264,9 @@ class PandaPatchDetector(DefectMasksMixin, TorchStateMixin, OutlierContractMixin
     offset_ : float
         ``decision_function = score_samples - offset_``.
     training_map_maxima_ : ndarray of shape (n_calibration_images,)
-        The maxima of the calibration images' leave-one-out maps.
+        The maxima of the calibration images' leave-one-out maps, at their
+        input size (as :meth:`predict_masks` compares maps with
+        ``pixel_offset_``).
     pixel_offset_ : float
         The map value above which a pixel is defective.
     input_spec_ : InputSpec

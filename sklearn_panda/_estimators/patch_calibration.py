@@ -13,7 +13,7 @@ images would give.
 import numpy as np
 import torch
 
-from .._engine.patch_features import gaussian_smoothing, patch_features
+from .._engine.patch_features import gaussian_smoothing, patch_features, resize_maps
 from .patch_bank import calibration_threshold, leave_one_out, patch_rows, worst_patches
 
 # The largest magnitude a float16 holds; stage outputs beyond it are kept in float32.
@@ -59,8 +59,8 @@ class CalibrationSample:
     ----------
     entries : list of dict
         One a calibration image: ``image`` (its number among all the images
-        seen), ``key``, ``size`` (the scored size) and ``maps`` (its stage
-        outputs, one array ``(C, h, w)`` a layer).
+        seen), ``key``, ``size`` (the scored size), ``original`` (its input
+        size) and ``maps`` (its stage outputs, one array ``(C, h, w)`` a layer).
 
     Examples
     --------
@@ -68,7 +68,7 @@ class CalibrationSample:
     >>> from sklearn_panda._estimators.patch_calibration import CalibrationSample
     >>> sample = CalibrationSample([], 3, np.random.default_rng(0))
     >>> for index in range(3):
-    ...     sample.offer(index, image=index, maps=[torch.ones(4, 2, 2)], size=(16, 16))
+    ...     sample.offer(index, image=index, maps=[torch.ones(4, 2, 2)], size=(16, 16), original=(16, 16))
     >>> [entry["image"] for entry in sample.entries], sample.entries[0]["maps"][0].dtype
     ([0, 1, 2], dtype('float16'))
     """
@@ -78,12 +78,14 @@ class CalibrationSample:
         self.threshold = calibration_threshold(np.array([entry["key"] for entry in kept]), self.keys)
         self.entries = [entry for entry in kept if entry["key"] <= self.threshold]
 
-    def offer(self, index, *, image, maps, size):
-        """Keep arriving image ``index`` (``image`` among all) if it is a calibration image."""
+    def offer(self, index, *, image, maps, size, original):
+        """Keep arriving image ``index`` (``image`` among all, ``original`` its input size) if it is a
+        calibration image."""
         if self.keys[index] <= self.threshold:
-            self.entries.append(
-                {"image": int(image), "key": float(self.keys[index]), "size": list(size), "maps": [compact(one) for one in maps]}
-            )
+            self.entries.append({
+                "image": int(image), "key": float(self.keys[index]), "size": list(size), "original": list(original),
+                "maps": [compact(one) for one in maps],
+            })
 
 
 def calibration_rows(entry, spec):
@@ -101,13 +103,15 @@ def leave_one_out_worst(banks, entries, spec, progress, pool=None):
     against the patches of the other images of ``pool`` (default:
     ``entries``). Returns one ``(n_entries,)`` array per bank, each image's mean
     of its ``spec["n_worst_patches"]`` largest patch distances
-    (:func:`~sklearn_panda._estimators.patch_bank.worst_patches`), and the
-    maxima of their smoothed maps.
+    (:func:`~sklearn_panda._estimators.patch_bank.worst_patches`), the
+    maxima of their smoothed maps at the scored size (as ``image_score="map"``
+    scores), and at the input size (as masks compare maps with ``pixel_offset_``;
+    entries saved without their input size: the scored size).
     """
     n_worst = spec["n_worst_patches"]
     pool = entries if pool is None else pool
     per_bank = [[] for _ in banks]
-    map_maxima = np.empty(len(entries))
+    map_maxima, input_maxima = np.empty(len(entries)), np.empty(len(entries))
     for number, entry in enumerate(entries):
         rows, grid = calibration_rows(entry, spec)
         for which, (bank, owners, scorer) in enumerate(banks):
@@ -120,5 +124,6 @@ def leave_one_out_worst(banks, entries, spec, progress, pool=None):
             if which == 0:
                 smoothed = smoothed_maps(distances, grid, tuple(entry["size"]), spec["sigma"])
                 map_maxima[number] = float(smoothed.amax())
+                input_maxima[number] = float(resize_maps(smoothed, entry.get("original", entry["size"])).amax())
         progress.update(number + 1)
-    return [np.array(found) for found in per_bank], map_maxima
+    return [np.array(found) for found in per_bank], map_maxima, input_maxima

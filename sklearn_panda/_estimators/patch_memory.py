@@ -46,7 +46,7 @@ def leave_one_out_scores(stream, banks, spec, scales, calibration):
             {"image": int(index), "size": list(size), "maps": [compact(one[offset]) for one in maps]}
             for offset, index in enumerate(indices.tolist())
         ]
-        worst, map_maxima = leave_one_out_worst(banks, entries, spec, quiet, pool=calibration)
+        worst, map_maxima, _ = leave_one_out_worst(banks, entries, spec, quiet, pool=calibration)
         scores.update(zip(indices.tolist(), -image_scores(worst, map_maxima, spec, scales)))
     return np.array([scores[index] for index in range(len(scores))])
 
@@ -120,13 +120,13 @@ class BankAssembly:
             previous.calibration_maps_ if previous is not None else [], n_images, np.random.default_rng([seed, first])
         )
         coresets = [self._coreset(seed) for _ in range(2 if fine else 1)]
-        for indices, grids, size, _, maps in stream:
+        for indices, grids, size, original, maps in stream:
             rows = [patch_rows(grid) for grid in grids]
             owners = torch.from_numpy(np.repeat(indices + first, rows[0].shape[1]))
             for coreset, batch in zip(coresets, rows):
                 coreset.add(batch.reshape(-1, batch.shape[-1]), owners)
             for offset, index in enumerate(indices.tolist()):
-                sample.offer(index, image=first + index, maps=[one[offset] for one in maps], size=size)
+                sample.offer(index, image=first + index, maps=[one[offset] for one in maps], size=size, original=original)
         banks = []
         for coreset, (label, bank_name, images_name) in zip(coresets, BANKS):
             chosen = None
@@ -135,7 +135,7 @@ class BankAssembly:
                 chosen = (torch.from_numpy(bank), torch.from_numpy(images), previous.n_training_patches_)
             banks.append(self._select(coreset, seed, label, chosen))
         progress = ProgressBar(len(sample.entries), "training scores", self.verbose > 0)
-        worst, map_maxima = leave_one_out_worst(banks, sample.entries, spec, progress)
+        worst, map_maxima, input_maxima = leave_one_out_worst(banks, sample.entries, spec, progress)
         scales = np.median(np.stack(worst), axis=1) if fine else None
         training_scores = -image_scores(worst, map_maxima, spec, scales)
         fitted = {
@@ -145,8 +145,8 @@ class BankAssembly:
             "calibration_maps_": sample.entries,
             "training_scores_": training_scores,
             "offset_": offset_from_training_scores(training_scores, self.contamination),
-            "training_map_maxima_": map_maxima,
-            "pixel_offset_": pixel_offset(map_maxima, self.pixel_contamination),
+            "training_map_maxima_": input_maxima,
+            "pixel_offset_": pixel_offset(input_maxima, self.pixel_contamination),
         }
         fitted.update(memory_bank_=banks[0][0], memory_bank_images_=banks[0][1], scorer_=banks[0][2])
         if fine:
