@@ -14,9 +14,11 @@ test images, measure the image ROC AUC, the pixel ROC AUC and the per-region
 overlap (PRO) of the anomaly maps against the boxes, and draw the maps over
 the images (``local_defects.png`` with the ``plot`` extra).
 
-The settings are those the user guide recommends for fine defects on line art
-(the stride-8 features alone, no neighbourhood averaging, smoothing over 8
-pixels); ``PandaPatchDetector()``'s defaults are PatchCore's.
+The settings are those recommended for DeepPCB's fine defects on line art
+before the defaults were chosen on two data sets (the stride-8 features alone,
+no neighbourhood averaging, smoothing over 8 pixels); ``PandaPatchDetector()``'s
+defaults were chosen on DeepPCB and BSData together (see the user guide's
+local-defects page).
 
 Set ``SKLEARN_PANDA_EXAMPLES_FAST=1`` for a seconds-long smoke run on tiny
 data (its numbers mean nothing).

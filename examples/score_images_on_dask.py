@@ -8,7 +8,8 @@ are written to a folder as PNG files, as a production line would leave them,
 and a dask bag of their paths is scored on a ``LocalCluster`` of two worker
 processes with :func:`sklearn_panda.distributed.score_dask`. The fitted model
 travels to each worker once; each partition of paths is read and scored where
-it lies. The scores equal in-memory scoring of the same files.
+it lies. The scores equal in-memory scoring of the same files up to float
+rounding (a partition's batches differ from one whole batch).
 
 On a real cluster only the client line changes (see the comment at
 ``Client``); the image paths must then be readable from every worker (a shared

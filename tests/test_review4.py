@@ -250,3 +250,17 @@ def test_calibration_images_keep_their_input_size_through_save_and_an_older_file
     for entry in loaded.calibration_maps_:  # as saved before the input size was kept
         del entry["original"]
     assert loaded.partial_fit(X[4:]).n_samples_seen_ == 6
+
+
+# One colour image without its batch axis, given to a fit (or a grayscale model), was read as
+# grayscale images of width 3 without a word.
+def test_one_colour_image_without_its_batch_axis_warns():
+    from sklearn_panda._estimators.validation import check_input
+
+    with pytest.warns(UserWarning, match=r"read as 40 grayscale images of 30 x 3 pixels.*X\[None\]"):
+        check_input(np.zeros((40, 30, 3), dtype=np.uint8))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_input(np.zeros((3, 30, 40), dtype=np.uint8))  # three grayscale images: no warning

@@ -109,6 +109,13 @@ def check_input(X):
         )
     if X.ndim == 2:
         return CheckedInput(X, InputSpec("vectors", X.shape[1]))
+    if X.ndim == 3 and X.shape[-1] in (3, 4) and X.shape[1] > X.shape[-1]:
+        # An estimator fitted on colour images refuses it (check_consistent); here it may be the fit.
+        warnings.warn(
+            f"An array of shape {X.shape} is read as {X.shape[0]} grayscale images of {X.shape[1]} x "
+            f"{X.shape[2]} pixels. For one colour image, add the batch axis: X[None].",
+            UserWarning,
+        )
     images = _to_channels_last(X)
     if images.dtype == bool:
         # Binary images: False black, True white.
