@@ -35,6 +35,7 @@ the size it scores them at (the graph holds no resize): the file's outputs are
 reads the maps.
 """
 
+import numbers
 import os
 import warnings
 from pathlib import Path
@@ -238,6 +239,9 @@ def _export_patch_detector(detector, path, image_size):
             f"(resize={spec['resize']!r}); the exported graph holds no resize. Export it for images of "
             f"the scored size, image_size={scored}, and resize the images to it first."
         )
+    for scorer in (detector.scorer_, getattr(detector, "fine_scorer_", None)):
+        if scorer is not None:
+            _scorer_search(scorer)  # warns where the detector searches approximately
     bank = np.asarray(detector.memory_bank_, dtype=np.float32)
     if bank.nbytes > ONNX_FILE_LIMIT_BYTES * 0.9:
         raise ValueError(f"The memory bank ({bank.nbytes / 2**30:.2f} GiB) does not fit in one ONNX file (2 GiB).")
@@ -319,11 +323,20 @@ def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
     """
     import onnx
 
-    from ._engine.quantize import quantize_int8
+    from ._engine.quantize import convolution_names, quantize_int8
 
     metadata = _read_metadata(path)
     if metadata["precision"] != "float32":
         raise ValueError(f"quantize_onnx takes a float32 file; {os.fspath(path)} is {metadata['precision']}.")
+    if isinstance(keep_float32, str):
+        raise TypeError(f"keep_float32 is a list of convolution names; got the string {keep_float32!r} (use [name]).")
+    known = convolution_names(onnx.load(path))
+    unknown = [name for name in keep_float32 if name not in known]
+    if unknown:
+        raise ValueError(
+            f"keep_float32 names convolutions that {os.fspath(path)} does not have: {unknown}; its convolutions "
+            f"are sklearn_panda._engine.quantize.convolution_names(onnx.load(path)), e.g. {known[:3]}."
+        )
     calibration = _as_file_input(calibration_images, metadata)
     quantize_int8(path, int8_path, calibration, keep_float32=keep_float32)
     model = onnx.load(int8_path)
@@ -365,6 +378,11 @@ def _as_file_input(images, metadata):
         raise ValueError(
             f"The exported detector takes uint8 images; got {data.dtype}. Convert float images in "
             "[0, 1] with np.round(images * 255).astype(np.uint8)."
+        )
+    if data.shape[1:3] == expected[:2] and data.shape[3] != expected[2]:
+        raise ValueError(
+            f"The exported detector was fitted on {expected[2]}-channel images; got {data.shape[3]}-channel "
+            "images. Convert them to the training layout first."
         )
     if data.shape[1:] != expected:
         raise ValueError(
@@ -438,6 +456,11 @@ class OnnxDetector:
     def __init__(self, path, *, runtime="onnxruntime", n_threads=None, batch_size=32):
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}; got {runtime!r}.")
+        for name, value, allowed in (("batch_size", batch_size, False), ("n_threads", n_threads, True)):
+            if not (value is None and allowed) and (
+                not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(f"{name} must be an integer >= 1{' or None' if allowed else ''}; got {value!r}.")
         self.path = path
         self.runtime = runtime
         self.n_threads = n_threads

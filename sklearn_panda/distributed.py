@@ -16,12 +16,17 @@ Needs the ``dask`` extra: ``pip install 'sklearn-panda[dask]'``.
 """
 
 import contextlib
+import threading
 
 import numpy as np
 
 __all__ = ["score_dask"]
 
 METHODS = ("score_samples", "decision_function", "predict", "transform")
+
+# The tasks of this process inside _one_torch_thread_per_task, and the setting they found.
+_TASKS_LOCK = threading.Lock()
+_TASKS = {"running": 0, "saved": None}
 
 
 @contextlib.contextmanager
@@ -45,12 +50,19 @@ def _one_torch_thread_per_task():
         return
     import torch
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    # torch's setting is the process's: the first of overlapping tasks saves it, the last puts it back.
+    with _TASKS_LOCK:
+        if _TASKS["running"] == 0:
+            _TASKS["saved"] = torch.get_num_threads()
+            torch.set_num_threads(1)
+        _TASKS["running"] += 1
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        with _TASKS_LOCK:
+            _TASKS["running"] -= 1
+            if _TASKS["running"] == 0:
+                torch.set_num_threads(_TASKS["saved"])
 
 
 def _apply(samples, estimator, method):

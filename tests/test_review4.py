@@ -1,5 +1,7 @@
 """The fourth review's defects (2026-12-07), one test (or more) each."""
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import TINY_IMAGES, TINY_LAYERS, tiny_cnn
@@ -264,3 +266,127 @@ def test_one_colour_image_without_its_batch_axis_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_input(np.zeros((3, 30, 40), dtype=np.uint8))  # three grayscale images: no warning
+
+
+# ---- deployment, Dask, faiss, data sets
+
+
+def _exported_patch_detector(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    detector = PandaPatchDetector(backbone="resnet18", weights=None, resize=None, random_state=0).fit(
+        _images(4, 9, size=32))
+    return detector
+
+
+def test_a_patch_detector_that_searches_approximately_warns_at_export(tmp_path):
+    pytest.importorskip("faiss")
+    from sklearn_panda import KNNScorer
+    from sklearn_panda.deploy import export_onnx
+
+    detector = _exported_patch_detector(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an exact search: no warning
+        export_onnx(detector, tmp_path / "exact.onnx", image_size=(32, 32))
+    detector.scorer_ = KNNScorer(n_neighbors=1, algorithm="faiss", faiss_index="HNSW16").fit(detector.memory_bank_)
+    with pytest.warns(UserWarning, match="searches approximately"):
+        export_onnx(detector, tmp_path / "approximate.onnx", image_size=(32, 32))
+
+
+def test_quantize_onnx_refuses_unknown_or_string_keep_float32(tmp_path):
+    from sklearn_panda.deploy import export_onnx, quantize_onnx
+
+    detector = _exported_patch_detector(tmp_path)
+    export_onnx(detector, tmp_path / "d.onnx", image_size=(32, 32))
+    images = np.repeat(_images(2, 9, size=32)[..., None], 1, axis=-1)
+    with pytest.raises(ValueError, match=r"does not have: \['typo'\]"):
+        quantize_onnx(tmp_path / "d.onnx", tmp_path / "q.onnx", images, keep_float32=["typo"])
+    with pytest.raises(TypeError, match="use \\[name\\]"):
+        quantize_onnx(tmp_path / "d.onnx", tmp_path / "q.onnx", images, keep_float32="conv")
+    assert not (tmp_path / "q.onnx").exists()
+
+
+@pytest.mark.parametrize("options, message", [({"batch_size": 0}, "batch_size must be an integer >= 1"),
+                                              ({"batch_size": 2.5}, "batch_size"),
+                                              ({"n_threads": 0}, "n_threads must be an integer >= 1 or None")])
+def test_onnx_detector_checks_its_options(options, message, tmp_path):
+    from sklearn_panda.deploy import OnnxDetector, export_onnx
+
+    detector = _exported_patch_detector(tmp_path)
+    export_onnx(detector, tmp_path / "d.onnx", image_size=(32, 32))
+    with pytest.raises(ValueError, match=message):
+        OnnxDetector(tmp_path / "d.onnx", **options)
+
+
+def test_onnx_detector_names_a_channel_mismatch(tmp_path):
+    from sklearn_panda.deploy import OnnxDetector, export_onnx
+
+    detector = _exported_patch_detector(tmp_path)  # fitted on grayscale images
+    export_onnx(detector, tmp_path / "d.onnx", image_size=(32, 32))
+    colour = np.repeat(_images(2, 9, size=32)[..., None], 3, axis=-1)
+    with pytest.raises(ValueError, match="fitted on 1-channel images; got 3-channel"):
+        OnnxDetector(tmp_path / "d.onnx").score_samples(colour)
+
+
+def test_overlapping_dask_tasks_give_the_process_its_thread_setting_back(monkeypatch):
+    import sys
+    import threading
+    import types
+
+    import torch
+
+    from sklearn_panda import distributed as panda_distributed
+
+    fake = types.ModuleType("distributed")
+    fake.get_worker = lambda: types.SimpleNamespace(state=types.SimpleNamespace(nthreads=2))
+    monkeypatch.setitem(sys.modules, "distributed", fake)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+        seen = {}
+
+        def task_a():  # enters first, leaves first
+            with panda_distributed._one_torch_thread_per_task():
+                a_in.set()
+                b_in.wait()
+            a_out.set()
+
+        def task_b():
+            a_in.wait()
+            with panda_distributed._one_torch_thread_per_task():
+                b_in.set()
+                a_out.wait()
+                seen["b after a left"] = torch.get_num_threads()
+
+        def fresh():
+            seen["a later thread"] = torch.get_num_threads()
+
+        for group in ([task_a, task_b], [fresh]):
+            threads = [threading.Thread(target=target) for target in group]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        seen["this thread"] = torch.get_num_threads()
+        assert seen == {"b after a left": 1, "a later thread": 2, "this thread": 2}
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("options", [{"faiss_params": {"k_factor": 0}}, {"n_jobs": 0}])
+def test_knn_scorer_refuses_a_search_of_no_candidates_or_no_jobs(options):
+    from sklearn_panda import KNNScorer
+
+    X = np.random.default_rng(0).normal(size=(30, 4))
+    with pytest.raises(ValueError, match="k_factor|n_jobs"):
+        KNNScorer(algorithm="brute", **options).fit(X)
+
+
+@pytest.mark.parametrize("random_state", [-1, np.random.RandomState(1), 1.5])
+def test_data_set_loaders_name_a_bad_random_state(random_state):
+    from sklearn_panda.datasets import load_one_class
+
+    with pytest.raises(ValueError, match="random_state must be"):
+        load_one_class("digits", normal_class=0, random_state=random_state)

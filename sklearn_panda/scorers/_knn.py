@@ -156,7 +156,7 @@ class KNNScorer(_BaseScorer):
         "faiss_index": [str],
         "faiss_params": [dict, None],
         "working_memory": [Interval(numbers.Real, 0, None, closed="neither")],
-        "n_jobs": [numbers.Integral, None],
+        "n_jobs": [Interval(numbers.Integral, None, -1, closed="right"), Interval(numbers.Integral, 1, None, closed="left"), None],
         "random_state": ["random_state"],
     }
 
@@ -216,6 +216,9 @@ class KNNScorer(_BaseScorer):
         """The :mod:`._neighbors` backend that ``algorithm`` chooses for ``_fit_X``, and its options."""
         algorithm = self.algorithm
         description, params = self.faiss_index, self.faiss_params
+        k_factor = (params or {}).get("k_factor", 1)
+        if not isinstance(k_factor, numbers.Integral) or isinstance(k_factor, bool) or k_factor < 1:
+            raise ValueError(f"faiss_params['k_factor'] must be an integer >= 1; got {k_factor!r}.")
         if algorithm == "auto":
             n_samples, n_features = self._fit_X.shape
             if n_samples >= AUTO_INDEX_MIN_SAMPLES and n_features >= AUTO_INDEX_MIN_FEATURES and _faiss_available():
