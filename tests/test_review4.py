@@ -271,62 +271,64 @@ def test_one_colour_image_without_its_batch_axis_warns():
 # ---- deployment, Dask, faiss, data sets
 
 
-def _exported_patch_detector(tmp_path):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A patch detector fitted on grayscale images and its file (exported without a warning: its
+    banks are searched exactly)."""
     pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
+    from sklearn_panda.deploy import export_onnx
+
     detector = PandaPatchDetector(backbone="resnet18", weights=None, resize=None, random_state=0).fit(
         _images(4, 9, size=32))
-    return detector
+    path = tmp_path_factory.mktemp("onnx4") / "d.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        export_onnx(detector, path, image_size=(32, 32))
+    return detector, path
 
 
-def test_a_patch_detector_that_searches_approximately_warns_at_export(tmp_path):
+def test_a_patch_detector_that_searches_approximately_warns_at_export(exported, tmp_path):
+    import copy
+
     pytest.importorskip("faiss")
     from sklearn_panda import KNNScorer
     from sklearn_panda.deploy import export_onnx
 
-    detector = _exported_patch_detector(tmp_path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # an exact search: no warning
-        export_onnx(detector, tmp_path / "exact.onnx", image_size=(32, 32))
+    detector = copy.copy(exported[0])
     detector.scorer_ = KNNScorer(n_neighbors=1, algorithm="faiss", faiss_index="HNSW16").fit(detector.memory_bank_)
     with pytest.warns(UserWarning, match="searches approximately"):
         export_onnx(detector, tmp_path / "approximate.onnx", image_size=(32, 32))
 
 
-def test_quantize_onnx_refuses_unknown_or_string_keep_float32(tmp_path):
-    from sklearn_panda.deploy import export_onnx, quantize_onnx
+def test_quantize_onnx_refuses_unknown_or_string_keep_float32(exported, tmp_path):
+    from sklearn_panda.deploy import quantize_onnx
 
-    detector = _exported_patch_detector(tmp_path)
-    export_onnx(detector, tmp_path / "d.onnx", image_size=(32, 32))
-    images = np.repeat(_images(2, 9, size=32)[..., None], 1, axis=-1)
+    images = _images(2, 9, size=32)[..., None]
     with pytest.raises(ValueError, match=r"does not have: \['typo'\]"):
-        quantize_onnx(tmp_path / "d.onnx", tmp_path / "q.onnx", images, keep_float32=["typo"])
+        quantize_onnx(exported[1], tmp_path / "q.onnx", images, keep_float32=["typo"])
     with pytest.raises(TypeError, match="use \\[name\\]"):
-        quantize_onnx(tmp_path / "d.onnx", tmp_path / "q.onnx", images, keep_float32="conv")
+        quantize_onnx(exported[1], tmp_path / "q.onnx", images, keep_float32="conv")
     assert not (tmp_path / "q.onnx").exists()
 
 
 @pytest.mark.parametrize("options, message", [({"batch_size": 0}, "batch_size must be an integer >= 1"),
                                               ({"batch_size": 2.5}, "batch_size"),
                                               ({"n_threads": 0}, "n_threads must be an integer >= 1 or None")])
-def test_onnx_detector_checks_its_options(options, message, tmp_path):
-    from sklearn_panda.deploy import OnnxDetector, export_onnx
+def test_onnx_detector_checks_its_options(options, message, exported):
+    from sklearn_panda.deploy import OnnxDetector
 
-    detector = _exported_patch_detector(tmp_path)
-    export_onnx(detector, tmp_path / "d.onnx", image_size=(32, 32))
     with pytest.raises(ValueError, match=message):
-        OnnxDetector(tmp_path / "d.onnx", **options)
+        OnnxDetector(exported[1], **options)
 
 
-def test_onnx_detector_names_a_channel_mismatch(tmp_path):
-    from sklearn_panda.deploy import OnnxDetector, export_onnx
+def test_onnx_detector_names_a_channel_mismatch(exported):
+    from sklearn_panda.deploy import OnnxDetector
 
-    detector = _exported_patch_detector(tmp_path)  # fitted on grayscale images
-    export_onnx(detector, tmp_path / "d.onnx", image_size=(32, 32))
     colour = np.repeat(_images(2, 9, size=32)[..., None], 3, axis=-1)
     with pytest.raises(ValueError, match="fitted on 1-channel images; got 3-channel"):
-        OnnxDetector(tmp_path / "d.onnx").score_samples(colour)
+        OnnxDetector(exported[1]).score_samples(colour)
 
 
 def test_overlapping_dask_tasks_give_the_process_its_thread_setting_back(monkeypatch):
