@@ -28,6 +28,23 @@ BANKS = (
 )
 
 
+def channels_checked(stream, n_features):
+    """``stream``'s batches, once its first shows that ``n_features`` is at most the patch features' channels.
+
+    Checked at fit only: a detector fitted before this check with more (kept
+    all the channels) still scores.
+    """
+    for batch in stream:
+        channels = batch[1][0].shape[1]
+        if n_features is not None and n_features > channels:
+            raise ValueError(
+                f"n_features={n_features} is more than the {channels} channels of the patch features (the "
+                f"layers' channels together): give at most {channels}, or None to keep them all."
+            )
+        n_features = None
+        yield batch
+
+
 def leave_one_out_scores(stream, banks, spec, scales, calibration):
     """Every training image's leave-one-out ``score_samples``, measured as the calibration images' are.
 
