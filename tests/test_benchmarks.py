@@ -587,11 +587,18 @@ def test_patch_fit_cost_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
         assert ("| 12345 |" in out) is shown and out.count("| deeppcb | ratio-0.02+seed-1 |") == 2
 
 
-def test_patch_sigma_study_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
+@pytest.fixture(scope="module")
+def validation_models(tmp_path_factory):
+    """A folder for the default detectors fitted on the stand-in sets' validation splits: the first
+    benchmark that needs one fits and saves it, the others load it (one fit a set for the module)."""
+    return tmp_path_factory.mktemp("validation_models")
+
+
+def test_patch_sigma_study_tiny_run(surface_sets, validation_models, monkeypatch, capsys):
     # Detectors fitted on the stand-in sets' validation splits; at their own sigma (the default's) the
     # study's maps are the detector's anomaly maps.
     pytest.importorskip("efficientnet_lite_pytorch")
-    models = tmp_path / "models"
+    models = validation_models
     out = run_benchmark(
         "patch_sigma_study", "--deeppcb", surface_sets / "deeppcb", "--bsdata", surface_sets / "bsdata",
         "--models", models, "--threads", "1", "--sigmas", "2", monkeypatch=monkeypatch, capsys=capsys,
@@ -630,13 +637,13 @@ def test_topk_study_standardises_each_bank_by_its_leave_one_out_spread():
                                                                for w in (0, 1)))
 
 
-def test_patch_scoring_speed_and_topk_study_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
+def test_patch_scoring_speed_and_topk_study_tiny_run(surface_sets, validation_models, tmp_path, monkeypatch, capsys):
     # The top-k study's "top-4 mean" is the detector's own image score (n_worst_patches=4, each bank
     # over its median leave-one-out value): its ROC AUC is the scoring benchmark's exact search's,
     # and its scores the detector's.
     pytest.importorskip("efficientnet_lite_pytorch")
     roots = ["--deeppcb", surface_sets / "deeppcb", "--bsdata", surface_sets / "bsdata", "--threads", "1"]
-    models = tmp_path / "models"
+    models = validation_models
     out = run_benchmark(
         "patch_scoring_speed", "--dataset", "deeppcb", "--split", "validation", "--models", models,
         "--variants", "fitted", "exact", "batchnorm+hnsw16-ef4-k1-uncertified", *roots,
