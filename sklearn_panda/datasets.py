@@ -287,7 +287,7 @@ def load_one_class(
       ``root/test/<normal_class>`` are normal and all others anomalies. An MVTec
       category folder or any ImageFolder-style dataset with ``train`` and ``test``
       folders fits. Files count as images by their suffix: .bmp, .jpeg, .jpg, .png,
-      .tif, .tiff, .webp.
+      .tif, .tiff, .webp; hidden files and folders (names starting with ".") are skipped.
     * ``"digits"``: :func:`sklearn.datasets.load_digits`, its 1,797 8x8 images scaled
       from 0..16 to 0..255. It has no official split: half of each class (rounded
       down), drawn with ``random_state``, is the test set.

@@ -581,6 +581,18 @@ def test_image_folder_any_class_folder_can_be_normal(tmp_path):
     np.testing.assert_array_equal(y_test, [-1, 1, -1])
 
 
+def test_image_folder_skips_hidden_files_and_folders(tmp_path):
+    # A macOS resource fork beside an image, a tool's hidden folder among the classes: neither an
+    # image of the set nor a class of anomalies.
+    write_image(tmp_path / "train" / "good" / "a.png")
+    write_image(tmp_path / "train" / "good" / "._a.png")
+    write_image(tmp_path / "test" / "good" / "b.png")
+    write_image(tmp_path / "test" / ".ipynb_checkpoints" / "c.png")
+    X_train, X_test, y_test = load_one_class("image_folder", None, root=tmp_path)
+    assert names(X_train) == ["good/a.png"] and names(X_test) == ["good/b.png"]
+    np.testing.assert_array_equal(y_test, [1])
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="'image_folder' needs root="):
         load_one_class("image_folder", None)

@@ -109,16 +109,18 @@ def _file_number_order(path):
 
 
 def _list_images(directory):
+    # Hidden files (macOS's "._name.png" resource forks among them) are no images of the set,
+    # as collect_images skips them.
     paths = [
         path
         for path in directory.iterdir()
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
     ]
     return [str(path) for path in sorted(paths, key=_file_number_order)]
 
 
 def _subfolders(directory):
-    return sorted(path for path in directory.iterdir() if path.is_dir())
+    return sorted(path for path in directory.iterdir() if path.is_dir() and not path.name.startswith("."))
 
 
 def _read_image_folder(directory, normal_folder):
