@@ -25,8 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 SIGMAS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 # The rule's margins: DeepPCB's validation pixel ROC AUC moved 0.15 between two coreset seeds.
