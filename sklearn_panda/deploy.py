@@ -305,7 +305,8 @@ def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
         ``sklearn_panda._engine.quantize.convolution_names(onnx.load(path))`` lists
         them in order (the first is the stem). Keeping the first few in
         float32 recovers most of what int8 loses on EfficientNet-Lite0
-        (``benchmarks/onnx_speed.py``).
+        (``benchmarks/onnx_speed.py``). Naming every convolution is an error:
+        nothing would be quantised.
 
     Returns
     -------
@@ -336,6 +337,11 @@ def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
         raise ValueError(
             f"keep_float32 names convolutions that {os.fspath(path)} does not have: {unknown}; its convolutions "
             f"are sklearn_panda._engine.quantize.convolution_names(onnx.load(path)), e.g. {known[:3]}."
+        )
+    if set(known) <= set(keep_float32):
+        raise ValueError(
+            f"keep_float32 names every convolution of {os.fspath(path)}: nothing would be quantised, and the "
+            "file written would be float32 labelled int8. Use the float32 file itself, or leave some out."
         )
     calibration = _as_file_input(calibration_images, metadata)
     quantize_int8(path, int8_path, calibration, keep_float32=keep_float32)

@@ -310,6 +310,13 @@ def test_quantize_onnx_refuses_unknown_or_string_keep_float32(exported, tmp_path
         quantize_onnx(exported[1], tmp_path / "q.onnx", images, keep_float32=["typo"])
     with pytest.raises(TypeError, match="use \\[name\\]"):
         quantize_onnx(exported[1], tmp_path / "q.onnx", images, keep_float32="conv")
+    import onnx
+
+    from sklearn_panda._engine.quantize import convolution_names
+
+    every = convolution_names(onnx.load(exported[1]))
+    with pytest.raises(ValueError, match="names every convolution"):
+        quantize_onnx(exported[1], tmp_path / "q.onnx", images, keep_float32=every)
     assert not (tmp_path / "q.onnx").exists()
 
 
