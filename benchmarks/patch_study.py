@@ -11,8 +11,9 @@ Two development sets of different kinds, each with pixel masks:
 * BSData (``../shared/data/bsdata``): textured metal of ball-screw drives,
   460 x 1,130 photos, small pits, polygon masks. The 300 normal images are
   split at random (seed 0) into 150 to fit, 50 for validation and 100 for
-  test, the 167 pitted images into 57 for validation and 110 for test; the
-  fit is the same for both splits.
+  test (a half, a sixth and the rest of however many a folder holds), the
+  167 pitted images into 57 for validation and 110 for test; the fit is the
+  same for both splits.
 
 Stage ``features`` stores, for every image and working size, the raw outputs
 of EfficientNet-Lite0's ``_blocks.4`` (stride 8) and ``_blocks.10`` (stride
@@ -102,7 +103,8 @@ def bsdata_splits(root, seed=0):
     rng = np.random.default_rng(seed)
     normal = [normal[i] for i in rng.permutation(len(normal))]
     pitted = [pitted[i] for i in rng.permutation(len(pitted))]
-    fit = normal[:150]
+    n_fit, n_validation = len(normal) // 2, len(normal) // 6  # BSData's 300: 150 and 50
+    fit = normal[:n_fit]
 
     def evaluation(normal_part, pitted_part):
         images = normal_part + pitted_part
@@ -111,8 +113,8 @@ def bsdata_splits(root, seed=0):
         return images, y, masks
 
     return {
-        "validation": (fit, *evaluation(normal[150:200], pitted[:57])),
-        "test": (fit, *evaluation(normal[200:], pitted[57:])),
+        "validation": (fit, *evaluation(normal[n_fit : n_fit + n_validation], pitted[:57])),
+        "test": (fit, *evaluation(normal[n_fit + n_validation :], pitted[57:])),
     }
 
 

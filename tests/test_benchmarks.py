@@ -352,7 +352,7 @@ def test_bsdata_dates_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     out = run_benchmark("bsdata_dates", "--out", tmp_path, "--threads", "1", "--draws", "20",
                         monkeypatch=monkeypatch, capsys=capsys)
     assert out.count("| PandaPatchDetector() |") == 3 and out.count("95% paired bootstrap interval") == 2
-    assert "# BSData test split: 4 normal, 3 pitted photos" in out and "date-matched pairs: 0" not in out
+    assert "# BSData test split: 22 normal, 3 pitted photos" in out and "date-matched pairs: 0" not in out
 
 
 def test_bsdata_crossfit_pairs_are_a_roc_auc():
@@ -403,7 +403,7 @@ def test_bsdata_crossfit_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sklearn_panda, "PandaDetector", lambda **params: image_level(**params, n_steps=1))
     crossfit = _load_benchmark("bsdata_crossfit")
     normal, pitted = crossfit.photos(surface_sets / "bsdata")
-    assert (len(normal), len(pitted)) == (154, 3)  # the 150 training and 4 normal test photos; the pitted test ones
+    assert (len(normal), len(pitted)) == (55, 3)  # the 33 training and 22 normal test photos; the pitted test ones
     fold = crossfit.folds_of(normal, 2)
     late = np.array([crossfit.capture_time(p)[:6] >= crossfit.LATE for p in normal])
     assert abs(late[fold == 0].sum() - late[fold == 1].sum()) <= 1  # stratified by the date
@@ -421,8 +421,8 @@ def test_bsdata_crossfit_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
     out = run_benchmark("bsdata_crossfit", *arguments, "--out", tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     fitted = np.load(tmp_path / "bsdata_crossfit" / "fold0of2.npz")
     assert list(fitted["normal_paths"]) == [p for p, f in zip(normal, fold) if f == 0]
-    assert fitted["patch_normal"].shape == (154 - held_out,) and fitted["image_level_pitted"].shape == (3,)
-    assert "each fit on 77 / 77 photos" in out and out.count("95% paired bootstrap interval") == 4
+    assert fitted["patch_normal"].shape == (55 - held_out,) and fitted["image_level_pitted"].shape == (3,)
+    assert "each fit on 27 / 28 photos" in out and out.count("95% paired bootstrap interval") == 4
     assert "| PandaPatchDetector() |" in out.split("# Normal photos only")[1]
     # Stored scores for other photos stop the run instead of being read as this fold's.
     np.savez(tmp_path / "bsdata_crossfit" / "fold1of2.npz", **{
@@ -514,8 +514,9 @@ def surface_sets(tmp_path_factory):
     (the tests never read the real ones).
 
     DeepPCB: four 128 x 128 one-bit boards a group (template, the same board with a flipped block as
-    its tested image, the block as its mask). BSData: 204 normal and 60 pitted 64 x 160 photos of
-    noise, each pit a faint dark disc with its mask, named as the set names them (capture time second).
+    its tested image, the block as its mask). BSData: 66 normal (33 to fit, 11 to validate, 22 to
+    test, as the set's 300 split) and 60 pitted (57 to validate, as the set's) 64 x 160 photos of noise,
+    each pit a faint dark disc with its mask, named as the set names them (capture time second).
     """
     from PIL import Image
 
@@ -536,10 +537,10 @@ def surface_sets(tmp_path_factory):
     for kind in ("normal", "pitting", "mask"):
         (root / "bsdata" / kind).mkdir(parents=True)
     rows, cols = np.mgrid[:64, :160]
-    for number in range(264):
+    for number in range(126):
         photo = np.clip(128 + 20 * rng.normal(size=(64, 160, 1)), 0, 255).repeat(3, axis=2)
         name = f"01_2009{4 + number % 2:02d}{number:06d}_277500_315_crop_2"  # 09-04 and 09-05
-        if number < 204:
+        if number < 66:
             Image.fromarray(photo.astype(np.uint8)).save(root / "bsdata" / "normal" / f"{name}.jpg")
             continue
         y, x = rng.integers(8, 56), rng.integers(8, 152)
@@ -564,7 +565,7 @@ def test_patch_fit_cost_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
         )
         row = json.loads(out.strip().splitlines()[-1])
         assert (row["dataset"], row["setting"], row["split"]) == (dataset, "ratio-0.02+seed-1", "test")
-        assert row["n_train"] == (20 if dataset == "deeppcb" else 150)
+        assert row["n_train"] == (20 if dataset == "deeppcb" else 33)
         assert row["bank_rows"] == pytest.approx(0.02 * row["training_patches"], abs=1)
         assert 0 <= row["image_auc"] <= 1 and 0 <= row["pixel_auc"] <= 1
         lines.append(json.dumps(row))
