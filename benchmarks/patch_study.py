@@ -45,7 +45,6 @@ and seed move the image and pixel ROC AUC, against the exact greedy selection
 import argparse
 import csv
 import hashlib
-import math
 import time
 from pathlib import Path
 
