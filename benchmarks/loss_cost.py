@@ -14,7 +14,6 @@ import platform
 import sys
 import time
 
-import numpy as np
 import torch
 
 from sklearn_panda import PandaDetector

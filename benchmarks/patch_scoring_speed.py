@@ -205,7 +205,7 @@ def smoothing_only(threads, rounds):
                 for name, smooth in (("convolutions", by_convolution), ("products", gaussian_smoothing)):
                     start = time.perf_counter()
                     for _ in range(5):
-                        smoothed = smooth(maps, 4.0)
+                        smooth(maps, 4.0)
                     best[name] = min(best.get(name, np.inf), (time.perf_counter() - start) / 5)
             difference = float((gaussian_smoothing(maps, 4.0) - by_convolution(maps, 4.0)).abs().max())
         print(f"| {shape[0]} x {shape[1]} | {1e3 * best['convolutions']:.1f} | {1e3 * best['products']:.1f} "

@@ -23,7 +23,6 @@ from sklearn_panda._engine.patch_features import (
     tiled_stage_outputs,
 )
 from sklearn_panda._engine.tiles import Reach, measure_reach, run_in_tiles, tile_layout, tile_spans
-from sklearn_panda._estimators import patch_bank
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,6 @@ it out (skipped where no Chromium is installed; ``apt-get install chromium`` on 
 import csv
 import html
 import json
-import os
 import re
 import shutil
 import subprocess
