@@ -588,6 +588,22 @@ def test_patch_fit_cost_tiny_run(surface_sets, tmp_path, monkeypatch, capsys):
         assert ("| 12345 |" in out) is shown and out.count("| deeppcb | ratio-0.02+seed-1 |") == 2
 
 
+def test_patch_fit_cost_mirrored_fits_the_images_and_their_mirror_images(surface_sets, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("efficientnet_lite_pytorch")
+    import json
+
+    from PIL import Image
+
+    fit = _load_benchmark("patch_study").deeppcb_splits(surface_sets / "deeppcb")["test"][0]
+    copies = _load_benchmark("patch_fit_cost").mirrored_copies(fit[:2], tmp_path / "once")
+    for image, copy in zip(fit, copies):
+        np.testing.assert_array_equal(np.asarray(Image.open(copy)), np.asarray(Image.open(image))[:, ::-1])
+    out = run_benchmark("patch_fit_cost", "--one", "deeppcb", "mirrored", "--deeppcb", surface_sets / "deeppcb",
+                        "--threads", "1", "--mirrored", tmp_path / "mirrored", monkeypatch=monkeypatch, capsys=capsys)
+    row = json.loads(out.strip().splitlines()[-1])
+    assert row["n_train"] == 2 * len(fit) and len(list((tmp_path / "mirrored").glob("*.png"))) == len(fit)
+
+
 @pytest.fixture(scope="module")
 def validation_models(tmp_path_factory):
     """A folder for the default detectors fitted on the stand-in sets' validation splits: the first
