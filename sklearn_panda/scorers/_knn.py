@@ -35,6 +35,9 @@ class KNNScorer(_BaseScorer):
         - ``"faiss"``: the faiss index that ``faiss_index`` describes (needs the
           ``faiss`` extra); the default ``"Flat"`` is exact.
         - ``"nndescent"``: approximate, ``pynndescent``; may miss true neighbours.
+          Its first index in a new environment compiles pynndescent's numba
+          code, once: about 100 s on 2 cores of an Intel Xeon (27 s in later
+          processes, whose compiled code is partly cached).
         - ``"auto"``: ``"brute"`` below 20,000 training rows, for features of
           fewer than 512 dimensions, and where faiss is not installed;
           otherwise ``"faiss"`` with the index ``"PCA128,HNSW32"``
