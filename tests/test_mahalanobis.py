@@ -116,3 +116,12 @@ def test_detector_with_mahalanobis_saves_and_loads(tmp_path):
     queries = rng.normal(size=(4, 6))
     np.testing.assert_array_equal(loaded.score_samples(queries), detector.score_samples(queries))
     assert loaded.offset_ == detector.offset_
+
+
+def test_two_samples_are_refused_as_they_define_no_leave_one_out_gaussian():
+    # Left out of two, a sample was scored against one point: NaN training scores, an offset above
+    # zero and -inf for every new sample, without a word.
+    with pytest.raises(ValueError, match="needs at least 3 samples.*got 2"):
+        MahalanobisScorer().fit(np.random.default_rng(0).normal(size=(2, 16)))
+    scorer = MahalanobisScorer().fit(np.random.default_rng(0).normal(size=(3, 16)))
+    assert np.isfinite(scorer.training_scores_).all() and np.isfinite(scorer.score_samples(np.zeros((2, 16)))).all()

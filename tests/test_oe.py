@@ -147,3 +147,17 @@ def test_combined_score_is_the_standardised_sum_of_head_and_knn(exposure_task, t
     oe.save(tmp_path / "oe.pt")
     np.testing.assert_array_equal(load(tmp_path / "oe.pt", backbone=wide_mlp).score_samples(test), oe.score_samples(test))
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(oe)).score_samples(test), oe.score_samples(test))
+
+
+def test_combine_knn_refuses_normal_images_whose_scores_have_no_spread():
+    # Standardised by a floor of 2e-308 instead, new images scored about 1e304.
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(10, 6))
+    options = dict(backbone=wide_mlp, weights=None, n_steps=2, combine_knn=True, random_state=0)
+    with pytest.raises(ValueError, match="at least 3 normal training images .*got 2"):
+        PandaOE(**options).fit(X, np.r_[1, 1, -np.ones(8, dtype=int)])
+    identical = np.vstack([np.repeat(X[:1], 4, axis=0), X[4:]])  # four identical normal rows
+    with pytest.raises(ValueError, match="the logits and the kNN distances do not vary"):
+        PandaOE(**options).fit(identical, np.r_[np.ones(4, dtype=int), -np.ones(6, dtype=int)])
+    oe = PandaOE(**options).fit(X, np.r_[1, 1, 1, -np.ones(7, dtype=int)])
+    assert np.abs(oe.score_samples(X)).max() < 1e3

@@ -79,9 +79,9 @@ class PandaOE(BasePandaDetector):
         Score by the head's logit plus the (negated) distance to the 2
         nearest normal training images in the fine-tuned, L2-normalised
         features, each standardised by its mean and standard deviation over
-        the normal training images (leave-one-out for the kNN part). False:
-        the head alone, as in the paper. See ``benchmarks/RESULTS.md`` for what
-        it gave.
+        the normal training images (leave-one-out for the kNN part): it needs
+        at least 3 normal training images. False: the head alone, as in the
+        paper. See ``benchmarks/RESULTS.md`` for what it gave.
 
     normal_label : int, float, bool or str, default=1
         The label of the normal images in ``y``; every other label marks an
@@ -272,7 +272,14 @@ class PandaOE(BasePandaDetector):
         return fitted, run
 
     def _check_target(self, y, n_samples):
-        return normal_mask(y, n_samples, self.normal_label)
+        is_normal = normal_mask(y, n_samples, self.normal_label)
+        if self.combine_knn and is_normal.sum() < 3:
+            # Two images are each other's nearest neighbour, at one distance: no spread to divide by.
+            raise ValueError(
+                f"combine_knn needs at least 3 normal training images (y == {self.normal_label!r}): their "
+                f"leave-one-out kNN distances are standardised by their spread; got {int(is_normal.sum())}."
+            )
+        return is_normal
 
     def fit_predict(self, X, y):
         """Fit, then label the training samples with ``predict``.
@@ -349,7 +356,16 @@ class PandaOE(BasePandaDetector):
         if self.combine_knn:
             knn_scorer = KNNScorer(n_neighbors=2).fit(_unit_rows(features))
             raw = np.stack([scores, knn_scorer.training_scores_], axis=1)
-            scales = np.stack([raw.mean(axis=0), np.maximum(raw.std(axis=0), np.finfo(np.float64).tiny)], axis=1)
+            spread = raw.std(axis=0)
+            if not (spread > 0).all():
+                # Dividing by a floor instead would blow any new image's deviation up to ~1e300.
+                constant = " and ".join(name for name, value in zip(("the logits", "the kNN distances"), spread) if not value > 0)
+                raise ValueError(
+                    f"combine_knn standardises the logits and the kNN distances by their spread over the normal "
+                    f"training images, and {constant} do not vary there: fit on more (or more varied) normal "
+                    "images, or set combine_knn=False."
+                )
+            scales = np.stack([raw.mean(axis=0), spread], axis=1)
             scores = _standardised_sum(raw, scales)
         return {
             "knn_scorer_": knn_scorer,

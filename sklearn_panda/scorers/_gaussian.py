@@ -37,7 +37,8 @@ class MahalanobisScorer(_BaseScorer):
     shrinkage : {"ledoit_wolf", "oas"} or float in (0, 1], default="ledoit_wolf"
         The shrinkage coefficient ``a``: estimated by Ledoit-Wolf or OAS
         (:func:`sklearn.covariance.ledoit_wolf_shrinkage`,
-        :func:`sklearn.covariance.oas`), or given.
+        :func:`sklearn.covariance.oas`), or given. ``fit`` needs at least 3
+        samples (each is scored against the Gaussian of the others).
 
     n_components : int or None, default=None
         Fit the Gaussian on the first ``n_components`` principal components of
@@ -111,6 +112,12 @@ class MahalanobisScorer(_BaseScorer):
 
     def _fit_distances(self, X):
         n_samples, n_features = X.shape
+        if n_samples < 3:
+            # Left out of two, a sample would be scored against one point: a Gaussian of no width.
+            raise ValueError(
+                f"MahalanobisScorer needs at least 3 samples: each one's leave-one-out score is its "
+                f"distance to the Gaussian of the others, and one point defines none; got {n_samples}."
+            )
         X = X.astype(np.float64)
         self.location_ = X.mean(axis=0)
         centered = X - self.location_
