@@ -334,3 +334,16 @@ def test_python_m_sklearn_panda_help():
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: sklearn-panda")
     assert "fit" in result.stdout and "score" in result.stdout
+
+
+def test_fit_and_update_refuse_an_image_named_twice(folders, fitted, tmp_path, capsys):
+    # `fit data/ data/more/` trained on normal6.JPG twice: its copy is its nearest neighbour, which
+    # pulled the leave-one-out scores and the threshold towards zero.
+    model = tmp_path / "twice.pt"
+    status, _, err = run(capsys, "fit", folders.train, folders.train / "more", "--model", model,
+                         "--backbone-factory", FACTORY, *TINY_FIT)
+    assert status == 2 and "fit got 1 image file(s) more than once" in err and "normal6.JPG" in err
+    assert not model.exists()
+    status, _, err = run(capsys, "update", folders.test, folders.test / "noise0.png", "--model", fitted.model,
+                         "--output", tmp_path / "updated.pt", "--backbone-factory", FACTORY)
+    assert status == 2 and "update got 1 image file(s) more than once" in err

@@ -9,7 +9,7 @@ import numpy as np
 from .._io.images import collect_images, write_files
 from .._io.report import number, report_html
 from ._config import detector_parameters, read_config
-from ._inputs import check_readable, import_factory, load_model
+from ._inputs import check_distinct, check_readable, import_factory, load_model
 from ._outputs import check_destination, check_spares_inputs, map_file, regions_csv, score_with_maps, scores_csv
 from ._parser import DEFAULT_BACKBONE, PROG
 
@@ -75,6 +75,7 @@ def fit_command(args):
     # The options are checked before the images are looked for: a wrong one fails at once.
     detector = detector_from_args(args)
     paths = collect_images(args.sources)
+    check_distinct(paths, "fit")
     check_spares_inputs([("--model", args.model)], paths)
     detector.fit(paths)
     save(detector, args.model)
@@ -183,6 +184,7 @@ def update_command(args):
     destination, option = (args.model, "--model") if args.output is None else (args.output, "--output")
     check_destination(destination, option)
     paths, detector = images_and_model(args)
+    check_distinct(paths, "update")
     # Writing the model over itself is what update does by default; over an image, never.
     check_spares_inputs([(option, destination)], paths)
     if not hasattr(detector, "partial_fit"):

@@ -76,3 +76,23 @@ def check_readable(paths):
                 image.verify()
         except (UnidentifiedImageError, OSError, SyntaxError) as error:
             raise ValueError(f"Could not read image file {path}: {error}") from None
+
+
+def check_distinct(paths, command):
+    """Refuse training images named twice (overlapping sources): a copy is its twin's nearest
+    neighbour, which pulls the leave-one-out scores, and so the threshold, towards zero."""
+    import os
+
+    first, repeated = {}, []
+    for path in paths:
+        key = os.path.realpath(path)
+        if key in first:
+            repeated.append((first[key], path))
+        else:
+            first[key] = path
+    if repeated:
+        shown = "; ".join(f"{a} and {b}" for a, b in repeated[:3])
+        raise ValueError(
+            f"{command} got {len(repeated)} image file(s) more than once ({shown}{'; ...' if len(repeated) > 3 else ''}): "
+            "the sources overlap (a folder and one inside it?). Name each training image once."
+        )
