@@ -399,3 +399,16 @@ def test_data_set_loaders_name_a_bad_random_state(random_state):
 
     with pytest.raises(ValueError, match="random_state must be"):
         load_one_class("digits", normal_class=0, random_state=random_state)
+
+
+# Scoring files of mixed sizes with a model fitted without resize or crop advised setting
+# crop_size, which a fitted model (and the CLI's score command) cannot take.
+def test_mixed_sizes_at_scoring_name_the_fit_options(tmp_path):
+    paths = []
+    for i, (height, width) in enumerate([(24, 24)] * 6 + [(24, 24), (24, 28)]):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray((np.random.default_rng(i).random((height, width, 3)) * 255).astype(np.uint8)).save(paths[-1])
+    detector = PandaDetector(**{**TINY_IMAGES, "resize": None, "crop_size": None}, n_steps=1, random_state=0)
+    detector.fit(paths[:6])
+    with pytest.raises(ValueError, match=r"give images of one size, or fit with crop_size .*fit --resize, --crop-size"):
+        detector.score_samples(paths[6:])

@@ -162,8 +162,9 @@ class Preprocessor:
         shapes = {tuple(image.shape) for image in images}
         if len(shapes) > 1:
             raise ValueError(
-                f"Images of different sizes {sorted(shapes)} cannot form a batch; set "
-                "crop_size (and resize) so that every image ends the same size."
+                f"Images of different sizes {sorted(shapes)} cannot form a batch: give images of one size, "
+                "or fit with crop_size (and resize) set so that every image ends the same size (a fitted "
+                "model keeps its own; on the command line: fit --resize, --crop-size)."
             )
         return torch.stack(images)
 
