@@ -170,16 +170,19 @@ def training_indices(callbacks, net, n_samples, generator):
         When more than one callback chooses, or the choice is not a non-empty
         set of distinct sample indices in ``[0, n_samples)``.
     """
-    chosen = None
+    chosen = chooser = None
     for callback in callbacks:
         indices = callback.on_train_begin(net, n_samples=n_samples, generator=generator)
         if indices is None:
             continue
         if chosen is not None:
+            # An estimator's own callback names itself (PandaSES holds out its validation images).
+            earlier = getattr(chooser, "_chooser_name", f"an earlier callback, {type(chooser).__name__}")
             raise ValueError(
-                f"{type(callback).__name__}.on_train_begin chose the samples to train on, and so did an "
-                "earlier callback: at most one callback may choose them."
+                f"{type(callback).__name__}.on_train_begin chose the samples to train on, and so did "
+                f"{earlier}: at most one callback may choose them."
             )
+        chooser = callback
         indices = np.asarray(indices)
         if (
             indices.ndim != 1

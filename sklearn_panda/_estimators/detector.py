@@ -140,6 +140,8 @@ class FeatureDetectorBase(BasePandaDetector):
         callbacks : list of TrainingCallback, default=None
             Code of one's own that takes part in the adaptation, as in
             :meth:`PandaFeatures.fit` (:mod:`sklearn_panda.callbacks`).
+            :class:`PandaSES` holds out its validation images itself: there
+            no callback may choose the samples to train on.
 
         Returns
         -------

@@ -517,6 +517,8 @@ class _Checkpoints(TrainingCallback):
     and ``features`` hold the result.
     """
 
+    _chooser_name = "PandaSES itself (it trains on the images it does not hold out for validation)"
+
     def __init__(self, ses):
         self.ses = ses
         self.validation = None
