@@ -187,3 +187,19 @@ def test_ses_is_a_sibling_of_the_detector_not_a_narrowed_subclass():
 
     assert issubclass(PandaSES, FeatureDetectorBase) and issubclass(PandaDetector, FeatureDetectorBase)
     assert not issubclass(PandaSES, PandaDetector)
+
+
+def test_max_dispersion_says_when_one_validation_image_leaves_it_nothing_to_measure():
+    # Below 15 training images 10% rounds to one validation image: its distances have no spread, and
+    # the guard against collapsed checkpoints was skipped without a word.
+    import warnings
+
+    X = np.random.default_rng(0).normal(size=(12, 6))
+    options = dict(backbone=tiny_mlp, weights=None, n_steps=2, checkpoint_every=1, random_state=0)
+    with pytest.warns(UserWarning, match="max_dispersion is not applied"):
+        ses = PandaSES(**options).fit(X)
+    assert len(ses.validation_indices_) == 1 and ses.active_checkpoints_.all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PandaSES(**options, max_dispersion=None).fit(X)  # asked for no guard: nothing to say
+        assert len(PandaSES(**options, validation_fraction=0.2).fit(X).validation_indices_) == 2

@@ -3,6 +3,7 @@
 import copy
 import functools
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -86,7 +87,8 @@ class PandaSES(FeatureDetectorBase):
     max_dispersion : float or None, default=3.0
         Leave a checkpoint out of the maximum when the coefficient of variation
         of its held-out normal distances exceeds this multiple of checkpoint
-        0's. ``None`` keeps every checkpoint, as the paper does. In
+        0's (measured on at least 2 held-out images: with one, a warning
+        says it is not applied). ``None`` keeps every checkpoint, as the paper does. In
         Fashion-MNIST forced collapses, checkpoints caught mid-collapse were
         4.5-27x the pretrained dispersion, and checkpoints of runs that did
         not collapse at most 1.3x (``benchmarks/RESULTS.md``).
@@ -447,6 +449,13 @@ class PandaSES(FeatureDetectorBase):
         active = np.ones(len(dispersions), dtype=bool)
         if self.max_dispersion is not None and dispersions[0] > 0:
             active[1:] = dispersions[1:] <= self.max_dispersion * dispersions[0]
+        elif self.max_dispersion is not None:
+            warnings.warn(
+                "max_dispersion is not applied: the held-out normal images' distances under the pretrained "
+                "network do not vary (one validation image holds no spread), so every checkpoint is kept. "
+                "Hold out at least 2 (more training images, or a larger validation_fraction).",
+                UserWarning,
+            )
         return active
 
     def _checked_distances(self, checked, selected):
