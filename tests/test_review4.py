@@ -268,6 +268,21 @@ def test_one_colour_image_without_its_batch_axis_warns():
         check_input(np.zeros((3, 30, 40), dtype=np.uint8))  # three grayscale images: no warning
 
 
+# A colour model given one (H, W, 3) image warned "read as H grayscale images", then refused it.
+def test_a_colour_model_refuses_one_image_without_its_batch_axis_without_a_warning_first():
+    import warnings
+
+    from sklearn_panda._estimators.validation import InputSpec, check_input
+
+    detector = PandaDetector(**TINY_IMAGES, n_steps=1, random_state=0).fit(_images(6, 0, size=20)[..., None].repeat(3, -1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"fitted on colour images.*X\[None\]"):
+            detector.score_samples(np.zeros((20, 20, 3), dtype=np.uint8))
+    with pytest.warns(UserWarning, match="read as 40 grayscale images"):  # a grayscale model reads it
+        check_input(np.zeros((40, 30, 3), dtype=np.uint8), fitted_spec=InputSpec("array_images", 1))
+
+
 # ---- deployment, Dask, faiss, data sets
 
 

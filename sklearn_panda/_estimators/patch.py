@@ -474,7 +474,7 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
 
     def _maps_and_scores(self, X, *, at_input_size):
         check_is_fitted(self)
-        checked = check_input(X)
+        checked = check_input(X, fitted_spec=self.input_spec_)
         if checked.spec.kind == self.input_spec_.kind == "vectors":
             validate_data(self, X, dtype=None, reset=False)
         check_consistent(checked.spec, self.input_spec_, getattr(checked.data, "shape", None))

@@ -67,7 +67,7 @@ class TrainingImagesMixin:
                 "images: partial_fit cannot measure its offsets again. Fit it again on all its images."
             )
         self._check_parameters()
-        checked = check_input(X)
+        checked = check_input(X, fitted_spec=self.input_spec_)
         if checked.spec.kind == self.input_spec_.kind == "vectors":
             validate_data(self, X, dtype=None, reset=False)
         check_consistent(checked.spec, self.input_spec_, getattr(checked.data, "shape", None))

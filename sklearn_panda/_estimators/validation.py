@@ -51,13 +51,17 @@ def _is_image_like(item):
     return isinstance(item, (str, os.PathLike)) or hasattr(item, "convert")
 
 
-def check_input(X):
+def check_input(X, fitted_spec=None):
     """Validate images or vectors and return them as a :class:`CheckedInput`.
 
     Parameters
     ----------
     X : array-like or list of paths / PIL images
         See the module docstring for the accepted layouts.
+    fitted_spec : InputSpec, default=None
+        The fitted estimator's input, for new input: an array that reads as
+        grayscale images but looks like one colour image warns only where
+        :func:`check_consistent` will not refuse it.
 
     Returns
     -------
@@ -109,8 +113,9 @@ def check_input(X):
         )
     if X.ndim == 2:
         return CheckedInput(X, InputSpec("vectors", X.shape[1]))
-    if X.ndim == 3 and X.shape[-1] in (3, 4) and X.shape[1] > X.shape[-1]:
-        # An estimator fitted on colour images refuses it (check_consistent); here it may be the fit.
+    refused = fitted_spec is not None and fitted_spec.kind != "vectors" and fitted_spec.channels == 3
+    if X.ndim == 3 and X.shape[-1] in (3, 4) and X.shape[1] > X.shape[-1] and not refused:
+        # An estimator fitted on colour images refuses it (check_consistent); a fit or a grayscale model reads it.
         warnings.warn(
             f"An array of shape {X.shape} is read as {X.shape[0]} grayscale images of {X.shape[1]} x "
             f"{X.shape[2]} pixels. For one colour image, add the batch axis: X[None].",
