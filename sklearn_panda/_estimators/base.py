@@ -39,7 +39,7 @@ from .._sklearn_compat import Interval, StrOptions
 from .outlier import OutlierContractMixin
 from .recipes import AUTO, resolve
 from .torch_state import TorchStateMixin
-from .validation import check_consistent, check_input
+from .validation import check_input, check_new_input
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Largest activation of one sample, per network and (input shape, precision):
@@ -381,10 +381,7 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
 
     def _check_new_input(self, X):
         check_is_fitted(self)
-        checked = check_input(X, fitted_spec=self.input_spec_)
-        if checked.spec.kind == self.input_spec_.kind == "vectors":
-            validate_data(self, X, dtype=None, reset=False)
-        check_consistent(checked.spec, self.input_spec_, getattr(checked.data, "shape", None))
+        checked = check_new_input(self, X)
         return checked
 
     def _embed_new(self, X):

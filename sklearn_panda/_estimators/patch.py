@@ -20,7 +20,7 @@ from .patch_training import TrainingImagesMixin
 from .patch_memory import BankAssembly, channels_checked, image_scores
 from .regions import DefectMasksMixin
 from .torch_state import TorchStateMixin
-from .validation import check_consistent, check_input
+from .validation import check_input, check_new_input
 
 
 class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin, OutlierContractMixin, BaseEstimator):
@@ -474,10 +474,7 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
 
     def _maps_and_scores(self, X, *, at_input_size):
         check_is_fitted(self)
-        checked = check_input(X, fitted_spec=self.input_spec_)
-        if checked.spec.kind == self.input_spec_.kind == "vectors":
-            validate_data(self, X, dtype=None, reset=False)
-        check_consistent(checked.spec, self.input_spec_, getattr(checked.data, "shape", None))
+        checked = check_new_input(self, X)
         spec = self._spec()
         scores = np.empty(len(checked))
         maps = [None] * len(checked)

@@ -2,11 +2,10 @@
 (``partial_fit``) and labels its own training images (``fit_predict``)."""
 
 import numpy as np
-from sklearn.utils.validation import validate_data
 
 from .._sklearn_compat import _fit_context
 from .patch_memory import BankAssembly, leave_one_out_scores
-from .validation import check_consistent, check_input
+from .validation import check_input, check_new_input
 
 
 class TrainingImagesMixin:
@@ -67,10 +66,7 @@ class TrainingImagesMixin:
                 "images: partial_fit cannot measure its offsets again. Fit it again on all its images."
             )
         self._check_parameters()
-        checked = check_input(X, fitted_spec=self.input_spec_)
-        if checked.spec.kind == self.input_spec_.kind == "vectors":
-            validate_data(self, X, dtype=None, reset=False)
-        check_consistent(checked.spec, self.input_spec_, getattr(checked.data, "shape", None))
+        checked = check_new_input(self, X)
         seed = self._draw_seed()
         stream = self._embeddings(self.net_, checked, self.device_, self._spec(), "patch features")
         fitted = BankAssembly.of(self).learn(stream, len(checked), self._spec(), seed, previous=self)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.utils import check_array
+from sklearn.utils.validation import validate_data
 
 IMAGE_SHAPES = "(n, H, W), (n, H, W, C) or (n, C, H, W) with C in {1, 3}"
 
@@ -183,6 +184,39 @@ def _check_pixel_range(images):
             f"Integer images must hold values in [0, 255]; got values in [{low}, {high}]. Pass "
             "16-bit images as uint16 (read as 16-bit files are: divided by 65,535)."
         )
+
+
+def check_new_input(estimator, X):
+    """Check ``X`` given to a fitted ``estimator`` against what it was fitted on.
+
+    The same kind of input (vectors, array images of as many channels, or
+    files), checked by :func:`check_input` and :func:`check_consistent`;
+    vectors also by scikit-learn's ``validate_data`` (``n_features_in_``,
+    feature names).
+
+    Returns
+    -------
+    CheckedInput
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from sklearn_panda import PandaPatchDetector
+    >>> normal = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    >>> detector = PandaPatchDetector(backbone="resnet18", weights=None, resize=None).fit(normal)
+    >>> check_new_input(detector, np.zeros((2, 32, 32), np.uint8)).data.shape
+    (2, 32, 32, 1)
+    >>> check_new_input(detector, np.zeros((2, 32, 32, 3), np.uint8))
+    Traceback (most recent call last):
+    ...
+    ValueError: The estimator was fitted on 1-channel images; got 3-channel images. ...
+    """
+    fitted_spec = estimator.input_spec_
+    checked = check_input(X, fitted_spec=fitted_spec)
+    if checked.spec.kind == fitted_spec.kind == "vectors":
+        validate_data(estimator, X, dtype=None, reset=False)
+    check_consistent(checked.spec, fitted_spec, getattr(checked.data, "shape", None))
+    return checked
 
 
 def check_consistent(spec, fitted_spec, shape=None):
