@@ -29,7 +29,8 @@ images (batches of 1 and 8, the three networks taking turns, best of the
 rounds): as built, with BatchNorm folded, folded with the activations
 overwriting their inputs, also with EfficientNet-Lite's even zero padding
 done by the convolutions, with its uneven padding too, and with the
-activations applied by the convolutions (oneDNN; the default).
+activations applied by the convolutions (oneDNN; the default). With ``--compiled``, also the
+default network compiled by ``torch.compile`` (Inductor, with freezing).
 
 ``--smoothing-only`` times the maps' Gaussian smoothing (sigma 4) at three
 map sizes: the package's banded matrix products against one-channel
@@ -128,7 +129,7 @@ def even_padding_only(padding_pass):
     return even_only
 
 
-def forward_only(threads, rounds):
+def forward_only(threads, rounds, compiled=False):
     import torch
 
     import sklearn_panda._engine.folding as folding
@@ -153,6 +154,13 @@ def forward_only(threads, rounds):
     networks["folded, padding and activations in the convolutions"] = [
         folding.fold_batchnorm(stage) for stage in net.trunk
     ]
+    if compiled:
+        # Inductor with freezing (weights as constants, pre-packed for oneDNN), one shape per batch
+        # size; the first round includes the compilations, which the best of the rounds leaves out.
+        networks["the default, compiled (torch.compile, freezing)"] = [
+            torch.compile(stage, dynamic=False, options={"freezing": True})
+            for stage in networks["folded, padding and activations in the convolutions"]
+        ]
 
     def stage_outputs(stages, images):
         outputs = []
@@ -223,6 +231,9 @@ def main(argv=None):
     parser.add_argument("--n-images", type=int, default=None, help="score only the first N evaluation images")
     parser.add_argument("--variants", nargs="+", default=["fitted", "batchnorm"])
     parser.add_argument("--forward-only", action="store_true")
+    parser.add_argument(
+        "--compiled", action="store_true", help="--forward-only: also the default network compiled by torch.compile"
+    )
     parser.add_argument("--smoothing-only", action="store_true")
     parser.add_argument("--rounds", type=int, default=4, help="--forward-only, --smoothing-only: rounds of turns")
     args = parser.parse_args(argv)
@@ -232,7 +243,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(HERE))
     if args.forward_only:
-        return forward_only(args.threads, args.rounds)
+        return forward_only(args.threads, args.rounds, args.compiled)
     if args.smoothing_only:
         return smoothing_only(args.threads, args.rounds)
     import sklearn_panda._engine.patch_features as patch_features
