@@ -9,7 +9,9 @@ import torch
 import torchvision
 from torch import nn
 
-from sklearn_panda import PandaDetector, load, save
+from conftest import tiny_cnn, tiny_resnet
+
+from sklearn_panda import PandaDetector, PandaPatchDetector, load, save
 from sklearn_panda._engine.backbones import architecture_arguments, build_architecture
 
 TINY = dict(n_steps=0, resize=32, crop_size=32, batch_size=4, random_state=0)
@@ -69,6 +71,50 @@ def test_networks_whose_weights_change_their_architecture_load_back(name, size, 
     loaded = load(tmp_path / "model.pt")
     assert loaded.net_.model.transform_input
     np.testing.assert_array_equal(loaded.score_samples(images), expected)
+
+
+@pytest.mark.parametrize("estimator", [
+    PandaDetector(backbone="resnet18", weights=None, **TINY),
+    PandaPatchDetector(backbone="resnet18", weights=None, resize=None, random_state=0),
+], ids=["detector", "patch"])  # fmt: skip
+def test_a_backbone_set_after_fit_leaves_the_saved_network_as_fitted(estimator, images, tmp_path):
+    # The file wrote the new parameter's architecture for the fitted network's values, and load
+    # refused it ("does not fit the rebuilt backbone resnet34"); now the file says what fit built.
+    estimator.fit(images)
+    expected = estimator.score_samples(images)
+    estimator.set_params(backbone="resnet34")
+    save(estimator, tmp_path / "model.pt")
+    loaded = load(tmp_path / "model.pt")
+    assert loaded.get_params()["backbone"] == "resnet34"  # as in memory: the next fit builds resnet34
+    np.testing.assert_array_equal(loaded.score_samples(images), expected)
+    save(loaded, tmp_path / "again.pt")  # a loaded network remembers what it was built from
+    np.testing.assert_array_equal(load(tmp_path / "again.pt").score_samples(images), expected)
+
+
+def test_weights_set_after_fit_leave_the_saved_architecture_as_fitted(images, monkeypatch, tmp_path):
+    # GoogLeNet's ImageNet weights change its architecture: the file took it from the parameter.
+    _stand_in_weights("googlenet", monkeypatch, tmp_path)
+    detector = PandaPatchDetector(backbone="googlenet", weights="imagenet", resize=None, random_state=0).fit(images)
+    expected = detector.score_samples(images)
+    detector.set_params(weights=None)
+    save(detector, tmp_path / "model.pt")
+    loaded = load(tmp_path / "model.pt")
+    assert loaded.weights is None and loaded.net_.model.transform_input
+    np.testing.assert_array_equal(loaded.score_samples(images), expected)
+
+
+def test_a_backbone_factory_set_after_fit_is_refused_by_save(images, tmp_path):
+    # PandaPatchDetector: its network is its own (PandaDetector's is in its fitted features_).
+    detector = PandaPatchDetector(backbone=tiny_resnet, weights=None, resize=None, random_state=0).fit(images)
+    detector.set_params(backbone=tiny_cnn)
+    with pytest.raises(ValueError, match=r"built by the backbone factory conftest\.tiny_resnet.*now conftest\.tiny_cnn"):
+        save(detector, tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists()
+    detector.set_params(backbone=tiny_resnet)
+    save(detector, tmp_path / "model.pt")
+    np.testing.assert_array_equal(
+        load(tmp_path / "model.pt", backbone=tiny_resnet).score_samples(images), detector.score_samples(images)
+    )
 
 
 def _built_with_weights(name, monkeypatch):

@@ -288,9 +288,11 @@ def build_feature_net(
     (1280, 3)
     """
     model = build_model(backbone, weights)
-    return split_feature_net(
+    net = split_feature_net(
         model, n_trainable_stages, example, stage_ends=stage_ends, feature_node=feature_node, adapt=adapt
     )
+    net.built_from = {"backbone": backbone, "weights": weights}
+    return net
 
 
 def split_feature_net(model, n_trainable_stages, example=None, *, stage_ends=None, feature_node=None, adapt=True):

@@ -238,6 +238,7 @@ def build_patch_net(backbone, weights, layers, *, vector_length=None, seed=0, de
             model = build_model(backbone, weights)
             layers = default_layers(model) if layers == "auto" else list(layers)
             net = split_patch_net(model, layers)
+            net.built_from = {"backbone": backbone, "weights": weights}
     for parameter in net.parameters():
         parameter.requires_grad_(False)
     if net.expects_images:

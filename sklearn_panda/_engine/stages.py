@@ -72,6 +72,10 @@ class FeatureNet(nn.Module):
         # the trunk's, stages' and head's own (moved and trained with them), and those
         # past the features are never used.
         object.__setattr__(self, "model", model)
+        # What the model was built from, for save(): {"backbone", "weights"} as fit gave them (or
+        # {"backbone", "architecture"} for a network rebuilt from a file); None when built elsewhere.
+        # A later set_params(backbone=...) changes the estimator's parameter, not this.
+        self.built_from = None
 
     def forward(self, x):
         return self.stages(self.trunk(x))

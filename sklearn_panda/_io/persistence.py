@@ -399,7 +399,7 @@ def _encode_estimator(estimator, where):
             "model_state_metadata": _encode(
                 {prefix: dict(values) for prefix, values in getattr(state, "_metadata", {}).items()}, where
             ),
-            "architecture": architecture_arguments(estimator.backbone, estimator.weights),
+            **_built_from(estimator, net, where),
             "trainable": [key for key, parameter in model.named_parameters() if parameter.requires_grad],
             "channels_last": _is_channels_last(net),
         }
@@ -409,6 +409,36 @@ def _encode_estimator(estimator, where):
         "net": net,
         "attributes": {key: _encode(value, f"{where}attribute {key}") for key, value in attributes.items()},
     }
+
+
+def _built_from(estimator, net, where):
+    """The backbone name (``None``: the parameter's factory) and builder arguments that rebuild ``net``.
+
+    What ``fit`` built the network from, which a later ``set_params(backbone=...)`` or
+    ``set_params(weights=...)`` does not change (a network built elsewhere: the parameters).
+    """
+    built = getattr(net, "built_from", None) or {"backbone": estimator.backbone, "weights": estimator.weights}
+    backbone = built["backbone"]
+    if "architecture" in built:
+        architecture = built["architecture"]
+    else:
+        architecture = architecture_arguments(backbone, built["weights"])
+    if isinstance(backbone, str):
+        return {"backbone": backbone, "architecture": architecture}
+    if backbone is not estimator.backbone:
+        raise ValueError(
+            f"Cannot save {where or 'the estimator'}: its network was built by the backbone factory "
+            f"{_describe_backbone(backbone)}, but its backbone parameter is now "
+            f"{_describe_backbone(estimator.backbone)} (set after fit). A file names one factory: set "
+            "backbone back to the fitted one, or fit again, before saving."
+        )
+    return {"backbone": None, "architecture": architecture}
+
+
+def _describe_backbone(backbone):
+    if isinstance(backbone, str):
+        return repr(backbone)
+    return f"{getattr(backbone, '__module__', '?')}.{getattr(backbone, '__qualname__', repr(backbone))}"
 
 
 def _is_channels_last(net):
@@ -578,13 +608,16 @@ def _rebuild_net(estimator, attributes, saved, path):
     # Lazy layers of a vector backbone take their width from one example row.
     example = torch.zeros(1, spec.channels) if spec.kind == "vectors" else None
     # Random initialisation, overwritten just below, must not move the global generator.
+    # The backbone fit built the network from (files before it was recorded: the parameter's).
+    backbone = saved.get("backbone") or estimator.backbone
     with torch.random.fork_rng(devices=[]):
-        model = build_architecture(estimator.backbone, saved["architecture"])
+        model = build_architecture(backbone, saved["architecture"])
         materialize_lazy_modules(model, example)
     state = collections.OrderedDict(saved["model_state_dict"])
     state._metadata = _decode(saved["model_state_metadata"])
-    _load_checked(model, state, estimator, path)
+    _load_checked(model, state, backbone, path)
     net = split_feature_net(model, example=example, **estimator._split_arguments(attributes))
+    net.built_from = {"backbone": backbone, "architecture": saved["architecture"]}
     trainable = set(saved["trainable"])
     for key, parameter in model.named_parameters():
         parameter.requires_grad_(key in trainable)
@@ -593,7 +626,7 @@ def _rebuild_net(estimator, attributes, saved, path):
     return net
 
 
-def _load_checked(module, state, estimator, path):
+def _load_checked(module, state, backbone, path):
     own = module.state_dict()
     mismatched = sorted(set(own) ^ set(state)) + sorted(
         key for key in set(own) & set(state) if own[key].shape != state[key].shape
@@ -601,7 +634,7 @@ def _load_checked(module, state, estimator, path):
     if mismatched:
         raise ValueError(
             f"The network saved in {path} does not fit the rebuilt backbone "
-            f"{estimator.backbone if isinstance(estimator.backbone, str) else 'factory'}: "
+            f"{backbone if isinstance(backbone, str) else 'factory'}: "
             f"{len(mismatched)} keys differ "
             f"({', '.join(mismatched[:5])}{' ...' if len(mismatched) > 5 else ''})."
         )
@@ -619,7 +652,7 @@ def _rebuild_net_of_format_2(estimator, attributes, saved, path):
     example = torch.zeros(1, spec.channels) if spec.kind == "vectors" else None
     with torch.random.fork_rng(devices=[]):
         net = build_feature_net(estimator.backbone, None, example=example, **estimator._split_arguments(attributes))
-    _load_checked(net, saved["state_dict"], estimator, path)
+    _load_checked(net, saved["state_dict"], estimator.backbone, path)
     trainable = set(saved["trainable"])
     for key, parameter in net.named_parameters():
         parameter.requires_grad_(key in trainable)
