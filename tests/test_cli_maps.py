@@ -271,6 +271,35 @@ def test_update_adds_images_to_a_local_model(local, backbone_module, tmp_path, c
     assert f"Model saved to {updated}" in out
 
 
+def test_verbose_shows_progress_for_the_run_and_is_not_saved_in_the_model(local, backbone_module, tmp_path, capsys):
+    # fit -v and update -v saved verbose=1 in the model: every later use of it printed progress bars.
+    model, updated = tmp_path / "fitted.pt", tmp_path / "updated.pt"
+    status, _, err = run(capsys, "fit", local.root / "train", "--model", model, "--backbone-factory", FACTORY,
+                         *LOCAL_FIT, "-v")
+    assert status == 0 and "patch features" in err
+    assert load(model, backbone=backbone_module.tiny_cnn).verbose == 0
+    status, _, err = run(capsys, "update", local.root / "test" / "good0.png", "--model", model, "--output", updated,
+                         "--backbone-factory", FACTORY, "-v")
+    assert status == 0 and "patch features" in err
+    assert load(updated, backbone=backbone_module.tiny_cnn).verbose == 0
+
+
+def test_fit_says_how_many_training_images_it_scored(local, tmp_path, monkeypatch, capsys):
+    # A local model scores at most CALIBRATION_IMAGES (64) training images leave-one-out; the summary
+    # counted the flagged among those as if they were all the training images.
+    import sklearn_panda._estimators.patch_bank as patch_bank
+
+    monkeypatch.setattr(patch_bank, "CALIBRATION_IMAGES", 6)
+    status, out, _ = run(capsys, "fit", local.root / "train", "--model", tmp_path / "model.pt",
+                         "--backbone-factory", FACTORY, *LOCAL_FIT)
+    assert status == 0 and "on 10 images" in out
+    assert re.search(r"below which \d of the 6 training images scored fall \(leave-one-out\)", out), out
+    monkeypatch.undo()
+    status, out, _ = run(capsys, "fit", local.root / "train", "--model", tmp_path / "model.pt",
+                         "--backbone-factory", FACTORY, *LOCAL_FIT)
+    assert status == 0 and re.search(r"below which \d+ training images fall", out), out
+
+
 def test_update_replaces_the_model_only_once_it_has_succeeded(local, tmp_path, capsys):
     model = tmp_path / "model.pt"
     model.write_bytes(local.model.read_bytes())

@@ -1,5 +1,6 @@
 """The ``fit``, ``score`` and ``update`` commands, run on parsed options."""
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -22,6 +23,21 @@ LOCAL_OPTIONS = ("coreset_ratio", "layers")
 COMMON_OPTIONS = ("contamination", "random_state", "device")
 
 
+@contextlib.contextmanager
+def progress_bars(detector, verbose):
+    """``detector`` with ``verbose`` set for this run only (``--verbose`` given), as it was afterwards:
+    a command's progress bars are not a setting of the model it saves."""
+    if not verbose:
+        yield
+        return
+    kept = detector.get_params()["verbose"]
+    detector.set_params(verbose=verbose)
+    try:
+        yield
+    finally:
+        detector.set_params(verbose=kept)
+
+
 def detector_from_args(args):
     """The detector ``fit`` fits: ``--config``'s (or the default) with the options given on top."""
     from .._estimators.detector import PandaDetector
@@ -41,8 +57,6 @@ def detector_from_args(args):
     if wrong:
         kind = "a local model (--local)" if local else "an image-level model (without --local)"
         raise ValueError(f"{', '.join(wrong)} cannot be used for {kind}.")
-    if args.verbose:
-        params["verbose"] = args.verbose
     if args.backbone_factory is not None:
         params["backbone"] = import_factory(args.backbone_factory)
         # A factory brings its own weights, if any; "imagenet" means nothing for it.
@@ -77,7 +91,8 @@ def fit_command(args):
     paths = collect_images(args.sources)
     check_distinct(paths, "fit")
     check_spares_inputs([("--model", args.model)], paths)
-    detector.fit(paths)
+    with progress_bars(detector, args.verbose):
+        detector.fit(paths)
     save(detector, args.model)
     n_flagged = int(np.sum(detector.training_scores_ < detector.offset_))
     what = (
@@ -86,9 +101,12 @@ def fit_command(args):
         else f"{detector.recipe_['n_steps']} steps"
     )
     backbone = args.backbone_factory or detector.backbone
+    # A local model scores at most CALIBRATION_IMAGES of its training images leave-one-out.
+    n_scored = len(detector.training_scores_)
+    scored = "training images" if n_scored == len(paths) else f"of the {n_scored} training images scored"
     print(
         f"Fitted a {type(detector).__name__} on {len(paths)} images ({backbone}, {what}); threshold "
-        f"{number(detector.offset_)}, below which {n_flagged} training images fall (leave-one-out)."
+        f"{number(detector.offset_)}, below which {n_flagged} {scored} fall (leave-one-out)."
     )
     print(f"Model saved to {args.model}")
 
@@ -192,10 +210,9 @@ def update_command(args):
             f"update needs a local model (fit --local, a PandaPatchDetector); {args.model} holds a "
             f"{type(detector).__name__}: fit it again on all the normal images instead."
         )
-    if args.verbose:
-        detector.set_params(verbose=args.verbose)
     before = (getattr(detector, "n_samples_seen_", 0), len(detector.memory_bank_), detector.offset_, detector.pixel_offset_)
-    detector.partial_fit(paths)
+    with progress_bars(detector, args.verbose):
+        detector.partial_fit(paths)
     after = (detector.n_samples_seen_, len(detector.memory_bank_), detector.offset_, detector.pixel_offset_)
     save(detector, destination)
     print(
