@@ -26,7 +26,13 @@ def _install_advice(version):
 
 try:
     from sklearn.base import _fit_context
-    from sklearn.utils._param_validation import HasMethods, Interval, StrOptions, validate_params
+    from sklearn.utils._param_validation import (
+        HasMethods,
+        Interval,
+        StrOptions,
+        validate_parameter_constraints,
+        validate_params,
+    )
 except ImportError as error:
     raise ImportError(
         f"scikit-learn {sklearn.__version__} does not provide the private helpers sklearn-panda "
@@ -35,4 +41,4 @@ except ImportError as error:
         f"pip install '{_install_advice(sklearn.__version__)}'."
     ) from error
 
-__all__ = ["HasMethods", "Interval", "StrOptions", "_fit_context", "validate_params"]
+__all__ = ["HasMethods", "Interval", "StrOptions", "_fit_context", "validate_parameter_constraints", "validate_params"]

@@ -185,3 +185,22 @@ def test_going_on_from_many_chosen_rows_folds_them_in_blocks(monkeypatch):
     chosen = coreset_module._lazy_greedy(points, 800, list(range(700)), block_size=256)
     assert len(chosen) == 800 and chosen[:700].tolist() == list(range(700))
     assert max(widths) <= 256
+
+
+def test_partial_fit_checks_the_parameters_it_reads_not_those_fixed_at_fit(normal):
+    # set_params(neighbourhood=4) after fit changed nothing the detector outputs, but partial_fit
+    # refused it (it checked the features' parameters, which it takes from patch_spec_).
+    expected = PandaPatchDetector(**EVERY_PATCH).fit(normal[:4]).partial_fit(normal[4:])
+    for fixed_at_fit in ({"neighbourhood": 4}, {"resize": (1, 2, 3)}, {"sigma": -1.0}):
+        detector = PandaPatchDetector(**EVERY_PATCH).fit(normal[:4]).set_params(**fixed_at_fit)
+        assert_same_state(fitted_state(detector.partial_fit(normal[4:])), fitted_state(expected))
+    # What it reads is checked, and a refused call changes nothing.
+    for read_now, message in (({"coreset_ratio": 2.0}, "coreset_ratio"), ({"batch_size": 0}, "batch_size")):
+        detector = PandaPatchDetector(**EVERY_PATCH).fit(normal[:4])
+        before = fitted_state(detector)
+        with pytest.raises(ValueError, match=message):
+            detector.set_params(**read_now).partial_fit(normal[4:])
+        assert_same_state(before, fitted_state(detector))
+    # An unfitted detector's partial_fit is fit: every parameter checked.
+    with pytest.raises(ValueError, match="sigma"):
+        PandaPatchDetector(**{**EVERY_PATCH, "sigma": -1.0}).partial_fit(normal)

@@ -2,10 +2,16 @@
 (``partial_fit``) and labels its own training images (``fit_predict``)."""
 
 import numpy as np
+from sklearn import get_config
 
-from .._sklearn_compat import _fit_context
+from .._sklearn_compat import _fit_context, validate_parameter_constraints
 from .patch_memory import BankAssembly, leave_one_out_scores
 from .validation import check_input, check_new_input
+
+
+# What partial_fit on a fitted detector reads of its parameters (BankAssembly's, and those of the
+# features' batches, progress and seed); the others were fixed at fit.
+PARTIAL_FIT_PARAMETERS = (*BankAssembly.__dataclass_fields__, "batch_size", "random_state")
 
 
 class TrainingImagesMixin:
@@ -25,8 +31,10 @@ class TrainingImagesMixin:
         kept) and at most ``CALIBRATION_IMAGES`` images, the result is that
         of :meth:`fit` on all the images at once. The features are made as
         at the first fit (``patch_spec_``, ``net_``); ``coreset_ratio``,
-        ``n_neighbors``, ``algorithm``, ``contamination`` and
-        ``pixel_contamination`` are read now. Nothing changes when it fails.
+        ``projection_dim``, ``n_neighbors``, ``algorithm``,
+        ``contamination``, ``pixel_contamination``, ``batch_size``,
+        ``random_state`` and ``verbose`` are read (and checked) now, the
+        others not. Nothing changes when it fails.
 
         Parameters
         ----------
@@ -53,19 +61,22 @@ class TrainingImagesMixin:
         """
         return self._partial_fit(X)
 
-    # Not named partial_fit: scikit-learn's _fit_context would check the parameters of a partial_fit
-    # on an unfitted estimator only, and this one reads coreset_ratio, n_neighbors, algorithm and
-    # the contaminations at every call.
-    @_fit_context(prefer_skip_nested_validation=True)
     def _partial_fit(self, X):
         if not hasattr(self, "memory_bank_"):
-            return self._fit(X)
+            return self._first_partial_fit(X)
         if not hasattr(self, "calibration_maps_"):
             raise ValueError(
                 "This detector was fitted by an older version of sklearn-panda, which kept no calibration "
                 "images: partial_fit cannot measure its offsets again. Fit it again on all its images."
             )
-        self._check_parameters()
+        # Only the parameters it reads: those fixed at fit (set_params(neighbourhood=4) after it,
+        # say) change nothing here, so they do not make it fail. scikit-learn's _fit_context would
+        # check every parameter, and only on an unfitted estimator.
+        if not get_config()["skip_parameter_validation"]:
+            constraints = {name: self._parameter_constraints[name] for name in PARTIAL_FIT_PARAMETERS}
+            validate_parameter_constraints(
+                constraints, {name: getattr(self, name) for name in constraints}, caller_name=type(self).__name__
+            )
         checked = check_new_input(self, X)
         seed = self._draw_seed()
         stream = self._embeddings(self.net_, checked, self.device_, self._spec(), "patch features")
@@ -73,6 +84,11 @@ class TrainingImagesMixin:
         for name, value in fitted.items():
             setattr(self, name, value)
         return self
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def _first_partial_fit(self, X):
+        """``partial_fit`` on an unfitted detector: :meth:`fit`, every parameter checked."""
+        return self._fit(X)
 
     def fit_predict(self, X, y=None):
         """Fit on normal images ``X`` and label each of them by its leave-one-out score.
