@@ -117,6 +117,16 @@ def test_fit_saves_a_model_that_loads(fitted, folders):
     assert f"Model saved to {fitted.model}" in fitted.stdout
 
 
+def test_fit_verbose_shows_progress_and_saves_a_quiet_model(backbone_module, folders, tmp_path, capsys):
+    # fit -v left verbose=1 in the features_ a PandaDetector nests (they copy its parameters at fit):
+    # their transform printed progress bars in every later use of the model.
+    model = tmp_path / "model.pt"
+    status, _, err = run(capsys, "fit", folders.train, "--model", model, "--backbone-factory", FACTORY, *TINY_FIT, "-v")
+    assert status == 0 and "100%" in err
+    detector = load(model, backbone=backbone_module.tiny_resnet)
+    assert detector.verbose == 0 and detector.features_.verbose == 0
+
+
 def test_fit_options_become_detector_parameters():
     parser = build_parser()
     named = detector_from_args(parser.parse_args(["fit", "x", "--model", "m.pt"]))

@@ -117,6 +117,17 @@ def test_a_backbone_factory_set_after_fit_is_refused_by_save(images, tmp_path):
     )
 
 
+def test_a_file_naming_two_backbone_factories_is_refused(images, tmp_path):
+    # PandaDetector keeps its network in features_, fitted with the first factory: the file named
+    # both, and load(path, backbone=...) could take only one (the parameter's failed to load).
+    detector = PandaDetector(backbone=tiny_resnet, weights=None, **TINY).fit(images)
+    detector.set_params(backbone=tiny_cnn)
+    with pytest.raises(ValueError, match=r"two backbone factories, conftest\.tiny_cnn \(backbone\) and "
+                                         r"conftest\.tiny_resnet \(features_\.backbone\)"):
+        save(detector, tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists()
+
+
 def _built_with_weights(name, monkeypatch):
     """The architecture torchvision's builder makes for the DEFAULT weights, on the meta device, no values loaded."""
     weights_enum = torchvision.models.get_model_weights(name).DEFAULT

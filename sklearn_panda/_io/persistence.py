@@ -372,7 +372,37 @@ def save(estimator, path):
         "torchvision_version": _torchvision_version(),
         **_encode_estimator(estimator, ""),
     }
+    _check_one_factory(payload)
     _write_atomically(payload, path)
+
+
+def _check_one_factory(payload):
+    """Refuse a file that would name two backbone factories: :func:`load` takes one.
+
+    A fitted estimator whose ``backbone`` factory was changed by ``set_params`` keeps the fitted one
+    in a nested estimator (PandaDetector's and PandaSES's ``features_``)."""
+    named = {}
+
+    def visit(value, where):
+        if isinstance(value, dict):
+            if value.get(TAG) == "factory":
+                named.setdefault(f"{value['module']}.{value['qualname']}", where)
+                return
+            for key, item in value.items():
+                visit(item, where + [key] if key not in ("value", "params", "attributes") else where)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item, where)
+
+    visit(payload, [])
+    if len(named) > 1:
+        (first, first_where), (second, second_where) = list(named.items())[:2]
+        raise ValueError(
+            f"Cannot save: the file would name two backbone factories, {first} "
+            f"({'.'.join(first_where)}) and {second} ({'.'.join(second_where)}), and load takes one. "
+            "backbone was changed by set_params after fit (the fitted network is the nested "
+            "estimator's): set it back to the fitted one, or fit again, before saving."
+        )
 
 
 def _encode_estimator(estimator, where):

@@ -25,8 +25,9 @@ COMMON_OPTIONS = ("contamination", "random_state", "device")
 
 @contextlib.contextmanager
 def progress_bars(detector, verbose):
-    """``detector`` with ``verbose`` set for this run only (``--verbose`` given), as it was afterwards:
-    a command's progress bars are not a setting of the model it saves."""
+    """``detector`` with ``verbose`` set for this run only (``--verbose`` given), as it was afterwards
+    (with the features a fit nests in it, which copy it): a command's progress bars are not a
+    setting of the model it saves."""
     if not verbose:
         yield
         return
@@ -36,6 +37,9 @@ def progress_bars(detector, verbose):
         yield
     finally:
         detector.set_params(verbose=kept)
+        nested = getattr(detector, "features_", None)
+        if nested is not None:
+            nested.set_params(verbose=kept)
 
 
 def detector_from_args(args):
