@@ -21,7 +21,6 @@ torch state goes on load is what each estimator declares in
 (``_saved_state`` / ``_restore_saved_state``).
 """
 
-import collections
 import importlib
 import inspect
 import io
@@ -36,18 +35,12 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from .._engine.backbones import (
-    architecture_arguments,
-    build_architecture,
-    build_feature_net,
-    materialize_lazy_modules,
-    split_feature_net,
-)
 from .._engine.device import loadable_device, place_torch_state, resolve_device
 from .._estimators.validation import InputSpec
 from .._version import __version__
 from ..scorers._contract import _BaseScorer
 from .images import write_files
+from .saved_networks import network_entry, rebuilt_network
 
 FORMAT = "sklearn-panda"
 # 2: a detector's adaptation is a nested PandaFeatures (``features_``).
@@ -420,63 +413,13 @@ def _encode_estimator(estimator, where):
     net = attributes.pop("net_", None)
     if net is not None:
         check_is_fitted(estimator)
-        # The unsplit network, under its own names: torch.fx's tracing never shows in the file.
-        model = net.model
-        state = model.state_dict()
-        net = {
-            "model_state_dict": {key: _encode(tensor, f"{where}net_.model.{key}") for key, tensor in state.items()},
-            # Modules' state-dict versions (MNASNet reads its own when loading).
-            "model_state_metadata": _encode(
-                {prefix: dict(values) for prefix, values in getattr(state, "_metadata", {}).items()}, where
-            ),
-            **_built_from(estimator, net, where),
-            "trainable": [key for key, parameter in model.named_parameters() if parameter.requires_grad],
-            "channels_last": _is_channels_last(net),
-        }
+        net = network_entry(estimator, net, where, _encode)
     return {
         "estimator": name,
         "params": encoded_params,
         "net": net,
         "attributes": {key: _encode(value, f"{where}attribute {key}") for key, value in attributes.items()},
     }
-
-
-def _built_from(estimator, net, where):
-    """The backbone name (``None``: the parameter's factory) and builder arguments that rebuild ``net``.
-
-    What ``fit`` built the network from, which a later ``set_params(backbone=...)`` or
-    ``set_params(weights=...)`` does not change (a network built elsewhere: the parameters).
-    """
-    built = getattr(net, "built_from", None) or {"backbone": estimator.backbone, "weights": estimator.weights}
-    backbone = built["backbone"]
-    if "architecture" in built:
-        architecture = built["architecture"]
-    else:
-        architecture = architecture_arguments(backbone, built["weights"])
-    if isinstance(backbone, str):
-        return {"backbone": backbone, "architecture": architecture}
-    if backbone is not estimator.backbone:
-        raise ValueError(
-            f"Cannot save {where or 'the estimator'}: its network was built by the backbone factory "
-            f"{_describe_backbone(backbone)}, but its backbone parameter is now "
-            f"{_describe_backbone(estimator.backbone)} (set after fit). A file names one factory: set "
-            "backbone back to the fitted one, or fit again, before saving."
-        )
-    return {"backbone": None, "architecture": architecture}
-
-
-def _describe_backbone(backbone):
-    if isinstance(backbone, str):
-        return repr(backbone)
-    return f"{getattr(backbone, '__module__', '?')}.{getattr(backbone, '__qualname__', repr(backbone))}"
-
-
-def _is_channels_last(net):
-    """Whether the convolution weights are stored channels-last (it changes the last bits of results)."""
-    return any(
-        p.dim() == 4 and not p.is_contiguous() and p.is_contiguous(memory_format=torch.channels_last)
-        for p in net.parameters()
-    )
 
 
 def _write_atomically(payload, path):
@@ -581,8 +524,7 @@ def _decode_estimator(payload, backbone, device, path):
 
     attributes = {key: _decode(value, nested) for key, value in payload["attributes"].items()}
     if payload["net"] is not None:
-        rebuild = _rebuild_net if "model_state_dict" in payload["net"] else _rebuild_net_of_format_2
-        attributes["net_"] = rebuild(estimator, attributes, payload["net"], path)
+        attributes["net_"] = rebuilt_network(estimator, attributes, payload["net"], path, _decode)
     if "device_" in attributes:
         attributes["device_"] = _target_device(attributes["device_"], device)
     # Everything was read onto the CPU; the torch state goes where the estimator declares it.
@@ -630,65 +572,6 @@ def _backbone(saved, given, path):
 
 def _target_device(saved, requested):
     return resolve_device(requested) if requested is not None else loadable_device(saved)
-
-
-def _rebuild_net(estimator, attributes, saved, path):
-    """The network of a format-3 file: rebuilt unsplit, its saved values loaded, split as ``fit`` split it."""
-    spec = attributes["input_spec_"]
-    # Lazy layers of a vector backbone take their width from one example row.
-    example = torch.zeros(1, spec.channels) if spec.kind == "vectors" else None
-    # Random initialisation, overwritten just below, must not move the global generator.
-    # The backbone fit built the network from (files before it was recorded: the parameter's).
-    backbone = saved.get("backbone") or estimator.backbone
-    with torch.random.fork_rng(devices=[]):
-        model = build_architecture(backbone, saved["architecture"])
-        materialize_lazy_modules(model, example)
-    state = collections.OrderedDict(saved["model_state_dict"])
-    state._metadata = _decode(saved["model_state_metadata"])
-    _load_checked(model, state, backbone, path)
-    net = split_feature_net(model, example=example, **estimator._split_arguments(attributes))
-    net.built_from = {"backbone": backbone, "architecture": saved["architecture"]}
-    trainable = set(saved["trainable"])
-    for key, parameter in model.named_parameters():
-        parameter.requires_grad_(key in trainable)
-    if saved["channels_last"]:
-        net = net.to(memory_format=torch.channels_last)
-    return net
-
-
-def _load_checked(module, state, backbone, path):
-    own = module.state_dict()
-    mismatched = sorted(set(own) ^ set(state)) + sorted(
-        key for key in set(own) & set(state) if own[key].shape != state[key].shape
-    )
-    if mismatched:
-        raise ValueError(
-            f"The network saved in {path} does not fit the rebuilt backbone "
-            f"{backbone if isinstance(backbone, str) else 'factory'}: "
-            f"{len(mismatched)} keys differ "
-            f"({', '.join(mismatched[:5])}{' ...' if len(mismatched) > 5 else ''})."
-        )
-    module.load_state_dict(state)
-
-
-def _rebuild_net_of_format_2(estimator, attributes, saved, path):
-    """The network of a format-2 file, which holds the split network's state dict.
-
-    Its keys are those torch.fx gave the split network when it was saved; a
-    network whose weights change its architecture (GoogLeNet, Inception V3,
-    ViT with SWAG weights) cannot load from it: refit and save it again.
-    """
-    spec = attributes["input_spec_"]
-    example = torch.zeros(1, spec.channels) if spec.kind == "vectors" else None
-    with torch.random.fork_rng(devices=[]):
-        net = build_feature_net(estimator.backbone, None, example=example, **estimator._split_arguments(attributes))
-    _load_checked(net, saved["state_dict"], estimator.backbone, path)
-    trainable = set(saved["trainable"])
-    for key, parameter in net.named_parameters():
-        parameter.requires_grad_(key in trainable)
-    if saved["channels_last"]:
-        net = net.to(memory_format=torch.channels_last)
-    return net
 
 
 def _torchvision_version():
