@@ -11,7 +11,7 @@ from torch import nn
 
 from conftest import tiny_cnn, tiny_resnet
 
-from sklearn_panda import PandaDetector, PandaPatchDetector, load, save
+from sklearn_panda import PandaDetector, PandaFeatures, PandaOE, PandaPatchDetector, load, save
 from sklearn_panda._engine.backbones import architecture_arguments, build_architecture
 
 TINY = dict(n_steps=0, resize=32, crop_size=32, batch_size=4, random_state=0)
@@ -115,6 +115,23 @@ def test_a_backbone_factory_set_after_fit_is_refused_by_save(images, tmp_path):
     np.testing.assert_array_equal(
         load(tmp_path / "model.pt", backbone=tiny_resnet).score_samples(images), detector.score_samples(images)
     )
+
+
+@pytest.mark.parametrize("cls", [PandaFeatures, PandaOE])
+def test_the_split_set_after_fit_leaves_the_saved_network_as_fitted(cls, tmp_path):
+    # load split the rebuilt network as the parameters then said: PandaFeatures gave 128 features
+    # instead of 512, PandaOE's head (512 inputs) could not score, other stage_ends did not load.
+    X = (np.random.default_rng(0).random((12, 32, 32, 3)) * 255).astype(np.uint8)
+    estimator = cls(backbone=tiny_resnet, weights=None, **{**TINY, "n_steps": 1})
+    estimator.fit(X, np.r_[np.ones(8, int), -np.ones(4, int)]) if cls is PandaOE else estimator.fit(X)
+    output = estimator.transform if cls is PandaFeatures else estimator.score_samples
+    expected = output(X)
+    estimator.set_params(feature_node="layer2", stage_ends=["layer1", "layer2"], n_trainable_stages=2)
+    save(estimator, tmp_path / "model.pt")
+    loaded = load(tmp_path / "model.pt", backbone=tiny_resnet)
+    assert loaded.get_params()["feature_node"] == "layer2"  # the parameters as in memory
+    reloaded_output = loaded.transform if cls is PandaFeatures else loaded.score_samples
+    np.testing.assert_array_equal(reloaded_output(X), expected)
 
 
 def test_a_file_naming_two_backbone_factories_is_refused(images, tmp_path):

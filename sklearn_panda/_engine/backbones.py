@@ -291,7 +291,8 @@ def build_feature_net(
     net = split_feature_net(
         model, n_trainable_stages, example, stage_ends=stage_ends, feature_node=feature_node, adapt=adapt
     )
-    net.built_from = {"backbone": backbone, "weights": weights}
+    split = {"n_trainable_stages": n_trainable_stages, "stage_ends": stage_ends, "feature_node": feature_node}
+    net.built_from = {"backbone": backbone, "weights": weights, "split": {**split, "adapt": adapt}}
     return net
 
 

@@ -73,8 +73,9 @@ class FeatureNet(nn.Module):
         # past the features are never used.
         object.__setattr__(self, "model", model)
         # What the model was built from, for save(): {"backbone", "weights"} as fit gave them (or
-        # {"backbone", "architecture"} for a network rebuilt from a file); None when built elsewhere.
-        # A later set_params(backbone=...) changes the estimator's parameter, not this.
+        # {"backbone", "architecture"} for a network rebuilt from a file), and "split", the
+        # arguments it was split with, where the builder had them; None when built elsewhere.
+        # A later set_params(backbone=..., feature_node=...) changes the estimator's parameters, not this.
         self.built_from = None
 
     def forward(self, x):

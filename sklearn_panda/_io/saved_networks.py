@@ -3,7 +3,8 @@
 The file holds the unsplit network's ``state_dict`` under its own names
 (torch.fx's tracing never shows in it), the backbone and builder arguments
 ``fit`` built it from (:func:`architecture_arguments`: what some weights change
-in the architecture), which parameters train, and its memory format.
+in the architecture), the arguments it was split with, which parameters train,
+and its memory format.
 :func:`rebuilt_network` builds the architecture again with random values (no
 download), loads the saved ones into it and splits it as ``fit`` did. The
 encoding of tensors and small values is the caller's (``encode`` / ``decode``:
@@ -52,10 +53,12 @@ def rebuilt_network(estimator, attributes, saved, path, decode):
 
 
 def _built_from(estimator, net, where):
-    """The backbone name (``None``: the parameter's factory) and builder arguments that rebuild ``net``.
+    """The backbone name (``None``: the parameter's factory), builder arguments and split arguments
+    that rebuild ``net``.
 
-    What ``fit`` built the network from, which a later ``set_params(backbone=...)`` or
-    ``set_params(weights=...)`` does not change (a network built elsewhere: the parameters).
+    What ``fit`` built the network from, which a later ``set_params(backbone=...)``,
+    ``set_params(weights=...)`` or ``set_params(feature_node=...)`` does not change (a network built
+    elsewhere: the parameters).
     """
     built = getattr(net, "built_from", None) or {"backbone": estimator.backbone, "weights": estimator.weights}
     backbone = built["backbone"]
@@ -63,8 +66,10 @@ def _built_from(estimator, net, where):
         architecture = built["architecture"]
     else:
         architecture = architecture_arguments(backbone, built["weights"])
+    # How fit split the network (an older network, or one split by fitted state: the estimator's say).
+    split = {"split": built["split"]} if built.get("split") is not None else {}
     if isinstance(backbone, str):
-        return {"backbone": backbone, "architecture": architecture}
+        return {"backbone": backbone, "architecture": architecture, **split}
     if backbone is not estimator.backbone:
         raise ValueError(
             f"Cannot save {where or 'the estimator'}: its network was built by the backbone factory "
@@ -72,7 +77,7 @@ def _built_from(estimator, net, where):
             f"{_describe_backbone(estimator.backbone)} (set after fit). A file names one factory: set "
             "backbone back to the fitted one, or fit again, before saving."
         )
-    return {"backbone": None, "architecture": architecture}
+    return {"backbone": None, "architecture": architecture, **split}
 
 
 def _describe_backbone(backbone):
@@ -103,8 +108,10 @@ def _rebuild_net(estimator, attributes, saved, path, decode):
     state = collections.OrderedDict(saved["model_state_dict"])
     state._metadata = decode(saved["model_state_metadata"])
     _load_checked(model, state, backbone, path)
-    net = split_feature_net(model, example=example, **estimator._split_arguments(attributes))
-    net.built_from = {"backbone": backbone, "architecture": saved["architecture"]}
+    # Split as fit split it (files before the split was recorded: as the parameters say).
+    split = saved.get("split") or estimator._split_arguments(attributes)
+    net = split_feature_net(model, example=example, **split)
+    net.built_from = {"backbone": backbone, "architecture": saved["architecture"], "split": split}
     return _as_saved(net, model, saved)
 
 
