@@ -8,6 +8,13 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
+# pynndescent's numba functions compile on their first use in each new environment (CI's is always
+# new): about 120 s of one worker at numba's default optimisation, 85 s without LLVM's optimisation
+# passes (AMD EPYC Zen 3, 2 cores; tests/test_neighbors.py and test_scorers.py: 131 s -> 101 s). The
+# tests check what the search finds, not how fast: the same search, up to float rounding. Read when
+# numba is first imported (pynndescent, lazily), after this.
+os.environ.setdefault("NUMBA_OPT", "0")
+
 
 def tiny_resnet():
     """A one-block-per-stage ResNet: the same structure as ResNet152, at toy size."""
