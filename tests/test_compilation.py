@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_IMAGES
 
 from sklearn_panda import PandaDetector, PandaSES
-from sklearn_panda._engine.compilation import compiled
+from sklearn_panda._engine.compilation import _CACHE_ATTRIBUTE, compiled
 
 
 def test_padding_is_exact_and_requires_grad_is_restored():
@@ -61,10 +61,12 @@ def test_copies_and_pickles_of_a_module_leave_its_compilation_behind(monkeypatch
 
 
 def test_compiled_detector_scores_like_the_eager_one(images):
-    params = {**TINY_IMAGES, "n_steps": 3, "random_state": 0}
+    params = {**TINY_IMAGES, "n_steps": 3, "inference_batch_size": 5, "random_state": 0}
     eager = PandaDetector(**params).fit(images)
     compiled_detector = PandaDetector(**params, compile=True).fit(images)
-    # 13 images: one full batch of 8 and a partial batch padded to 8.
+    # Compiled for the inference batch only: 13 images are two full batches of 5 and a partial batch
+    # padded to 5 (one compilation in all; a test of its own compiled the network once more).
+    assert set(vars(compiled_detector.net_.trunk)[_CACHE_ATTRIBUTE]) == {5}
     new = images[:13]
     np.testing.assert_allclose(compiled_detector.score_samples(new), eager.score_samples(new), rtol=1e-4, atol=1e-6)
     restored = pickle.loads(pickle.dumps(compiled_detector))

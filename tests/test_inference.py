@@ -11,7 +11,6 @@ from torch import nn
 import sklearn_panda._estimators.base
 import sklearn_panda._engine.inference
 from sklearn_panda import PandaDetector, PandaSES
-from sklearn_panda._engine.compilation import _CACHE_ATTRIBUTE
 from sklearn_panda._engine.inference import (
     DEFAULT_LAST_LEVEL_CACHE_BYTES,
     _parse_cache_size,
@@ -158,13 +157,3 @@ def test_ses_scores_checkpoints_in_inference_batches(images):
     # Each active checkpoint in turn runs the stages on a batch of 5, then of 2.
     n_active = int(ses.active_checkpoints_.sum())
     assert _batch_sizes(record, False) == [5, 2] * n_active
-
-
-def test_compiled_passes_are_padded_to_the_inference_batch(images):
-    params = {**TINY_IMAGES, "n_steps": 0, "random_state": 0}
-    detector = PandaDetector(**params, compile=True, inference_batch_size=5).fit(images)
-    assert set(vars(detector.net_.trunk)[_CACHE_ATTRIBUTE]) == {5}
-    np.testing.assert_allclose(
-        detector.score_samples(images[:7]), PandaDetector(**params).fit(images).score_samples(images[:7]),
-        rtol=1e-4, atol=1e-6,
-    )
