@@ -1,6 +1,7 @@
 """Tiny backbones shared by the tests: no download, a few milliseconds per batch."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,9 +12,13 @@ from torchvision.models.resnet import BasicBlock, ResNet
 # pynndescent's numba functions compile on their first use in each new environment (CI's is always
 # new): about 120 s of one worker at numba's default optimisation, 85 s without LLVM's optimisation
 # passes (AMD EPYC Zen 3, 2 cores; tests/test_neighbors.py and test_scorers.py: 131 s -> 101 s). The
-# tests check what the search finds, not how fast: the same search, up to float rounding. Read when
-# numba is first imported (pynndescent, lazily), after this.
-os.environ.setdefault("NUMBA_OPT", "0")
+# tests check what the search finds, not how fast: the same search, up to float rounding. The
+# unoptimised code is cached in the checkout's .pytest_cache, not beside pynndescent in the
+# environment, where a user's later searches would load it. Both are read when numba is first
+# imported (by pynndescent, lazily), after this; a numba setting of the caller's own is kept.
+if "NUMBA_OPT" not in os.environ:
+    os.environ["NUMBA_OPT"] = "0"
+    os.environ["NUMBA_CACHE_DIR"] = str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "numba")
 
 
 def tiny_resnet():
