@@ -663,19 +663,23 @@ def test_patch_scoring_speed_and_topk_study_tiny_run(surface_sets, validation_mo
     models = validation_models
     out = run_benchmark(
         "patch_scoring_speed", "--dataset", "deeppcb", "--split", "validation", "--models", models,
-        "--variants", "fitted", "exact", "batchnorm+hnsw16-ef4-k1-uncertified", *roots,
+        "--variants", "fitted", "exact", "hnsw16-ef4", "batchnorm+hnsw16-ef4-k1-uncertified", *roots,
         monkeypatch=monkeypatch, capsys=capsys,
     )
     table = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
-    assert set(table) >= {"fitted", "exact", "batchnorm+hnsw16-ef4-k1-uncertified"}
+    assert set(table) >= {"fitted", "exact", "hnsw16-ef4", "batchnorm+hnsw16-ef4-k1-uncertified"}
     assert float(table["exact"][-1].rstrip(" |")) == 0  # a bank this small is searched exactly when fitted
+    # The share of the time in the exact search again of the largest distances: only where it runs.
+    certification = {variant: float(row[4].rstrip("%")) for variant, row in table.items() if variant != "variant"}
+    assert certification["exact"] == certification["batchnorm+hnsw16-ef4-k1-uncertified"] == 0
+    assert 0 < certification["hnsw16-ef4"] <= float(table["hnsw16-ef4"][3].rstrip("%"))
     out = run_benchmark(
         "patch_topk_study", "--models", models, "--out", tmp_path, "--keep", "128", *roots,
         monkeypatch=monkeypatch, capsys=capsys,
     )
     rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
     assert "patch+fine top-64 mean minus the 128th largest" in rows and "patch+fine, top-256 mean" not in rows
-    assert float(rows["patch+fine, top-4 mean"][1]) == pytest.approx(float(table["exact"][4]), abs=0.06)  # DeepPCB
+    assert float(rows["patch+fine, top-4 mean"][1]) == pytest.approx(float(table["exact"][5]), abs=0.06)  # DeepPCB
     # and score by score, from the distances the study kept:
     from sklearn_panda import load
 
