@@ -673,6 +673,16 @@ def test_patch_scoring_speed_and_topk_study_tiny_run(surface_sets, validation_mo
     certification = {variant: float(row[4].rstrip("%")) for variant, row in table.items() if variant != "variant"}
     assert certification["exact"] == certification["batchnorm+hnsw16-ef4-k1-uncertified"] == 0
     assert 0 < certification["hnsw16-ef4"] <= float(table["hnsw16-ef4"][3].rstrip("%"))
+    # The first round's size: each photo's two banks searched again at least once, that many rows each.
+    out = run_benchmark(
+        "patch_scoring_speed", "--dataset", "deeppcb", "--split", "validation", "--models", models,
+        "--certified-first", "8", "32", "--n-images", "2", *roots, monkeypatch=monkeypatch, capsys=capsys,
+    )
+    rounds = [line.split(" | ") for line in out.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row[0] for row in rounds] == ["| 8", "| 32"]
+    for size, _, searches_a_photo, rows_a_photo in ((int(row[0][2:]), *map(float, row[1:3]), float(row[3][:-2]))
+                                                    for row in rounds):
+        assert searches_a_photo >= 2 and rows_a_photo >= 2 * size
     out = run_benchmark(
         "patch_topk_study", "--models", models, "--out", tmp_path, "--keep", "128", *roots,
         monkeypatch=monkeypatch, capsys=capsys,
