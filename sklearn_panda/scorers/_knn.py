@@ -218,7 +218,8 @@ class KNNScorer(_BaseScorer):
     def _backend_and_options(self):
         """The :mod:`._neighbors` backend that ``algorithm`` chooses for ``_fit_X``, and its options."""
         algorithm = self.algorithm
-        description, params = self.faiss_index, self.faiss_params
+        # A copy: the fitted search must not follow later changes to the caller's dict.
+        description, params = self.faiss_index, None if self.faiss_params is None else dict(self.faiss_params)
         k_factor = (params or {}).get("k_factor", 1)
         if not isinstance(k_factor, numbers.Integral) or isinstance(k_factor, bool) or k_factor < 1:
             raise ValueError(f"faiss_params['k_factor'] must be an integer >= 1; got {k_factor!r}.")
