@@ -136,9 +136,11 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
         that smooths the maps; 0 does not smooth. Chosen on the validation
         splits of DeepPCB and BSData by the worse set's pixel ROC AUC among
         1, 2, 3, 4 (PatchCore's), 6 and 8 (DeepPCB 88.30 at 6 against 88.14
-        at 4, PRO 67.16 against 67.37; BSData 98.08 against 98.09). It moves
-        the map alone: the image score comes from the patch distances before
-        smoothing.
+        at 4, PRO 67.16 against 67.37; BSData 98.08 against 98.09). With
+        ``image_score`` ``"patch+fine"`` or ``"patch"`` it moves the map
+        alone (the image score comes from the patch distances before
+        smoothing); with ``"map"`` the image score is the smoothed map's
+        maximum, so it moves that too.
 
     image_score : {"patch+fine", "patch", "map"}, default="patch+fine"
         An image's anomaly score (``-score_samples``): ``"patch"`` the mean
