@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from sklearn_panda import KNNScorer
+from sklearn_panda import KNNScorer, MahalanobisScorer
 
 
 # KNNScorer kept the caller's faiss_params dict: editing it after fit changed the live scores
@@ -22,3 +22,16 @@ def test_a_faiss_params_dict_edited_after_fit_changes_no_score():
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).score_samples(T), expected)
     exhaustive = KNNScorer(algorithm="faiss", faiss_index="IVF16,Flat", faiss_params=params, random_state=0).fit(X)
     assert not np.array_equal(exhaustive.score_samples(T), expected)  # the edit matters to a new fit
+
+
+# MahalanobisScorer: a Ledoit-Wolf shrinkage of exactly 0 on rank-deficient rows (two balanced groups of
+# repeated rows) left a singular covariance: offset_ NaN (every point an inlier) or +20 (every one an
+# outlier), without a word.
+@pytest.mark.parametrize("n", [5, 10])
+def test_a_shrinkage_estimate_of_zero_on_a_singular_covariance_is_refused(n):
+    X = np.array([[1.0, 1.0, 1.0]] * n + [[0.0, 0.0, 0.0]] * n)
+    with pytest.raises(ValueError, match=r"ledoit_wolf shrinkage estimate is 0 .* shrinkage=0\.1, or shrinkage='oas'"):
+        MahalanobisScorer().fit(X)
+    scorer = MahalanobisScorer(shrinkage="oas").fit(X)
+    assert np.isfinite(scorer.offset_) and scorer.offset_ < 0
+    np.testing.assert_array_equal(scorer.predict([[1.0, 1.0, 1.0], [50.0, -50.0, 7.0]]), [1, -1])

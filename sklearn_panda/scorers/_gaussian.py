@@ -150,6 +150,14 @@ class MahalanobisScorer(_BaseScorer):
         dimension = n_features if whole_space else kept
         self.shrinkage_ = _shrinkage_coefficient(X if whole_space else projected, self.shrinkage)
         floor = self.shrinkage_ * sample_variances.sum() / dimension
+        if not floor > 0 and (kept < dimension or sample_variances.min() <= 1e-12 * sample_variances.max()):
+            # A shrinkage estimate of 0 (Ledoit-Wolf's, on a few repeated rows) leaves a singular covariance.
+            raise ValueError(
+                f"MahalanobisScorer: the {self.shrinkage} shrinkage estimate is 0 and the training features "
+                f"vary along fewer directions than the Gaussian has ({dimension}), so it has no width along "
+                "some of them (distances infinite or undefined). Give a shrinkage in (0, 1], such as "
+                f"shrinkage=0.1{', or shrinkage=' + repr('oas') if self.shrinkage == 'ledoit_wolf' else ''}."
+            )
         self.variances_ = (1.0 - self.shrinkage_) * sample_variances + floor
         # Directions beyond the data's span carry no sample variance: only the floor.
         self.residual_variance_ = floor if whole_space and kept < n_features else None
