@@ -1,11 +1,15 @@
 """The eighth reading's defects (2026-12-07: scorers, metrics, data sets, the patch detector's parameters), one test (or more) each."""
 
 import pickle
+import warnings
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from sklearn_panda import KNNScorer, MahalanobisScorer
+from sklearn_panda import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
 
 
 # KNNScorer kept the caller's faiss_params dict: editing it after fit changed the live scores
@@ -35,3 +39,26 @@ def test_a_shrinkage_estimate_of_zero_on_a_singular_covariance_is_refused(n):
     scorer = MahalanobisScorer(shrinkage="oas").fit(X)
     assert np.isfinite(scorer.offset_) and scorer.offset_ < 0
     np.testing.assert_array_equal(scorer.predict([[1.0, 1.0, 1.0], [50.0, -50.0, 7.0]]), [1, -1])
+
+
+# The scorers computed float64 features in float32 without a word: large values that vary little lost
+# their ranking (KNNScorer: 14 distinct scores among 400 points), and values beyond float32's range made
+# offset_ NaN (every point an inlier).
+@pytest.mark.parametrize("scorer", [KNNScorer(), KMeansScorer(n_clusters=2), CenterScorer(), MahalanobisScorer()],
+                         ids=lambda scorer: type(scorer).__name__)
+def test_float64_features_float32_cannot_hold_are_named(scorer):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ordinary float64 features: no warning
+        fitted = clone(scorer).fit(X)
+    with pytest.raises(ValueError, match=r"computes in float32, and the features hold values beyond its range"):
+        clone(scorer).fit(X * 1e39)
+    with pytest.raises(ValueError, match=r"beyond its range"):
+        fitted.score_samples(X[:2] * 1e39)
+    with pytest.warns(UserWarning, match=r"fewer than 1,000 steps across the spread of 3 feature\(s\) \(feature 0: "
+                                         r"values up to 1e\+07"):
+        clone(scorer).fit(1e7 + X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scaled first, as the message says: no warning
+        make_pipeline(StandardScaler(), clone(scorer)).fit(1e7 + X)

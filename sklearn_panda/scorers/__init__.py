@@ -6,7 +6,10 @@ normal points (a negated distance), ``decision_function`` subtracts
 ``offset_`` and ``predict`` returns +1 for inliers and -1 for outliers.
 
 The package never imports torch here: the scorers work on any embedding,
-whichever model produced it. Its modules, each with one job:
+whichever model produced it. They compute in float32, as a network's features
+are: float64 values beyond float32's range are refused, and ``fit`` warns where
+float32 cannot resolve a feature's spread (large values that vary little:
+centre or scale them first). Its modules, each with one job:
 
 * ``_contract``: the outlier contract every scorer shares (``_BaseScorer``),
   metrics and the offset from leave-one-out training scores;

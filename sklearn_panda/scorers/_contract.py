@@ -6,6 +6,7 @@ leave-one-out training scores and sets ``offset_`` from them
 """
 
 import numbers
+import warnings
 from abc import ABCMeta, abstractmethod
 from typing import NamedTuple
 
@@ -50,6 +51,51 @@ def offset_from_training_scores(training_scores, contamination):
     """
     rate = AUTO_CONTAMINATION if contamination == "auto" else contamination
     return float(np.percentile(training_scores, 100.0 * rate))
+
+
+# A float64 feature whose values keep fewer than this many float32 steps across their spread
+# (large values that vary little, such as raw timestamps) loses its ranking in float32: fit warns.
+FLOAT32_STEPS = 1_000
+
+
+def _check_float32(X, name, *, at_fit):
+    """Refuse float64 values beyond float32's range; at fit, warn where float32 cannot resolve a
+    feature's spread. The scorers compute in float32 (the features of a network are float32).
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from sklearn_panda.scorers._contract import _check_float32
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     _check_float32(1e7 + np.arange(6.0).reshape(3, 2), "KNNScorer", at_fit=True)
+    >>> "centre or scale them first" in str(caught[0].message)
+    True
+    """
+    if X.dtype != np.float64 or X.size == 0:
+        return
+    magnitude = np.abs(X).max(axis=0)
+    if not (magnitude <= np.finfo(np.float32).max).all():
+        raise ValueError(
+            f"{name} computes in float32, and the features hold values beyond its range (largest "
+            f"{magnitude.max():.3g} > {np.finfo(np.float32).max:.3g}): scale them first (e.g. a "
+            "StandardScaler before it in a Pipeline)."
+        )
+    if not at_fit:
+        return
+    spread = X.max(axis=0) - X.min(axis=0)
+    # float32 steps of about magnitude * 2**-23 near the largest values.
+    coarse = np.flatnonzero((spread > 0) & (magnitude * np.finfo(np.float32).eps * FLOAT32_STEPS > spread))
+    if coarse.size:
+        j = int(coarse[0])
+        warnings.warn(
+            f"{name} computes in float32, which resolves fewer than {FLOAT32_STEPS:,} steps across the "
+            f"spread of {coarse.size} feature(s) (feature {j}: values up to {magnitude[j]:.3g} that vary "
+            f"by {spread[j]:.3g}), so their scores lose precision: centre or scale them first (e.g. a "
+            "StandardScaler before it in a Pipeline).",
+            UserWarning,
+        )
 
 
 def _as_float32(X, copy=False):
@@ -138,6 +184,7 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             The fitted scorer.
         """
         X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=1)
+        _check_float32(X, type(self).__name__, at_fit=True)
         if X.shape[0] < 2:
             raise ValueError(
                 f"{type(self).__name__} needs at least 2 samples to leave one out; "
@@ -178,6 +225,7 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
     def _validate_new(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        _check_float32(X, type(self).__name__, at_fit=False)
         return self._prepare(X)
 
     def score_samples(self, X):
