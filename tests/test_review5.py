@@ -9,7 +9,7 @@ from sklearn.base import clone
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sklearn_panda import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
+from sklearn_panda import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer, PandaPatchDetector
 
 
 # KNNScorer kept the caller's faiss_params dict: editing it after fit changed the live scores
@@ -62,3 +62,21 @@ def test_float64_features_float32_cannot_hold_are_named(scorer):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scaled first, as the message says: no warning
         make_pipeline(StandardScaler(), clone(scorer)).fit(1e7 + X)
+
+
+# PandaPatchDetector: a layer with a 2-D output raised torch's IndexError; layers out of order or unknown
+# were reported under split_model's names (stage_ends, feature_node); device="tpu" raised torch's
+# RuntimeError. Each now names the parameter the user gave.
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"layers": ["layer2", "fc"]}, r"layers must name feature maps \(n, C, H, W\); 'fc' gives an output of shape \(3, 1000\)"),
+        ({"layers": ["layer3", "layer2"]}, r"layers=\['layer3', 'layer2'\] cannot split ResNet .*'layer3' does not come before"),
+        ({"layers": ["nope"]}, r"layers=\['nope'\] cannot split ResNet .*no node or module 'nope'"),
+        ({"device": "tpu"}, r"device='tpu' is not a torch device"),
+    ],
+)
+def test_bad_layers_and_devices_are_named(params, message):
+    X = (np.random.default_rng(0).random((3, 32, 32, 3)) * 255).astype(np.uint8)
+    with pytest.raises(ValueError, match=message):
+        PandaPatchDetector(backbone="resnet18", weights=None, resize=None, **params).fit(X)

@@ -253,7 +253,14 @@ def split_patch_net(model, layers):
             f"layers must be 'auto' or a non-empty list of node or module names, in forward order "
             f"(their maps are combined); got {layers!r}."
         )
-    net = split_model(model, 0, stage_ends=layers, feature_node=layers[-1])
+    try:
+        net = split_model(model, 0, stage_ends=layers, feature_node=layers[-1])
+    except ValueError as error:
+        # split_model's words are its own (stage ends, feature node): here they are the layers.
+        raise ValueError(
+            f"layers={layers!r} cannot split {type(model).__name__} (each layer ends a stage, in forward "
+            f"order; the last ends the network): {error}"
+        ) from None
     for parameter in net.parameters():
         parameter.requires_grad_(False)
     return net.eval()
@@ -517,6 +524,12 @@ def patch_features(maps, spec):
     """
     if not spec["layers"]:
         return [maps[0].float()]
+    for name, feature_map in zip(spec["layers"], maps):
+        if feature_map.dim() != 4:
+            raise ValueError(
+                f"layers must name feature maps (n, C, H, W); {name!r} gives an output of shape "
+                f"{tuple(feature_map.shape)}. {LAYERS_HINT}"
+            )
     grids = [aggregate(maps, spec["neighbourhood"], spec["n_features"], border=spec["border"])]
     if spec["image_score"] == "patch+fine":
         grids.append(maps[0].float())
