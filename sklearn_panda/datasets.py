@@ -15,6 +15,7 @@ from sklearn.datasets import load_digits
 
 from ._io.dataset_files import (
     check_cap,
+    check_seed,
     _IDX_FILES,
     _existing,
     _list_images,
@@ -335,14 +336,7 @@ def load_one_class(
         _check_normal_class(name, normal_class, classes)
     check_cap("max_train", max_train)
     check_cap("max_test", max_test)
-    if not (
-        random_state is None
-        or isinstance(random_state, np.random.Generator)
-        or isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool) and random_state >= 0
-    ):
-        raise ValueError(
-            f"random_state must be a non-negative integer, a numpy.random.Generator or None; got {random_state!r}."
-        )
+    check_seed(random_state)
     # Separate streams, so that one draw does not shift the others.
     split_rng, train_rng, test_rng = np.random.default_rng(random_state).spawn(3)
 

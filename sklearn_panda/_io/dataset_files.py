@@ -32,6 +32,29 @@ def check_cap(param, value, minimum=1):
         raise ValueError(f"{param} must be None or {what}; got {value!r}.")
 
 
+def check_seed(random_state):
+    """Raise unless ``random_state`` is None, a non-negative integer or a ``numpy.random.Generator``
+    (a loader's seed).
+
+    Examples
+    --------
+    >>> from sklearn_panda._io.dataset_files import check_seed
+    >>> check_seed(0)
+    >>> check_seed(-1)
+    Traceback (most recent call last):
+    ...
+    ValueError: random_state must be a non-negative integer, a numpy.random.Generator or None; got -1.
+    """
+    if not (
+        random_state is None
+        or isinstance(random_state, np.random.Generator)
+        or isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool) and random_state >= 0
+    ):
+        raise ValueError(
+            f"random_state must be a non-negative integer, a numpy.random.Generator or None; got {random_state!r}."
+        )
+
+
 @dataclass(frozen=True)
 class _TorchvisionSource:
     """Where a dataset that torchvision can download lies on disk, and how to get it."""

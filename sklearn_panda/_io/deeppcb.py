@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset_files import check_cap
+from .dataset_files import check_cap, check_seed
 from .images import read_binary_mask
 
 # Boards (group folders) for training and for testing, each set about half the pairs.
@@ -67,8 +67,15 @@ def load_deeppcb(root=None, *, split="test", max_train=None, max_test=None, rand
     max_test : int >= 2 or None, default=None
         Keep at most this many test images: the templates (normal) and the
         defective images of ``max_test // 2`` board regions, a random subset.
-    random_state : int, default=0
-        Seeds the subsets.
+    random_state : int, numpy.random.Generator or None, default=0
+        Seeds the subsets. The test regions are drawn after the training
+        templates, from the same stream, so ``max_train`` (where it caps)
+        changes which test regions ``max_test`` keeps; unlike
+        :func:`~sklearn_panda.datasets.load_one_class`'s, kept so that the
+        benchmarks' DeepPCB splits (``benchmarks/patch_study.py``) stay the
+        ones their figures were measured on. To compare training caps on one
+        test set, draw the test set once (``max_train=None``) and subset the
+        training templates yourself.
 
     Returns
     -------
@@ -95,6 +102,7 @@ def load_deeppcb(root=None, *, split="test", max_train=None, max_test=None, rand
     check_cap("max_train", max_train)
     # A test set holds a template and a defective image of each region it keeps.
     check_cap("max_test", max_test, minimum=2)
+    check_seed(random_state)
     rng = np.random.default_rng(random_state)
     if root is None:
         if split != "test":
