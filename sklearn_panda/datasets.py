@@ -25,12 +25,13 @@ from ._io.dataset_files import (
     _subfolders,
     _TorchvisionSource,
 )
-from ._io.deeppcb import load_deeppcb
+from ._io.deeppcb import convert_deeppcb, load_deeppcb
 
 __all__ = [
     "MVTEC_CATEGORIES",
     "available_datasets",
     "fashion_mnist_or_sample",
+    "convert_deeppcb",
     "load_deeppcb",
     "load_one_class",
 ]

@@ -72,3 +72,58 @@ def test_the_validation_split_uses_training_boards_only(tmp_path):
     )
     with pytest.raises(ValueError, match="full set"):
         load_deeppcb(split="validation")
+
+
+def _published(root, groups, rng, size=48):
+    """A stand-in for DeepPCB as published: PCBData/groupNNNNN/NNNNN/NAME_temp.jpg, NAME_test.jpg and
+    groupNNNNN/NNNNN_not/NAME.txt; returns each pair's one-bit template, tested image and boxes."""
+    pairs = {}
+    for group in groups:
+        images, notes = root / "PCBData" / f"group{group}" / group, root / "PCBData" / f"group{group}" / f"{group}_not"
+        images.mkdir(parents=True)
+        notes.mkdir(parents=True)
+        for number in range(2):
+            stem = f"{group}{number:03d}"
+            template = np.kron(rng.random((size // 8, size // 8)) < 0.5, np.ones((8, 8), dtype=bool))
+            tested = template.copy()
+            tested[10:14, 20:26] ^= True
+            boxes = [(20, 10, 25, 13, 2), (0, 40, 3, 47, 6)]  # x1 y1 x2 y2 type, corners included
+            for image, suffix in ((template, "temp"), (tested, "test")):
+                Image.fromarray(np.where(image, 250, 5).astype(np.uint8)).save(images / f"{stem}_{suffix}.jpg", quality=90)
+            (notes / f"{stem}.txt").write_text("".join(f"{x1} {y1} {x2} {y2} {kind}\n" for x1, y1, x2, y2, kind in boxes))
+            pairs[(group, stem)] = (template, tested, boxes)
+    return pairs
+
+
+def test_convert_deeppcb_writes_the_layout_load_deeppcb_reads(tmp_path):
+    from sklearn_panda.datasets import convert_deeppcb
+
+    pairs = _published(tmp_path / "published", ["00041", "12000"], np.random.default_rng(0))
+    with pytest.raises(FileNotFoundError, match=r"convert_deeppcb\(source, target\)"):
+        load_deeppcb(tmp_path / "published")  # the published layout: the error says how to convert it
+    assert convert_deeppcb(tmp_path / "published", tmp_path / "png") == len(pairs)  # PCBData's parent or itself
+    for (group, stem), (template, tested, boxes) in pairs.items():
+        folder = tmp_path / "png" / group
+        np.testing.assert_array_equal(np.asarray(Image.open(folder / "template" / f"{stem}.png")), template)
+        np.testing.assert_array_equal(np.asarray(Image.open(folder / "tested" / f"{stem}.png")), tested)
+        expected = np.zeros(template.shape, dtype=bool)
+        expected[10:14, 20:26] = expected[40:48, 0:4] = True
+        np.testing.assert_array_equal(np.asarray(Image.open(folder / "mask" / f"{stem}.png")), expected)
+        assert (folder / "boxes" / f"{stem}.txt").read_text().startswith("20 10 25 13 2")
+    X_train, X_test, y_test, masks = load_deeppcb(tmp_path / "png")
+    assert len(X_train) == 2 and len(X_test) == 4 and masks[y_test == -1].any(axis=(1, 2)).all()
+
+
+def test_convert_deeppcb_names_what_it_cannot_read(tmp_path):
+    from sklearn_panda.datasets import convert_deeppcb
+
+    with pytest.raises(FileNotFoundError, match="No DeepPCB groups under"):
+        convert_deeppcb(tmp_path, tmp_path / "png")
+    _published(tmp_path / "published", ["00041"], np.random.default_rng(0))
+    note = tmp_path / "published" / "PCBData" / "group00041" / "00041_not" / "00041001.txt"
+    note.write_text("20,10,25,13,2\n1 2 3\n")  # commas are read; a line of three fields is not
+    with pytest.raises(ValueError, match=r"00041001\.txt, line 2: expected 'x1 y1 x2 y2 type'; got '1 2 3'"):
+        convert_deeppcb(tmp_path / "published" / "PCBData", tmp_path / "png")
+    (tmp_path / "published" / "PCBData" / "group00041" / "00041" / "00041001_temp.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"00041001_test\.jpg has no 00041001_temp\.jpg"):
+        convert_deeppcb(tmp_path / "published", tmp_path / "png")

@@ -11,6 +11,11 @@ each test region gives both its template and its defective image, so that
 normal and defective test images come from the same mix of boards. A test
 image's mask is 1 inside its defect boxes (0 everywhere for templates).
 
+``load_deeppcb(root)`` reads the set in one folder per group, each with
+``template/``, ``tested/`` and ``mask/`` PNG files of the same names;
+:func:`convert_deeppcb` writes that layout from the set as published (its
+``PCBData`` folder: JPEG pairs and box annotations).
+
 ``load_deeppcb()`` without ``root`` reads the small sample that ships with the
 package (made by ``benchmarks/make_deeppcb_sample.py``): 320 x 320 crops at the
 native resolution, so that defects keep their size in pixels; a defective crop
@@ -18,9 +23,11 @@ is centred near a defect.
 """
 
 import importlib.resources
+import re
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .dataset_files import check_cap, check_seed
 from .images import read_binary_mask
@@ -32,6 +39,92 @@ TEST_GROUPS = ("12000", "12100", "13000", "44000", "77000", "92000")
 # evaluate on, for choosing settings without the test boards' labels.
 VALIDATION_SPLIT = (("00041", "12300", "20085"), ("50600", "90100"))
 SAMPLE_FILE = "deeppcb_sample.npz"
+
+
+# The published JPEGs are near-binary: a pixel above this grey level is foreground.
+THRESHOLD = 127
+
+
+def convert_deeppcb(source, target):
+    """Write DeepPCB as published in the layout :func:`load_deeppcb` reads.
+
+    The published set (github.com/tangsanli5201/DeepPCB) holds, under
+    ``PCBData/groupNNNNN/``, the pairs ``NNNNN/NAME_temp.jpg`` (the
+    defect-free template) and ``NNNNN/NAME_test.jpg`` (the same region with
+    defects), and each pair's defect boxes in ``NNNNN_not/NAME.txt``, one a
+    line: ``x1 y1 x2 y2 type`` (corners included; commas are read too). This
+    writes, for each group, ``target/NNNNN/template/NAME.png`` and
+    ``tested/NAME.png`` (one bit a pixel: grey levels above 127, which removes
+    the JPEG noise only), ``mask/NAME.png`` (1 inside the boxes) and
+    ``boxes/NAME.txt`` (the annotation, copied).
+
+    Parameters
+    ----------
+    source : str or path-like
+        The published ``PCBData`` folder, or the folder that holds it.
+    target : str or path-like
+        Where to write the converted set (created; files of the same names
+        are overwritten).
+
+    Returns
+    -------
+    n_pairs : int
+        The pairs written.
+
+    Examples
+    --------
+    >>> from sklearn_panda.datasets import convert_deeppcb, load_deeppcb
+    >>> convert_deeppcb("~/data/DeepPCB", "~/data/deeppcb_png")  # doctest: +SKIP
+    1500
+    >>> X_train, X_test, y_test, masks = load_deeppcb("~/data/deeppcb_png")  # doctest: +SKIP
+    """
+    source, target = Path(source).expanduser(), Path(target).expanduser()
+    if (source / "PCBData").is_dir():
+        source = source / "PCBData"
+    groups = sorted(folder for folder in source.glob("group*") if folder.is_dir())
+    if not groups:
+        raise FileNotFoundError(
+            f"No DeepPCB groups under {source}: expected the published PCBData folder, holding "
+            "groupNNNNN/NNNNN/NAME_temp.jpg, NAME_test.jpg and groupNNNNN/NNNNN_not/NAME.txt."
+        )
+    n_pairs = 0
+    for group in groups:
+        name = group.name.removeprefix("group")
+        images, notes = group / name, group / f"{name}_not"
+        for tested in sorted(images.glob("*_test.jpg")):
+            stem = tested.name.removesuffix("_test.jpg")
+            template, note = images / f"{stem}_temp.jpg", notes / f"{stem}.txt"
+            if not (template.is_file() and note.is_file()):
+                raise FileNotFoundError(f"{tested} has no {template.name} beside it or no {note} for its boxes.")
+            out = target / name
+            for folder in ("template", "tested", "mask", "boxes"):
+                (out / folder).mkdir(parents=True, exist_ok=True)
+            for path, folder in ((template, "template"), (tested, "tested")):
+                with Image.open(path) as image:
+                    grey = np.asarray(image.convert("L"))
+                Image.fromarray(grey > THRESHOLD).save(out / folder / f"{stem}.png")
+            text = note.read_text()
+            Image.fromarray(_box_mask(text, grey.shape, note)).save(out / "mask" / f"{stem}.png")
+            (out / "boxes" / f"{stem}.txt").write_text(text)
+            n_pairs += 1
+    return n_pairs
+
+
+def _box_mask(text, shape, where):
+    """A bool mask of ``shape``, True inside each box of an annotation's ``text`` (corners included)."""
+    mask = np.zeros(shape, dtype=bool)
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = [field for field in re.split(r"[,\s]+", line.strip()) if field]
+        if not fields:
+            continue
+        try:
+            x1, y1, x2, y2 = (int(float(field)) for field in fields[:4])
+        except ValueError:
+            raise ValueError(f"{where}, line {number}: expected 'x1 y1 x2 y2 type'; got {line!r}.") from None
+        if len(fields) < 5:
+            raise ValueError(f"{where}, line {number}: expected 'x1 y1 x2 y2 type'; got {line!r}.")
+        mask[max(y1, 0) : y2 + 1, max(x1, 0) : x2 + 1] = True
+    return mask
 
 
 def _pairs(root, groups):
@@ -53,7 +146,8 @@ def load_deeppcb(root=None, *, split="test", max_train=None, max_test=None, rand
     ----------
     root : str, path-like or None, default=None
         The DeepPCB folder (one subfolder per group, each with ``template/``,
-        ``tested/`` and ``mask/`` holding PNG files of the same names). ``None``:
+        ``tested/`` and ``mask/`` holding PNG files of the same names; the set
+        as published converts to it once, :func:`convert_deeppcb`). ``None``:
         the sample shipped with the package (uint8 arrays of 320 x 320 crops:
         300 training templates; 30 test regions, each as a template and as a
         defective image).
@@ -114,7 +208,8 @@ def load_deeppcb(root=None, *, split="test", max_train=None, max_test=None, rand
     if not train_pairs or not test_pairs:
         raise FileNotFoundError(
             f"No DeepPCB pairs under {root}: expected the group folders {', '.join(TRAIN_GROUPS + TEST_GROUPS)}, "
-            "each with template/, tested/ and mask/ folders of PNG files."
+            "each with template/, tested/ and mask/ folders of PNG files. The set as published (PCBData/"
+            "groupNNNNN/...) converts to that once: sklearn_panda.datasets.convert_deeppcb(source, target)."
         )
     train = [train_pairs[i][0] for i in _subset(len(train_pairs), max_train, rng)]
     # Each test region gives both its template and its defective image: the two halves hold
