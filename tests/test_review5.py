@@ -29,17 +29,21 @@ def test_a_faiss_params_dict_edited_after_fit_changes_no_score():
     assert not np.array_equal(exhaustive.score_samples(T), expected)  # the edit matters to a new fit
 
 
-# MahalanobisScorer: a Ledoit-Wolf shrinkage of exactly 0 on rank-deficient rows (two balanced groups of
-# repeated rows) left a singular covariance: offset_ NaN (every point an inlier) or +20 (every one an
-# outlier), without a word.
-@pytest.mark.parametrize("n", [5, 10])
-def test_a_shrinkage_estimate_of_zero_on_a_singular_covariance_is_refused(n):
-    X = np.array([[1.0, 1.0, 1.0]] * n + [[0.0, 0.0, 0.0]] * n)
-    with pytest.raises(ValueError, match=r"ledoit_wolf shrinkage estimate is 0 .* shrinkage=0\.1, or shrinkage='oas'"):
+# MahalanobisScorer: a Ledoit-Wolf shrinkage of 0 (or rounding noise about it, 1e-17) on rank-deficient
+# rows (two balanced groups of repeated rows) left a singular covariance: offset_ NaN (every point an
+# inlier) or +20 (every one an outlier), or a point 0.01 off a training row scored -7e14, without a word.
+@pytest.mark.parametrize(
+    "rows", [[[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], [[0.3, 0.4, 0.5], [0.6, 0.1, 0.9]]], ids=["zero", "rounding-noise"]
+)
+@pytest.mark.parametrize("n", [5, 7, 10])
+def test_a_shrinkage_estimate_of_zero_on_a_singular_covariance_is_refused(rows, n):
+    X = np.array(rows[:1] * n + rows[1:] * n)
+    with pytest.raises(ValueError, match=r"ledoit_wolf shrinkage estimate \(.*\) is below float32's resolution .* "
+                                         r"shrinkage=0\.1, or shrinkage='oas'"):
         MahalanobisScorer().fit(X)
     scorer = MahalanobisScorer(shrinkage="oas").fit(X)
     assert np.isfinite(scorer.offset_) and scorer.offset_ < 0
-    np.testing.assert_array_equal(scorer.predict([[1.0, 1.0, 1.0], [50.0, -50.0, 7.0]]), [1, -1])
+    np.testing.assert_array_equal(scorer.predict([X[0], X[0] + 0.01, [50.0, -50.0, 7.0]]), [1, 1, -1])
 
 
 # The scorers computed float64 features in float32 without a word: large values that vary little lost
@@ -53,13 +57,18 @@ def test_float64_features_float32_cannot_hold_are_named(scorer):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # ordinary float64 features: no warning
         fitted = clone(scorer).fit(X)
-    with pytest.raises(ValueError, match=r"computes in float32, and the features hold values beyond its range"):
+    with pytest.raises(ValueError, match=r"computes in float32, and the features hold values too large for its "
+                                         r"squared distances \(largest .*; at most 5\.33e\+18 for 3 features\)"):
         clone(scorer).fit(X * 1e39)
-    with pytest.raises(ValueError, match=r"beyond its range"):
+    with pytest.raises(ValueError, match=r"too large for its squared distances"):
         fitted.score_samples(X[:2] * 1e39)
-    with pytest.warns(UserWarning, match=r"fewer than 1,000 steps across the spread of 3 feature\(s\) \(feature 0: "
-                                         r"values up to 1e\+07"):
-        clone(scorer).fit(1e7 + X)
+    # 512 features: squared distances overflow float32 from about 4e17 (offset_ was NaN at 1e18).
+    with pytest.raises(ValueError, match=r"at most 4\.08e\+17 for 512 features"):
+        clone(scorer).fit(rng.normal(size=(40, 512)) * 1e18)
+    for large in (1e7 + X, (1_700_000_000 + 1000 * X).astype(np.int64)):  # integers are checked as float64 is
+        with pytest.warns(UserWarning, match=r"fewer than 1,000 steps across the spread of 3 feature\(s\) \(feature 0: "
+                                             r"values up to 1(\.\d+)?e\+0[79]"):
+            clone(scorer).fit(large)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scaled first, as the message says: no warning
         make_pipeline(StandardScaler(), clone(scorer)).fit(1e7 + X)

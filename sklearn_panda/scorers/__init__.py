@@ -7,9 +7,9 @@ normal points (a negated distance), ``decision_function`` subtracts
 
 The package never imports torch here: the scorers work on any embedding,
 whichever model produced it. They compute in float32, as a network's features
-are: float64 values beyond float32's range are refused, and ``fit`` warns where
-float32 cannot resolve a feature's spread (large values that vary little:
-centre or scale them first). Its modules, each with one job:
+are: values too large for float32 squared distances are refused, and ``fit``
+warns where float32 cannot resolve a feature's spread (large values that vary
+little, float64 or integer: centre or scale them first). Its modules, each with one job:
 
 * ``_contract``: the outlier contract every scorer shares (``_BaseScorer``),
   metrics and the offset from leave-one-out training scores;

@@ -59,8 +59,9 @@ FLOAT32_STEPS = 1_000
 
 
 def _check_float32(X, name, *, at_fit):
-    """Refuse float64 values beyond float32's range; at fit, warn where float32 cannot resolve a
-    feature's spread. The scorers compute in float32 (the features of a network are float32).
+    """Refuse float64 values whose float32 squared distances would overflow; at fit, warn where
+    float32 cannot resolve a feature's spread. The scorers compute in float32 (the features of a
+    network are float32); integers arrive here as float64 (validated with float64 first).
 
     Examples
     --------
@@ -75,16 +76,19 @@ def _check_float32(X, name, *, at_fit):
     """
     if X.dtype != np.float64 or X.size == 0:
         return
-    magnitude = np.abs(X).max(axis=0)
-    if not (magnitude <= np.finfo(np.float32).max).all():
+    largest, smallest = X.max(axis=0), X.min(axis=0)  # no copy of X
+    magnitude = np.maximum(largest, -smallest)
+    # A squared distance sums n_features squared differences of up to twice the largest value.
+    limit = np.sqrt(np.finfo(np.float32).max / (4 * X.shape[1]))
+    if not (magnitude <= limit).all():
         raise ValueError(
-            f"{name} computes in float32, and the features hold values beyond its range (largest "
-            f"{magnitude.max():.3g} > {np.finfo(np.float32).max:.3g}): scale them first (e.g. a "
-            "StandardScaler before it in a Pipeline)."
+            f"{name} computes in float32, and the features hold values too large for its squared "
+            f"distances (largest {np.nanmax(magnitude):.3g}; at most {limit:.3g} for {X.shape[1]} "
+            "features): scale them first (e.g. a StandardScaler before it in a Pipeline)."
         )
     if not at_fit:
         return
-    spread = X.max(axis=0) - X.min(axis=0)
+    spread = largest - smallest
     # float32 steps of about magnitude * 2**-23 near the largest values.
     coarse = np.flatnonzero((spread > 0) & (magnitude * np.finfo(np.float32).eps * FLOAT32_STEPS > spread))
     if coarse.size:
@@ -183,7 +187,8 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         self : object
             The fitted scorer.
         """
-        X = validate_data(self, X, dtype=[np.float32, np.float64], ensure_min_samples=1)
+        # float32 stays float32; integers become float64, so that the check sees what float32 loses.
+        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
         _check_float32(X, type(self).__name__, at_fit=True)
         if X.shape[0] < 2:
             raise ValueError(
@@ -224,7 +229,7 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
 
     def _validate_new(self, X):
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
         _check_float32(X, type(self).__name__, at_fit=False)
         return self._prepare(X)
 

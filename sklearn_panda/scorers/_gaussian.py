@@ -150,12 +150,18 @@ class MahalanobisScorer(_BaseScorer):
         dimension = n_features if whole_space else kept
         self.shrinkage_ = _shrinkage_coefficient(X if whole_space else projected, self.shrinkage)
         floor = self.shrinkage_ * sample_variances.sum() / dimension
-        if not floor > 0 and (kept < dimension or sample_variances.min() <= 1e-12 * sample_variances.max()):
-            # A shrinkage estimate of 0 (Ledoit-Wolf's, on a few repeated rows) leaves a singular covariance.
+        # A shrinkage estimate of 0, or rounding noise about it (Ledoit-Wolf's, on a few repeated rows),
+        # below float32's resolution of the features, leaves a singular covariance.
+        resolution = float(np.finfo(np.float32).eps)
+        if self.shrinkage_ < resolution and (
+            kept < dimension or sample_variances.min() <= 1e-12 * sample_variances.max()
+        ):
+            given = f"the {self.shrinkage} shrinkage estimate" if isinstance(self.shrinkage, str) else "the shrinkage"
             raise ValueError(
-                f"MahalanobisScorer: the {self.shrinkage} shrinkage estimate is 0 and the training features "
-                f"vary along fewer directions than the Gaussian has ({dimension}), so it has no width along "
-                "some of them (distances infinite or undefined). Give a shrinkage in (0, 1], such as "
+                f"MahalanobisScorer: {given} ({self.shrinkage_:.2g}) is below "
+                f"float32's resolution ({resolution:.2g}) and the training features vary along fewer "
+                f"directions than the Gaussian has ({dimension}), so it has no width along some of them "
+                "(distances infinite or undefined). Give a shrinkage in (0, 1], such as "
                 f"shrinkage=0.1{', or shrinkage=' + repr('oas') if self.shrinkage == 'ledoit_wolf' else ''}."
             )
         self.variances_ = (1.0 - self.shrinkage_) * sample_variances + floor

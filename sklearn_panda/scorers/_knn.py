@@ -285,7 +285,7 @@ class KNNScorer(_BaseScorer):
                 "algorithm": state.pop("_algorithm"),
                 "options": {
                     "description": state.pop("_faiss_description", "Flat"),
-                    "params": state.pop("_faiss_params", self.faiss_params),
+                    "params": state.pop("_faiss_params", None if self.faiss_params is None else dict(self.faiss_params)),
                 },
                 "saved": state.pop("_faiss_bytes", None),
             }
