@@ -124,6 +124,21 @@ def test_convert_deeppcb_names_what_it_cannot_read(tmp_path):
     note.write_text("20,10,25,13,2\n1 2 3\n")  # commas are read; a line of three fields is not
     with pytest.raises(ValueError, match=r"00041001\.txt, line 2: expected 'x1 y1 x2 y2 type'; got '1 2 3'"):
         convert_deeppcb(tmp_path / "published" / "PCBData", tmp_path / "png")
+    for text, problem in (
+        ("25 10 20 13 2\n", r"line 1: the box 25 10 20 13 has its corners swapped or lies outside the 48 x 48 image"),
+        ("-9 -9 -1 -1 2\n", r"line 1: the box -9 -9 -1 -1 .* lies outside"),  # wrapped round to 49 pixels before
+        ("\n", r"00041001\.txt holds no box"),
+    ):
+        note.write_text(text)
+        with pytest.raises(ValueError, match=problem):
+            convert_deeppcb(tmp_path / "published", tmp_path / "png")
+    note.write_text("-5 40 3 60 6\n")  # partly outside: cut off at the border
+    convert_deeppcb(tmp_path / "published", tmp_path / "png")
+    mask = np.asarray(Image.open(tmp_path / "png" / "00041" / "mask" / "00041001.png"))
+    assert mask[40:, :4].all() and mask.sum() == 8 * 4
+    (tmp_path / "published" / "PCBData" / "group12000" / "12000").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=r"group12000 holds no pairs"):
+        convert_deeppcb(tmp_path / "published", tmp_path / "png")
     (tmp_path / "published" / "PCBData" / "group00041" / "00041" / "00041001_temp.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"00041001_test\.jpg has no 00041001_temp\.jpg"):
         convert_deeppcb(tmp_path / "published", tmp_path / "png")

@@ -91,6 +91,8 @@ def convert_deeppcb(source, target):
     for group in groups:
         name = group.name.removeprefix("group")
         images, notes = group / name, group / f"{name}_not"
+        if not any(images.glob("*_test.jpg")):
+            raise FileNotFoundError(f"{group} holds no pairs: expected {images}/NAME_test.jpg and NAME_temp.jpg.")
         for tested in sorted(images.glob("*_test.jpg")):
             stem = tested.name.removesuffix("_test.jpg")
             template, note = images / f"{stem}_temp.jpg", notes / f"{stem}.txt"
@@ -111,19 +113,34 @@ def convert_deeppcb(source, target):
 
 
 def _box_mask(text, shape, where):
-    """A bool mask of ``shape``, True inside each box of an annotation's ``text`` (corners included)."""
+    """A bool mask of ``shape``, True inside each box of an annotation's ``text`` (corners included).
+
+    Every line must be ``x1 y1 x2 y2 type`` with ``x1 <= x2``, ``y1 <= y2`` and
+    the box at least partly inside the image (a part outside is cut off); an
+    annotation without a box is refused: every tested image has a defect.
+    """
     mask = np.zeros(shape, dtype=bool)
+    height, width = shape
+    n_boxes = 0
     for number, line in enumerate(text.splitlines(), start=1):
         fields = [field for field in re.split(r"[,\s]+", line.strip()) if field]
         if not fields:
             continue
         try:
+            if len(fields) < 5:
+                raise ValueError
             x1, y1, x2, y2 = (int(float(field)) for field in fields[:4])
         except ValueError:
             raise ValueError(f"{where}, line {number}: expected 'x1 y1 x2 y2 type'; got {line!r}.") from None
-        if len(fields) < 5:
-            raise ValueError(f"{where}, line {number}: expected 'x1 y1 x2 y2 type'; got {line!r}.")
+        if x1 > x2 or y1 > y2 or x2 < 0 or y2 < 0 or x1 >= width or y1 >= height:
+            raise ValueError(
+                f"{where}, line {number}: the box {x1} {y1} {x2} {y2} has its corners swapped or lies outside "
+                f"the {width} x {height} image."
+            )
         mask[max(y1, 0) : y2 + 1, max(x1, 0) : x2 + 1] = True
+        n_boxes += 1
+    if not n_boxes:
+        raise ValueError(f"{where} holds no box; every tested image of DeepPCB has at least one defect.")
     return mask
 
 
