@@ -232,7 +232,9 @@ def smoothing_only(threads, rounds):
 
 
 def certification_rounds(detector, images, sizes):
-    """Rows of (first round size, ms a photo (best pass), exact searches a photo, rows a photo)."""
+    """Rows of (first round size, ms a photo (best pass), exact searches a photo, rows a photo).
+
+    ``images`` are files, scored one at a time as the script scores them (a batch a photo)."""
     import sklearn_panda._estimators.patch_bank as patch_bank
     from sklearn_panda._estimators.validation import check_new_input
 
@@ -242,7 +244,7 @@ def certification_rounds(detector, images, sizes):
     searches = [(detector.memory_bank_, detector.scorer_), (detector.fine_bank_, detector.fine_scorer_)]
     for _, grids, _, _, _ in detector._embeddings(detector.net_, checked, detector.device_, spec, "features"):
         for grid, (bank, scorer) in zip(grids, searches):
-            rows = patch_bank.patch_rows(grid).reshape(-1, grid.shape[1]).numpy()
+            rows = patch_bank.patch_rows(grid).reshape(-1, grid.shape[1]).cpu().numpy()
             found.append((rows, scorer.kneighbors(rows)[0].mean(axis=1), bank, scorer.n_neighbors_))
     searched, original = [], patch_bank.brute_force_kneighbors
 

@@ -1,6 +1,7 @@
 """Tiny backbones shared by the tests: no download, a few milliseconds per batch."""
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,16 +10,37 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-# pynndescent's numba functions compile on their first use in each new environment (CI's is always
-# new): about 120 s of one worker at numba's default optimisation, 85 s without LLVM's optimisation
-# passes (AMD EPYC Zen 3, 2 cores; tests/test_neighbors.py and test_scorers.py: 131 s -> 101 s). The
-# tests check what the search finds, not how fast: the same search, up to float rounding. The
-# unoptimised code is cached in the checkout's .pytest_cache, not beside pynndescent in the
-# environment, where a user's later searches would load it. Both are read when numba is first
-# imported (by pynndescent, lazily), after this; a numba setting of the caller's own is kept.
-if "NUMBA_OPT" not in os.environ:
+
+def _compile_numba_unoptimised():
+    """Have numba compile pynndescent without LLVM's optimisation passes, cached in the tests' own folder.
+
+    pynndescent's numba functions compile on their first use in each new
+    environment (CI's is always new): in a plain process about 120 s at
+    numba's default optimisation, 85 s without LLVM's optimisation passes
+    (AMD EPYC Zen 3, 2 cores; tests/test_neighbors.py and test_scorers.py:
+    131 s -> 101 s). The tests check what the search finds, not how fast: the
+    same search, up to float rounding. numba's cache does not tell
+    optimisation levels apart, so the unoptimised code is cached in a folder
+    of the tests' own (the checkout's .pytest_cache, or a temporary folder
+    where that cannot be written), never beside pynndescent in the
+    environment, where a user's later searches would load it. Both settings
+    are read when numba is first imported (by pynndescent, lazily), after
+    this; where the caller sets either, numba is left as the caller set it.
+    """
+    if "NUMBA_OPT" in os.environ or "NUMBA_CACHE_DIR" in os.environ:
+        return
+    folder = Path(__file__).resolve().parents[1] / ".pytest_cache" / "numba"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(folder)
+    except OSError:
+        folder = Path(tempfile.mkdtemp(prefix="sklearn_panda_numba_"))
     os.environ["NUMBA_OPT"] = "0"
-    os.environ["NUMBA_CACHE_DIR"] = str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "numba")
+    os.environ["NUMBA_CACHE_DIR"] = str(folder)
+
+
+_compile_numba_unoptimised()
 
 
 def tiny_resnet():
