@@ -93,14 +93,14 @@ def convert_deeppcb(source, target):
         images, notes = group / name, group / f"{name}_not"
         if not any(images.glob("*_test.jpg")):
             raise FileNotFoundError(f"{group} holds no pairs: expected {images}/NAME_test.jpg and NAME_temp.jpg.")
+        out = target / name
+        for folder in ("template", "tested", "mask", "boxes"):
+            (out / folder).mkdir(parents=True, exist_ok=True)
         for tested in sorted(images.glob("*_test.jpg")):
             stem = tested.name.removesuffix("_test.jpg")
             template, note = images / f"{stem}_temp.jpg", notes / f"{stem}.txt"
             if not (template.is_file() and note.is_file()):
                 raise FileNotFoundError(f"{tested} has no {template.name} beside it or no {note} for its boxes.")
-            out = target / name
-            for folder in ("template", "tested", "mask", "boxes"):
-                (out / folder).mkdir(parents=True, exist_ok=True)
             for path, folder in ((template, "template"), (tested, "tested")):
                 with Image.open(path) as image:
                     grey = np.asarray(image.convert("L"))

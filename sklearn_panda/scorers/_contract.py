@@ -53,8 +53,8 @@ def offset_from_training_scores(training_scores, contamination):
     return float(np.percentile(training_scores, 100.0 * rate))
 
 
-# A float64 feature whose values keep fewer than this many float32 steps across their spread
-# (large values that vary little, such as raw timestamps) loses its ranking in float32: fit warns.
+# A float64 or integer feature whose values keep fewer than this many float32 steps across their
+# spread (large values that vary little, such as raw timestamps) loses its ranking in float32: fit warns.
 FLOAT32_STEPS = 1_000
 
 
