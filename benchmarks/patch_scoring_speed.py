@@ -240,7 +240,7 @@ def certification_rounds(detector, images, sizes):
 
     checked, spec = check_new_input(detector, images), detector._spec()
     n_largest = spec["n_worst_patches"]  # as scoring certifies them
-    found = []  # (patch rows, approximate mean distances, bank) for each photo and bank
+    found = []  # (patch rows, approximate mean distances, bank, n_neighbors) for each photo and bank
     searches = [(detector.memory_bank_, detector.scorer_), (detector.fine_bank_, detector.fine_scorer_)]
     for _, grids, _, _, _ in detector._embeddings(detector.net_, checked, detector.device_, spec, "features"):
         for grid, (bank, scorer) in zip(grids, searches):
