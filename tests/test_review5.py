@@ -92,6 +92,18 @@ def test_bad_layers_and_devices_are_named(params, message):
         PandaPatchDetector(backbone="resnet18", weights=None, resize=None, **params).fit(X)
 
 
+# layers=["avgpool"] (a 1 x 1 output) was taken without a word: one patch per image, every map constant.
+def test_layers_giving_one_patch_per_image_warn_and_the_defaults_do_not():
+    X = (np.random.default_rng(0).random((3, 32, 32, 3)) * 255).astype(np.uint8)
+    with pytest.warns(UserWarning, match=r"layers=\['avgpool'\] give one patch per image \(32 x 32 pixels"):
+        detector = PandaPatchDetector(backbone="resnet18", weights=None, resize=None, layers=["avgpool"]).fit(X)
+    only_map = detector.anomaly_maps(X[:1])[0]
+    np.testing.assert_allclose(only_map, only_map[0, 0], rtol=1e-5)  # what the warning says: one value
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PandaPatchDetector(backbone="resnet18", weights=None, resize=None).fit(X)  # 4 x 4 patches
+
+
 # load_deeppcb(random_state=-1) gave numpy's message. (Its test regions are drawn after the training
 # templates, from one stream: documented and kept, so that the benchmarks' DeepPCB splits stay the ones
 # their figures were measured on.)

@@ -17,7 +17,7 @@ from .outlier import OutlierContractMixin
 from .patch_bank import patch_distances, worst_patches
 from .patch_calibration import smoothed_maps
 from .patch_training import TrainingImagesMixin
-from .patch_memory import BankAssembly, channels_checked, image_scores
+from .patch_memory import BankAssembly, first_batch_checked, image_scores
 from .regions import DefectMasksMixin
 from .torch_state import TorchStateMixin
 from .validation import check_input, check_new_input
@@ -86,7 +86,9 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
         the patch features, in forward order, one or more. ``"auto"``: the
         family's last stage ends at strides 8 and 16 (ResNet ``layer2`` and
         ``layer3``, EfficientNet-Lite0 ``_blocks.4`` and ``_blocks.10``). The
-        values used are in ``layers_``.
+        values used are in ``layers_``. The patches lie on the first layer's
+        grid: a layer whose output is 1 x 1 (``"avgpool"``) gives one patch
+        per image and a map of one value (fit warns).
 
     resize : int, (int, int), None or "auto", default="auto"
         The size images are scored at: an integer is the new shorter side,
@@ -407,7 +409,7 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
             self.backbone, self.weights, self.layers, vector_length=vector_length, seed=seed, device=device
         )
         spec = self._fitted_spec(layers)
-        stream = channels_checked(self._embeddings(net, checked, device, spec, "patch features"), spec["n_features"])
+        stream = first_batch_checked(self._embeddings(net, checked, device, spec, "patch features"), spec)
         fitted = BankAssembly.of(self).learn(stream, len(checked), spec, seed)
         fitted.update(net_=net, layers_=layers, input_spec_=checked.spec, device_=device)
         for name in ("fine_bank_", "fine_scorer_", "fine_bank_images_", "score_scales_"):

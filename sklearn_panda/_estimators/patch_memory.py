@@ -28,21 +28,36 @@ BANKS = (
 )
 
 
-def channels_checked(stream, n_features):
-    """``stream``'s batches, once its first shows that ``n_features`` is at most the patch features' channels.
+def first_batch_checked(stream, spec):
+    """``stream``'s batches, once its first shows that the patch features suit the detector's ``spec``.
 
-    Checked at fit only: a detector fitted before this check with more (kept
-    all the channels) still scores.
+    ``n_features`` must be at most the patch features' channels (an error),
+    and images should give more than one patch (a warning: with a 1 x 1 grid,
+    ``layers`` such as ``["avgpool"]``, every pixel of a map gets the same
+    value). Checked at fit only: a detector fitted before these checks with
+    more ``n_features`` (it kept all the channels) still scores.
     """
-    for batch in stream:
-        channels = batch[1][0].shape[1]
-        if n_features is not None and n_features > channels:
-            raise ValueError(
-                f"n_features={n_features} is more than the {channels} channels of the patch features (the "
-                f"layers' channels together): give at most {channels}, or None to keep them all."
-            )
-        n_features = None
-        yield batch
+    batches = iter(stream)
+    first = next(batches, None)
+    if first is None:
+        return
+    _, grids, size, *_ = first
+    n_features, channels = spec["n_features"], grids[0].shape[1]
+    if n_features is not None and n_features > channels:
+        raise ValueError(
+            f"n_features={n_features} is more than the {channels} channels of the patch features (the "
+            f"layers' channels together): give at most {channels}, or None to keep them all."
+        )
+    if spec["layers"] and grids[0].shape[-2:] == (1, 1):
+        warnings.warn(
+            f"layers={spec['layers']!r} give one patch per image ({size[0]} x {size[1]} pixels scored): "
+            "each anomaly map has a single value and the detector compares whole images. Name layers "
+            "whose outputs are feature maps of several positions ('auto': the stages at strides 8 and "
+            "16), or score the images larger (resize).",
+            UserWarning,
+        )
+    yield first
+    yield from batches
 
 
 def leave_one_out_scores(stream, banks, spec, scales, calibration):
