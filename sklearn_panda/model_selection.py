@@ -81,7 +81,8 @@ class NormalOnlySplit:
             raise ValueError(f"y must hold 1 (normal) and -1 (anomaly); got also {sorted(unexpected)}.")
         normal = np.flatnonzero(y == 1)
         anomalies = np.flatnonzero(y == -1)
-        kfold = KFold(self.n_splits, shuffle=self.shuffle, random_state=self.random_state if self.shuffle else None)
+        # As given: KFold refuses a random_state without shuffle, which would have no effect.
+        kfold = KFold(self.n_splits, shuffle=self.shuffle, random_state=self.random_state)
         for train, test in kfold.split(normal):
             yield normal[train], np.concatenate([normal[test], anomalies])
 

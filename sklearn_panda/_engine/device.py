@@ -16,7 +16,11 @@ ON_CPU = "cpu"
 
 
 def resolve_device(device):
-    """``"auto"`` -> CUDA when available, else CPU; refuse CUDA that is not there.
+    """``"auto"`` -> CUDA when available, else CPU; refuse a device that is not there.
+
+    The CPU, CUDA (a GPU index below the count of GPUs) and the backends torch
+    reports available here (``"mps"``, ``"xpu"``); any other torch device
+    (``"meta"``: tensors without data) is refused.
 
     Examples
     --------
@@ -35,7 +39,23 @@ def resolve_device(device):
             f"device={str(device)!r} was requested but CUDA is not available here; "
             "use device='cpu' or device='auto'."
         )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device={str(device)!r} was requested but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s), numbered from 0."
+        )
+    if device.type not in ("cpu", "cuda") and not _backend_available(device.type):
+        raise ValueError(
+            f"device={str(device)!r} is not available here: give 'cpu', 'cuda' (where CUDA is available) "
+            "or 'auto', or a device type whose torch backend is available ('mps', 'xpu')."
+        )
     return device
+
+
+def _backend_available(device_type):
+    """Whether torch can run on ``device_type`` here (``mps``, ``xpu``); ``False`` for others (``meta``)."""
+    backend = {"mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}.get(device_type)
+    return backend is not None and backend.is_available()
 
 
 def loadable_device(fitted_device):

@@ -39,7 +39,7 @@ from .._sklearn_compat import Interval, StrOptions
 from .outlier import OutlierContractMixin
 from .recipes import AUTO, resolve
 from .torch_state import TorchStateMixin
-from .validation import check_input, check_new_input
+from .validation import check_geometry, check_input, check_new_input
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Largest activation of one sample, per network and (input shape, precision):
@@ -252,15 +252,8 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
 
     def _preprocessing(self):
         """``resize`` and ``crop_size`` for a fit, ``"auto"`` resolved by the backbone's recipe."""
-        resize = resolve(self, "resize")
-        if isinstance(resize, (tuple, list)):
-            if len(resize) != 2 or not all(isinstance(side, numbers.Integral) and side >= 1 for side in resize):
-                raise ValueError(
-                    f"resize must be an integer (the shorter side), a pair (height, width) of integers "
-                    f">= 1, None or 'auto'; got {resize!r}."
-                )
-            resize = (int(resize[0]), int(resize[1]))
-        return {"resize": resize, "crop_size": resolve(self, "crop_size")}
+        resize, crop_size = check_geometry(resolve(self, "resize"), resolve(self, "crop_size"))
+        return {"resize": resize, "crop_size": crop_size}
 
     def _fitted_preprocessing(self):
         """The ``resize`` and ``crop_size`` the estimator was fitted with.

@@ -11,7 +11,7 @@ from .._engine.data import shuffled_batches
 from .._engine.device import ON_DEVICE, seeded_cpu_generator
 from .._sklearn_compat import Interval, _fit_context
 from ..scorers import KNNScorer, offset_from_training_scores
-from .base import BasePandaDetector
+from .base import BasePandaDetector, draw_seed
 from .docstrings import fill_doc
 
 
@@ -354,7 +354,8 @@ class PandaOE(BasePandaDetector):
         scores = self._head_scores(fitted["head_"], features, preprocessor.device)
         knn_scorer = scales = None
         if self.combine_knn:
-            knn_scorer = KNNScorer(n_neighbors=2).fit(_unit_rows(features))
+            # Seeded as PandaDetector's scorer: an approximate index (algorithm="auto") is then reproducible.
+            knn_scorer = KNNScorer(n_neighbors=2, random_state=draw_seed(self.random_state)).fit(_unit_rows(features))
             raw = np.stack([scores, knn_scorer.training_scores_], axis=1)
             spread = raw.std(axis=0)
             if not (spread > 0).all():

@@ -6,13 +6,13 @@ import os
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._engine.device import ON_DEVICE, resolve_device
 from .._engine.patch_features import build_patch_net, patch_grids, resize_maps
 from .._engine.progress import ProgressBar
 from .._sklearn_compat import Interval, StrOptions, _fit_context
+from .base import draw_seed
 from .outlier import OutlierContractMixin
 from .patch_bank import patch_distances, worst_patches
 from .patch_calibration import smoothed_maps
@@ -20,7 +20,7 @@ from .patch_training import TrainingImagesMixin
 from .patch_memory import BankAssembly, first_batch_checked, image_scores
 from .regions import DefectMasksMixin
 from .torch_state import TorchStateMixin
-from .validation import check_input, check_new_input
+from .validation import check_geometry, check_input, check_new_input
 
 
 class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin, OutlierContractMixin, BaseEstimator):
@@ -403,7 +403,7 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
                 "leave-one-out score is measured against the patches of the others."
             )
         device = resolve_device(self.device)
-        seed = self._draw_seed()
+        seed = draw_seed(self.random_state)
         vector_length = checked.spec.channels if checked.spec.kind == "vectors" else None
         net, layers = build_patch_net(
             self.backbone, self.weights, self.layers, vector_length=vector_length, seed=seed, device=device
@@ -421,20 +421,10 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
             setattr(self, name, value)
         return self
 
-    def _draw_seed(self):
-        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-
     def _check_parameters(self):
         if self.neighbourhood % 2 == 0:
             raise ValueError(f"neighbourhood must be odd (a window centred on each position); got {self.neighbourhood}.")
-        if isinstance(self.resize, bool) or isinstance(self.resize, (tuple, list)) and (
-            len(self.resize) != 2
-            or not all(isinstance(side, numbers.Integral) and not isinstance(side, bool) and side >= 1 for side in self.resize)
-        ):
-            raise ValueError(
-                f"resize must be an integer (the shorter side), a pair (height, width) of integers >= 1, "
-                f"None or 'auto'; got {self.resize!r}."
-            )
+        check_geometry(self.resize)
 
     def _fitted_spec(self, layers):
         """What the features, maps and scores are made of: fixed at fit, read by every later method.

@@ -5,6 +5,7 @@ import numpy as np
 from sklearn import get_config
 
 from .._sklearn_compat import _fit_context, validate_parameter_constraints
+from .base import draw_seed
 from .patch_memory import BankAssembly, leave_one_out_scores
 from .validation import check_input, check_new_input
 
@@ -78,7 +79,7 @@ class TrainingImagesMixin:
                 constraints, {name: getattr(self, name) for name in constraints}, caller_name=type(self).__name__
             )
         checked = check_new_input(self, X)
-        seed = self._draw_seed()
+        seed = draw_seed(self.random_state)
         stream = self._embeddings(self.net_, checked, self.device_, self._spec(), "patch features")
         fitted = BankAssembly.of(self).learn(stream, len(checked), self._spec(), seed, previous=self)
         for name, value in fitted.items():

@@ -9,6 +9,7 @@ depth; float in [0, 1]; or bool: binary images, True white), or as a list (or
 numpy; no torch.
 """
 
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -184,6 +185,40 @@ def _check_pixel_range(images):
             f"Integer images must hold values in [0, 255]; got values in [{low}, {high}]. Pass "
             "16-bit images as uint16 (read as 16-bit files are: divided by 65,535)."
         )
+
+
+def check_geometry(resize, crop_size=None):
+    """``resize`` (and ``crop_size``) as given, once checked: sides are integers >= 1, never booleans.
+
+    Integers, ``None`` and ``"auto"`` pass as they are, a pair ``(height,
+    width)`` of ``resize`` comes back as a tuple. scikit-learn's integer
+    constraint takes ``True`` as 1: ``resize=True`` would reach torch, and
+    ``crop_size=True`` would crop every image to one pixel.
+
+    Examples
+    --------
+    >>> from sklearn_panda._estimators.validation import check_geometry
+    >>> check_geometry([32, 48], 24)
+    ((32, 48), 24)
+    >>> check_geometry(True)
+    Traceback (most recent call last):
+    ...
+    ValueError: resize must be an integer (the shorter side), a pair (height, width) of integers >= 1, None or 'auto'; got True.
+    """
+
+    def side(value):
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+    if isinstance(resize, (tuple, list)) and len(resize) == 2 and all(side(value) for value in resize):
+        resize = (int(resize[0]), int(resize[1]))
+    elif not (resize is None or isinstance(resize, str) or side(resize)):
+        raise ValueError(
+            f"resize must be an integer (the shorter side), a pair (height, width) of integers >= 1, "
+            f"None or 'auto'; got {resize!r}."
+        )
+    if isinstance(crop_size, bool):
+        raise ValueError(f"crop_size must be an integer (the side of the centre square), None or 'auto'; got {crop_size!r}.")
+    return resize, crop_size
 
 
 def check_new_input(estimator, X):
