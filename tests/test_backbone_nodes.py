@@ -23,6 +23,7 @@ from torch import nn
 from sklearn_panda import PandaDetector, PandaFeatures
 from sklearn_panda._engine.backbones import build_feature_net
 from sklearn_panda._engine.stages import split_model
+from sklearn_panda.callbacks import TrainingCallback
 
 CLASSIFIERS = torchvision.models.list_models(module=torchvision.models)
 # 32 pixels, or the smallest size the network accepts when that is larger.
@@ -104,55 +105,59 @@ def mlp():
     return nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
 
 
-def _recording(factory, built):
-    """``factory`` that keeps the module it builds and a copy of its initial state in ``built``."""
+class InitialState(TrainingCallback):
+    """Keeps the state of the network as its training begins."""
 
-    def build(*args, **kwargs):
-        model = factory(*args, **kwargs)
-        built["model"], built["initial"] = model, {key: value.clone() for key, value in model.state_dict().items()}
-        return model
-
-    return build
+    def on_train_begin(self, net, **kwargs):
+        self.state = {key: value.clone() for key, value in net.state_dict().items()}
 
 
-def _assert_only_the_stages_trained(net, built):
-    """Against the state the network was built with: trunk, head and BatchNorm statistics unchanged, stages changed."""
-    model, initial = built["model"], built["initial"]
-    trainable = {id(parameter) for parameter in net.stages.parameters()}
-    stage_keys = {key for key, parameter in model.named_parameters() if id(parameter) in trainable}
-    changed = {key for key, value in model.state_dict().items() if not torch.equal(value, initial[key])}
-    assert changed and changed <= stage_keys
+def _assert_only_the_stages_trained(net, initial):
+    """Against the network's ``initial`` state: trunk, head and BatchNorm statistics unchanged, stages changed."""
+    changed = {key for key, value in net.state_dict().items() if not torch.equal(value, initial.state[key])}
+    assert changed and all(key.startswith("stages.") for key in changed)
 
 
 @pytest.mark.parametrize(
     "name, width",
     [("mobilenet_v2", 1280), ("convnext_tiny", 768), ("regnet_y_400mf", 440), ("swin_t", 768), ("densenet121", 1024)],
 )
-def test_done_means_families_fit_and_score(name, width, images, monkeypatch):
-    built = {}
-    monkeypatch.setattr(torchvision.models, "get_model", _recording(torchvision.models.get_model, built))
-    detector = PandaDetector(backbone=name, n_steps=2, learning_rate=0.1, clip_norm=None, **TINY).fit(images)
+def test_done_means_families_fit_and_score(name, width, images):
+    initial = InitialState()
+    detector = PandaDetector(backbone=name, n_steps=2, learning_rate=0.1, clip_norm=None, **TINY)
+    detector.fit(images, callbacks=[initial])
     assert np.isfinite(detector.score_samples(images[:3])).all()
     assert detector.features_.transform(images[:2]).shape == (2, width)
-    _assert_only_the_stages_trained(detector.net_, built)
+    _assert_only_the_stages_trained(detector.net_, initial)
 
 
 def test_vit_features_are_the_class_token_and_the_last_blocks_train(images):
-    built = {}
-    detector = PandaDetector(backbone=_recording(tiny_vit, built), n_steps=2, learning_rate=0.1, clip_norm=None, **TINY)
-    detector.fit(images)
+    initial = InitialState()
+    detector = PandaDetector(backbone=tiny_vit, n_steps=2, learning_rate=0.1, clip_norm=None, **TINY)
+    detector.fit(images, callbacks=[initial])
     assert detector.features_.transform(images[:2]).shape == (2, 16)
-    _assert_only_the_stages_trained(detector.net_, built)
-    trainable = {id(parameter) for parameter in detector.net_.stages.parameters()}
-    trained = {key.rsplit(".", 1)[0] for key, value in built["model"].named_parameters() if id(value) in trainable}
+    _assert_only_the_stages_trained(detector.net_, initial)
+    # Unadapted, the network is a copy of the model: its trainable tensors are found among the model's by
+    # value (each drawn at random, so that no two are equal).
+    model = tiny_vit().eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    net = PandaDetector(backbone=lambda: model, n_steps=0, **TINY).fit(images).net_
+    trainable = list(net.stages.parameters())
+    trained = {
+        key.rsplit(".", 1)[0]
+        for key, value in model.named_parameters()
+        if any(value.shape == tensor.shape and torch.equal(value, tensor) for tensor in trainable)
+    }
     blocks = {key.split(".")[2] for key in trained if key.startswith("encoder.layers")}
     assert blocks == {"encoder_layer_1", "encoder_layer_2"}
     assert {key for key in trained if not key.startswith("encoder.layers")} == {"encoder.ln"}
     # The class token after the final norm, as torchvision's head reads it.
-    model = built["model"].eval()
     with torch.no_grad():
         x = torch.rand(2, 3, 32, 32)
-        np.testing.assert_allclose(detector.net_.head(detector.net_(x)).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(net.head(net(x)).numpy(), model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_vit_b_16_gives_768_features():
@@ -167,14 +172,14 @@ def test_vit_b_16_gives_768_features():
 def test_timm_model_as_a_factory_fits_and_scores(images):
     timm = pytest.importorskip("timm")
     factory = functools.partial(timm.create_model, "vit_tiny_patch16_224", img_size=32, num_classes=3)
-    built = {}
+    initial = InitialState()
     detector = PandaDetector(
-        backbone=_recording(factory, built), stage_ends=["blocks.9", "blocks.10", "blocks.11"], n_steps=2,
+        backbone=factory, stage_ends=["blocks.9", "blocks.10", "blocks.11"], n_steps=2,
         learning_rate=0.1, clip_norm=None, **{**TINY, "weights": "imagenet"},
-    ).fit(images)
+    ).fit(images, callbacks=[initial])
     assert np.isfinite(detector.score_samples(images[:3])).all()
     assert detector.features_.transform(images[:2]).shape == (2, 192)
-    _assert_only_the_stages_trained(detector.net_, built)
+    _assert_only_the_stages_trained(detector.net_, initial)
 
 
 def test_a_factory_keeps_its_own_weights(images):
@@ -184,7 +189,7 @@ def test_a_factory_keeps_its_own_weights(images):
     for weights in ("imagenet", None):
         features = PandaFeatures(backbone=lambda: pretrained, n_steps=0, **{**TINY, "weights": weights})
         stem = features.fit(images).net_.trunk[0][0]
-        assert stem is pretrained.conv1 and bool((stem.weight == 0.5).all())
+        assert stem is not pretrained.conv1 and bool((stem.weight == 0.5).all())  # a copy of it, as it was
 
 
 def test_a_network_of_no_family_takes_stage_ends(images):

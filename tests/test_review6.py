@@ -1,6 +1,8 @@
 """The ninth and tenth readings' defects (2026-12-07: a maintainer's reading of the whole package; the adaptation
 paths as a user), one test (or more) each."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ from sklearn_panda import PandaDetector, PandaFeatures, PandaOE, PandaPatchDetec
 from sklearn_panda._engine.device import resolve_device
 from sklearn_panda.model_selection import NormalOnlySplit
 
-from conftest import TINY_IMAGES, tiny_mlp
+from conftest import TINY_IMAGES, tiny_mlp, tiny_resnet
 
 
 # PandaOE's combine_knn scorer was built without the detector's seed (PandaDetector's got it): an
@@ -68,3 +70,98 @@ def test_booleans_are_refused_as_image_sizes(estimator, params, message, images)
         estimator(**{**TINY_IMAGES, "n_steps": 0, **params}).fit(images[:4])
     with pytest.raises(ValueError, match="resize must be an integer"):
         PandaPatchDetector(backbone="resnet18", weights=None, resize=(True, 32)).fit(images[:4])
+
+
+# precision="float16" trained without loss scaling: about 1% of the weights that a float32 step moves got
+# no gradient here (8% at 224 x 224), their float16 gradients underflowing to zero.
+def test_a_float16_step_moves_the_weights_a_float32_step_moves():
+    X = (np.random.default_rng(0).random((8, 96, 96, 3)) * 255).astype(np.uint8)
+    settings = dict(TINY_IMAGES, resize=None, crop_size=None, random_state=0, learning_rate=1.0, momentum=0.0,
+                    weight_decay=0.0, clip_norm=None)
+    start = dict(PandaFeatures(**settings, n_steps=0).fit(X).net_.stages.named_parameters())
+    moved = {}
+    for precision in ("float32", "float16"):
+        stages = PandaFeatures(**settings, n_steps=1, precision=precision).fit(X).net_.stages
+        moved[precision] = sum(int((value != start[name]).sum()) for name, value in stages.named_parameters())
+    assert moved["float16"] >= 0.998 * moved["float32"]  # 0.988 unscaled
+
+
+# A factory returning a module it keeps (backbone=lambda: model) had that module adapted in place (and
+# frozen, set to eval, made channels-last): every estimator fitted with it shared one network, so a
+# second fit changed the first one's features. A module given as backbone failed in its own forward.
+def test_a_factory_s_module_is_copied_and_a_module_is_refused(images):
+    model = tiny_resnet()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    settings = dict(TINY_IMAGES, backbone=lambda: model, n_steps=3, random_state=0)
+    first = PandaFeatures(**settings).fit(images)
+    expected = first.transform(images[:4])
+    PandaFeatures(**{**settings, "random_state": 1}).fit(images)
+    np.testing.assert_array_equal(first.transform(images[:4]), expected)
+    assert model.training and all(value.requires_grad for value in model.parameters())
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"backbone must be a name or a factory that returns a module, not a module"):
+        PandaFeatures(**{**settings, "backbone": model}).fit(images)
+    with pytest.raises(TypeError, match="not a module"):
+        PandaPatchDetector(backbone=model, weights=None).fit(images)
+
+
+# loss="mean_shifted" in batches of one image: its contrastive loss is exactly 0, nothing trained, no word.
+def test_mean_shifted_batches_of_one_image_are_refused(images):
+    with pytest.raises(ValueError, match=r"loss='mean_shifted' contrasts .* batches of 1 image hold no other"):
+        PandaFeatures(**{**TINY_IMAGES, "batch_size": 1}, loss="mean_shifted", n_steps=1).fit(images[:4])
+
+
+# A Fisher given as tensors that require grad (or bfloat16, or on a GPU) failed on its way through numpy;
+# a fisher without regularization="ewc" was ignored without a word.
+def test_a_given_fisher_takes_any_tensor_and_is_named_when_unused():
+    X = np.random.default_rng(0).normal(size=(12, 6))
+    settings = dict(backbone=tiny_mlp, weights=None, n_steps=2, random_state=0)
+    stages = PandaFeatures(**{**settings, "n_steps": 0}).fit(X).net_.stages
+    as_arrays = {name: np.full(tuple(value.shape), 0.5, dtype=np.float32) for name, value in stages.named_parameters()}
+    expected = PandaFeatures(**settings, regularization="ewc", fisher=as_arrays).fit(X).transform(X)
+    for convert in (lambda a: torch.tensor(a, requires_grad=True), lambda a: torch.tensor(a, dtype=torch.bfloat16)):
+        given = {name: convert(value) for name, value in as_arrays.items()}
+        np.testing.assert_array_equal(PandaFeatures(**settings, regularization="ewc", fisher=given).fit(X).transform(X), expected)
+    with pytest.warns(UserWarning, match=r"fisher is not used: it weights the EWC penalty, and regularization is None"):
+        PandaFeatures(**settings, fisher=as_arrays).fit(X)
+
+
+# PandaOE given PyOD's labels (0 normal, 1 anomalous) with the default normal_label=1: a detector turned
+# inside out (ROC AUC 0), without a word.
+def test_pandaoe_warns_that_0_1_labels_take_the_1s_as_normal():
+    X = np.random.default_rng(0).normal(size=(20, 6))
+    settings = dict(backbone=tiny_mlp, weights=None, n_steps=1, random_state=0)
+    with pytest.warns(UserWarning, match=r"normal_label=1 takes the images labelled 1 as normal.*set normal_label=0"):
+        PandaOE(**settings).fit(X, np.r_[np.zeros(12), np.ones(8)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PandaOE(**settings).fit(X, np.r_[np.ones(12), -np.ones(8)])
+        PandaOE(**settings, normal_label=0).fit(X, np.r_[np.zeros(12), np.ones(8)])
+
+
+# A one-column DataFrame of paths (pd.read_csv) gave "could not convert string to float"; gray arrays
+# refused by a colour model were not told how to convert.
+def test_a_column_of_paths_is_a_list_of_paths_and_gray_arrays_get_the_conversion(images, tmp_path):
+    from PIL import Image
+
+    paths = []
+    for index, image in enumerate(images[:4]):
+        paths.append(str(tmp_path / f"{index}.png"))
+        Image.fromarray(image).save(paths[-1])
+    features = PandaFeatures(**TINY_IMAGES, n_steps=0).fit(paths)
+    column = np.array(paths, dtype=object)[:, None]
+    np.testing.assert_array_equal(features.transform(column), features.transform(paths))
+    colour = PandaFeatures(**TINY_IMAGES, n_steps=0).fit(images[:4])
+    with pytest.raises(ValueError, match=r"np\.repeat\(X\[\.\.\., None\], 3, axis=-1\)"):
+        colour.transform(images[:2, :, :, 0])
+    pandas = pytest.importorskip("pandas")
+    np.testing.assert_array_equal(features.transform(pandas.DataFrame({"path": paths})), features.transform(paths))
+
+
+# PandaDetector fitted on one image ran the whole adaptation, then failed in its scorer's words.
+@pytest.mark.parametrize("scorer, n_samples", [("knn", 1), ("mahalanobis", 2)])
+def test_too_few_samples_for_the_scorer_are_refused_before_the_adaptation(scorer, n_samples, monkeypatch):
+    monkeypatch.setattr(PandaFeatures, "_fit_checked", lambda *args, **kwargs: pytest.fail("adapted first"))
+    with pytest.raises(ValueError, match=rf"needs at least {n_samples + 1} training samples: its scorer \('{scorer}'\)"):
+        PandaDetector(backbone=tiny_mlp, weights=None, scorer=scorer).fit(np.zeros((n_samples, 6)))

@@ -289,9 +289,11 @@ def _tensors(value):
         ("ProjectedFeatures", {"net_": "meta", "projection_": "meta"}),
     ],
 )
-def test_load_puts_torch_state_where_the_estimator_declares_it(name, expected, tmp_path):
+def test_load_puts_torch_state_where_the_estimator_declares_it(name, expected, tmp_path, monkeypatch):
     """On the requested device (here the data-less "meta" device, which needs no GPU)
     what lives on ``device_``; on the CPU the Fisher and SES's checkpoints."""
+    # resolve_device refuses "meta" (nothing runs on it); here it stands in for a GPU.
+    monkeypatch.setattr("sklearn_panda._engine.device._backend_available", lambda device_type: True)
     estimator, _ = _fitted(name)
     save(estimator, tmp_path / "model.pt")
     loaded = load(tmp_path / "model.pt", backbone=tiny_resnet if name == "features-ewc" else tiny_mlp, device="meta")

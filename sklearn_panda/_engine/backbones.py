@@ -14,6 +14,7 @@ DenseNets, ...; :func:`available_backbones`), and ``efficientnet_lite0``
 works offline). A factory may return any ``nn.Module``, pretrained or not.
 """
 
+import copy
 import os
 import re
 from pathlib import Path
@@ -158,7 +159,10 @@ def build_model(backbone, weights):
     ----------
     backbone : str or callable
         A name from :func:`available_backbones`, or a callable returning an
-        ``nn.Module``.
+        ``nn.Module`` (a class, ``functools.partial``, a ``lambda``). The
+        module it returns is copied: a factory that hands out a module it
+        keeps (``lambda: pretrained``) gets it back unchanged, and each fit
+        adapts its own copy.
     weights : "imagenet", str, path or None
         For a name: ``"imagenet"``, the pretrained ImageNet weights (ResNets:
         torchvision's ``IMAGENET1K_V1``, the paper's; other torchvision
@@ -181,13 +185,23 @@ def build_model(backbone, weights):
     >>> from torch import nn
     >>> from sklearn_panda._engine.backbones import build_model
     >>> pretrained = nn.Linear(2, 2)
-    >>> build_model(lambda: pretrained, "imagenet") is pretrained  # the factory's own weights
-    True
+    >>> model = build_model(lambda: pretrained, "imagenet")
+    >>> model is pretrained, bool((model.weight == pretrained.weight).all())  # a copy, the factory's weights
+    (False, True)
     """
+    if isinstance(backbone, nn.Module):
+        raise TypeError(
+            f"backbone must be a name or a factory that returns a module, not a module ({type(backbone).__name__} "
+            "instance): a module given as a parameter would be shared by clones and adapted in place. Pass its "
+            "class or a function that returns it (backbone=lambda: model; each fit adapts its own copy)."
+        )
     if callable(backbone):
+        # A copy: a factory may return a module it keeps (lambda: pretrained); fitting, which adapts,
+        # freezes and moves the network, must leave that module and every earlier fit's as they were.
         model = backbone()
         if not isinstance(model, nn.Module):
             raise TypeError(f"The backbone factory must return an nn.Module; got {type(model).__name__}.")
+        model = copy.deepcopy(model)
         if weights == "imagenet" or weights is None:
             return model
         if not _is_path(weights):

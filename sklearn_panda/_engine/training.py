@@ -15,6 +15,7 @@ def run_sgd(
     weight_decay,
     clip_norm,
     callbacks=(),
+    scale_gradients=False,
 ):
     """Run ``n_steps`` SGD steps of ``step_loss`` on ``parameters``.
 
@@ -33,6 +34,11 @@ def run_sgd(
     callbacks : sequence of callables
         Each is called as ``callback(step, loss_value, details)`` after every
         step (progress, history, checkpoints).
+    scale_gradients : bool
+        Scale the loss before the backward pass (``torch.amp.GradScaler``), as
+        float16 forward passes need: their small gradients underflow to zero
+        otherwise. A step whose scaled gradients overflow is skipped and the
+        scale lowered, as torch's automatic mixed precision does.
 
     Raises
     ------
@@ -44,6 +50,7 @@ def run_sgd(
     optimizer = torch.optim.SGD(
         parameters, lr=learning_rate, momentum=momentum, weight_decay=weight_decay
     )
+    scaler = torch.amp.GradScaler(parameters[0].device.type, enabled=scale_gradients)
     for step in range(n_steps):
         loss, details = step_loss(step)
         loss_value = loss.item()
@@ -53,9 +60,11 @@ def run_sgd(
                 f"learning rate (now {learning_rate}) or check the input for extreme values."
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if clip_norm is not None:
+            scaler.unscale_(optimizer)  # clipped at the gradients' own scale
             torch.nn.utils.clip_grad_norm_(parameters, clip_norm)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         for callback in callbacks:
             callback(step, loss_value, details)

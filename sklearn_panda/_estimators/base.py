@@ -366,6 +366,7 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
             weight_decay=weight_decay,
             clip_norm=clip_norm,
             callbacks=[*callbacks, show],
+            scale_gradients=self._fitted_value("precision") == "float16",
         )
         for parameter in parameters:
             parameter.requires_grad_(False)

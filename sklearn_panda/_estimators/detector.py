@@ -153,6 +153,7 @@ class FeatureDetectorBase(BasePandaDetector):
 
     def _fit_checked(self, X, checked, y, callbacks=()):
         self._check_scorer()
+        self._check_enough_samples(len(checked))
         features = self._make_features()
         fitted = self._fit_features_and_scoring(features, X, callbacks)
         fitted["features_"] = features
@@ -167,6 +168,16 @@ class FeatureDetectorBase(BasePandaDetector):
                 f"{type(self.scorer).__name__} sets its own threshold. Set it on the scorer "
                 "(e.g. its contamination), or give the scorer by name.",
                 UserWarning,
+            )
+
+    def _check_enough_samples(self, n_samples):
+        """Before the adaptation: a named scorer scores each training sample leaving it out."""
+        scorer = resolve(self, "scorer")
+        needed = {"mahalanobis": 3}.get(scorer, 2) if isinstance(scorer, str) else 1
+        if n_samples < needed:
+            raise ValueError(
+                f"{type(self).__name__} needs at least {needed} training samples: its scorer ({scorer!r}) scores "
+                f"each one leaving it out, against the others; got {n_samples} sample{'s' * (n_samples != 1)}."
             )
 
     def _make_features(self):

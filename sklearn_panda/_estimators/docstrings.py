@@ -38,7 +38,9 @@ backbone : str or callable, default="resnet152"
     returning an ``nn.Module`` (a torchvision model of these families, or
     any network with ``stage_ends``; a ``timm`` or ``torch.hub`` model,
     say). A network that is neither is used whole as a trainable vector
-    backbone for ``(n, d)`` input, and is an error for images.""",
+    backbone for ``(n, d)`` input, and is an error for images. The module
+    a callable returns is copied, so ``lambda: model`` leaves ``model`` as it
+    was; a module itself is refused (clones would share it).""",
     "weights": """\
 weights : "imagenet", str, path or None, default="imagenet"
     For a named backbone: ``"imagenet"``, pretrained ImageNet weights
@@ -180,7 +182,9 @@ precision : {"float32", "bfloat16", "float16"}, default="float32"
     elsewhere it is emulated); where it is, it speeds extraction up with
     ROC AUC within about a tenth of a point of float32's
     (``benchmarks/RESULTS.md``). float32 stays the default for results
-    that do not depend on the hardware.""",
+    that do not depend on the hardware. Training in ``"float16"`` scales
+    the loss (``torch.amp.GradScaler``), so that small gradients do not
+    underflow.""",
     "trunk_cache_mb": """\
 trunk_cache_mb : float, default=2048
     The frozen trunk's outputs for the training images are computed once

@@ -3,6 +3,7 @@
 import functools
 import numbers
 import os
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -351,6 +352,12 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
 
         ``indices`` selects the samples to train on (default: all of them).
         """
+        if self.fisher is not None and self.regularization != "ewc":
+            warnings.warn(
+                "fisher is not used: it weights the EWC penalty, and regularization is "
+                f"{self.regularization!r}. Set regularization='ewc' to use it, or leave fisher=None.",
+                UserWarning,
+            )
         history = {"loss": [], "compactness": [], "compactness_ratio": [], "ewc_penalty": []}
         recipe = {name: resolve(self, name) for name in ("n_steps", "learning_rate", "loss", "clip_norm")}
         n_steps, learning_rate = recipe["n_steps"], recipe["learning_rate"]
@@ -432,6 +439,12 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
                 "loss='mean_shifted' contrasts augmented views of images; this backbone takes "
                 "vectors. Use loss='compactness'."
             )
+        if min(self.batch_size, len(pretrained)) < 2:
+            raise ValueError(
+                f"loss='mean_shifted' contrasts each image's views with the other images of its batch; batches "
+                f"of {min(self.batch_size, len(pretrained))} image hold no other (batch_size={self.batch_size}, "
+                f"{len(pretrained)} training images): give batch_size >= 2 and at least 2 images."
+            )
         device = preprocessor.device
         # Drawn only for this loss, so that the compactness loss's batches stay as they were.
         views = ViewMaker(torch.Generator().manual_seed(int(torch.randint(2**31 - 1, (1,), generator=generator))))
@@ -477,7 +490,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
                 f"The given fisher lacks {len(missing)} trainable parameters, e.g. {missing[:3]}; "
                 "its keys must be the names of net_.stages.named_parameters()."
             )
-        fisher = {name: torch.as_tensor(np.asarray(given[name]), dtype=torch.float32) for name in names}
+        fisher = {name: _float32_on_cpu(given[name]) for name in names}
         for name, parameter in zip(names, parameters):
             if tuple(fisher[name].shape) != tuple(parameter.shape):
                 raise ValueError(
@@ -495,3 +508,10 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
 
 def _call_on_step_end(callback, net, step, loss, details):
     callback.on_step_end(net, step=step, loss=loss, details=details)
+
+
+def _float32_on_cpu(values):
+    """A given Fisher tensor (any dtype or device, requiring grad or not) or array, as a float32 CPU tensor."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to("cpu", torch.float32)
+    return torch.as_tensor(np.asarray(values), dtype=torch.float32)

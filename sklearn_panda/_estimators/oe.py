@@ -1,6 +1,7 @@
 """PandaOE: outlier exposure, a linear head trained normal vs exposure images."""
 
 import numbers
+import warnings
 
 import numpy as np
 import torch
@@ -30,6 +31,13 @@ def normal_mask(y, n_samples, normal_label):
     if y.shape != (n_samples,):
         raise ValueError(f"y must have shape ({n_samples},), one label per image; got {y.shape}.")
     normal = y == normal_label
+    if normal_label == 1 and set(np.unique(y).tolist()) == {0, 1}:
+        warnings.warn(
+            "y holds 0 and 1, and normal_label=1 takes the images labelled 1 as normal, those labelled 0 as "
+            "exposure. Where 1 marks anomalies (PyOD's labels, most 0/1 labels), set normal_label=0; "
+            "labels +1 (normal) and -1 (exposure) say it without this warning.",
+            UserWarning,
+        )
     if normal.all() or not normal.any():
         found = sorted(set(np.unique(y).tolist()))
         raise ValueError(

@@ -89,6 +89,9 @@ def check_input(X, fitted_spec=None):
     if getattr(X, "ndim", None) == 1 and len(X) and all(map(_is_image_like, X)):
         # A numpy array or pandas Series of file paths: a list of them.
         X = list(X)
+    elif getattr(X, "ndim", None) == 2 and X.shape[1] == 1 and len(X) and all(map(_is_image_like, np.asarray(X)[:, 0])):
+        # One column of them (a DataFrame read from a CSV file): the same.
+        X = list(np.asarray(X)[:, 0])
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
             raise ValueError("Found an empty list of images; at least one image is required.")
@@ -283,7 +286,13 @@ def check_consistent(spec, fitted_spec, shape=None):
     if "array_images" == spec.kind == fitted_spec.kind:
         raise ValueError(
             f"The estimator was fitted on {fitted_spec.channels}-channel images; got "
-            f"{spec.channels}-channel images. Convert them to the training layout first."
+            f"{spec.channels}-channel images. Convert them to the training layout first"
+            + (
+                " (grayscale to colour: np.repeat(X[..., None], 3, axis=-1) for (n, H, W) arrays; image files "
+                "and PIL images are converted as they are read)."
+                if (spec.channels, fitted_spec.channels) == (1, 3)
+                else "."
+            )
         )
 
 
