@@ -110,8 +110,18 @@ def test_convert_deeppcb_writes_the_layout_load_deeppcb_reads(tmp_path):
         expected[10:14, 20:26] = expected[40:48, 0:4] = True
         np.testing.assert_array_equal(np.asarray(Image.open(folder / "mask" / f"{stem}.png")), expected)
         assert (folder / "boxes" / f"{stem}.txt").read_text().startswith("20 10 25 13 2")
+    # Two of eleven groups: a partial copy is refused, not read as a smaller split.
+    with pytest.raises(FileNotFoundError, match=r"incomplete: no templates in the group\(s\) 12300, 20085, 50600, 90100\."):
+        load_deeppcb(tmp_path / "png")
+    others = [group for group in TRAIN_GROUPS + TEST_GROUPS if group not in ("00041", "12000")]
+    _published(tmp_path / "others", others, np.random.default_rng(1))
+    convert_deeppcb(tmp_path / "others", tmp_path / "png")
     X_train, X_test, y_test, masks = load_deeppcb(tmp_path / "png")
-    assert len(X_train) == 2 and len(X_test) == 4 and masks[y_test == -1].any(axis=(1, 2)).all()
+    assert len(X_train) == 2 * 5 and len(X_test) == 2 * 2 * 6 and masks[y_test == -1].any(axis=(1, 2)).all()
+    # A pair half written (its template without its mask) is refused too.
+    (tmp_path / "png" / "12000" / "mask" / "12000001.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 template\(s\) without their tested image or mask, e\.g\. .*12000001\.png"):
+        load_deeppcb(tmp_path / "png")
 
 
 def test_convert_deeppcb_names_what_it_cannot_read(tmp_path):

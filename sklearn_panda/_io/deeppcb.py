@@ -23,6 +23,7 @@ is centred near a defect.
 """
 
 import importlib.resources
+import io
 import re
 from pathlib import Path
 
@@ -30,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from .dataset_files import check_cap, check_seed
-from .images import read_binary_mask
+from .images import read_binary_mask, write_files
 
 # Boards (group folders) for training and for testing, each set about half the pairs.
 TRAIN_GROUPS = ("00041", "12300", "20085", "50600", "90100")
@@ -101,15 +102,28 @@ def convert_deeppcb(source, target):
             template, note = images / f"{stem}_temp.jpg", notes / f"{stem}.txt"
             if not (template.is_file() and note.is_file()):
                 raise FileNotFoundError(f"{tested} has no {template.name} beside it or no {note} for its boxes.")
-            for path, folder in ((template, "template"), (tested, "tested")):
+            pictures = {}
+            for path, folder in ((tested, "tested"), (template, "template")):
                 with Image.open(path) as image:
-                    grey = np.asarray(image.convert("L"))
-                Image.fromarray(grey > THRESHOLD).save(out / folder / f"{stem}.png")
+                    pictures[folder] = np.asarray(image.convert("L")) > THRESHOLD
             text = note.read_text()
-            Image.fromarray(_box_mask(text, grey.shape, note)).save(out / "mask" / f"{stem}.png")
-            (out / "boxes" / f"{stem}.txt").write_text(text)
+            # A pair is written whole or not at all, its template last: the loader finds pairs by
+            # their templates, and refuses a template without its tested image and mask.
+            write_files({
+                out / "boxes" / f"{stem}.txt": text.encode(),
+                out / "mask" / f"{stem}.png": _png(_box_mask(text, pictures["tested"].shape, note)),
+                out / "tested" / f"{stem}.png": _png(pictures["tested"]),
+                out / "template" / f"{stem}.png": _png(pictures["template"]),
+            })
             n_pairs += 1
     return n_pairs
+
+
+def _png(values):
+    """A PNG file's bytes of a bool (one bit a pixel) or uint8 array."""
+    buffer = io.BytesIO()
+    Image.fromarray(values).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _box_mask(text, shape, where):
@@ -145,14 +159,39 @@ def _box_mask(text, shape, where):
 
 
 def _pairs(root, groups):
-    """``(template, tested, mask)`` paths of every pair in ``groups``, sorted by name."""
-    found = []
+    """``(template, tested, mask)`` paths of every pair in ``groups``, sorted by name.
+
+    Every group must be there, each template with its tested image and mask:
+    a partial copy (an interrupted download or conversion) is an error, not
+    a smaller split. No group at all gives ``[]``.
+    """
+    found, missing, incomplete = [], [], []
     for group in groups:
         folder = root / group
-        for template in sorted((folder / "template").glob("*.png")):
+        templates = sorted((folder / "template").glob("*.png"))
+        if not templates:
+            missing.append(group)
+        for template in templates:
             tested, mask = folder / "tested" / template.name, folder / "mask" / template.name
             if tested.is_file() and mask.is_file():
                 found.append((str(template), str(tested), str(mask)))
+            else:
+                incomplete.append(str(template))
+    if found and (missing or incomplete):
+        raise FileNotFoundError(
+            f"The DeepPCB folder {root} is incomplete: "
+            + "; ".join(
+                part
+                for part in (
+                    f"no templates in the group(s) {', '.join(missing)}" if missing else "",
+                    f"{len(incomplete)} template(s) without their tested image or mask, e.g. {incomplete[0]}"
+                    if incomplete
+                    else "",
+                )
+                if part
+            )
+            + ". Copy or convert it again (sklearn_panda.datasets.convert_deeppcb)."
+        )
     return found
 
 
