@@ -165,3 +165,28 @@ def test_too_few_samples_for_the_scorer_are_refused_before_the_adaptation(scorer
     monkeypatch.setattr(PandaFeatures, "_fit_checked", lambda *args, **kwargs: pytest.fail("adapted first"))
     with pytest.raises(ValueError, match=rf"needs at least {n_samples + 1} training samples: its scorer \('{scorer}'\)"):
         PandaDetector(backbone=tiny_mlp, weights=None, scorer=scorer).fit(np.zeros((n_samples, 6)))
+
+
+# The command line checked image files with PIL's verify, which refused PNGs whose chunk checksums the
+# decoder tolerates: a file the library reads was refused by `sklearn-panda fit`.
+def test_the_command_line_refuses_exactly_the_files_the_library_refuses(tmp_path):
+    import io
+    import struct
+
+    from PIL import Image
+
+    from sklearn_panda._io.images import read_image
+    from sklearn_panda.cli._inputs import check_readable
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    start = data.find(b"IDAT")
+    data[start + 4 + struct.unpack(">I", data[start - 4 : start])[0]] ^= 0xFF  # the chunk's checksum
+    (tmp_path / "checksum.png").write_bytes(bytes(data))
+    (tmp_path / "truncated.png").write_bytes(buffer.getvalue()[: len(data) // 2])
+    read_image(tmp_path / "checksum.png")
+    check_readable([tmp_path / "checksum.png"])
+    for refuse in (read_image, lambda path: check_readable([path])):
+        with pytest.raises(ValueError, match=r"Could not read image file .*truncated\.png: image file is truncated"):
+            refuse(tmp_path / "truncated.png")
