@@ -190,3 +190,22 @@ def test_the_command_line_refuses_exactly_the_files_the_library_refuses(tmp_path
     for refuse in (read_image, lambda path: check_readable([path])):
         with pytest.raises(ValueError, match=r"Could not read image file .*truncated\.png: image file is truncated"):
             refuse(tmp_path / "truncated.png")
+
+
+# Two rules found images in a folder: the command line's (subfolders too) and the data sets' (one level):
+# train/good/batch2/ was trained on by `sklearn-panda fit train/good` and ignored by load_one_class.
+def test_a_data_set_folder_with_images_in_subfolders_is_refused_not_half_read(tmp_path):
+    from PIL import Image
+
+    from sklearn_panda._io.images import collect_images
+    from sklearn_panda.datasets import load_one_class
+
+    for path in ("train/good/a.png", "train/good/.cache/b.png", "test/good/c.png", "test/crack/d.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / path)
+    X_train, _, _ = load_one_class("image_folder", None, root=tmp_path)  # hidden folders skipped by both
+    assert X_train == collect_images([tmp_path / "train" / "good"])
+    (tmp_path / "train" / "good" / "batch2").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "train" / "good" / "batch2" / "e.png")
+    with pytest.raises(ValueError, match=r"good holds images in subfolders \(1, e\.g\. .*batch2/e\.png\)"):
+        load_one_class("image_folder", None, root=tmp_path)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .images import IMAGE_EXTENSIONS
+from .images import IMAGE_EXTENSIONS, image_files
 
 
 def check_cap(param, value, minimum=1):
@@ -132,13 +132,15 @@ def _file_number_order(path):
 
 
 def _list_images(directory):
-    # Hidden files (macOS's "._name.png" resource forks among them) are no images of the set,
-    # as collect_images skips them.
-    paths = [
-        path
-        for path in directory.iterdir()
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-    ]
+    """The images of one class folder of a data set, by file number; images in its subfolders are an
+    error (the command line would read them, this loader would not)."""
+    paths = image_files(directory)
+    nested = [path for path in paths if path.parent != directory]
+    if nested:
+        raise ValueError(
+            f"{directory} holds images in subfolders ({len(nested)}, e.g. {nested[0]}); a data set's class "
+            "folder holds its images directly. Move them up, or out of the data set."
+        )
     return [str(path) for path in sorted(paths, key=_file_number_order)]
 
 

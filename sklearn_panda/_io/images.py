@@ -167,15 +167,35 @@ def collect_images(sources):
     return paths
 
 
-def _folder_images(folder):
-    found = sorted(
+def image_files(folder):
+    """The image files under ``folder``, in subfolders too, as paths, unsorted: the package's one rule.
+
+    An image file has one of ``IMAGE_EXTENSIONS`` (any case); hidden files and
+    folders (names starting with ``.``) are skipped: they are tool debris
+    (macOS's ``._name.png`` are no images).
+
+    Examples
+    --------
+    >>> import pathlib, tempfile
+    >>> from sklearn_panda._io.images import image_files
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("a.jpg", "._a.jpg", "notes.md"):
+    ...     _ = (folder / name).write_bytes(b"")
+    >>> [path.name for path in image_files(folder)]
+    ['a.jpg']
+    """
+    folder = pathlib.Path(folder)
+    return [
         path
         for path in folder.rglob("*")
         if path.suffix.lower() in IMAGE_EXTENSIONS
         and path.is_file()
-        # Hidden entries are tool debris (macOS's "._name.png" are not images).
         and not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
+    ]
+
+
+def _folder_images(folder):
+    found = sorted(image_files(folder))
     if not found:
         raise ValueError(
             f"No images in folder {folder} (looked for {', '.join(IMAGE_EXTENSIONS)}, in subfolders too)."
