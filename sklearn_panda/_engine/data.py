@@ -203,12 +203,6 @@ def _unit_range_rgb(images):
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
-def batch_indices(n_samples, batch_size):
-    """Consecutive index batches covering ``range(n_samples)`` once."""
-    for start in range(0, n_samples, batch_size):
-        yield np.arange(start, min(start + batch_size, n_samples))
-
-
 def shuffled_batches(n_samples, batch_size, generator):
     """An endless stream of shuffled index batches, a new permutation each epoch.
 
