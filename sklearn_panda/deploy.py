@@ -35,14 +35,17 @@ the size it scores them at (the graph holds no resize): the file's outputs are
 reads the maps.
 """
 
+import importlib.util
 import numbers
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ._estimators.validation import check_input
+from ._io.images import write_files
 
 __all__ = ["OnnxDetector", "export_onnx", "quantize_onnx"]
 
@@ -183,8 +186,8 @@ def export_onnx(detector, path, *, image_size):
     >>> onnx_det.predict(images[:3]).tolist() == det.predict(images[:3]).tolist()
     True
     """
-    import onnx
-
+    if importlib.util.find_spec("onnx") is None:  # torch's exporter needs it: said before any work
+        raise ImportError("export_onnx needs ONNX: pip install 'sklearn-panda[onnx]'.")
     from ._engine.onnx_graph import ONNX_FILE_LIMIT_BYTES, ScoringGraph, export_scoring_graph
     from ._estimators.patch import PandaPatchDetector
 
@@ -213,13 +216,11 @@ def export_onnx(detector, path, *, image_size):
     )
     model = export_scoring_graph(graph, image_size, channels)
     _set_metadata(model, _metadata(detector, image_size, channels, scorer_metadata))
-    onnx.save(model, path)
-    return Path(path)
+    return _write_model(model, path)
 
 
 def _export_patch_detector(detector, path, image_size):
     """:func:`export_onnx` of a :class:`~sklearn_panda.PandaPatchDetector`: scores and maps in one graph."""
-    import onnx
     from sklearn.utils.validation import check_is_fitted
 
     from ._engine.onnx_graph import ONNX_FILE_LIMIT_BYTES, PatchScoringGraph, export_scoring_graph
@@ -277,8 +278,7 @@ def _export_patch_detector(detector, path, image_size):
         "metric": "euclidean",
     }
     _set_metadata(model, metadata)
-    onnx.save(model, path)
-    return Path(path)
+    return _write_model(model, path)
 
 
 def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
@@ -344,11 +344,20 @@ def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
             "file written would be float32 labelled int8. Use the float32 file itself, or leave some out."
         )
     calibration = _as_file_input(calibration_images, metadata)
-    quantize_int8(path, int8_path, calibration, keep_float32=keep_float32)
-    model = onnx.load(int8_path)
+    # Quantised into a temporary file, then written once with its metadata: an interrupted or failed
+    # run leaves no int8 file without them (and int8_path may be the float file itself).
+    with tempfile.TemporaryDirectory() as folder:
+        quantized = Path(folder) / "int8.onnx"
+        quantize_int8(path, quantized, calibration, keep_float32=keep_float32)
+        model = onnx.load(quantized)
     _set_metadata(model, {**metadata, "precision": "int8"})
-    onnx.save(model, int8_path)
-    return Path(int8_path)
+    return _write_model(model, int8_path)
+
+
+def _write_model(model, path):
+    """Write an ONNX ``model`` to ``path`` whole or not at all (the package's atomic writer)."""
+    write_files({os.fspath(path): model.SerializeToString()})
+    return Path(path)
 
 
 def _cpu_float32_copy(net):

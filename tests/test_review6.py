@@ -209,3 +209,21 @@ def test_a_data_set_folder_with_images_in_subfolders_is_refused_not_half_read(tm
     Image.new("RGB", (8, 8)).save(tmp_path / "train" / "good" / "batch2" / "e.png")
     with pytest.raises(ValueError, match=r"good holds images in subfolders \(1, e\.g\. .*batch2/e\.png\)"):
         load_one_class("image_folder", None, root=tmp_path)
+
+
+# export_onnx and quantize_onnx wrote with onnx.save: an interrupted write left a truncated file, and a
+# failed metadata step an int8 file without the package's metadata in the user's place.
+def test_onnx_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from sklearn_panda.deploy import export_onnx, quantize_onnx
+
+    X = (np.random.default_rng(0).random((6, 32, 32, 3)) * 255).astype(np.uint8)
+    detector = PandaDetector(**TINY_IMAGES, n_steps=0).fit(X)
+    path = export_onnx(detector, tmp_path / "det.onnx", image_size=(32, 32))
+    original = path.read_bytes()
+    monkeypatch.setattr("sklearn_panda.deploy._set_metadata", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
+    for write in (lambda: export_onnx(detector, path, image_size=(32, 32)), lambda: quantize_onnx(path, path, X[:4])):
+        with pytest.raises(KeyboardInterrupt):
+            write()
+        assert path.read_bytes() == original
+    assert sorted(item.name for item in tmp_path.iterdir()) == ["det.onnx"]
