@@ -4,18 +4,32 @@ Scikit-learn outlier detectors that fine-tune an ImageNet-pretrained network
 on normal images (compactness loss with early stopping, EWC, sample-wise early
 stopping or outlier exposure) and score new images by their distance to the
 nearest normal features; and the adapted features alone, as a transformer.
+
+The public names are imported on first use (PEP 562): ``import
+sklearn_panda.scorers`` (or ``.metrics``, the command line's ``--help``)
+does not import torch.
 """
 
-from ._estimators.detector import PandaDetector
-from ._estimators.features import PandaFeatures
-from ._estimators.oe import PandaOE
-from ._estimators.patch import PandaPatchDetector
-from ._estimators.ses import PandaSES
-from ._io.persistence import load, save
+import importlib
+
 from ._old_paths import alias_old_paths
 from ._version import __version__
-from .model_selection import NormalOnlySplit
-from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
+
+# Public name -> the module (under sklearn_panda) that defines it.
+_PUBLIC = {
+    "CenterScorer": "scorers",
+    "KMeansScorer": "scorers",
+    "KNNScorer": "scorers",
+    "MahalanobisScorer": "scorers",
+    "NormalOnlySplit": "model_selection",
+    "PandaDetector": "_estimators.detector",
+    "PandaFeatures": "_estimators.features",
+    "PandaOE": "_estimators.oe",
+    "PandaPatchDetector": "_estimators.patch",
+    "PandaSES": "_estimators.ses",
+    "load": "_io.persistence",
+    "save": "_io.persistence",
+}
 
 # Pickles written before the private modules moved into subpackages name their old paths.
 alias_old_paths()
@@ -35,3 +49,15 @@ __all__ = [
     "load",
     "save",
 ]
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+    globals()[name] = value  # once: later lookups find it directly
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *__all__})

@@ -8,6 +8,8 @@ of the package (its classes go by their public names).
 """
 
 import importlib
+import importlib.abc
+import importlib.util
 import sys
 
 # Old flat module -> where it lives now (both under sklearn_panda).
@@ -47,7 +49,9 @@ MOVED = {
 
 
 def alias_old_paths(package="sklearn_panda"):
-    """Make ``package._old`` name the module ``package.<new>`` for each entry of :data:`MOVED`.
+    """Make ``package._old`` name the module ``package.<new>`` for each entry of :data:`MOVED`,
+    when it is first imported (a pickle's class lookup does), not before: importing the
+    package imports none of them.
 
     Examples
     --------
@@ -56,5 +60,29 @@ def alias_old_paths(package="sklearn_panda"):
     >>> pickle.loads(b"csklearn_panda._detector\\nPandaDetector\\n.") is PandaDetector
     True
     """
-    for old, new in MOVED.items():
-        sys.modules.setdefault(f"{package}.{old}", importlib.import_module(f"{package}.{new}"))
+    if not any(isinstance(finder, _OldPaths) and finder.package == package for finder in sys.meta_path):
+        sys.meta_path.append(_OldPaths(package))
+
+
+class _OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds ``package._old`` as the module that now lives at ``package.<MOVED[old]>``."""
+
+    def __init__(self, package):
+        self.package = package
+        self.specs = {}  # old name -> the module's own spec, while the import system sets the old one
+
+    def find_spec(self, fullname, path, target=None):
+        package, _, old = fullname.rpartition(".")
+        if package != self.package or old not in MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec):
+        # The module itself, not a copy: the classes a pickle names are the package's own.
+        module = importlib.import_module(f"{self.package}.{MOVED[spec.name.rpartition('.')[2]]}")
+        self.specs[spec.name] = module.__spec__
+        return module
+
+    def exec_module(self, module):
+        """Nothing to run (the module was imported under its own name); its own spec put back."""
+        module.__spec__ = self.specs.pop(module.__spec__.name)

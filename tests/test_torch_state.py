@@ -391,6 +391,31 @@ def test_scorers_never_import_torch():
                 assert not [one for one in imported if one.partition(".")[0] == "torch"], f"{name} imports torch"
 
 
+def test_importing_the_scorers_or_the_package_imports_no_torch():
+    """Not only no scorer module: nothing that importing them runs, the package's __init__ included."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sklearn_panda.scorers, sklearn_panda.metrics, sklearn_panda.model_selection; "
+        "import sklearn_panda; assert sklearn_panda.KNNScorer is sklearn_panda.scorers.KNNScorer; "
+        "print(sorted(name for name in ('torch', 'torchvision') if name in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_package_s_names_are_its_all_and_load_on_first_use():
+    import sklearn_panda
+
+    assert set(sklearn_panda.__all__) == {*sklearn_panda._PUBLIC, "__version__"}
+    assert set(sklearn_panda.__all__) <= set(dir(sklearn_panda))
+    for name in sklearn_panda.__all__:
+        assert getattr(sklearn_panda, name) is not None
+    with pytest.raises(AttributeError, match="has no attribute 'PandaDetecter'"):
+        sklearn_panda.PandaDetecter
+
+
 def test_the_torch_engine_never_imports_estimator_code():
     """docs/ARCHITECTURE.md's layers: no module of the engine (``_engine``) or of image
     decoding reaches an estimator module (``_estimators``), even through others."""
