@@ -11,7 +11,9 @@ order given, as skorch's callbacks are called:
   callback may choose.
 * ``on_step_end(net, step=..., loss=..., details=...)``: after every SGD step
   (``step`` counts from 0; ``details`` holds the step's ``compactness`` and
-  ``ewc_penalty``).
+  ``ewc_penalty``). Returning ``True`` ends the adaptation after this step
+  (early stopping: the network is kept as this step left it; ``history_``
+  holds the steps taken); every callback still sees the step.
 * ``on_train_end(net, training_inputs=..., trunk_outputs=...)``: once, after
   the last step. ``training_inputs(indices)`` gives the preprocessed batch of
   those training samples on the network's device (``len(training_inputs)``
@@ -115,10 +117,19 @@ class TrainingCallback:
             ``step`` (int, from 0), ``loss`` (float, the step's loss) and
             ``details`` (dict: the step's ``compactness`` and ``ewc_penalty``).
 
+        Returns
+        -------
+        stop : bool or None
+            ``True`` ends the adaptation after this step; ``None`` (or
+            ``False``) goes on.
+
         Examples
         --------
         >>> from sklearn_panda.callbacks import TrainingCallback
-        >>> TrainingCallback().on_step_end(None, step=0, loss=1.0, details={}) is None
+        >>> class StopWhenCompact(TrainingCallback):
+        ...     def on_step_end(self, net, *, details, **kwargs):
+        ...         return details["compactness"] < 0.01
+        >>> StopWhenCompact().on_step_end(None, step=3, loss=0.005, details={"compactness": 0.005})
         True
         """
 

@@ -227,3 +227,26 @@ def test_onnx_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
             write()
         assert path.read_bytes() == original
     assert sorted(item.name for item in tmp_path.iterdir()) == ["det.onnx"]
+
+
+# A callback could not stop the adaptation: raising discarded the whole fit.
+def test_a_callback_returning_true_ends_the_adaptation_after_that_step():
+    from sklearn_panda.callbacks import TrainingCallback
+
+    class StopAt(TrainingCallback):
+        def __init__(self, last):
+            self.last, self.seen = last, []
+
+        def on_step_end(self, net, *, step, **kwargs):
+            self.seen.append(step)
+            return step == self.last
+
+    X = np.random.default_rng(0).normal(size=(30, 6))
+    settings = dict(backbone=tiny_mlp, weights=None, batch_size=8, random_state=0)
+    stopper, witness = StopAt(2), StopAt(None)
+    stopped = PandaFeatures(**settings, n_steps=10).fit(X, callbacks=[stopper, witness])
+    assert stopper.seen == witness.seen == [0, 1, 2] and len(stopped.history_["loss"]) == 3
+    three_steps = PandaFeatures(**settings, n_steps=3).fit(X)
+    np.testing.assert_array_equal(stopped.transform(X), three_steps.transform(X))
+    detector = PandaDetector(**settings, n_steps=10).fit(X, callbacks=[StopAt(0)])
+    assert len(detector.features_.history_["loss"]) == 1

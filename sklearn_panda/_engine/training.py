@@ -33,7 +33,8 @@ def run_sgd(
         Gradient-norm clipping (the paper: 1e-3).
     callbacks : sequence of callables
         Each is called as ``callback(step, loss_value, details)`` after every
-        step (progress, history, checkpoints).
+        step (progress, history, checkpoints), all of them; where one returns
+        a true value, training ends after that step.
     scale_gradients : bool
         Scale the loss before the backward pass (``torch.amp.GradScaler``), as
         float16 forward passes need: their small gradients underflow to zero
@@ -66,5 +67,6 @@ def run_sgd(
             torch.nn.utils.clip_grad_norm_(parameters, clip_norm)
         scaler.step(optimizer)
         scaler.update()
-        for callback in callbacks:
-            callback(step, loss_value, details)
+        stops = [callback(step, loss_value, details) for callback in callbacks]
+        if any(stops):
+            return

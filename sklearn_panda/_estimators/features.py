@@ -106,7 +106,8 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         Per step: ``"loss"``, ``"compactness"`` (the batch's mean squared
         distance to the centre), ``"compactness_ratio"`` (that divided by the
         training set's value before adaptation; values falling towards 0 warn
-        of collapse) and ``"ewc_penalty"``.
+        of collapse) and ``"ewc_penalty"``; one entry a step taken (fewer
+        than ``n_steps`` where a callback ended the adaptation early).
     fisher_ : dict or None
         The Fisher diagonal used with EWC, on the CPU.
     recipe_ : dict
@@ -507,7 +508,8 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
 
 
 def _call_on_step_end(callback, net, step, loss, details):
-    callback.on_step_end(net, step=step, loss=loss, details=details)
+    """The hook's answer: true ends the training after this step."""
+    return callback.on_step_end(net, step=step, loss=loss, details=details)
 
 
 def _float32_on_cpu(values):
