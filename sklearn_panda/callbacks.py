@@ -1,8 +1,9 @@
 """Training callbacks: code of one's own that takes part in the adaptation.
 
-``PandaFeatures.fit(X, callbacks=[...])`` (and ``fit_transform``) calls the
-hooks of each :class:`TrainingCallback` while it adapts the network, in the
-order given, as skorch's callbacks are called:
+``PandaFeatures.fit(X, callbacks=[...])`` (and ``fit_transform``; the
+detectors' ``fit`` passes them on, ``PandaOE.fit(X, y, callbacks=[...])``
+too) calls the hooks of each :class:`TrainingCallback` while it adapts the
+network, in the order given, as skorch's callbacks are called:
 
 * ``on_train_begin(net, n_samples=..., generator=...)``: once, before the
   first step (also when ``n_steps=0``). It may return the indices of the
@@ -51,6 +52,8 @@ Examples
 >>> log.losses == features.history_["loss"][::2]
 True
 """
+
+import functools
 
 import numpy as np
 
@@ -170,6 +173,16 @@ def check_callbacks(callbacks):
                 f"{type(callback).__name__}."
             )
     return callbacks
+
+
+def step_hooks(callbacks, net):
+    """The training loop's ``hook(step, loss, details)`` for each callback: its ``on_step_end`` on ``net``,
+    whose answer (true: stop after this step) the hook hands on."""
+    return [functools.partial(_on_step_end, callback, net) for callback in callbacks]
+
+
+def _on_step_end(callback, net, step, loss, details):
+    return callback.on_step_end(net, step=step, loss=loss, details=details)
 
 
 def training_indices(callbacks, net, n_samples, generator):

@@ -250,3 +250,32 @@ def test_a_callback_returning_true_ends_the_adaptation_after_that_step():
     np.testing.assert_array_equal(stopped.transform(X), three_steps.transform(X))
     detector = PandaDetector(**settings, n_steps=10).fit(X, callbacks=[StopAt(0)])
     assert len(detector.features_.history_["loss"]) == 1
+
+
+# PandaOE.fit took no callbacks (its fine-tuning is an adaptation too).
+def test_pandaoe_calls_the_training_callbacks():
+    from sklearn_panda.callbacks import TrainingCallback
+
+    class Log(TrainingCallback):
+        def __init__(self, choose=False):
+            self.calls, self.choose = [], choose
+
+        def on_train_begin(self, net, *, n_samples, **kwargs):
+            self.calls.append(("begin", n_samples))
+            return [0, 1] if self.choose else None
+
+        def on_step_end(self, net, *, step, **kwargs):
+            self.calls.append(("step", step))
+            return step == 1
+
+        def on_train_end(self, net, *, training_inputs, **kwargs):
+            self.calls.append(("end", len(training_inputs)))
+
+    X = np.random.default_rng(0).normal(size=(20, 6))
+    y = np.r_[np.ones(12), -np.ones(8)]
+    log = Log()
+    oe = PandaOE(backbone=tiny_mlp, weights=None, n_steps=5, random_state=0).fit(X, y, callbacks=[log])
+    assert log.calls == [("begin", 20), ("step", 0), ("step", 1), ("end", 20)] and len(oe.history_["loss"]) == 2
+    assert len(PandaOE(backbone=tiny_mlp, weights=None, n_steps=5).fit_predict(X, y, callbacks=[Log()])) == 20
+    with pytest.raises(ValueError, match="PandaOE fine-tunes on every sample it is given"):
+        PandaOE(backbone=tiny_mlp, weights=None, n_steps=5).fit(X, y, callbacks=[Log(choose=True)])

@@ -1,6 +1,5 @@
 """PandaFeatures: the adaptation alone, as a scikit-learn transformer."""
 
-import functools
 import numbers
 import os
 import warnings
@@ -17,7 +16,7 @@ from .._engine.data import shuffled_batches
 from .._engine.device import ON_CPU, ON_DEVICE
 from .._engine.losses import compactness_loss, ewc_penalty, fisher_diagonal, mean_shifted_contrastive_loss
 from .._sklearn_compat import Interval, StrOptions, _fit_context
-from ..callbacks import check_callbacks, training_indices
+from ..callbacks import check_callbacks, step_hooks, training_indices
 from .base import BasePanda
 from .docstrings import fill_doc
 from .recipes import AUTO, resolve
@@ -345,8 +344,7 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         choose the samples to train on and see every step.
         """
         indices = training_indices(callbacks, net, len(preprocessor), generator)
-        after_step = [functools.partial(_call_on_step_end, callback, net) for callback in callbacks]
-        return self._train(net, preprocessor, hidden, generator, after_step, indices)
+        return self._train(net, preprocessor, hidden, generator, step_hooks(callbacks, net), indices)
 
     def _train(self, net, preprocessor, hidden, generator, callbacks=(), indices=None):
         """Fine-tuning of ``net`` in place with ``loss``; ``callbacks`` run after each step.
@@ -505,11 +503,6 @@ class PandaFeatures(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BasePanda
         # The features are float32 whatever the input's dtype.
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
-
-
-def _call_on_step_end(callback, net, step, loss, details):
-    """The hook's answer: true ends the training after this step."""
-    return callback.on_step_end(net, step=step, loss=loss, details=details)
 
 
 def _float32_on_cpu(values):

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._engine.data import shuffled_batches
+from ..callbacks import check_callbacks, step_hooks, training_indices
 from .._engine.device import ON_DEVICE, seeded_cpu_generator
 from .._sklearn_compat import Interval, _fit_context
 from ..scorers import KNNScorer, offset_from_training_scores
@@ -252,7 +253,7 @@ class PandaOE(BasePandaDetector):
         self.normal_label = normal_label
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, callbacks=None):
         """Fine-tune on normal (``y == normal_label``) against exposure (any other label) images.
 
         Parameters
@@ -263,18 +264,31 @@ class PandaOE(BasePandaDetector):
             ``normal_label`` (default 1) for normal images, any other label
             (such as -1, the label ``predict`` gives anomalies) for exposure
             images.
+        callbacks : list of TrainingCallback, default=None
+            Hooks called before the fine-tuning, after every step (``details``
+            is empty; returning ``True`` ends it) and after it, as
+            :meth:`PandaFeatures.fit` calls them
+            (:mod:`sklearn_panda.callbacks`). Every sample trains here: a
+            callback that chooses the samples to train on is an error.
 
         Returns
         -------
         self : object
             The fitted estimator.
         """
-        self._fit(X, y)
+        self._fit(X, y, callbacks=check_callbacks(callbacks))
         return self
 
-    def _fit_checked(self, X, checked, is_normal):
+    def _fit_checked(self, X, checked, is_normal, callbacks=()):
         run = self._start_fit(checked)
-        fitted = self._adapt(run.net, run.preprocessor, run.hidden, run.generator, is_normal)
+        if training_indices(callbacks, run.net, len(run.preprocessor), run.generator) is not None:
+            raise ValueError(
+                "PandaOE fine-tunes on every sample it is given, normal against exposure: a callback cannot "
+                "choose the samples to train on (on_train_begin must return None). Pass the samples to fit."
+            )
+        fitted = self._adapt(run.net, run.preprocessor, run.hidden, run.generator, is_normal, callbacks)
+        for callback in callbacks:
+            callback.on_train_end(run.net, training_inputs=run.preprocessor, trunk_outputs=run.hidden)
         fitted.update(self._fit_scoring(fitted, run.preprocessor, run.hidden))
         fitted.update(input_spec_=checked.spec, device_=run.device)
         return fitted, run
@@ -289,7 +303,7 @@ class PandaOE(BasePandaDetector):
             )
         return is_normal
 
-    def fit_predict(self, X, y):
+    def fit_predict(self, X, y, callbacks=None):
         """Fit, then label the training samples with ``predict``.
 
         Parameters
@@ -298,16 +312,19 @@ class PandaOE(BasePandaDetector):
             Training samples, normal and exposure, as in ``fit``.
         y : array-like of shape (n_samples,)
             ``normal_label`` for normal images, any other label for exposure images.
+        callbacks : list of TrainingCallback, default=None
+            As in ``fit``.
 
         Returns
         -------
         labels : ndarray of shape (n_samples,)
             ``predict(X)`` after ``fit(X, y)``: -1 for outliers, +1 for inliers.
         """
-        return self.fit(X, y).predict(X)
+        return self.fit(X, y, callbacks=callbacks).predict(X)
 
-    def _adapt(self, net, preprocessor, hidden, generator, is_normal):
-        """Fine-tune ``net`` with a new head, normal samples (the mask ``is_normal``) against the others."""
+    def _adapt(self, net, preprocessor, hidden, generator, is_normal, callbacks=()):
+        """Fine-tune ``net`` with a new head, normal samples (the mask ``is_normal``) against the others;
+        each callback's ``on_step_end`` after every step."""
         device = preprocessor.device
         n_features = self._feature_width(net, preprocessor, hidden)
         with seeded_cpu_generator(int(torch.randint(2**31 - 1, (1,), generator=generator))):
@@ -340,7 +357,7 @@ class PandaOE(BasePandaDetector):
             momentum=self.momentum,
             weight_decay=self.weight_decay,
             clip_norm=self.clip_norm,
-            callbacks=[record],
+            callbacks=[record, *step_hooks(callbacks, net)],
         )
         return {"net_": net, "head_": head, "history_": history, "normal_indices_": normal}
 
