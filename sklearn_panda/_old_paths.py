@@ -34,7 +34,6 @@ MOVED = {
     "_docstrings": "_estimators.docstrings",
     "_features": "_estimators.features",
     "_oe": "_estimators.oe",
-    "_outlier": "_estimators.outlier",
     "_patch": "_estimators.patch",
     "_recipes": "_estimators.recipes",
     "_ses": "_estimators.ses",

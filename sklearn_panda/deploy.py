@@ -46,6 +46,7 @@ import numpy as np
 
 from ._estimators.validation import check_input
 from ._io.images import write_files
+from .scorers._contract import OutlierDecisions
 
 __all__ = ["OnnxDetector", "export_onnx", "quantize_onnx"]
 
@@ -423,7 +424,7 @@ def _read_metadata(path):
     return metadata
 
 
-class OnnxDetector:
+class OnnxDetector(OutlierDecisions):
     """Score images with a file written by :func:`export_onnx`, in ONNX Runtime or OpenVINO.
 
     Has the scoring methods of the exported detector (``score_samples``,
@@ -575,33 +576,3 @@ class OnnxDetector:
                 for start in range(0, len(images), self.batch_size)
             ]
         )
-
-    def decision_function(self, X):
-        """``score_samples(X) - offset_``: negative for outliers.
-
-        Parameters
-        ----------
-        X : array-like of uint8 images
-            As in ``score_samples``.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_samples,)
-            Shifted scores: negative for outliers, positive for inliers.
-        """
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X):
-        """+1 for inliers, -1 for outliers.
-
-        Parameters
-        ----------
-        X : array-like of uint8 images
-            As in ``score_samples``.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-            -1 where ``decision_function`` is negative, +1 elsewhere.
-        """
-        return np.where(self.decision_function(X) < 0, -1, 1)

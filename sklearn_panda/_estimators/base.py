@@ -36,7 +36,7 @@ from .._engine.inference import cache_sized_batch, cache_trunk_outputs, extract_
 from .._engine.progress import ProgressBar
 from .._engine.training import run_sgd
 from .._sklearn_compat import Interval, StrOptions
-from .outlier import OutlierContractMixin
+from ..scorers._contract import OutlierContractMixin
 from .recipes import AUTO, resolve
 from .torch_state import TorchStateMixin
 from .validation import check_geometry, check_input, check_new_input

@@ -12,8 +12,8 @@ from .._engine.device import ON_DEVICE, resolve_device
 from .._engine.patch_features import build_patch_net, patch_grids, resize_maps
 from .._engine.progress import ProgressBar
 from .._sklearn_compat import Interval, StrOptions, _fit_context
+from ..scorers._contract import OutlierContractMixin
 from .base import draw_seed
-from .outlier import OutlierContractMixin
 from .patch_bank import patch_distances, worst_patches
 from .patch_calibration import smoothed_maps
 from .patch_training import TrainingImagesMixin

@@ -135,7 +135,77 @@ def _rowwise_squared_distances(A, B):
     return np.einsum("ij,ij->i", diff, diff)
 
 
-class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
+class OutlierDecisions:
+    """``decision_function`` and ``predict`` from ``score_samples`` and ``offset_``: the outlier
+    contract's one decision, written once for the scorers, the estimators and ONNX files."""
+
+    def decision_function(self, X):
+        """``score_samples(X) - offset_``: negative for outliers.
+
+        Parameters
+        ----------
+        X : array-like
+            Samples in the layout ``score_samples`` takes.
+
+        Returns
+        -------
+        decision : ndarray of shape (n_samples,)
+            Shifted scores: negative for outliers, positive for inliers.
+        """
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X):
+        """+1 for inliers, -1 for outliers.
+
+        Parameters
+        ----------
+        X : array-like
+            Samples in the layout ``score_samples`` takes.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            -1 where ``decision_function`` is negative, +1 elsewhere.
+        """
+        return np.where(self.decision_function(X) < 0, -1, 1)
+
+
+class OutlierContractMixin(OutlierDecisions, OutlierMixin):
+    """scikit-learn's outlier contract of a fitted detector: ``decision_function``, ``predict`` and
+    ``fit_predict``. The detector defines ``fit``, ``score_samples`` and the fitted ``offset_`` and
+    ``training_scores_``."""
+
+    def fit_predict(self, X, y=None, **kwargs):
+        """Fit, then label each training sample by its training score.
+
+        Unlike ``fit(X).predict(X)``, a training sample is scored leaving
+        itself out (``training_scores_``: it is not its own neighbour, nor part
+        of its own centroid or Gaussian, nor a training image's patches in its
+        own memory bank), so that a float ``contamination`` is the fraction of
+        training samples flagged, as in
+        :class:`~sklearn.neighbors.LocalOutlierFactor`.
+
+        Parameters
+        ----------
+        X : array-like
+            Training samples, as in ``fit``.
+        y : Ignored
+            Not used, present for API consistency by convention.
+        **kwargs : dict
+            Passed on to ``fit`` (such as ``callbacks``), as scikit-learn's
+            ``OutlierMixin.fit_predict`` does.
+
+        Returns
+        -------
+        labels : ndarray of shape (n_samples,)
+            -1 for the training samples whose training score is below
+            ``offset_``, +1 for the others.
+        """
+        self.fit(X, y, **kwargs)
+        return np.where(self.training_scores_ < self.offset_, -1, 1)
+
+
+class _BaseScorer(OutlierContractMixin, BaseEstimator, metaclass=ABCMeta):
     """Shared outlier contract: validation, ``offset_``, scores and labels.
 
     Subclasses implement ``_fit_distances(X)`` (fit and return the leave-one-out
@@ -203,30 +273,6 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
         self.offset_ = offset_from_training_scores(self.training_scores_, self.contamination)
         return self
 
-    def fit_predict(self, X, y=None):
-        """Fit on ``X`` and label each training point, leaving it out of its own model.
-
-        Unlike ``fit(X).predict(X)``, a training point is scored without
-        itself (``training_scores_``), so that ``contamination`` is the
-        fraction of training points flagged, as in
-        :class:`~sklearn.neighbors.LocalOutlierFactor`.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Training features.
-
-        y : Ignored
-            Not used, present for API consistency by convention.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-            +1 for inliers, -1 for outliers.
-        """
-        self.fit(X)
-        return np.where(self.training_scores_ < self.offset_, -1, 1)
-
     def _validate_new(self, X):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
@@ -247,36 +293,6 @@ class _BaseScorer(OutlierMixin, BaseEstimator, metaclass=ABCMeta):
             Negated distance of each sample to the fitted normal data.
         """
         return -self._distances(self._validate_new(X)).astype(np.float64)
-
-    def decision_function(self, X):
-        """``score_samples(X) - offset_``: negative for outliers.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features to score.
-
-        Returns
-        -------
-        decision : ndarray of shape (n_samples,)
-            Shifted scores; below zero means outlier.
-        """
-        return self.score_samples(X) - self.offset_
-
-    def predict(self, X):
-        """Label samples: +1 inlier, -1 outlier.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-            Features to label.
-
-        Returns
-        -------
-        labels : ndarray of shape (n_samples,)
-            +1 for inliers, -1 for outliers.
-        """
-        return np.where(self.decision_function(X) < 0, -1, 1)
 
     def _saved_state(self):
         """The fitted attributes, for :func:`sklearn_panda.save`: numbers, strings and arrays only.
