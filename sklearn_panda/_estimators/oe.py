@@ -13,6 +13,7 @@ from ..callbacks import check_callbacks, step_hooks, training_indices
 from .._engine.device import ON_DEVICE, seeded_cpu_generator
 from .._sklearn_compat import Interval, _fit_context
 from ..scorers import KNNScorer, offset_from_training_scores
+from ..scorers._contract import _l2_normalize
 from .base import BasePandaDetector, draw_seed
 from .docstrings import fill_doc
 
@@ -380,7 +381,7 @@ class PandaOE(BasePandaDetector):
         knn_scorer = scales = None
         if self.combine_knn:
             # Seeded as PandaDetector's scorer: an approximate index (algorithm="auto") is then reproducible.
-            knn_scorer = KNNScorer(n_neighbors=2, random_state=draw_seed(self.random_state)).fit(_unit_rows(features))
+            knn_scorer = KNNScorer(n_neighbors=2, random_state=draw_seed(self.random_state)).fit(_l2_normalize(features))
             raw = np.stack([scores, knn_scorer.training_scores_], axis=1)
             spread = raw.std(axis=0)
             if not (spread > 0).all():
@@ -412,13 +413,8 @@ class PandaOE(BasePandaDetector):
         scores = self._head_scores(self.head_, features, self.device_)
         if self.knn_scorer_ is None:
             return scores
-        raw = np.stack([scores, self.knn_scorer_.score_samples(_unit_rows(features))], axis=1)
+        raw = np.stack([scores, self.knn_scorer_.score_samples(_l2_normalize(features))], axis=1)
         return _standardised_sum(raw, self.score_scales_)
-
-
-def _unit_rows(features):
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return features / np.maximum(norms, np.finfo(np.float32).tiny)
 
 
 def _standardised_sum(raw, scales):
