@@ -145,7 +145,7 @@ def forward_only(threads, rounds, compiled=False):
 
     import sklearn_panda._engine.folding as folding
     from adaptation_study import cpu_name
-    from sklearn_panda._engine.patch_features import build_patch_net
+    from sklearn_panda._engine.patch_net import build_patch_net
 
     net, _ = build_patch_net("efficientnet_lite0", "imagenet", "auto")
     networks = {"batchnorm": list(net.trunk)}
@@ -203,7 +203,7 @@ def smoothing_only(threads, rounds):
     import torch.nn.functional as F
 
     from adaptation_study import cpu_name
-    from sklearn_panda._engine.patch_features import gaussian_smoothing
+    from sklearn_panda._engine.maps import gaussian_smoothing
 
     def by_convolution(maps, sigma):
         radius = int(4 * sigma + 0.5)

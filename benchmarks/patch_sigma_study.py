@@ -33,7 +33,7 @@ SEED_SPREAD, PRO_TOLERANCE = 0.0015, 0.005
 
 def maps_by_sigma(detector, images, sigmas):
     """``{sigma: [map (H, W) of each image, at its own size]}`` from one pass of patch distances."""
-    from sklearn_panda._engine.patch_features import resize_maps
+    from sklearn_panda._engine.maps import resize_maps
     from sklearn_panda._estimators.patch_bank import patch_distances
     from sklearn_panda._estimators.patch_calibration import smoothed_maps
     from sklearn_panda._estimators.validation import check_input

@@ -56,14 +56,9 @@ from sklearn.metrics import roc_auc_score
 from adaptation_study import cpu_name
 from sklearn_panda._engine.coreset import StreamingCoreset
 from sklearn_panda._engine.data import IMAGENET_MEAN, IMAGENET_STD
-from sklearn_panda._engine.patch_features import (
-    aggregate,
-    build_patch_net,
-    gaussian_smoothing,
-    resize_maps,
-    stage_outputs,
-    working_size,
-)
+from sklearn_panda._engine.maps import gaussian_smoothing, resize_maps
+from sklearn_panda._engine.patch_features import aggregate, working_size
+from sklearn_panda._engine.patch_net import build_patch_net, stage_outputs
 from sklearn_panda._io.images import read_binary_mask, read_image
 from sklearn_panda.datasets import load_deeppcb
 from sklearn_panda.metrics import pixel_roc_auc, pro_score

@@ -10,7 +10,7 @@ from sklearn_panda._engine.folding import (
     fold_batchnorm,
     folded,
 )
-from sklearn_panda._engine.patch_features import build_patch_net, stage_outputs
+from sklearn_panda._engine.patch_net import build_patch_net, stage_outputs
 
 
 def batchnorms(module):

@@ -13,15 +13,11 @@ import torch
 from torch import nn
 
 from sklearn_panda import PandaPatchDetector
+from sklearn_panda._engine import maps as map_module
 from sklearn_panda._engine import patch_features
-from sklearn_panda._engine.patch_features import (
-    build_patch_net,
-    gaussian_smoothing,
-    normalized_stage_outputs,
-    split_patch_net,
-    stage_outputs,
-    tiled_stage_outputs,
-)
+from sklearn_panda._engine.maps import gaussian_smoothing
+from sklearn_panda._engine.patch_features import tiled_stage_outputs
+from sklearn_panda._engine.patch_net import build_patch_net, normalized_stage_outputs, split_patch_net, stage_outputs
 from sklearn_panda._engine.tiles import Reach, measure_reach, run_in_tiles, tile_layout, tile_spans
 
 CPU = torch.device("cpu")
@@ -151,5 +147,5 @@ def test_a_detectors_maps_and_scores_do_not_change_in_tiles(detector_and_photos,
 def test_smoothing_in_blocks_equals_smoothing_at_once(monkeypatch):
     maps = torch.rand(2, 1, 61, 47, generator=torch.Generator().manual_seed(0))
     at_once = gaussian_smoothing(maps, 4.0)
-    monkeypatch.setattr(patch_features, "SMOOTHING_PIXELS", 100)
+    monkeypatch.setattr(map_module, "SMOOTHING_PIXELS", 100)
     torch.testing.assert_close(gaussian_smoothing(maps, 4.0), at_once, rtol=1e-6, atol=1e-6)

@@ -13,7 +13,8 @@ from conftest import TINY_LAYERS, tiny_cnn, tiny_mlp
 
 from sklearn_panda import PandaDetector, PandaPatchDetector, load
 from sklearn_panda._engine.coreset import greedy_coreset
-from sklearn_panda._engine.patch_features import default_layers, working_size
+from sklearn_panda._engine.patch_net import default_layers
+from sklearn_panda._engine.patch_features import working_size
 
 TINY = dict(backbone=tiny_cnn, weights=None, layers=TINY_LAYERS, resize=None, random_state=0)
 # A 10% bank: the default 1% of a few tiny images' patches is a handful of rows.
@@ -142,7 +143,7 @@ def test_default_layers_are_the_stage_ends_at_strides_8_and_16(name, expected):
     if expected is not None:
         assert layers == expected
     strides = {}
-    from sklearn_panda._engine.patch_features import split_patch_net, stage_outputs
+    from sklearn_panda._engine.patch_net import split_patch_net, stage_outputs
 
     with torch.no_grad():
         outputs = stage_outputs(split_patch_net(model, layers), torch.zeros(1, 3, 224, 224))
@@ -233,11 +234,11 @@ def test_working_size():
 def test_gaussian_smoothing_is_scipys_mirrored_gaussian_filter(block, monkeypatch):
     from scipy import ndimage
 
-    from sklearn_panda._engine import patch_features
-    from sklearn_panda._engine.patch_features import gaussian_smoothing
+    from sklearn_panda._engine import maps as map_module
+    from sklearn_panda._engine.maps import gaussian_smoothing
 
     if block is not None:
-        monkeypatch.setattr(patch_features, "SMOOTHING_BLOCK", block)
+        monkeypatch.setattr(map_module, "SMOOTHING_BLOCK", block)
     maps = torch.rand(3, 1, 40, 57, generator=torch.Generator().manual_seed(0))
     for sigma in (1.0, 4.0):
         expected = np.stack([ndimage.gaussian_filter(m[0].double().numpy(), sigma, mode="mirror") for m in maps])

@@ -29,7 +29,8 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from .data import IMAGENET_MEAN, IMAGENET_STD, resized_shape
-from .patch_features import aggregate, gaussian_smoothing
+from .maps import gaussian_smoothing
+from .patch_features import aggregate
 
 # ONNX files are protocol buffers, which cannot exceed 2 GiB.
 ONNX_FILE_LIMIT_BYTES = 2**31

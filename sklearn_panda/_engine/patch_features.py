@@ -7,12 +7,9 @@ averaged over a small neighbourhood of positions so that a feature sees a
 little context, the deeper map upsampled to the finer grid, and both
 concatenated: one feature vector per position of a stride-8 grid.
 
-The backbone is split by node name (:func:`~sklearn_panda._engine.stages.split_model`)
-with the chosen layers as its stage ends, so that the same network can be
-saved, moved and adapted as the image-level detectors' are. Default layers
-come from the family's stage ends: the last one at stride 8 and the last at
-stride 16, measured on a blank image. An image larger than ``TILE_PIXELS``
-goes through the backbone in overlapping tiles (:mod:`.tiles`), its maps
+The network split at the layers is :mod:`.patch_net`'s; the maps' smoothing
+and resizing :mod:`.maps`'. An image larger than ``TILE_PIXELS`` goes
+through the backbone in overlapping tiles (:mod:`.tiles`), its maps
 assembled exactly, so that a photo of any size is scored at its own
 resolution with the memory of one tile. No estimator code here.
 """
@@ -29,18 +26,11 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .backbones import build_feature_net, build_model
-from .data import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
-from .device import seeded_cpu_generator
+from .data import Preprocessor
 from .folding import folded
-from .families import family_stage_ends
-from .stages import split_model
+from .patch_net import LAYERS_HINT, normalized_stage_outputs
 from .tiles import measure_reach, run_in_tiles, tile_layout
 
-# The strides of the default layers: the finest maps that still carry mid-level meaning.
-DEFAULT_STRIDES = (8, 16)
-# Side of the blank image the stage ends' strides are measured on.
-PROBE_SIZE = 224
 # "auto" resolution: images keep their size between these shorter sides.
 SMALLEST_SIDE = 224
 LARGEST_SIDE = 1024
@@ -61,44 +51,8 @@ PIXELS_PER_BATCH = 2**19
 TILE_PIXELS = 2**22
 # Each split network's reach (tiles.Reach, or None where tiling would not be exact), measured once.
 _REACHES = weakref.WeakKeyDictionary()
-# Pixels of a map smoothed at once (see convolve_lines).
-SMOOTHING_PIXELS = 2**20
-# Positions along a line that one banded matrix of the smoothing produces (see convolve_lines).
-SMOOTHING_BLOCK = 128
 # How a neighbourhood average treats the positions past a map's border (see aggregate).
 BORDERS = frozenset({"zeros", "inside"})
-
-LAYERS_HINT = (
-    "Set layers to the names of two nodes or modules whose outputs are feature maps (n, C, H, W), "
-    "such as the ends of whole blocks (torchvision.models.feature_extraction.get_graph_node_names "
-    "lists them)."
-)
-
-
-def stage_outputs(net, images):
-    """The output of every stage of a split network for ``images``, in order.
-
-    The last entry of ``net.stages`` (the pooling to vectors) is not run.
-
-    Examples
-    --------
-    >>> import torch, torchvision
-    >>> from sklearn_panda._engine.patch_features import split_patch_net, stage_outputs
-    >>> net = split_patch_net(torchvision.models.resnet18(), ["layer1", "layer2"])
-    >>> [tuple(output.shape) for output in stage_outputs(net, torch.zeros(1, 3, 64, 64))]
-    [(1, 64, 16, 16), (1, 128, 8, 8)]
-    """
-    outputs = []
-    for stage in (*net.trunk, *list(net.stages)[:-1]):
-        images = stage(images)
-        outputs.append(images)
-    return outputs
-
-
-def normalized_stage_outputs(net, images):
-    """:func:`stage_outputs` of ``images`` in [0, 1], normalised with the ImageNet mean and standard deviation."""
-    images = TF.normalize(images, list(IMAGENET_MEAN), list(IMAGENET_STD))
-    return stage_outputs(net, images.contiguous(memory_format=torch.channels_last))
 
 
 def tiled_stage_outputs(net, images, *, tile_pixels=None):
@@ -124,8 +78,8 @@ def tiled_stage_outputs(net, images, *, tile_pixels=None):
     --------
     >>> import torch
     >>> from torch import nn
-    >>> from sklearn_panda._engine.patch_features import (
-    ...     normalized_stage_outputs, split_patch_net, tiled_stage_outputs)
+    >>> from sklearn_panda._engine.patch_features import tiled_stage_outputs
+    >>> from sklearn_panda._engine.patch_net import normalized_stage_outputs, split_patch_net
     >>> strided = [nn.Conv2d(3 if first else 8, 8, 3, stride=2, padding=1) for first in (1, 0, 0, 0)]
     >>> net = split_patch_net(nn.Sequential(*strided), ["2", "3"])   # maps at strides 8 and 16
     >>> images = torch.rand(1, 3, 480, 360)
@@ -161,109 +115,6 @@ def network_reach(net, images):
             )
         _REACHES[net] = reach
     return _REACHES[net]
-
-
-def default_layers(model):
-    """The family's stage ends at strides 8 and 16 (the last of each), for ``model``.
-
-    Examples
-    --------
-    >>> import torchvision
-    >>> from sklearn_panda._engine.patch_features import default_layers
-    >>> default_layers(torchvision.models.resnet18())
-    ['layer2', 'layer3']
-    >>> default_layers(torchvision.models.mobilenet_v2())
-    ['features.6', 'features.13']
-    """
-    family = family_stage_ends(model)
-    if family is None:
-        raise ValueError(
-            f"{type(model).__name__} is not a network whose stages are known (torchvision's classifiers, "
-            f"EfficientNet-Lite), so there are no default layers. {LAYERS_HINT}"
-        )
-    net = split_model(model, 1, stage_ends=family.ends, feature_node=family.ends[-1])
-    with torch.no_grad():
-        outputs = stage_outputs(net, torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE))
-    strides = {
-        name: PROBE_SIZE // output.shape[-1]
-        for name, output in zip(family.ends, outputs)
-        if output.ndim == 4 and output.shape[-1] == output.shape[-2]
-    }
-    layers = []
-    for stride in DEFAULT_STRIDES:
-        at_stride = [name for name, found in strides.items() if found == stride]
-        if not at_stride:
-            raise ValueError(
-                f"{type(model).__name__} has no stage ending in a feature map at stride {stride} "
-                f"(found {strides or 'none'}). {LAYERS_HINT}"
-            )
-        layers.append(at_stride[-1])
-    return layers
-
-
-def build_patch_net(backbone, weights, layers, *, vector_length=None, seed=0, device="cpu"):
-    """The backbone split at ``layers`` (``"auto"``: :func:`default_layers`), and the layers.
-
-    The first layer's stage is frozen (the trunk), the last stage ends at the
-    last layer; nothing after it is kept. With ``vector_length`` (inputs are
-    vectors of that length) the whole backbone is one stage and ``layers``
-    is ``[]``. Random initialisation (``weights=None``) is seeded with
-    ``seed`` without touching torch's global generator. The network comes
-    frozen, in eval mode, on ``device`` (image networks channels-last).
-
-    Returns
-    -------
-    net : FeatureNet
-    layers : list of str
-
-    Examples
-    --------
-    >>> from sklearn_panda._engine.patch_features import build_patch_net
-    >>> net, layers = build_patch_net("resnet18", None, "auto")
-    >>> layers
-    ['layer2', 'layer3']
-    """
-    with seeded_cpu_generator(seed):
-        if vector_length is not None:
-            if layers != "auto":
-                raise ValueError("layers names feature maps of images; with vectors (n, d) leave it 'auto'.")
-            net = build_feature_net(backbone, weights, 1, torch.zeros(1, vector_length))
-            if net.expects_images:
-                raise ValueError(
-                    f"The backbone {backbone!r} expects images of shape (n, H, W), (n, H, W, C) or "
-                    f"(n, C, H, W); got a 2-D array, which is read as vectors (n_samples, n_features)."
-                )
-            layers = []
-        else:
-            model = build_model(backbone, weights)
-            layers = default_layers(model) if layers == "auto" else list(layers)
-            net = split_patch_net(model, layers)
-            net.built_from = {"backbone": backbone, "weights": weights}
-    for parameter in net.parameters():
-        parameter.requires_grad_(False)
-    if net.expects_images:
-        net = net.to(memory_format=torch.channels_last)
-    return net.to(device).eval(), layers
-
-
-def split_patch_net(model, layers):
-    """``model`` split with ``layers`` as its stage ends; every parameter frozen."""
-    if isinstance(layers, str) or not layers or not all(isinstance(name, str) for name in layers):
-        raise ValueError(
-            f"layers must be 'auto' or a non-empty list of node or module names, in forward order "
-            f"(their maps are combined); got {layers!r}."
-        )
-    try:
-        net = split_model(model, 0, stage_ends=layers, feature_node=layers[-1])
-    except ValueError as error:
-        # split_model's words are its own (stage ends, feature node): here they are the layers.
-        raise ValueError(
-            f"layers={layers!r} cannot split {type(model).__name__} (each layer ends a stage, in forward "
-            f"order; the last ends the network): {error}"
-        ) from None
-    for parameter in net.parameters():
-        parameter.requires_grad_(False)
-    return net.eval()
 
 
 def aggregate(maps, neighbourhood, n_features=None, *, border="zeros"):
@@ -393,104 +244,6 @@ def working_size(height, width, resize):
         scale = resize / min(height, width)
         return (resize, round(width * scale)) if height <= width else (round(height * scale), resize)
     return int(resize[0]), int(resize[1])
-
-
-def gaussian_smoothing(maps, sigma):
-    """Maps ``(n, 1, H, W)`` blurred by a Gaussian of ``sigma`` pixels (0: unchanged).
-
-    The kernel reaches 4 sigma on each side (at most to the map's border),
-    with mirrored borders: ``scipy.ndimage.gaussian_filter(..., mode="mirror")``
-    to float rounding (PatchCore smooths with scipy's default, ``"reflect"``,
-    which repeats the border pixel; the two differ near the border only).
-    Separable: a pass along each axis (:func:`convolve_lines`), so that the
-    cost grows with the kernel's width, not its area.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from sklearn_panda._engine.patch_features import gaussian_smoothing
-    >>> spike = torch.zeros(1, 1, 21, 21); spike[0, 0, 10, 10] = 1
-    >>> smoothed = gaussian_smoothing(spike, 1.0)
-    >>> round(float(smoothed.sum()), 6), divmod(int(smoothed.argmax()), 21)
-    (1.0, (10, 10))
-    """
-    if sigma <= 0:
-        return maps
-    radius = int(4 * sigma + 0.5)
-    for axis in (-1, -2):
-        length = maps.shape[axis]
-        # Reflection needs the pixels it mirrors: the kernel stops at the map's border.
-        reach = min(radius, length - 1)
-        if reach < 1:
-            continue
-        offsets = torch.arange(-reach, reach + 1, dtype=torch.float32, device=maps.device)
-        kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-        kernel = (kernel / kernel.sum()).to(maps.dtype)
-        maps = convolve_lines(maps, kernel, axis)
-    return maps
-
-
-def convolve_lines(maps, kernel, axis):
-    """Maps ``(n, 1, H, W)`` convolved along ``axis`` (-1 or -2) with an odd 1-D ``kernel``, mirrored at the border.
-
-    As matrix products: each run of ``SMOOTHING_BLOCK`` positions along
-    ``axis`` is the product of the padded positions that reach it with a
-    banded matrix holding the kernel (:func:`kernel_band`). A convolution of
-    one channel runs far slower (a 640 x 640 map at sigma 4 on 2 cores of an
-    Intel Xeon: 5 to 24 ms through ``conv2d``, about 2 ms as products), and would
-    unfold its input into a copy per kernel tap. Lines go through in blocks
-    of about ``SMOOTHING_PIXELS`` pixels per map, so that the memory beyond
-    the maps stays that of a block; each line needs no other.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from sklearn_panda._engine.patch_features import convolve_lines
-    >>> convolve_lines(torch.tensor([[[[0.0, 3.0, 0.0, 0.0]]]]), torch.tensor([1.0, 1.0, 1.0]), -1)
-    tensor([[[[6., 3., 3., 0.]]]])
-    """
-    reach = len(kernel) // 2
-    length = maps.shape[axis]
-    block = min(SMOOTHING_BLOCK, length)
-    band = kernel_band(kernel, block)
-    padding, lines_axis = ((reach, reach, 0, 0), -2) if axis == -1 else ((0, 0, reach, reach), -1)
-    lines_per_block = max(1, SMOOTHING_PIXELS // length)
-    blocks = []
-    for lines in maps.split(lines_per_block, lines_axis):
-        padded = F.pad(lines, padding, mode="reflect")
-        runs = []
-        for start in range(0, length, block):
-            size = min(block, length - start)
-            window, weights = padded.narrow(axis, start, size + 2 * reach), band[: size + 2 * reach, :size]
-            runs.append(window @ weights if axis == -1 else weights.T @ window)
-        blocks.append(runs[0] if len(runs) == 1 else torch.cat(runs, dim=axis))
-    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=lines_axis)
-
-
-def kernel_band(kernel, length):
-    """The ``(length + len(kernel) - 1, length)`` matrix whose column ``j`` holds ``kernel`` from row ``j``:
-    a run of padded positions times it is their convolution with ``kernel``.
-
-    Built from a gather, without a loop over the taps, so that an exported graph folds it into one constant.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from sklearn_panda._engine.patch_features import kernel_band
-    >>> kernel_band(torch.tensor([1.0, 2.0, 3.0]), 2).T.tolist()
-    [[1.0, 2.0, 3.0, 0.0], [0.0, 1.0, 2.0, 3.0]]
-    """
-    taps = len(kernel)
-    offsets = torch.arange(length + taps - 1, device=kernel.device)[:, None] - torch.arange(length, device=kernel.device)
-    inside = (offsets >= 0) & (offsets < taps)
-    return torch.where(inside, kernel[offsets.clamp(0, taps - 1)], torch.zeros((), dtype=kernel.dtype, device=kernel.device))
-
-
-def resize_maps(maps, size):
-    """Maps ``(n, 1, h, w)`` resized (bilinear) to ``size``."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return TF.resize(maps, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
 
 
 def image_batches(checked, resize, batch_size):

@@ -9,7 +9,9 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .._engine.device import ON_DEVICE, resolve_device
-from .._engine.patch_features import build_patch_net, patch_grids, resize_maps
+from .._engine.patch_net import build_patch_net
+from .._engine.maps import resize_maps
+from .._engine.patch_features import patch_grids
 from .._engine.progress import ProgressBar
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 from ..scorers._contract import OutlierContractMixin

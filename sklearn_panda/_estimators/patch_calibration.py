@@ -13,7 +13,9 @@ images would give.
 import numpy as np
 import torch
 
-from .._engine.patch_features import gaussian_smoothing, patch_features, resize_maps
+from .._engine.maps import gaussian_smoothing, resize_maps
+
+from .._engine.patch_features import patch_features
 from .patch_bank import calibration_threshold, leave_one_out, patch_rows, worst_patches
 
 # The largest magnitude a float16 holds; stage outputs beyond it are kept in float32.
