@@ -12,41 +12,14 @@ numpy; no torch.
 import numbers
 import os
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
+from .._io.inputs import CheckedInput, InputSpec
+
 IMAGE_SHAPES = "(n, H, W), (n, H, W, C) or (n, C, H, W) with C in {1, 3}"
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """What kind of input an estimator was fitted on.
-
-    ``kind`` is ``"vectors"``, ``"array_images"`` or ``"file_images"``;
-    ``channels`` is the number of colour channels of array images (the
-    number of features for vectors; 3 for files, which are read as RGB).
-    """
-
-    kind: str
-    channels: int
-
-
-@dataclass(frozen=True)
-class CheckedInput:
-    """Validated input: the data in a known layout and its ``InputSpec``.
-
-    ``data`` is ``(n, d)`` for vectors, ``(n, H, W, C)`` (a view of the
-    caller's array, not a copy) for array images, and a list for files.
-    """
-
-    data: object
-    spec: InputSpec
-
-    def __len__(self):
-        return len(self.data)
 
 
 def _is_image_like(item):

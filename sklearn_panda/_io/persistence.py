@@ -36,7 +36,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from .._engine.device import loadable_device, place_torch_state, resolve_device
-from .._estimators.validation import InputSpec
+from .inputs import InputSpec
 from .._version import __version__
 from ..scorers._contract import _BaseScorer
 from .images import write_files
