@@ -11,6 +11,7 @@ does not import torch.
 """
 
 import importlib
+import importlib.util
 
 from ._old_paths import alias_old_paths
 from ._version import __version__
@@ -53,7 +54,10 @@ __all__ = [
 
 def __getattr__(name):
     if name not in _PUBLIC:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        # A subpackage or module (sklearn_panda.scorers, .callbacks, ...), as after a plain import.
+        if importlib.util.find_spec(f"{__name__}.{name}") is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        return importlib.import_module(f"{__name__}.{name}")
     value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
     globals()[name] = value  # once: later lookups find it directly
     return value

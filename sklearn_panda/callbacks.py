@@ -182,7 +182,14 @@ def step_hooks(callbacks, net):
 
 
 def _on_step_end(callback, net, step, loss, details):
-    return callback.on_step_end(net, step=step, loss=loss, details=details)
+    stop = callback.on_step_end(net, step=step, loss=loss, details=details)
+    if stop is not None and not isinstance(stop, (bool, np.bool_)):
+        # A value returned by accident (a loss, self) would otherwise end the training at once.
+        raise TypeError(
+            f"{type(callback).__name__}.on_step_end must return None, True (end the adaptation after this "
+            f"step) or False; got {type(stop).__name__}."
+        )
+    return bool(stop)
 
 
 def training_indices(callbacks, net, n_samples, generator):

@@ -95,7 +95,7 @@ def _published(root, groups, rng, size=48):
     return pairs
 
 
-def test_convert_deeppcb_writes_the_layout_load_deeppcb_reads(tmp_path):
+def test_convert_deeppcb_writes_the_layout_load_deeppcb_reads(tmp_path, monkeypatch):
     from sklearn_panda.datasets import convert_deeppcb
 
     pairs = _published(tmp_path / "published", ["00041", "12000"], np.random.default_rng(0))
@@ -118,10 +118,33 @@ def test_convert_deeppcb_writes_the_layout_load_deeppcb_reads(tmp_path):
     convert_deeppcb(tmp_path / "others", tmp_path / "png")
     X_train, X_test, y_test, masks = load_deeppcb(tmp_path / "png")
     assert len(X_train) == 2 * 5 and len(X_test) == 2 * 2 * 6 and masks[y_test == -1].any(axis=(1, 2)).all()
-    # A pair half written (its template without its mask) is refused too.
+    # A pair half written (its template without its mask, or a tested image without its template) is
+    # refused too, and so is a folder a conversion left unfinished, whatever it holds.
     (tmp_path / "png" / "12000" / "mask" / "12000001.png").unlink()
-    with pytest.raises(FileNotFoundError, match=r"1 template\(s\) without their tested image or mask, e\.g\. .*12000001\.png"):
+    with pytest.raises(FileNotFoundError, match=r"1 image\(s\) without their template, tested image or mask, e\.g\. .*12000001\.png"):
         load_deeppcb(tmp_path / "png")
+    convert_deeppcb(tmp_path / "others", tmp_path / "png")
+    (tmp_path / "png" / "12000" / "template" / "12000001.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 image\(s\) without .*/tested/12000001\.png"):
+        load_deeppcb(tmp_path / "png")
+    # Interrupted after its second pair: the pairs it wrote are whole, and the folder says it is unfinished.
+    from sklearn_panda._io import deeppcb
+
+    written, write = [], deeppcb.write_files
+
+    def interrupted(contents):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(write(contents))
+
+    monkeypatch.setattr(deeppcb, "write_files", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert_deeppcb(tmp_path / "published", tmp_path / "png")
+    with pytest.raises(FileNotFoundError, match=r"A conversion into .*png did not finish"):
+        load_deeppcb(tmp_path / "png")
+    monkeypatch.setattr(deeppcb, "write_files", write)
+    convert_deeppcb(tmp_path / "published", tmp_path / "png")
+    assert len(load_deeppcb(tmp_path / "png")[0]) == 2 * 5
 
 
 def test_convert_deeppcb_names_what_it_cannot_read(tmp_path):

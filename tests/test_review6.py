@@ -279,3 +279,88 @@ def test_pandaoe_calls_the_training_callbacks():
     assert len(PandaOE(backbone=tiny_mlp, weights=None, n_steps=5).fit_predict(X, y, callbacks=[Log()])) == 20
     with pytest.raises(ValueError, match="PandaOE fine-tunes on every sample it is given"):
         PandaOE(backbone=tiny_mlp, weights=None, n_steps=5).fit(X, y, callbacks=[Log(choose=True)])
+
+
+# A review of the fixes above: what they missed or broke.
+def test_subpackages_are_attributes_of_the_package_as_before():
+    import subprocess
+    import sys
+
+    code = (
+        "import sklearn_panda as sp; assert sp.scorers.KNNScorer is sp.KNNScorer; "
+        "print(sp.callbacks.__name__, sp.model_selection.__name__, sp._engine.__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["sklearn_panda.callbacks", "sklearn_panda.model_selection", "sklearn_panda._engine"]
+
+
+def test_a_module_that_cannot_be_copied_is_used_as_returned_with_a_warning(images):
+    import threading
+
+    class Locked(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = tiny_resnet()
+            self.lock = threading.Lock()  # deepcopy cannot copy a lock
+
+        def forward(self, x):
+            return self.net(x)
+
+    settings = dict(TINY_IMAGES, n_steps=0, stage_ends=["net.layer2", "net.layer3", "net.layer4"])
+    with pytest.warns(UserWarning, match=r"cannot be copied .*it is used as returned"):
+        PandaFeatures(**{**settings, "backbone": lambda: Locked()}).fit(images[:4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a class builds a new module: nothing to copy, nothing to warn about
+        PandaFeatures(**{**settings, "backbone": Locked}).fit(images[:4])
+
+
+@pytest.mark.parametrize("device", ["meta"])
+def test_meta_is_refused_and_other_backends_are_asked(device, monkeypatch):
+    import types
+
+    with pytest.raises(ValueError, match="device='meta' is not available here"):
+        resolve_device(device)
+    monkeypatch.setattr(torch, "hpu", types.SimpleNamespace(is_available=lambda: False), raising=False)
+    with pytest.raises(ValueError, match="device='hpu' is not available here"):
+        resolve_device("hpu")
+    monkeypatch.setattr(torch, "hpu", types.SimpleNamespace(is_available=lambda: True), raising=False)
+    assert resolve_device("hpu").type == "hpu"
+
+
+def test_on_step_end_returning_anything_but_a_bool_is_named():
+    from sklearn_panda.callbacks import TrainingCallback
+
+    class ReturnsTheLoss(TrainingCallback):
+        def on_step_end(self, net, *, loss, **kwargs):
+            return loss
+
+    with pytest.raises(TypeError, match=r"ReturnsTheLoss\.on_step_end must return None, True .* or False; got float"):
+        PandaFeatures(backbone=tiny_mlp, weights=None, n_steps=3).fit(np.zeros((8, 6)), callbacks=[ReturnsTheLoss()])
+
+
+def test_no_0_1_warning_for_boolean_labels():
+    X = np.random.default_rng(0).normal(size=(20, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PandaOE(backbone=tiny_mlp, weights=None, n_steps=1, normal_label=True).fit(X, np.r_[np.ones(12), np.zeros(8)] > 0)
+
+
+@pytest.mark.parametrize("scorer, n_samples", [("knn", 1), ("mahalanobis", 2)])
+def test_too_few_samples_for_a_given_scorer_are_refused_before_the_adaptation(scorer, n_samples, monkeypatch):
+    from sklearn_panda import KNNScorer, MahalanobisScorer
+
+    given = KNNScorer() if scorer == "knn" else MahalanobisScorer()
+    monkeypatch.setattr(PandaFeatures, "_fit_checked", lambda *args, **kwargs: pytest.fail("adapted first"))
+    with pytest.raises(ValueError, match=rf"needs at least {n_samples + 1} training samples"):
+        PandaDetector(backbone=tiny_mlp, weights=None, scorer=given).fit(np.zeros((n_samples, 6)))
+
+
+def test_export_onnx_names_the_extra_before_any_work(monkeypatch):
+    import importlib.util
+
+    from sklearn_panda.deploy import export_onnx
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "onnx" else find_spec(name, *args))
+    with pytest.raises(ImportError, match=r"export_onnx needs ONNX: pip install 'sklearn-panda\[onnx\]'"):
+        export_onnx(object(), "never.onnx", image_size=(8, 8))

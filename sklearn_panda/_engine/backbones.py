@@ -17,6 +17,7 @@ works offline). A factory may return any ``nn.Module``, pretrained or not.
 import copy
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -152,6 +153,26 @@ def _is_path(weights):
     )
 
 
+def _own_copy(model):
+    """A deep copy of a factory's module; the module itself, with a warning, where it cannot be copied.
+
+    A factory may return a module it keeps (``lambda: pretrained``); a fit adapts,
+    freezes and moves its network, which must leave that module (and earlier
+    fits) as they were. A module that cannot be copied (an open file, a lock,
+    the old ``weight_norm``) can only have come from a factory that builds it.
+    """
+    try:
+        return copy.deepcopy(model)
+    except Exception as error:  # deepcopy's failures have no common type (TypeError, RuntimeError, pickling)
+        warnings.warn(
+            f"The backbone factory's {type(model).__name__} cannot be copied ({type(error).__name__}: {error}); "
+            "it is used as returned, and a fit adapts it in place. Have the factory build a new module on "
+            "every call (a class, or a function that builds one).",
+            UserWarning,
+        )
+        return model
+
+
 def build_model(backbone, weights):
     """An ``nn.Module`` for ``backbone`` with ``weights`` loaded.
 
@@ -160,9 +181,10 @@ def build_model(backbone, weights):
     backbone : str or callable
         A name from :func:`available_backbones`, or a callable returning an
         ``nn.Module`` (a class, ``functools.partial``, a ``lambda``). The
-        module it returns is copied: a factory that hands out a module it
-        keeps (``lambda: pretrained``) gets it back unchanged, and each fit
-        adapts its own copy.
+        module a function returns is copied (a class's is new already): a
+        factory that hands out a module it keeps (``lambda: pretrained``) gets
+        it back unchanged, and each fit adapts its own copy; one that cannot
+        be copied is used as returned, with a warning.
     weights : "imagenet", str, path or None
         For a name: ``"imagenet"``, the pretrained ImageNet weights (ResNets:
         torchvision's ``IMAGENET1K_V1``, the paper's; other torchvision
@@ -201,7 +223,8 @@ def build_model(backbone, weights):
         model = backbone()
         if not isinstance(model, nn.Module):
             raise TypeError(f"The backbone factory must return an nn.Module; got {type(model).__name__}.")
-        model = copy.deepcopy(model)
+        if not isinstance(backbone, type):  # a class makes a new module on every call
+            model = _own_copy(model)
         if weights == "imagenet" or weights is None:
             return model
         if not _is_path(weights):

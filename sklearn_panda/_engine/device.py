@@ -47,15 +47,19 @@ def resolve_device(device):
     if device.type not in ("cpu", "cuda") and not _backend_available(device.type):
         raise ValueError(
             f"device={str(device)!r} is not available here: give 'cpu', 'cuda' (where CUDA is available) "
-            "or 'auto', or a device type whose torch backend is available ('mps', 'xpu')."
+            "or 'auto', or a device type whose torch backend is available ('mps', 'xpu', ...)."
         )
     return device
 
 
 def _backend_available(device_type):
-    """Whether torch can run on ``device_type`` here (``mps``, ``xpu``); ``False`` for others (``meta``)."""
-    backend = {"mps": getattr(torch.backends, "mps", None), "xpu": getattr(torch, "xpu", None)}.get(device_type)
-    return backend is not None and backend.is_available()
+    """Whether torch can run on ``device_type`` here, where torch can tell (``mps``, ``xpu``, a backend
+    module with ``is_available``); ``"meta"`` (tensors without data) never."""
+    if device_type == "meta":
+        return False
+    backend = torch.backends.mps if device_type == "mps" else getattr(torch, device_type, None)
+    is_available = getattr(backend, "is_available", None)
+    return is_available() if callable(is_available) else True
 
 
 def loadable_device(fitted_device):

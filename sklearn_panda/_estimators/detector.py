@@ -173,7 +173,10 @@ class FeatureDetectorBase(BasePandaDetector):
     def _check_enough_samples(self, n_samples):
         """Before the adaptation: a named scorer scores each training sample leaving it out."""
         scorer = resolve(self, "scorer")
-        needed = {"mahalanobis": 3}.get(scorer, 2) if isinstance(scorer, str) else 1
+        if isinstance(scorer, str):
+            needed = {"mahalanobis": 3}.get(scorer, 2)
+        else:  # the package's own scorers say how many they need; another detector, itself
+            needed = 3 if isinstance(scorer, MahalanobisScorer) else 2 if isinstance(scorer, _BaseScorer) else 1
         if n_samples < needed:
             raise ValueError(
                 f"{type(self).__name__} needs at least {needed} training samples: its scorer ({scorer!r}) scores "

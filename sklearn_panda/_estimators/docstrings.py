@@ -39,8 +39,9 @@ backbone : str or callable, default="resnet152"
     any network with ``stage_ends``; a ``timm`` or ``torch.hub`` model,
     say). A network that is neither is used whole as a trainable vector
     backbone for ``(n, d)`` input, and is an error for images. The module
-    a callable returns is copied, so ``lambda: model`` leaves ``model`` as it
-    was; a module itself is refused (clones would share it).""",
+    a function returns is copied (a class's is new already), so ``lambda:
+    model`` leaves ``model`` as it was; a module itself is refused (clones
+    would share it).""",
     "weights": """\
 weights : "imagenet", str, path or None, default="imagenet"
     For a named backbone: ``"imagenet"``, pretrained ImageNet weights

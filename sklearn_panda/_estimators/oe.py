@@ -33,7 +33,9 @@ def normal_mask(y, n_samples, normal_label):
     if y.shape != (n_samples,):
         raise ValueError(f"y must have shape ({n_samples},), one label per image; got {y.shape}.")
     normal = y == normal_label
-    if normal_label == 1 and set(np.unique(y).tolist()) == {0, 1}:
+    if normal_label == 1 and not isinstance(normal_label, (bool, np.bool_)) and y.dtype != bool and set(
+        np.unique(y).tolist()
+    ) == {0, 1}:
         warnings.warn(
             "y holds 0 and 1, and normal_label=1 takes the images labelled 1 as normal, those labelled 0 as "
             "exposure. Where 1 marks anomalies (PyOD's labels, most 0/1 labels), set normal_label=0; "

@@ -261,8 +261,9 @@ def check_consistent(spec, fitted_spec, shape=None):
             f"The estimator was fitted on {fitted_spec.channels}-channel images; got "
             f"{spec.channels}-channel images. Convert them to the training layout first"
             + (
-                " (grayscale to colour: np.repeat(X[..., None], 3, axis=-1) for (n, H, W) arrays; image files "
-                "and PIL images are converted as they are read)."
+                " (grayscale to colour: np.repeat(X[..., None], 3, axis=-1) for (n, H, W) arrays, "
+                "np.repeat(X, 3, axis=-1) for (n, H, W, 1); image files and PIL images are converted as they "
+                "are read)."
                 if (spec.channels, fitted_spec.channels) == (1, 3)
                 else "."
             )

@@ -24,6 +24,7 @@ is centred near a defect.
 
 import importlib.resources
 import io
+import os
 import re
 from pathlib import Path
 
@@ -40,6 +41,8 @@ TEST_GROUPS = ("12000", "12100", "13000", "44000", "77000", "92000")
 # evaluate on, for choosing settings without the test boards' labels.
 VALIDATION_SPLIT = (("00041", "12300", "20085"), ("50600", "90100"))
 SAMPLE_FILE = "deeppcb_sample.npz"
+# Written into the target folder while convert_deeppcb runs, removed when it ends.
+UNFINISHED = "CONVERSION_UNFINISHED"
 
 
 # The published JPEGs are near-binary: a pixel above this grey level is foreground.
@@ -88,6 +91,10 @@ def convert_deeppcb(source, target):
             f"No DeepPCB groups under {source}: expected the published PCBData folder, holding "
             "groupNNNNN/NNNNN/NAME_temp.jpg, NAME_test.jpg and groupNNNNN/NNNNN_not/NAME.txt."
         )
+    # Until the last pair is written, the target says a conversion is under way: load_deeppcb refuses
+    # a folder a conversion left unfinished (the pairs it holds then look like a whole, smaller set).
+    target.mkdir(parents=True, exist_ok=True)
+    (target / UNFINISHED).write_text(f"convert_deeppcb({os.fspath(source)!r}, ...) has not finished.\n")
     n_pairs = 0
     for group in groups:
         name = group.name.removeprefix("group")
@@ -116,6 +123,7 @@ def convert_deeppcb(source, target):
                 out / "template" / f"{stem}.png": _png(pictures["template"]),
             })
             n_pairs += 1
+    (target / UNFINISHED).unlink()
     return n_pairs
 
 
@@ -165,6 +173,11 @@ def _pairs(root, groups):
     a partial copy (an interrupted download or conversion) is an error, not
     a smaller split. No group at all gives ``[]``.
     """
+    if (root / UNFINISHED).exists():
+        raise FileNotFoundError(
+            f"A conversion into {root} did not finish ({root / UNFINISHED} is there): run "
+            "sklearn_panda.datasets.convert_deeppcb into it again."
+        )
     found, missing, incomplete = [], [], []
     for group in groups:
         folder = root / group
@@ -177,6 +190,9 @@ def _pairs(root, groups):
                 found.append((str(template), str(tested), str(mask)))
             else:
                 incomplete.append(str(template))
+        names = {template.name for template in templates}
+        for part in ("tested", "mask"):
+            incomplete += [str(path) for path in sorted((folder / part).glob("*.png")) if path.name not in names]
     if found and (missing or incomplete):
         raise FileNotFoundError(
             f"The DeepPCB folder {root} is incomplete: "
@@ -184,7 +200,7 @@ def _pairs(root, groups):
                 part
                 for part in (
                     f"no templates in the group(s) {', '.join(missing)}" if missing else "",
-                    f"{len(incomplete)} template(s) without their tested image or mask, e.g. {incomplete[0]}"
+                    f"{len(incomplete)} image(s) without their template, tested image or mask, e.g. {incomplete[0]}"
                     if incomplete
                     else "",
                 )
