@@ -12,9 +12,20 @@ does not import torch.
 
 import importlib
 import importlib.util
+from typing import TYPE_CHECKING
 
 from ._old_paths import alias_old_paths
 from ._version import __version__
+
+if TYPE_CHECKING:  # what static analysers and IDEs read; at run time, __getattr__ below
+    from ._estimators.detector import PandaDetector
+    from ._estimators.features import PandaFeatures
+    from ._estimators.oe import PandaOE
+    from ._estimators.patch import PandaPatchDetector
+    from ._estimators.ses import PandaSES
+    from ._io.persistence import load, save
+    from .model_selection import NormalOnlySplit
+    from .scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
 
 # Public name -> the module (under sklearn_panda) that defines it.
 _PUBLIC = {
