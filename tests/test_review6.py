@@ -2,6 +2,7 @@
 paths as a user), one test (or more) each."""
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -364,3 +365,27 @@ def test_export_onnx_names_the_extra_before_any_work(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "onnx" else find_spec(name, *args))
     with pytest.raises(ImportError, match=r"export_onnx needs ONNX: pip install 'sklearn-panda\[onnx\]'"):
         export_onnx(object(), "never.onnx", image_size=(8, 8))
+
+
+# With the public names imported on first use, load found only the estimator classes already imported:
+# a fresh process could not load a PandaPatchDetector (or PandaOE) file with `from sklearn_panda import load`.
+def test_a_fresh_process_loads_every_estimator_file(tmp_path):
+    import subprocess
+    import sys
+
+    from sklearn_panda import save
+
+    X = (np.random.default_rng(0).random((6, 32, 32, 3)) * 255).astype(np.uint8)
+    save(PandaPatchDetector(backbone="resnet18", weights=None, resize=None).fit(X), tmp_path / "patch.pt")
+    vectors = np.random.default_rng(0).normal(size=(20, 6))
+    save(PandaOE(backbone=tiny_mlp, weights=None, n_steps=1).fit(vectors, np.r_[np.ones(12), -np.ones(8)]),
+         tmp_path / "oe.pt")
+    # PandaOE's tiny backbone is the tests' own factory, given to load (which imports no module a file names).
+    code = (
+        "from conftest import tiny_mlp; from sklearn_panda import load; "
+        f"print(type(load({str(tmp_path / 'patch.pt')!r})).__name__, "
+        f"type(load({str(tmp_path / 'oe.pt')!r}, backbone=tiny_mlp)).__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(Path(__file__).parent))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["PandaPatchDetector", "PandaOE"]

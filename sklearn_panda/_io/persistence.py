@@ -507,8 +507,18 @@ def _read_payload(path):
         raise ValueError(f"{path} is not a model file written by sklearn-panda (a torch archive, {reason}).") from None
 
 
+def _package_estimator(name):
+    """The registered class of that name; one of the package's own public estimators is imported first
+    where it was not yet (the package imports them on first use): only those, never a module a file names."""
+    if name not in ESTIMATORS:
+        package = importlib.import_module(__name__.partition(".")[0])
+        if name in getattr(package, "__all__", ()):
+            getattr(package, name)
+    return ESTIMATORS.get(name)
+
+
 def _decode_estimator(payload, backbone, device, path):
-    cls = ESTIMATORS.get(payload["estimator"])
+    cls = _package_estimator(payload["estimator"])
     if cls is None:
         raise ValueError(
             f"{path} holds a {payload['estimator']!r}, which is not defined here; {_not_defined(ESTIMATORS)}"
