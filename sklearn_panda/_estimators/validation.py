@@ -62,9 +62,11 @@ def check_input(X, fitted_spec=None):
     if getattr(X, "ndim", None) == 1 and len(X) and all(map(_is_image_like, X)):
         # A numpy array or pandas Series of file paths: a list of them.
         X = list(X)
-    elif getattr(X, "ndim", None) == 2 and X.shape[1] == 1 and len(X) and all(map(_is_image_like, np.asarray(X)[:, 0])):
+    elif getattr(X, "ndim", None) == 2 and X.shape[1] == 1 and len(X):
         # One column of them (a DataFrame read from a CSV file): the same.
-        X = list(np.asarray(X)[:, 0])
+        column = np.asarray(X)[:, 0]
+        if all(map(_is_image_like, column)):
+            X = list(column)
     if isinstance(X, (list, tuple)):
         if len(X) == 0:
             raise ValueError("Found an empty list of images; at least one image is required.")
