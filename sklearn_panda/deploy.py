@@ -345,9 +345,10 @@ def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
             "file written would be float32 labelled int8. Use the float32 file itself, or leave some out."
         )
     calibration = _as_file_input(calibration_images, metadata)
-    # Quantised into a temporary file, then written once with its metadata: an interrupted or failed
-    # run leaves no int8 file without them (and int8_path may be the float file itself).
-    with tempfile.TemporaryDirectory() as folder:
+    # Quantised into a temporary file beside int8_path (not the system's temporary folder, which may
+    # be small), then written once with its metadata: an interrupted or failed run leaves no int8 file
+    # without them (and int8_path may be the float file itself).
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.realpath(int8_path)), prefix=".quantize-") as folder:
         quantized = Path(folder) / "int8.onnx"
         quantize_int8(path, quantized, calibration, keep_float32=keep_float32)
         model = onnx.load(quantized)

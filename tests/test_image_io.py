@@ -109,3 +109,23 @@ def test_save_writes_files_others_can_read(tmp_path):
         os.umask(previous)
     assert stat.S_IMODE(os.stat(tmp_path / "model.pt").st_mode) == 0o644
     assert os.listdir(tmp_path) == ["model.pt"]
+
+
+def test_a_replaced_file_keeps_its_permissions(tmp_path):
+    target = tmp_path / "scores.csv"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o600)
+    write_files({target: b"new"})
+    assert target.read_bytes() == b"new"
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+
+
+def test_writing_through_a_symbolic_link_writes_its_target(tmp_path):
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "v2.pt"
+    target.write_bytes(b"old")
+    link = tmp_path / "current.pt"
+    link.symlink_to(target)
+    write_files({link: b"new"})
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["current.pt", "models"]

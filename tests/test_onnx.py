@@ -262,6 +262,24 @@ def test_int8_ranks_as_float32(exported, tmp_path):
         quantize_onnx(int8_path, tmp_path / "again.onnx", train)
 
 
+def test_int8_quantisation_works_beside_its_target(exported, tmp_path, monkeypatch):
+    """The quantiser's scratch file lies in the target's folder, not the system's temporary folder."""
+    import sklearn_panda._engine.quantize as quantize
+
+    _, path, train = exported
+    target = tmp_path / "out"
+    target.mkdir()
+    folders, quantize_int8 = [], quantize.quantize_int8
+
+    def recording(source, quantized, *args, **kwargs):
+        folders.append(os.path.dirname(os.path.dirname(quantized)))
+        return quantize_int8(source, quantized, *args, **kwargs)
+
+    monkeypatch.setattr(quantize, "quantize_int8", recording)
+    quantize_onnx(path, target / "int8.onnx", train[:4])
+    assert folders == [str(target)] and os.listdir(target) == ["int8.onnx"]
+
+
 def test_openvino_scores_equal_the_detector(exported, tmp_path):
     pytest.importorskip("openvino")
     detector, path, train = exported

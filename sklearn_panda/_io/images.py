@@ -15,6 +15,7 @@ image. Alpha channels are dropped.
 
 import os
 import pathlib
+import stat
 
 import numpy as np
 
@@ -225,7 +226,8 @@ def write_files(contents):
     """Write ``{path: bytes}``: temporary files first, renamed into place only once all are written.
 
     An interrupted or failing write leaves every existing file as it was.
-    New files get the usual permissions (``0o666`` less the umask).
+    New files get the usual permissions (``0o666`` less the umask); a file replaced keeps its own.
+    A path that is a symbolic link writes the file it points to (the link stays a link).
 
     Examples
     --------
@@ -239,11 +241,14 @@ def write_files(contents):
     written = {}
     try:
         for path, data in contents.items():
-            folder, name = os.path.split(os.path.abspath(path))
+            path = os.path.realpath(path)
+            folder, name = os.path.split(path)
             temporary = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
             with open(temporary, "xb") as file:
                 written[temporary] = path
                 file.write(data)
+            if os.path.isfile(path):
+                os.chmod(temporary, stat.S_IMODE(os.stat(path).st_mode))
         for temporary, path in list(written.items()):
             os.replace(temporary, path)
             del written[temporary]
