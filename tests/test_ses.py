@@ -14,6 +14,7 @@ from torch.func import functional_call
 
 import sklearn_panda._estimators.ses as ses_module
 from sklearn_panda import PandaDetector, PandaFeatures, PandaSES
+from sklearn_panda.callbacks import TrainingCallback
 
 
 @pytest.fixture
@@ -203,3 +204,24 @@ def test_max_dispersion_says_when_one_validation_image_leaves_it_nothing_to_meas
         warnings.simplefilter("error")
         PandaSES(**options, max_dispersion=None).fit(X)  # asked for no guard: nothing to say
         assert len(PandaSES(**options, validation_fraction=0.2).fit(X).validation_indices_) == 2
+
+
+class _StopAfter(TrainingCallback):
+    """A training callback that stops the adaptation after ``n`` steps."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def on_step_end(self, net, *, step, **kwargs):
+        return step + 1 == self.n
+
+
+@pytest.mark.parametrize("stop_after, steps", [(6, [0, 4, 6]), (2, [0, 2]), (4, [0, 4])])
+def test_a_callback_stopping_early_makes_its_step_a_checkpoint(vectors, stop_after, steps):
+    ses = PandaSES(backbone=tiny_mlp, weights=None, n_steps=10, checkpoint_every=4, random_state=0)
+    ses.fit(vectors, callbacks=[_StopAfter(stop_after)])
+    assert ses.checkpoint_steps_ == steps and len(ses.history_["loss"]) == stop_after
+    assert len(ses.checkpoints_) == len(ses.scorers_) == len(steps)
+    trained = dict(ses.net_.stages.named_parameters())
+    for name, value in ses.checkpoints_[-1].items():
+        torch.testing.assert_close(value, trained[name].detach().cpu())

@@ -74,7 +74,9 @@ class PandaSES(FeatureDetectorBase):
     checkpoint_every : int, default=50
         Steps between checkpoints; ``n_steps // checkpoint_every`` checkpoints
         are saved after the pretrained one. The paper saves one every 5 epochs,
-        up to 150k training images seen.
+        up to 150k training images seen. A training callback that stops the
+        adaptation early (its ``on_step_end`` returns ``True``) makes the step it
+        stopped at a checkpoint too, so that the network it chose votes.
 
     validation_fraction : float in (0, 1), default=0.1
         Share of the training images held out of adaptation and of the
@@ -533,6 +535,7 @@ class _Checkpoints(TrainingCallback):
         self.validation = None
         self.checkpoints = []
         self.steps = []
+        self.steps_taken = 0
         self.features = None
 
     def on_train_begin(self, net, *, n_samples, generator, **kwargs):
@@ -542,14 +545,20 @@ class _Checkpoints(TrainingCallback):
         # once the network over-fits.
         self.validation, gallery = self.ses._validation_split(n_samples, generator)
         self.checkpoints, self.steps = [self.ses._snapshot(net)], [0]
+        self.steps_taken = 0
         return gallery
 
     def on_step_end(self, net, *, step, **kwargs):
+        self.steps_taken = step + 1
         if (step + 1) % self.ses.checkpoint_every == 0:
             self.checkpoints.append(self.ses._snapshot(net))
             self.steps.append(step + 1)
 
     def on_train_end(self, net, *, training_inputs, trunk_outputs, **kwargs):
+        if self.steps_taken < self.ses.n_steps and self.steps[-1] != self.steps_taken:
+            # A callback stopped the adaptation between checkpoints: the network it stopped is kept.
+            self.checkpoints.append(self.ses._snapshot(net))
+            self.steps.append(self.steps_taken)
         self.features = self.ses._checkpoint_features(
             net, self.checkpoints, training_inputs, trunk_outputs, "checkpoint features"
         )
