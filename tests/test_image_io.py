@@ -39,8 +39,9 @@ def test_16_bit_tiff_and_float_tiff(tmp_path):
     "values, words",
     [
         (np.full((4, 4), 3.5, dtype=np.float32), ["float image", "[3.5, 3.5]", "[0, 1]"]),
-        (np.full((4, 4), -7, dtype=np.int32), ["integer image", "-7", "16 bits"]),
-        (np.full((4, 4), 70000, dtype=np.int32), ["integer image", "70000", "16 bits"]),
+        (np.full((4, 4), -7, dtype=np.int32), ["32-bit integer image", "-7", "[0, 255]"]),
+        (np.full((4, 4), 70000, dtype=np.int32), ["32-bit integer image", "70000", "[0, 255]"]),
+        (np.full((4, 4), 300, dtype=np.int32), ["32-bit integer image", "300", "16-bit image"]),
     ],
 )
 def test_values_that_are_not_intensities_are_refused_by_name(values, words, tmp_path):
@@ -51,6 +52,56 @@ def test_values_that_are_not_intensities_are_refused_by_name(values, words, tmp_
     assert str(path) in str(error.value)
     for word in words:
         assert word in str(error.value)
+
+
+def _png16(path, values, colour_type):
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit colour): filter 0 on every row."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width = values.shape[:2]
+    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("channels, colour_type", [(3, 2), (2, 4), (4, 6)])
+def test_16_bit_colour_or_alpha_pngs_are_refused_not_cut_to_8_bits(tmp_path, channels, colour_type):
+    # A 12-bit camera image in a 16-bit colour PNG: Pillow keeps only each sample's high byte.
+    values = np.random.default_rng(0).integers(0, 4096, size=(6, 5, channels))
+    _png16(tmp_path / "camera.png", values, colour_type)
+    with pytest.raises(ValueError, match="16-bit image with colour or alpha.*IMREAD_UNCHANGED"):
+        read_image(tmp_path / "camera.png")
+    # The hand-written file is a valid 16-bit PNG: as greyscale, Pillow reads it at its depth.
+    _png16(tmp_path / "grey.png", values[..., 0], 0)
+    np.testing.assert_allclose(read_image(tmp_path / "grey.png")[..., 0], values[..., 0] / 65535, atol=1e-7)
+
+
+def test_a_16_bit_pgm_pillow_opens_as_32_bit_mode_keeps_its_16_bit_rule(tmp_path):
+    Image.fromarray(ramp16()).save(tmp_path / "ramp16.pgm")
+    assert Image.open(tmp_path / "ramp16.pgm").mode == "I"
+    np.testing.assert_allclose(read_image(tmp_path / "ramp16.pgm")[0, :, 0], np.linspace(0, 1, 32), atol=1e-4)
+
+
+def test_a_32_bit_integer_file_reads_as_the_same_integer_array_does(tmp_path):
+    values = np.random.default_rng(0).integers(0, 256, size=(4, 6)).astype(np.int32)
+    Image.fromarray(values).save(tmp_path / "int32.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "int32.tif"), np.repeat(values[..., None], 3, axis=2))
+    assert read_image(tmp_path / "int32.tif").dtype == np.uint8
+    detector = PandaDetector(**TINY_IMAGES, n_steps=0, random_state=0).fit(np.zeros((4, 6, 6), dtype=np.uint8))
+    np.testing.assert_array_equal(
+        detector.score_samples([str(tmp_path / "int32.tif")]), detector.score_samples(values[None])
+    )
+
+
+def test_files_of_several_images_are_refused(tmp_path):
+    page = np.zeros((4, 4, 3), dtype=np.uint8)
+    Image.fromarray(page).save(tmp_path / "pages.tif", save_all=True, append_images=[Image.fromarray(page + 9)])
+    with pytest.raises(ValueError, match="holds 2 images"):
+        read_image(tmp_path / "pages.tif")
 
 
 def test_exif_orientation_is_applied(tmp_path):

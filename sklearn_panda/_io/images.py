@@ -7,10 +7,12 @@ and its report, ``save``. numpy and Pillow only; no torch.
 Decoding keeps what the file holds: 8-bit images (and palettes, bilevel,
 CMYK, ...) come as RGB uint8; 16-bit images (PNG, TIFF) as float32 in [0, 1]
 (divided by 65,535), not clipped to white as Pillow's ``convert("RGB")``
-would; float images as they are when in [0, 1]; anything else, and 32-bit
-integer images beyond the 16-bit range, is refused with an error naming the
-file and its range. The EXIF orientation is applied, as a viewer shows the
-image. Alpha channels are dropped.
+would; float images as they are when in [0, 1]; 32-bit integer images as
+integer arrays are (values in [0, 255], as 8-bit ones). Anything else is
+refused with an error naming the file and its range, and so are 16-bit
+colour images (Pillow decodes them to 8 bits) and files of several images.
+The EXIF orientation is applied, as a viewer shows the image. Alpha
+channels are dropped.
 """
 
 import os
@@ -75,18 +77,55 @@ def read_image(item):
 
     name = "the PIL image" if hasattr(item, "getdata") else os.fspath(item)
     if hasattr(item, "getdata"):
-        return _as_array(ImageOps.exif_transpose(item), name)
+        depth = _stored_depth(item, name)  # before decoding, which forgets how the file stored it
+        return _as_array(ImageOps.exif_transpose(item), name, depth)
     try:
         with Image.open(item) as opened:
-            return _as_array(ImageOps.exif_transpose(opened), name)
+            _check_one_image(opened, name)
+            depth = _stored_depth(opened, name)
+            return _as_array(ImageOps.exif_transpose(opened), name, depth)
     except FileNotFoundError:
         raise FileNotFoundError(f"Image file not found: {name}") from None
     except (UnidentifiedImageError, OSError) as error:
         raise ValueError(f"Could not read image file {name}: {error}") from None
 
 
-def _as_array(image, name):
+def _check_one_image(opened, name):
+    """Refuse a file of several images (a PIL image given is the frame its user chose)."""
+    frames = getattr(opened, "n_frames", 1)
+    if frames > 1:
+        raise ValueError(
+            f"{name} holds {frames} images (a multi-page TIFF or an animation); only its first would be "
+            "read. Save each page as a file of its own, or pass the page you mean as a PIL image."
+        )
+
+
+def _stored_depth(image, name):
+    """Bits a sample as the file stores them (16, 32, or 8 when the decoder says nothing else).
+
+    Refuses what Pillow cannot decode at its depth.
+    """
+    # The decoder's raw mode ("RGB;16B", "I;16B", "I;32S", ...) tells the depth the file stores; an
+    # image already decoded (no tiles left) is taken at its mode's depth.
+    tiles = getattr(image, "tile", None) or []
+    arguments = tiles[0].args if tiles else None
+    rawmode = arguments if isinstance(arguments, str) else (arguments or ("",))[0]
+    depth = 16 if ";16" in rawmode else 32 if ";32" in rawmode else 8
+    if depth == 16 and image.mode not in (*_SIXTEEN_BIT_MODES, "I"):
+        raise ValueError(
+            f"{name} is a 16-bit image with colour or alpha channels ({rawmode}), which Pillow decodes to "
+            "8 bits only: the low 8 bits of every sample would be lost (a 12-bit camera image would read "
+            "almost black). Save it as 16-bit greyscale without alpha or as 8-bit colour, or read it with a "
+            "library that keeps 16-bit colour (cv2.imread(path, cv2.IMREAD_UNCHANGED)[..., ::-1]) and pass "
+            "the uint16 arrays, which are read at 16 bits."
+        )
+    return depth
+
+
+def _as_array(image, name, depth=8):
     mode = image.mode
+    if mode == "I" and depth != 16:
+        return _integer_as_array(np.asarray(image), name)
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
         values = np.asarray(image)
         if values.ndim == 3:  # multi-channel images Pillow keeps at their depth
@@ -111,6 +150,18 @@ def _as_array(image, name):
         return np.repeat(values[..., None], 3, axis=2) if values.ndim == 2 else values
     # A copy (np.array): Pillow's buffer is read-only, and torch would warn about sharing it.
     return np.array(image.convert("RGB"), dtype=np.uint8)
+
+
+def _integer_as_array(values, name):
+    """A 32-bit integer image by the rule for integer arrays: values in [0, 255], as 8-bit ones."""
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > 255:
+        raise ValueError(
+            f"{name} is a 32-bit integer image with values in [{low}, {high}]; integer images other than "
+            "8- and 16-bit ones must hold values in [0, 255], as integer arrays do. Save 16-bit intensities "
+            "as a 16-bit image (read divided by 65,535), or the image as float in [0, 1]."
+        )
+    return np.repeat(values.astype(np.uint8)[..., None], 3, axis=2)
 
 
 def read_binary_mask(path):
