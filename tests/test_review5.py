@@ -72,6 +72,14 @@ def test_float64_features_float32_cannot_hold_are_named(scorer):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # scaled first, as the message says: no warning
         make_pipeline(StandardScaler(), clone(scorer)).fit(1e7 + X)
+    # float32 features too: at 1e20 their squared distances overflowed (offset_ NaN, scores -inf).
+    with pytest.raises(ValueError, match=r"too large for its squared distances \(largest 2\.\d+e\+20"):
+        clone(scorer).fit((X * 1e20).astype(np.float32))
+    with pytest.raises(ValueError, match=r"too large for its squared distances"):
+        fitted.score_samples((X[:2] * 1e20).astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # float32 features give no precision warning: they are as computed
+        clone(scorer).fit((1e7 + X).astype(np.float32))
 
 
 # PandaPatchDetector: a layer with a 2-D output raised torch's IndexError; layers out of order or unknown

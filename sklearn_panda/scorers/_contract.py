@@ -59,9 +59,9 @@ FLOAT32_STEPS = 1_000
 
 
 def _check_float32(X, name, *, at_fit):
-    """Refuse float64 values whose float32 squared distances would overflow; at fit, warn where
-    float32 cannot resolve a feature's spread. The scorers compute in float32 (the features of a
-    network are float32); integers arrive here as float64 (validated with float64 first).
+    """Refuse values (float64 or float32) whose float32 squared distances would overflow; at fit,
+    warn where float64 values lose their spread in float32. The scorers compute in float32 (the
+    features of a network are float32); integers arrive here as float64 (validated with float64 first).
 
     Examples
     --------
@@ -74,9 +74,9 @@ def _check_float32(X, name, *, at_fit):
     >>> "centre or scale them first" in str(caught[0].message)
     True
     """
-    if X.dtype != np.float64 or X.size == 0:
+    if X.dtype.kind != "f" or X.size == 0:
         return
-    largest, smallest = X.max(axis=0), X.min(axis=0)  # no copy of X
+    largest, smallest = X.max(axis=0).astype(np.float64), X.min(axis=0).astype(np.float64)  # no copy of X
     magnitude = np.maximum(largest, -smallest)
     # A squared distance sums n_features squared differences of up to twice the largest value.
     limit = np.sqrt(np.finfo(np.float32).max / (4 * X.shape[1]))
@@ -86,7 +86,7 @@ def _check_float32(X, name, *, at_fit):
             f"distances (largest {np.nanmax(magnitude):.3g}; at most {limit:.3g} for {X.shape[1]} "
             "features): scale them first (e.g. a StandardScaler before it in a Pipeline)."
         )
-    if not at_fit:
+    if not at_fit or X.dtype != np.float64:
         return
     spread = largest - smallest
     # float32 steps of about magnitude * 2**-23 near the largest values.
