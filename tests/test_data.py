@@ -94,6 +94,23 @@ def test_mixed_sizes_without_geometry_is_a_clear_error(tmp_path):
         Preprocessor(check_input(images), resize=None, crop_size=None, device=torch.device("cpu"))(np.arange(2))
 
 
+def test_mixed_sizes_in_batches_of_their_own_are_the_same_clear_error(tmp_path):
+    # A 1 x 1 image alone in its batch was broadcast into a 32 x 32 image's place in the trunk cache.
+    from conftest import tiny_resnet
+
+    from sklearn_panda import PandaDetector
+
+    images = [Image.fromarray(np.zeros((32, 32, 3), np.uint8))] * 4 + [Image.fromarray(np.zeros((1, 1, 3), np.uint8))]
+    detector = PandaDetector(backbone=tiny_resnet, weights=None, resize=None, crop_size=None, n_steps=2,
+                             batch_size=4, inference_batch_size=4, random_state=0)
+    with pytest.raises(ValueError, match=r"different sizes \[\(3, 1, 1\), \(3, 32, 32\)\]"):
+        detector.fit(images)
+    preprocessor = Preprocessor(check_input(images), resize=None, crop_size=None, device=torch.device("cpu"))
+    assert preprocessor(np.arange(4)).shape == (4, 3, 32, 32)
+    with pytest.raises(ValueError, match="different sizes"):
+        preprocessor(np.arange(4, 5))
+
+
 def test_resize_and_crop_shapes():
     assert resize_and_crop(torch.rand(1, 3, 28, 28), 256, 224).shape == (1, 3, 224, 224)
     assert resize_and_crop(torch.rand(1, 3, 100, 50), 64, None).shape == (1, 3, 128, 64)

@@ -112,14 +112,20 @@ class Preprocessor:
     device : torch.device
     normalize : bool, default=True
         Apply ImageNet mean / std (images only).
+    one_size : bool, default=True
+        Refuse files that end different sizes, in one batch or across batches
+        (the image-level estimators stack every image's features); ``False``
+        for a caller that batches images of one size itself.
     """
 
-    def __init__(self, checked, *, resize, crop_size, device, normalize=True):
+    def __init__(self, checked, *, resize, crop_size, device, normalize=True, one_size=True):
         self.checked = checked
         self.resize = resize
         self.crop_size = crop_size
         self.device = device
         self.normalize = normalize
+        self.one_size = one_size
+        self._first_shape = None
 
     def __len__(self):
         return len(self.checked)
@@ -160,6 +166,10 @@ class Preprocessor:
             # Each image in [0, 1] before stacking: 8-bit and 16-bit files may share a batch.
             images.append(_unit_range_rgb(resize_and_crop(image[None], self.resize, self.crop_size))[0])
         shapes = {tuple(image.shape) for image in images}
+        if self.one_size:
+            # Across batches too: a batch of one image of its own size would otherwise pass.
+            self._first_shape = self._first_shape or tuple(images[0].shape)
+            shapes.add(self._first_shape)
         if len(shapes) > 1:
             raise ValueError(
                 f"Images of different sizes {sorted(shapes)} cannot form a batch: give images of one size, "

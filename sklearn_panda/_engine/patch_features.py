@@ -299,7 +299,8 @@ def patch_grids(net, checked, device, spec, *, batch_size, progress):
     Images go through ``net`` with its BatchNorm folded into the
     convolutions (:func:`~sklearn_panda._engine.folding.folded`).
     """
-    preprocessor = Preprocessor(checked, resize=None, crop_size=None, device=device, normalize=False)
+    # Mixed sizes are allowed: image_batches groups the images of one size.
+    preprocessor = Preprocessor(checked, resize=None, crop_size=None, device=device, normalize=False, one_size=False)
     if net.expects_images:
         net = folded(net)
     for indices in image_batches(checked, spec["resize"], batch_size):
