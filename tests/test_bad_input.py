@@ -2,6 +2,8 @@
 or the documented behaviour. Unit tests elsewhere may repeat some cases; new
 cases belong here."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse
@@ -14,6 +16,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from sklearn_panda import KNNScorer, PandaDetector, PandaOE, PandaSES
 from sklearn_panda._engine.backbones import build_feature_net
+from sklearn_panda._estimators.validation import check_input
 
 
 def image_detector(**params):
@@ -305,3 +308,50 @@ def test_float16_images_score_like_the_same_images_in_float32(fitted_on_images):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+# Found by a reading of bad inputs (2026-12-07, late): each gave a message from deep inside, or no word.
+def test_a_folder_is_named_as_a_folder(tmp_path):
+    detector = PandaDetector(**TINY_IMAGES, n_steps=0, random_state=0).fit(np.zeros((4, 8, 8), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"Got a folder .*pass a list of its image files"):
+        detector.score_samples(str(tmp_path))
+    with pytest.raises(ValueError, match=r"is a folder, not an image file"):
+        detector.score_samples([str(tmp_path)])
+
+
+def test_torch_tensors_are_read_as_the_arrays_they_hold():
+    images = np.random.default_rng(0).random((4, 8, 8, 3)).astype(np.float32)
+    detector = PandaDetector(**TINY_IMAGES, n_steps=0, random_state=0).fit(images)
+    expected = detector.score_samples(images)
+    tensor = torch.from_numpy(images).requires_grad_()
+    np.testing.assert_array_equal(detector.score_samples(tensor), expected)
+    bfloat16 = torch.from_numpy(images).bfloat16()
+    np.testing.assert_array_equal(detector.score_samples(bfloat16), detector.score_samples(bfloat16.float().numpy()))
+
+
+@pytest.mark.parametrize("dtype", [">u2", ">f4", ">f8", ">i8"])
+def test_big_endian_arrays_read_as_their_native_twins(dtype):
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 256, size=(4, 8, 8)) if dtype[1] in "ui" else rng.random((4, 8, 8))
+    if dtype == ">u2":
+        values = values * 257
+    native = values.astype(dtype[1:]) if dtype != ">u2" else values.astype(np.uint16)
+    detector = PandaDetector(**TINY_IMAGES, n_steps=0, random_state=0).fit(native)
+    np.testing.assert_array_equal(detector.score_samples(values.astype(dtype)), detector.score_samples(native))
+
+
+def test_channel_axes_that_could_be_either_warn():
+    with pytest.warns(UserWarning, match=r"could hold its channels on axis 1 or last.*np\.moveaxis"):
+        check_input(np.zeros((2, 3, 8, 3), dtype=np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_input(np.zeros((2, 8, 8, 3), dtype=np.uint8))
+        check_input(np.zeros((2, 3, 8, 8), dtype=np.uint8))
+
+
+def test_uint16_images_holding_8_bit_values_warn():
+    with pytest.warns(UserWarning, match=r"values up to 200 only.*X\.astype\(np\.uint8\)"):
+        check_input(np.full((2, 8, 8), 200, dtype=np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_input(np.full((2, 8, 8), 300, dtype=np.uint16))

@@ -5,7 +5,8 @@ with ``C`` in {1, 3} (uint8 in [0, 255]; uint16 in [0, 65535], divided by
 65,535 as 16-bit files are; other integers in [0, 255], for they carry no bit
 depth; float in [0, 1]; or bool: binary images, True white), or as a list (or
 1-D array or pandas Series) of file paths / PIL images. A 2-D array
-``(n, d)`` is a batch of vectors for a vector backbone. Everything here is
+``(n, d)`` is a batch of vectors for a vector backbone. torch tensors are
+read as the arrays they hold (on the CPU, detached). Everything here is
 numpy; no torch.
 """
 
@@ -57,6 +58,11 @@ def check_input(X, fitted_spec=None):
     >>> check_input(np.zeros((2, 3, 8, 8))).spec
     InputSpec(kind='array_images', channels=3)
     """
+    if isinstance(X, (str, os.PathLike)) and os.path.isdir(X):
+        raise ValueError(
+            f"Got a folder ({os.fspath(X)}), not images: pass a list of its image files, e.g. "
+            "sorted(map(str, pathlib.Path(folder).glob('*.png'))) (the command line reads folders)."
+        )
     if _is_image_like(X):
         raise ValueError(f"Got one image ({type(X).__name__}), not a list of them; for one image, pass [X].")
     if getattr(X, "ndim", None) == 1 and len(X) and all(map(_is_image_like, X)):
@@ -81,7 +87,8 @@ def check_input(X, fitted_spec=None):
             raise ValueError(
                 f"The arrays in the list have different shapes ({', '.join(map(str, shapes[:3]))}"
                 f"{', ...' if len(shapes) > 3 else ''}); stack images of one size into one array, "
-                "or pass file paths or PIL images, which are resized on the fly."
+                "or pass file paths or PIL images, which may differ in size (each is brought to the "
+                "estimator's resize and crop_size, or scored at its own size by PandaPatchDetector)."
             )
         X = np.asarray(X)
     X = _as_numeric_array(X)
@@ -110,7 +117,11 @@ def check_input(X, fitted_spec=None):
 
 
 def _as_numeric_array(X):
-    """scikit-learn's checks (sparse, complex, object, empty, NaN / inf), any rank."""
+    """scikit-learn's checks (sparse, complex, object, empty, NaN / inf), any rank; in native byte order."""
+    if type(X).__module__.split(".")[0] == "torch" and hasattr(X, "detach"):
+        # A tensor that requires grad or lives on a GPU has no numpy view; bfloat16 has no numpy type.
+        X = X.detach().cpu()
+        X = (X.float() if str(X.dtype) == "torch.bfloat16" else X).numpy()
     X_array = np.asarray(X) if not hasattr(X, "tocsr") else X
     if getattr(X_array, "ndim", 2) < 2:
         raise ValueError(
@@ -119,13 +130,25 @@ def _as_numeric_array(X):
             f"shape {X_array.shape}. Reshape your data, e.g. X.reshape(-1, 1) for one "
             "feature or X.reshape(1, -1) for one sample."
         )
-    return check_array(X, dtype="numeric", allow_nd=True, ensure_min_features=1)
+    X = check_array(X, dtype="numeric", allow_nd=True, ensure_min_features=1)
+    if not X.dtype.isnative:
+        # Big-endian data (FITS, np.fromfile(..., ">u2")): the same values, as numpy and torch compute.
+        X = X.astype(X.dtype.newbyteorder("="))
+    return X
 
 
 def _to_channels_last(X):
     if X.ndim == 3:
         return X[..., None]
     if X.shape[-1] in (1, 3):
+        if X.shape[1] in (1, 3):
+            warnings.warn(
+                f"An array of shape {X.shape} could hold its channels on axis 1 or last; it is read as "
+                f"{X.shape[0]} images of {X.shape[1]} x {X.shape[2]} pixels with {X.shape[3]} channel(s). If "
+                "the channels are on axis 1, pass np.moveaxis(X, 1, -1).",
+                UserWarning,
+                stacklevel=3,
+            )
         return X
     if X.shape[1] in (1, 3):
         return np.moveaxis(X, 1, -1)
@@ -145,6 +168,13 @@ def _check_pixel_range(images):
             "These integer images hold only 0 and 1, which read as black and almost black "
             "(integer images hold values in [0, 255], uint16 ones in [0, 65535]). For binary images, "
             "multiply by 255 or pass booleans (True is white).",
+            UserWarning,
+            stacklevel=3,
+        )
+    if images.dtype == np.uint16 and 1 < high <= 255:
+        warnings.warn(
+            f"These uint16 images hold values up to {high} only, which read as almost black (uint16 images "
+            "are divided by 65,535, as 16-bit files are). If they hold 8-bit values, pass X.astype(np.uint8).",
             UserWarning,
             stacklevel=3,
         )

@@ -79,6 +79,8 @@ def read_image(item):
     if hasattr(item, "getdata"):
         depth = _stored_depth(item, name)  # before decoding, which forgets how the file stored it
         return _as_array(ImageOps.exif_transpose(item), name, depth)
+    if os.path.isdir(item):
+        raise ValueError(f"{name} is a folder, not an image file: list its image files instead.")
     try:
         with Image.open(item) as opened:
             _check_one_image(opened, name)
