@@ -281,7 +281,7 @@ def test_unsupported_values_are_named_at_save(vectors, tmp_path):
 
     with pytest.raises(TypeError, match="inside a function"):
         save(Subclass(), tmp_path / "det.pt")
-    with pytest.raises(TypeError, match="save supports PandaFeatures"):
+    with pytest.raises(TypeError, match="save supports PandaDetector, PandaFeatures"):
         save(CenterScorer(), tmp_path / "det.pt")
 
 

@@ -405,6 +405,24 @@ def test_importing_the_scorers_or_the_package_imports_no_torch():
     assert result.stdout.strip() == "[]"
 
 
+def test_save_names_every_estimator_it_supports_in_a_fresh_process(tmp_path):
+    """save's refusal listed the classes imported so far (none in a fresh process: "save supports  and
+    their subclasses") since the public names are imported on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, sklearn_panda\n"
+        "try:\n"
+        f"    sklearn_panda.save(sklearn_panda.KNNScorer().fit(np.eye(3)), {str(tmp_path / 'm.pt')!r})\n"
+        "except TypeError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "save supports PandaDetector, PandaFeatures, PandaOE, PandaPatchDetector, PandaSES and their " \
+           "subclasses" in result.stdout.replace("\n", " ")
+
+
 def test_the_package_s_names_are_its_all_and_load_on_first_use():
     import sklearn_panda
 

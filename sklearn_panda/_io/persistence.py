@@ -94,8 +94,12 @@ def _saved_class_name(cls, classes, where):
 
 
 def _known(classes):
-    """The package's own classes among ``classes``, which name no module."""
-    return ", ".join(name for name, cls in classes.items() if "." not in name and not inspect.isabstract(cls))
+    """The package's own classes among ``classes``, which name no module; the package's public
+    estimators are imported first (they register as they are imported, on first use)."""
+    package = importlib.import_module(__name__.partition(".")[0])
+    for name in getattr(package, "__all__", ()):
+        getattr(package, name)
+    return ", ".join(sorted(name for name, cls in classes.items() if "." not in name and not inspect.isabstract(cls)))
 
 
 def _scorer_classes():
@@ -328,7 +332,7 @@ def save(estimator, path):
 
     Parameters
     ----------
-    estimator : PandaFeatures, PandaDetector, PandaSES, PandaOE or a subclass
+    estimator : PandaFeatures, PandaDetector, PandaSES, PandaOE, PandaPatchDetector or a subclass
         Fitted or not (an unfitted one keeps only its parameters). A subclass
         must be defined at module level, and its module imported before
         :func:`load` reads the file.
@@ -451,7 +455,7 @@ def load(path, *, backbone=None, device=None):
 
     Returns
     -------
-    estimator : PandaFeatures, PandaDetector, PandaSES, PandaOE or a subclass
+    estimator : PandaFeatures, PandaDetector, PandaSES, PandaOE, PandaPatchDetector or a subclass
         The estimator as it was saved: its parameters and, when it was
         fitted, its fitted attributes, on ``device``.
 
