@@ -35,6 +35,7 @@ the size it scores them at (the graph holds no resize): the file's outputs are
 reads the maps.
 """
 
+import hashlib
 import importlib.util
 import numbers
 import os
@@ -425,6 +426,15 @@ def _read_metadata(path):
     return metadata
 
 
+def _file_digest(path):
+    """The SHA-256 of the file at ``path``, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class OnnxDetector(OutlierDecisions):
     """Score images with a file written by :func:`export_onnx`, in ONNX Runtime or OpenVINO.
 
@@ -458,6 +468,12 @@ class OnnxDetector(OutlierDecisions):
     input_shape_ : tuple of int
         ``(height, width, channels)`` of the images the file takes.
 
+    Notes
+    -----
+    A pickled ``OnnxDetector`` (joblib, multiprocessing, Dask) holds the
+    file's path and its SHA-256, not the runtime's session: unpickling opens
+    the file again, and refuses it when it is missing or has changed since.
+
     Examples
     --------
     With ``"detector.onnx"`` from :func:`export_onnx` (whose example runs
@@ -485,7 +501,31 @@ class OnnxDetector(OutlierDecisions):
         self.metadata_ = _read_metadata(path)
         self.offset_ = float(self.metadata_["offset"])
         self.input_shape_ = tuple(int(self.metadata_[f"input_{name}"]) for name in ("height", "width", "channels"))
-        self._run = self._onnxruntime() if runtime == "onnxruntime" else self._openvino()
+        self._digest = _file_digest(path)
+        self._run = self._session()
+
+    def _session(self):
+        return self._onnxruntime() if self.runtime == "onnxruntime" else self._openvino()
+
+    def __getstate__(self):
+        # The runtime's session cannot be pickled: the file it was opened from is named instead.
+        return {key: value for key, value in vars(self).items() if key != "_run"}
+
+    def __setstate__(self, state):
+        vars(self).update(state)
+        try:
+            digest = _file_digest(self.path)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"This pickled OnnxDetector scores with {os.fspath(self.path)}, which is not here; a pickle "
+                "holds the file's path, not the file: copy the file to that path first."
+            ) from None
+        if digest != self._digest:
+            raise ValueError(
+                f"{os.fspath(self.path)} has changed since this OnnxDetector was pickled (its SHA-256 differs); "
+                "open the new file with OnnxDetector(path) instead."
+            )
+        self._run = self._session()
 
     def _onnxruntime(self):
         try:

@@ -303,3 +303,25 @@ def test_approximate_knn_search_warns_that_the_file_searches_exactly():
     approximate = KNNScorer(algorithm="faiss", faiss_index="HNSW8").fit(features)
     with pytest.warns(UserWarning, match="searches approximately .* exported file searches the same gallery exactly"):
         deploy._scorer_search(approximate)
+
+
+def test_an_onnx_detector_pickles_by_its_file(exported, tmp_path):
+    """Pickling failed (the session's runner is a local function): joblib and multiprocessing could not use it."""
+    import pickle
+    import shutil
+
+    _, path, _ = exported
+    copy = shutil.copy(path, tmp_path / "detector.onnx")
+    detector = OnnxDetector(copy, n_threads=1)
+    test = _images(6, 9)
+    restored = pickle.loads(pickle.dumps(detector))
+    np.testing.assert_array_equal(restored.score_samples(test), detector.score_samples(test))
+    assert restored.offset_ == detector.offset_ and restored.input_shape_ == detector.input_shape_
+    pickled = pickle.dumps(detector)
+    with open(copy, "ab") as file:
+        file.write(b"\0")
+    with pytest.raises(ValueError, match="has changed since this OnnxDetector was pickled"):
+        pickle.loads(pickled)
+    os.unlink(copy)
+    with pytest.raises(FileNotFoundError, match="holds the file's path, not the file"):
+        pickle.loads(pickled)
