@@ -286,7 +286,8 @@ def load_one_class(
       normal, those in every defect folder are anomalies.
     * ``"image_folder"``: ``root/train/<normal_class>/*`` for training and
       ``root/test/<folder>/*`` for testing, where test images in
-      ``root/test/<normal_class>`` are normal and all others anomalies. An MVTec
+      ``root/test/<normal_class>`` (which must exist) are normal and all others
+      anomalies; images directly in ``root/test`` are refused (they have no label). An MVTec
       category folder or any ImageFolder-style dataset with ``train`` and ``test``
       folders fits. Files count as images by their suffix: .bmp, .jpeg, .jpg, .png,
       .tif, .tiff, .webp; hidden files and folders (names starting with ".") are skipped.

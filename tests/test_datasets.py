@@ -610,6 +610,23 @@ def test_image_folder_errors(tmp_path):
         load_one_class("image_folder", "dog", root=tmp_path)
 
 
+def test_image_folder_refuses_test_images_it_cannot_label(tmp_path):
+    # A normal test folder spelt otherwise made every test image an anomaly; images directly in
+    # test/ were dropped. Neither said a word.
+    write_image(tmp_path / "train" / "good" / "0.png")
+    write_image(tmp_path / "test" / "Good" / "0.png")
+    write_image(tmp_path / "test" / "scratch" / "0.png")
+    with pytest.raises(ValueError, match=r"has no folder 'good' .*every test image would be an anomaly; it has "
+                                         r"'Good', 'scratch'"):
+        load_one_class("image_folder", None, root=tmp_path)
+    (tmp_path / "test" / "Good").rename(tmp_path / "test" / "good")
+    write_image(tmp_path / "test" / "loose.png")
+    with pytest.raises(ValueError, match=r"images outside class folders \(1, e.g. loose.png\)"):
+        load_one_class("image_folder", None, root=tmp_path)
+    (tmp_path / "test" / "loose.png").unlink()
+    assert len(load_one_class("image_folder", None, root=tmp_path)[1]) == 2
+
+
 # --- digits ---------------------------------------------------------------------------
 
 

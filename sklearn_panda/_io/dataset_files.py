@@ -155,8 +155,21 @@ def _read_image_folder(directory, normal_folder):
             f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in "
             f"{directory / 'train' / normal_folder}."
         )
+    test = directory / "test"
+    loose = sorted(path for path in image_files(test) if path.parent == test)
+    if loose:
+        raise ValueError(
+            f"{test} holds images outside class folders ({len(loose)}, e.g. {loose[0].name}), which have no "
+            f"label: move them into {test / normal_folder} (normal) or a folder of their own (anomalies)."
+        )
+    folders = _subfolders(test)
+    if normal_folder not in [folder.name for folder in folders]:
+        raise ValueError(
+            f"{test} has no folder {normal_folder!r} (its normal test images, named as the training "
+            f"folder), so every test image would be an anomaly; it has {', '.join(repr(f.name) for f in folders) or 'none'}."
+        )
     X_test, test_labels = [], []
-    for folder in _subfolders(directory / "test"):
+    for folder in folders:
         images = _list_images(folder)
         X_test += images
         test_labels += [folder.name] * len(images)
