@@ -49,6 +49,9 @@ def test_exposure_resembling_anomalies_lifts_roc_auc(exposure_task):
         (-np.ones(10), "one class only, no normal label"),
         (np.array(["good"] * 5 + ["bad"] * 5), r"no normal label \(normal_label=1"),
         (np.ones(3), r"shape \(10,\)"),
+        # Missing labels became exposure images without a word.
+        (np.r_[np.ones(5), -np.ones(4), np.nan], r"1 missing label\(s\) \(NaN or None; first at index 9\)"),
+        (np.array([1] * 5 + [None] + [-1] * 4, dtype=object), r"first at index 5"),
     ],
 )
 def test_label_errors(y, message):

@@ -32,6 +32,12 @@ def normal_mask(y, n_samples, normal_label):
     y = np.asarray(y)
     if y.shape != (n_samples,):
         raise ValueError(f"y must have shape ({n_samples},), one label per image; got {y.shape}.")
+    missing = [i for i, label in enumerate(y.tolist()) if label is None or label != label]  # None, NaN
+    if missing:
+        raise ValueError(
+            f"y has {len(missing)} missing label(s) (NaN or None; first at index {missing[0]}), which would "
+            "make those images exposure images: label every image, or leave the unlabelled ones out."
+        )
     normal = y == normal_label
     if normal_label == 1 and not isinstance(normal_label, (bool, np.bool_)) and y.dtype != bool and set(
         np.unique(y).tolist()
