@@ -321,6 +321,17 @@ def test_fit_errors_are_one_line_and_write_no_model(case, backbone_module, folde
     assert os.listdir(out_folder) == []
 
 
+@pytest.mark.parametrize("model", ["", "models/"])
+def test_a_model_path_naming_no_file_is_refused_before_the_fit(model, backbone_module, folders, tmp_path,
+                                                                 capsys, monkeypatch):
+    # --model "" fitted every image, then failed to save with the atomic writer's raw error.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    status, _, err = run(capsys, "fit", folders.train, "--model", model, "--backbone-factory", FACTORY, *TINY_FIT)
+    assert status == 2 and f"--model {model!r} names no file; give a file name." in err
+    assert sorted(os.listdir(tmp_path)) == ["models"] and os.listdir(tmp_path / "models") == []
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

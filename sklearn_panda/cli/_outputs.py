@@ -14,6 +14,8 @@ from .._io.report import MapFigure, heat_overlay, open_rgb
 
 def check_destination(path, option):
     """Fail before the work, not after it, when an output cannot be written."""
+    if not os.fspath(path) or os.fspath(path).endswith(("/", os.sep)):
+        raise ValueError(f"{option} {path!r} names no file; give a file name.")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"The folder for {option} does not exist: {folder}")
