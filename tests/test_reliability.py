@@ -256,6 +256,29 @@ def test_estimator_fitted_on_cuda_loads_on_the_cpu(vectors, tmp_path, monkeypatc
     np.testing.assert_array_equal(restored.score_samples(vectors), expected)
 
 
+def test_estimator_fitted_on_a_backend_not_here_loads_on_the_cpu(vectors, tmp_path):
+    # A model fitted on a Mac's GPU ("mps") failed inside torch when loaded on a machine without one.
+    det = vector_detector().fit(vectors)
+    expected = det.score_samples(vectors)
+    det.features_.device_ = torch.device("mps")
+    save(det, tmp_path / "det.pt")
+    with pytest.warns(UserWarning, match="fitted on 'mps', which is not available here"):
+        restored = load(tmp_path / "det.pt", backbone=tiny_mlp)
+    assert restored.device_.type == "cpu"
+    np.testing.assert_array_equal(restored.score_samples(vectors), expected)
+
+
+def test_a_gpu_index_this_machine_lacks_loads_on_its_first_gpu(monkeypatch):
+    from sklearn_panda._engine.device import loadable_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.warns(UserWarning, match=r"fitted on 'cuda:1', and this machine has 1 CUDA device\(s\)"):
+        assert loadable_device(torch.device("cuda:1")) == torch.device("cuda", 0)
+    for here in ("cuda", "cuda:0", "cpu"):
+        assert loadable_device(torch.device(here)) == torch.device(here)
+
+
 def test_loaded_parameters_refit_to_the_same_model(vectors, tmp_path):
     det = vector_detector(random_state=np.random.RandomState(4), contamination=0.2)
     save(det, tmp_path / "unfitted.pt")

@@ -64,7 +64,9 @@ def _backend_available(device_type):
 
 def loadable_device(fitted_device):
     """Where a model fitted on ``fitted_device`` goes when loaded here: the CPU,
-    with a warning, when it was fitted on CUDA and CUDA is not available.
+    with a warning, when it was fitted on CUDA and CUDA is not available (or
+    on another backend that is not available here); the first GPU, with a
+    warning, when it was fitted on a GPU index this machine does not have.
 
     Examples
     --------
@@ -79,6 +81,19 @@ def loadable_device(fitted_device):
             "its network is loaded on the CPU."
         )
         return torch.device("cpu")
+    if fitted_device.type not in ("cpu", "cuda") and not _backend_available(fitted_device.type):
+        warnings.warn(
+            f"This estimator was fitted on {str(fitted_device)!r}, which is not available here; "
+            "its network is loaded on the CPU."
+        )
+        return torch.device("cpu")
+    if fitted_device.type == "cuda" and (fitted_device.index or 0) >= torch.cuda.device_count():
+        warnings.warn(
+            f"This estimator was fitted on {str(fitted_device)!r}, and this machine has "
+            f"{torch.cuda.device_count()} CUDA device(s); its network is loaded on 'cuda:0' "
+            "(load's device= chooses another)."
+        )
+        return torch.device("cuda", 0)
     return fitted_device
 
 
