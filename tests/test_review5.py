@@ -109,7 +109,11 @@ def test_layers_giving_one_patch_per_image_warn_and_the_defaults_do_not():
     np.testing.assert_allclose(only_map, only_map[0, 0], rtol=1e-5)  # what the warning says: one value
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        PandaPatchDetector(backbone="resnet18", weights=None, resize=None).fit(X)  # 4 x 4 patches
+        detector = PandaPatchDetector(backbone="resnet18", weights=None, resize=None).fit(X)  # 4 x 4 patches
+        detector.anomaly_maps(X[:1])
+    # Scoring images too small for one patch each warned at fit only, not when they came later.
+    with pytest.warns(UserWarning, match=r"Images scored at 8 x 8 pixels give one patch each"):
+        detector.score_samples(X[:2, :8, :8])
 
 
 # load_deeppcb(random_state=-1) gave numpy's message. (Its test regions are drawn after the training

@@ -2,6 +2,7 @@
 
 import numbers
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -478,7 +479,11 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
         if spec["image_score"] == "patch+fine":
             searches.append((self.fine_bank_, self.fine_scorer_))
         n_worst = spec["n_worst_patches"]
+        # Images that give one patch each (too small for resize=None) where the training images gave several.
+        flat = set() if checked.spec.kind != "vectors" and self.n_training_patches_ > self.n_samples_seen_ else None
         for indices, grids, size, original, _ in self._embeddings(self.net_, checked, self.device_, spec, "anomaly maps"):
+            if flat is not None and grids[0].shape[-2:] == (1, 1):
+                flat.add(size)
             distances = [patch_distances(grid, bank, scorer, n_worst) for grid, (bank, scorer) in zip(grids, searches)]
             smoothed = smoothed_maps(distances[0], grids[0].shape[-2:], size, spec["sigma"])
             map_maxima = smoothed.amax(dim=(1, 2, 3)).numpy()
@@ -488,6 +493,14 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
                 resized = resize_maps(smoothed, original)
                 for offset, index in enumerate(indices):
                     maps[index] = resized[offset, 0].numpy().astype(np.float32, copy=False)
+        if flat:
+            warnings.warn(
+                f"Images scored at {' or '.join(f'{h} x {w}' for h, w in sorted(flat))} pixels give one patch each: "
+                "their anomaly maps have a single value and their scores compare whole images. Score them "
+                "larger (resize='auto' scales images shorter than 224 pixels up).",
+                UserWarning,
+                stacklevel=3,
+            )
         return checked, maps, scores
 
     # ------------------------------------------------------------ new input
