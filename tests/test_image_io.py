@@ -2,6 +2,7 @@
 
 import os
 import stat
+import warnings
 
 import numpy as np
 import pytest
@@ -39,9 +40,8 @@ def test_16_bit_tiff_and_float_tiff(tmp_path):
     "values, words",
     [
         (np.full((4, 4), 3.5, dtype=np.float32), ["float image", "[3.5, 3.5]", "[0, 1]"]),
-        (np.full((4, 4), -7, dtype=np.int32), ["32-bit integer image", "-7", "[0, 255]"]),
-        (np.full((4, 4), 70000, dtype=np.int32), ["32-bit integer image", "70000", "[0, 255]"]),
-        (np.full((4, 4), 300, dtype=np.int32), ["32-bit integer image", "300", "16-bit image"]),
+        (np.full((4, 4), -7, dtype=np.int32), ["integer image", "-7", "16 bits"]),
+        (np.full((4, 4), 70000, dtype=np.int32), ["integer image", "70000", "16 bits"]),
     ],
 )
 def test_values_that_are_not_intensities_are_refused_by_name(values, words, tmp_path):
@@ -86,22 +86,62 @@ def test_a_16_bit_pgm_pillow_opens_as_32_bit_mode_keeps_its_16_bit_rule(tmp_path
     np.testing.assert_allclose(read_image(tmp_path / "ramp16.pgm")[0, :, 0], np.linspace(0, 1, 32), atol=1e-4)
 
 
-def test_a_32_bit_integer_file_reads_as_the_same_integer_array_does(tmp_path):
-    values = np.random.default_rng(0).integers(0, 256, size=(4, 6)).astype(np.int32)
-    Image.fromarray(values).save(tmp_path / "int32.tif")
-    np.testing.assert_array_equal(read_image(tmp_path / "int32.tif"), np.repeat(values[..., None], 3, axis=2))
-    assert read_image(tmp_path / "int32.tif").dtype == np.uint8
-    detector = PandaDetector(**TINY_IMAGES, n_steps=0, random_state=0).fit(np.zeros((4, 6, 6), dtype=np.uint8))
-    np.testing.assert_array_equal(
-        detector.score_samples([str(tmp_path / "int32.tif")]), detector.score_samples(values[None])
-    )
+def test_integer_files_holding_8_bit_values_warn_once(tmp_path):
+    # An int32 TIFF of 0-255 values read almost black without a word.
+    values = np.random.default_rng(0).integers(2, 256, size=(4, 6)).astype(np.int32)
+    for index in range(3):
+        Image.fromarray(values).save(tmp_path / f"int32-{index}.tif")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        images = [read_image(tmp_path / f"int32-{index}.tif") for index in range(3)]
+    assert [str(w.message)[:60] for w in caught] == ["Some 16-bit or 32-bit integer image files hold values up to "]
+    np.testing.assert_allclose(images[0][..., 0], values / 65535, atol=1e-7)
+    Image.fromarray(values * 200).save(tmp_path / "int32-wide.tif")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_image(tmp_path / "int32-wide.tif")
 
 
-def test_files_of_several_images_are_refused(tmp_path):
-    page = np.zeros((4, 4, 3), dtype=np.uint8)
+def test_tiffs_of_several_full_size_pages_are_refused_other_frames_are_not(tmp_path):
+    page = np.full((8, 8, 3), 120, dtype=np.uint8)
     Image.fromarray(page).save(tmp_path / "pages.tif", save_all=True, append_images=[Image.fromarray(page + 9)])
-    with pytest.raises(ValueError, match="holds 2 images"):
+    with pytest.raises(ValueError, match="is a TIFF of 2 pages of its size"):
         read_image(tmp_path / "pages.tif")
+    # The page a user chose, as a PIL image; a page with a thumbnail; a JPEG with a preview (MPO).
+    with Image.open(tmp_path / "pages.tif") as opened:
+        opened.seek(1)
+        assert read_image(opened).max() == 129
+    thumbnail = Image.fromarray(page[:4, :4])
+    Image.fromarray(page).save(tmp_path / "thumb.tif", save_all=True, append_images=[thumbnail])
+    assert read_image(tmp_path / "thumb.tif").shape == (8, 8, 3)
+    Image.fromarray(page).save(tmp_path / "photo.jpg", format="MPO", save_all=True, append_images=[thumbnail])
+    assert Image.open(tmp_path / "photo.jpg").n_frames == 2
+    assert read_image(tmp_path / "photo.jpg").shape == (8, 8, 3)
+
+
+def test_formats_whose_decoder_arguments_are_no_raw_mode_read_as_before(tmp_path):
+    # A GIF's decoder arguments hold numbers; a 12-bit PGM's hold ("L", 4095); a 5-6-5 BMP's "BGR;16".
+    Image.fromarray(np.full((4, 4, 3), 50, np.uint8)).save(tmp_path / "one.gif")
+    assert read_image(tmp_path / "one.gif").dtype == np.uint8
+    values = (np.arange(16).reshape(4, 4) * 270).astype(np.uint16)
+    (tmp_path / "twelve.pgm").write_bytes(b"P5 4 4 4095\n" + values.astype(">u2").tobytes())
+    assert read_image(tmp_path / "twelve.pgm").max() == pytest.approx(4050 / 4095, abs=1e-4)
+    with Image.open(tmp_path / "twelve.pgm") as opened:
+        opened.load()  # decoded: no tiles left, read as before
+        assert read_image(opened).max() == pytest.approx(4050 / 4095, abs=1e-4)
+
+
+def test_decoder_arguments_as_plain_tuples_are_read_as_named_ones():
+    """Pillow before 11 gives tiles as plain tuples (no ``.args``): the check reads both."""
+    from sklearn_panda._io.images import _check_decodable_depth
+
+    class Opened:
+        tile = [("zip", (0, 0, 4, 4), 41, "RGB;16B")]
+
+    with pytest.raises(ValueError, match="RGB;16B"):
+        _check_decodable_depth(Opened(), "old.png")
+    Opened.tile = [("raw", (0, 0, 4, 4), 66, ("BGR;16", 16, -1))]
+    _check_decodable_depth(Opened(), "rgb565.bmp")
 
 
 def test_exif_orientation_is_applied(tmp_path):

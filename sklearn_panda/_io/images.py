@@ -7,17 +7,20 @@ and its report, ``save``. numpy and Pillow only; no torch.
 Decoding keeps what the file holds: 8-bit images (and palettes, bilevel,
 CMYK, ...) come as RGB uint8; 16-bit images (PNG, TIFF) as float32 in [0, 1]
 (divided by 65,535), not clipped to white as Pillow's ``convert("RGB")``
-would; float images as they are when in [0, 1]; 32-bit integer images as
-integer arrays are (values in [0, 255], as 8-bit ones). Anything else is
-refused with an error naming the file and its range, and so are 16-bit
-colour images (Pillow decodes them to 8 bits) and files of several images.
+would (and so are 32-bit integer files, which must hold values up to 65,535;
+a warning says when they hold 8-bit values); float images as they are when
+in [0, 1]. Anything else is refused with an error naming the file and its
+range, and so are 16-bit colour files (Pillow decodes them to 8 bits) and
+TIFFs of several full-size pages.
 The EXIF orientation is applied, as a viewer shows the image. Alpha
 channels are dropped.
 """
 
 import os
 import pathlib
+import re
 import stat
+import warnings
 
 import numpy as np
 
@@ -77,15 +80,15 @@ def read_image(item):
 
     name = "the PIL image" if hasattr(item, "getdata") else os.fspath(item)
     if hasattr(item, "getdata"):
-        depth = _stored_depth(item, name)  # before decoding, which forgets how the file stored it
-        return _as_array(ImageOps.exif_transpose(item), name, depth)
+        _check_decodable_depth(item, name)  # before decoding, which forgets how the file stored it
+        return _as_array(ImageOps.exif_transpose(item), name)
     if os.path.isdir(item):
         raise ValueError(f"{name} is a folder, not an image file: list its image files instead.")
     try:
         with Image.open(item) as opened:
             _check_one_image(opened, name)
-            depth = _stored_depth(opened, name)
-            return _as_array(ImageOps.exif_transpose(opened), name, depth)
+            _check_decodable_depth(opened, name)
+            return _as_array(ImageOps.exif_transpose(opened), name)
     except FileNotFoundError:
         raise FileNotFoundError(f"Image file not found: {name}") from None
     except (UnidentifiedImageError, OSError) as error:
@@ -93,41 +96,54 @@ def read_image(item):
 
 
 def _check_one_image(opened, name):
-    """Refuse a file of several images (a PIL image given is the frame its user chose)."""
+    """Refuse a TIFF of several full-size pages (a PIL image given is the frame its user chose).
+
+    Other files of several frames keep their first, the image itself: a phone's JPEG with a
+    gain map or a preview (MPO), a TIFF with reduced-size thumbnails, an animation's first frame.
+    """
     frames = getattr(opened, "n_frames", 1)
-    if frames > 1:
+    if opened.format != "TIFF" or frames < 2:
+        return
+    size, full_size = opened.size, 0
+    try:
+        for page in range(frames):
+            opened.seek(page)
+            full_size += opened.size == size
+    finally:
+        opened.seek(0)
+    if full_size > 1:
         raise ValueError(
-            f"{name} holds {frames} images (a multi-page TIFF or an animation); only its first would be "
-            "read. Save each page as a file of its own, or pass the page you mean as a PIL image."
+            f"{name} is a TIFF of {full_size} pages of its size; only its first would be read. Save each "
+            "page as a file of its own, or pass the page you mean as a PIL image."
         )
 
 
-def _stored_depth(image, name):
-    """Bits a sample as the file stores them (16, 32, or 8 when the decoder says nothing else).
+# Raw modes of samples of 16 bits that Pillow decodes to 8 (colour, grey with alpha, CMYK).
+_CUT_TO_8_BITS = re.compile(r"(RGB|RGBA|RGBX|LA|CMYK);16[BLN]?")
 
-    Refuses what Pillow cannot decode at its depth.
+
+def _check_decodable_depth(image, name):
+    """Refuse a file whose 16-bit samples Pillow would decode to 8 bits.
+
+    The decoder's raw mode (``"RGB;16B"``, ...) tells how the file stores its samples; an image
+    already decoded (no tiles left) or made in memory tells nothing and passes.
     """
-    # The decoder's raw mode ("RGB;16B", "I;16B", "I;32S", ...) tells the depth the file stores; an
-    # image already decoded (no tiles left) is taken at its mode's depth.
     tiles = getattr(image, "tile", None) or []
-    arguments = tiles[0].args if tiles else None
-    rawmode = arguments if isinstance(arguments, str) else (arguments or ("",))[0]
-    depth = 16 if ";16" in rawmode else 32 if ";32" in rawmode else 8
-    if depth == 16 and image.mode not in (*_SIXTEEN_BIT_MODES, "I"):
+    arguments = tiles[0][3] if tiles and len(tiles[0]) > 3 else None  # plain tuples before Pillow 11
+    if isinstance(arguments, tuple) and arguments:
+        arguments = arguments[0]
+    if isinstance(arguments, str) and _CUT_TO_8_BITS.fullmatch(arguments):
         raise ValueError(
-            f"{name} is a 16-bit image with colour or alpha channels ({rawmode}), which Pillow decodes to "
+            f"{name} is a 16-bit image with colour or alpha channels ({arguments}), which Pillow decodes to "
             "8 bits only: the low 8 bits of every sample would be lost (a 12-bit camera image would read "
             "almost black). Save it as 16-bit greyscale without alpha or as 8-bit colour, or read it with a "
             "library that keeps 16-bit colour (cv2.imread(path, cv2.IMREAD_UNCHANGED)[..., ::-1]) and pass "
             "the uint16 arrays, which are read at 16 bits."
         )
-    return depth
 
 
-def _as_array(image, name, depth=8):
+def _as_array(image, name):
     mode = image.mode
-    if mode == "I" and depth != 16:
-        return _integer_as_array(np.asarray(image), name)
     if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
         values = np.asarray(image)
         if values.ndim == 3:  # multi-channel images Pillow keeps at their depth
@@ -147,23 +163,20 @@ def _as_array(image, name, depth=8):
                     f"{name} is a {mode!r} integer image with values in [{low}, {high}], beyond 16 bits; "
                     "save it as an 8- or 16-bit image, or as float in [0, 1]."
                 )
+            if 1 < high <= 255:
+                # One message for every such file, so that a folder of them warns once.
+                warnings.warn(
+                    "Some 16-bit or 32-bit integer image files hold values up to 255 only, which read as "
+                    "almost black (they are divided by 65,535, as 16-bit files are). Save 8-bit values "
+                    "as 8-bit images.",
+                    UserWarning,
+                    stacklevel=4,
+                )
             values = sixteen_bit_to_unit(values)
         values = values.astype(np.float32)
         return np.repeat(values[..., None], 3, axis=2) if values.ndim == 2 else values
     # A copy (np.array): Pillow's buffer is read-only, and torch would warn about sharing it.
     return np.array(image.convert("RGB"), dtype=np.uint8)
-
-
-def _integer_as_array(values, name):
-    """A 32-bit integer image by the rule for integer arrays: values in [0, 255], as 8-bit ones."""
-    low, high = int(values.min()), int(values.max())
-    if low < 0 or high > 255:
-        raise ValueError(
-            f"{name} is a 32-bit integer image with values in [{low}, {high}]; integer images other than "
-            "8- and 16-bit ones must hold values in [0, 255], as integer arrays do. Save 16-bit intensities "
-            "as a 16-bit image (read divided by 65,535), or the image as float in [0, 1]."
-        )
-    return np.repeat(values.astype(np.uint8)[..., None], 3, axis=2)
 
 
 def read_binary_mask(path):
