@@ -369,3 +369,11 @@ def test_fit_and_update_refuse_an_image_named_twice(folders, fitted, tmp_path, c
     status, _, err = run(capsys, "update", folders.test, folders.test / "noise0.png", "--model", fitted.model,
                          "--output", tmp_path / "updated.pt", "--backbone-factory", FACTORY)
     assert status == 2 and "update got 1 image file(s) more than once" in err
+
+
+def test_a_link_into_a_missing_folder_is_refused_before_the_work(tmp_path):
+    from sklearn_panda.cli._outputs import check_destination
+
+    (tmp_path / "current.pt").symlink_to(tmp_path / "models" / "v3.pt")
+    with pytest.raises(FileNotFoundError, match="The folder for --model does not exist: .*models"):
+        check_destination(tmp_path / "current.pt", "--model")

@@ -221,3 +221,11 @@ def test_writing_through_a_symbolic_link_writes_its_target(tmp_path):
     write_files({link: b"new"})
     assert link.is_symlink() and target.read_bytes() == b"new"
     assert sorted(os.listdir(tmp_path)) == ["current.pt", "models"]
+
+
+def test_one_file_named_twice_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "a.pt").write_bytes(b"old")
+    (tmp_path / "b.pt").symlink_to("a.pt")
+    with pytest.raises(ValueError, match="are one file; it would be written twice"):
+        write_files({tmp_path / "a.pt": b"1", tmp_path / "b.pt": b"2"})
+    assert (tmp_path / "a.pt").read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["a.pt", "b.pt"]

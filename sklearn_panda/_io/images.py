@@ -304,7 +304,11 @@ def write_files(contents):
     >>> sorted(os.listdir(folder))
     ['a.txt', 'b.txt']
     """
-    written = {}
+    written, targets = {}, {}
+    for path in contents:
+        first = targets.setdefault(os.path.realpath(path), path)
+        if first is not path:
+            raise ValueError(f"{os.fspath(first)} and {os.fspath(path)} are one file; it would be written twice.")
     try:
         for path, data in contents.items():
             path = os.path.realpath(path)

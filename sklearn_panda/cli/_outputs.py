@@ -16,7 +16,8 @@ def check_destination(path, option):
     """Fail before the work, not after it, when an output cannot be written."""
     if not os.fspath(path) or os.fspath(path).endswith(("/", os.sep)):
         raise ValueError(f"{option} {path!r} names no file; give a file name.")
-    folder = os.path.dirname(os.path.abspath(path))
+    # Where the file will be written: through a symbolic link, its target's folder.
+    folder = os.path.dirname(os.path.realpath(path))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"The folder for {option} does not exist: {folder}")
     if os.path.isdir(path):
