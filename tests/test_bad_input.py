@@ -327,6 +327,16 @@ def test_torch_tensors_are_read_as_the_arrays_they_hold():
     np.testing.assert_array_equal(detector.score_samples(tensor), expected)
     bfloat16 = torch.from_numpy(images).bfloat16()
     np.testing.assert_array_equal(detector.score_samples(bfloat16), detector.score_samples(bfloat16.float().numpy()))
+    # Lists of them, tensor subclasses of other packages (torchvision's (C, H, W) images), the scorers.
+    np.testing.assert_array_equal(detector.score_samples(list(tensor)), expected)
+    from torchvision import tv_tensors
+
+    channels_first = [tv_tensors.Image(image.permute(2, 0, 1)) for image in torch.from_numpy(images)]
+    np.testing.assert_array_equal(detector.score_samples(channels_first), expected)
+    features = torch.randn(10, 4, requires_grad=True)
+    scorer = KNNScorer().fit(features)
+    np.testing.assert_array_equal(scorer.score_samples(features), KNNScorer().fit(features.detach().numpy())
+                                  .score_samples(features.detach().numpy()))
 
 
 @pytest.mark.parametrize("dtype", [">u2", ">f4", ">f8", ">i8"])

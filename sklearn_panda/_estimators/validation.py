@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.utils import check_array
 from sklearn.utils.validation import validate_data
 
-from .._io.inputs import CheckedInput, InputSpec
+from .._io.inputs import CheckedInput, InputSpec, tensor_as_array
 
 IMAGE_SHAPES = "(n, H, W), (n, H, W, C) or (n, C, H, W) with C in {1, 3}"
 
@@ -74,6 +74,7 @@ def check_input(X, fitted_spec=None):
         if all(map(_is_image_like, column)):
             X = list(column)
     if isinstance(X, (list, tuple)):
+        X = [tensor_as_array(item) for item in X]
         if len(X) == 0:
             raise ValueError("Found an empty list of images; at least one image is required.")
         if all(_is_image_like(item) for item in X):
@@ -118,10 +119,7 @@ def check_input(X, fitted_spec=None):
 
 def _as_numeric_array(X):
     """scikit-learn's checks (sparse, complex, object, empty, NaN / inf), any rank; in native byte order."""
-    if type(X).__module__.split(".")[0] == "torch" and hasattr(X, "detach"):
-        # A tensor that requires grad or lives on a GPU has no numpy view; bfloat16 has no numpy type.
-        X = X.detach().cpu()
-        X = (X.float() if str(X.dtype) == "torch.bfloat16" else X).numpy()
+    X = tensor_as_array(X)
     X_array = np.asarray(X) if not hasattr(X, "tocsr") else X
     if getattr(X_array, "ndim", 2) < 2:
         raise ValueError(

@@ -7,7 +7,26 @@ reads them, and a model file keeps a fitted ``InputSpec``
 ``sklearn_panda._estimators.validation``, which imports them from here.
 """
 
+import sys
 from dataclasses import dataclass
+
+
+def tensor_as_array(X):
+    """A torch tensor (any subclass, any device, requiring grad or not) as the numpy array it holds;
+    anything else as it is. Imports no torch: a tensor exists only where torch was imported.
+
+    Examples
+    --------
+    >>> from sklearn_panda._io.inputs import tensor_as_array
+    >>> tensor_as_array([1, 2])
+    [1, 2]
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not isinstance(X, torch.Tensor):
+        return X
+    X = X.detach().cpu()
+    # bfloat16 has no numpy type.
+    return (X.float() if X.dtype == torch.bfloat16 else X).numpy()
 
 
 @dataclass(frozen=True)

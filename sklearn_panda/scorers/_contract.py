@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .._io.inputs import tensor_as_array
 from .._sklearn_compat import Interval, StrOptions, _fit_context
 
 METRICS = ("sqeuclidean", "euclidean", "cosine")
@@ -258,7 +259,7 @@ class _BaseScorer(OutlierContractMixin, BaseEstimator, metaclass=ABCMeta):
             The fitted scorer.
         """
         # float32 stays float32; integers become float64, so that the check sees what float32 loses.
-        X = validate_data(self, X, dtype=[np.float64, np.float32], ensure_min_samples=1)
+        X = validate_data(self, tensor_as_array(X), dtype=[np.float64, np.float32], ensure_min_samples=1)
         _check_float32(X, type(self).__name__, at_fit=True)
         if X.shape[0] < 2:
             raise ValueError(
@@ -275,7 +276,7 @@ class _BaseScorer(OutlierContractMixin, BaseEstimator, metaclass=ABCMeta):
 
     def _validate_new(self, X):
         check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        X = validate_data(self, tensor_as_array(X), dtype=[np.float64, np.float32], reset=False)
         _check_float32(X, type(self).__name__, at_fit=False)
         return self._prepare(X)
 
