@@ -501,11 +501,13 @@ class OnnxDetector(OutlierDecisions):
         self.metadata_ = _read_metadata(path)
         self.offset_ = float(self.metadata_["offset"])
         self.input_shape_ = tuple(int(self.metadata_[f"input_{name}"]) for name in ("height", "width", "channels"))
-        self._digest = _file_digest(path)
+        # Unpickling opens the file again, perhaps from another working folder.
+        self._file, self._digest = os.path.abspath(path), _file_digest(path)
         self._run = self._session()
 
-    def _session(self):
-        return self._onnxruntime() if self.runtime == "onnxruntime" else self._openvino()
+    def _session(self, path=None):
+        path = self.path if path is None else path
+        return self._onnxruntime(path) if self.runtime == "onnxruntime" else self._openvino(path)
 
     def __getstate__(self):
         # The runtime's session cannot be pickled: the file it was opened from is named instead.
@@ -514,20 +516,20 @@ class OnnxDetector(OutlierDecisions):
     def __setstate__(self, state):
         vars(self).update(state)
         try:
-            digest = _file_digest(self.path)
+            digest = _file_digest(self._file)
         except FileNotFoundError:
             raise FileNotFoundError(
-                f"This pickled OnnxDetector scores with {os.fspath(self.path)}, which is not here; a pickle "
+                f"This pickled OnnxDetector scores with {self._file}, which is not here; a pickle "
                 "holds the file's path, not the file: copy the file to that path first."
             ) from None
         if digest != self._digest:
             raise ValueError(
-                f"{os.fspath(self.path)} has changed since this OnnxDetector was pickled (its SHA-256 differs); "
+                f"{self._file} has changed since this OnnxDetector was pickled (its SHA-256 differs); "
                 "open the new file with OnnxDetector(path) instead."
             )
-        self._run = self._session()
+        self._run = self._session(self._file)
 
-    def _onnxruntime(self):
+    def _onnxruntime(self, path):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -536,11 +538,11 @@ class OnnxDetector(OutlierDecisions):
         if self.n_threads is not None:
             options.intra_op_num_threads = self.n_threads
             options.inter_op_num_threads = 1
-        session = ort.InferenceSession(os.fspath(self.path), options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
         name = self.metadata_["input_name"]
         return lambda images: session.run(None, {name: images})
 
-    def _openvino(self):
+    def _openvino(self, path):
         try:
             import openvino as ov
         except ImportError:
@@ -548,7 +550,7 @@ class OnnxDetector(OutlierDecisions):
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         if self.n_threads is not None:
             config["INFERENCE_NUM_THREADS"] = self.n_threads
-        compiled = ov.Core().compile_model(os.fspath(self.path), "CPU", config)
+        compiled = ov.Core().compile_model(os.fspath(path), "CPU", config)
         request = compiled.create_infer_request()
 
         def run(images):

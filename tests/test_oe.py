@@ -52,6 +52,7 @@ def test_exposure_resembling_anomalies_lifts_roc_auc(exposure_task):
         # Missing labels became exposure images without a word.
         (np.r_[np.ones(5), -np.ones(4), np.nan], r"1 missing label\(s\) \(NaN or None; first at index 9\)"),
         (np.array([1] * 5 + [None] + [-1] * 4, dtype=object), r"first at index 5"),
+        (["good"] * 5 + ["bad"] * 4 + [float("nan")], r"first at index 9"),
     ],
 )
 def test_label_errors(y, message):

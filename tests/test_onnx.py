@@ -316,6 +316,14 @@ def test_an_onnx_detector_pickles_by_its_file(exported, tmp_path):
     test = _images(6, 9)
     restored = pickle.loads(pickle.dumps(detector))
     np.testing.assert_array_equal(restored.score_samples(test), detector.score_samples(test))
+    # A relative path, unpickled from another working folder.
+    here = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        relative = pickle.dumps(OnnxDetector("detector.onnx", n_threads=1))
+    finally:
+        os.chdir(here)
+    np.testing.assert_array_equal(pickle.loads(relative).score_samples(test), detector.score_samples(test))
     assert restored.offset_ == detector.offset_ and restored.input_shape_ == detector.input_shape_
     pickled = pickle.dumps(detector)
     with open(copy, "ab") as file:

@@ -29,10 +29,12 @@ def normal_mask(y, n_samples, normal_label):
             f"({normal_label!r}) for normal images, any other label for exposure images (images "
             "that resemble anomalies)."
         )
+    # As objects first: numpy would turn a NaN among strings into the string "nan".
+    labels = y.tolist() if isinstance(y, np.ndarray) else list(np.asarray(y, dtype=object).ravel())
     y = np.asarray(y)
     if y.shape != (n_samples,):
         raise ValueError(f"y must have shape ({n_samples},), one label per image; got {y.shape}.")
-    missing = [i for i, label in enumerate(y.tolist()) if label is None or label != label]  # None, NaN
+    missing = [i for i, label in enumerate(labels) if label is None or label != label]  # None, NaN
     if missing:
         raise ValueError(
             f"y has {len(missing)} missing label(s) (NaN or None; first at index {missing[0]}), which would "
