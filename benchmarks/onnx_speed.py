@@ -55,17 +55,14 @@ def _paper_pipeline(detector):
 
 def _pipelines(detector, folder, calibration, threads, runtimes):
     """name -> scoring function of uint8 images, every exported pipeline built up front."""
-    import onnx
-
-    from sklearn_panda._engine.quantize import convolution_names
-    from sklearn_panda.deploy import OnnxDetector, export_onnx, quantize_onnx
+    from sklearn_panda.deploy import OnnxDetector, export_onnx, onnx_convolutions, quantize_onnx
 
     size = calibration.shape[1:3]
     float_path = export_onnx(detector, folder / "float32.onnx", image_size=size)
     int8_path = quantize_onnx(float_path, folder / "int8.onnx", calibration)
     # On EfficientNet-Lite0, int8 in the first three convolutions costs most of the rank agreement
     # with float32 that int8 loses (benchmarks/RESULTS.md).
-    first = convolution_names(onnx.load(float_path))[:3]
+    first = onnx_convolutions(float_path)[:3]
     int8_first_path = quantize_onnx(float_path, folder / "int8-first.onnx", calibration, keep_float32=first)
     files = {"float32": float_path, "int8": int8_path, "int8, first 3 convolutions float32": int8_first_path}
     pipelines = {"paper pipeline (PIL per image, torch float32)": _paper_pipeline(detector),

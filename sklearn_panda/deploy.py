@@ -49,7 +49,7 @@ from ._estimators.validation import check_input
 from ._io.images import write_files
 from .scorers._contract import OutlierDecisions
 
-__all__ = ["OnnxDetector", "export_onnx", "quantize_onnx"]
+__all__ = ["OnnxDetector", "export_onnx", "onnx_convolutions", "quantize_onnx"]
 
 # The metadata layout; files of any other number are refused.
 FORMAT_VERSION = "1"
@@ -283,6 +283,34 @@ def _export_patch_detector(detector, path, image_size):
     return _write_model(model, path)
 
 
+def onnx_convolutions(path):
+    """List the convolutions of an ONNX file by name, in the order they run.
+
+    What :func:`quantize_onnx`'s ``keep_float32`` takes; the first is the stem.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A file written by :func:`export_onnx`.
+
+    Returns
+    -------
+    names : list of str
+        The ``Conv`` nodes' names, in graph order (which is execution order).
+
+    Examples
+    --------
+    >>> from sklearn_panda.deploy import onnx_convolutions, quantize_onnx
+    >>> first_three = onnx_convolutions("detector.onnx")[:3]  # doctest: +SKIP
+    >>> quantize_onnx("detector.onnx", "int8.onnx", images, keep_float32=first_three)  # doctest: +SKIP
+    """
+    import onnx
+
+    from ._engine.quantize import convolution_names
+
+    return convolution_names(onnx.load(path))
+
+
 def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
     """Write an int8 version of a float32 file from :func:`export_onnx`.
 
@@ -304,8 +332,7 @@ def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
         in any layout the detector accepts.
     keep_float32 : sequence of str, default=()
         Names of convolutions to leave in float32, where int8 costs accuracy;
-        ``sklearn_panda._engine.quantize.convolution_names(onnx.load(path))`` lists
-        them in order (the first is the stem). Keeping the first few in
+        :func:`onnx_convolutions` lists them in order (the first is the stem). Keeping the first few in
         float32 recovers most of what int8 loses on EfficientNet-Lite0
         (``benchmarks/onnx_speed.py``). Naming every convolution is an error:
         nothing would be quantised.
@@ -326,19 +353,19 @@ def quantize_onnx(path, int8_path, calibration_images, *, keep_float32=()):
     """
     import onnx
 
-    from ._engine.quantize import convolution_names, quantize_int8
+    from ._engine.quantize import quantize_int8
 
     metadata = _read_metadata(path)
     if metadata["precision"] != "float32":
         raise ValueError(f"quantize_onnx takes a float32 file; {os.fspath(path)} is {metadata['precision']}.")
     if isinstance(keep_float32, str):
         raise TypeError(f"keep_float32 is a list of convolution names; got the string {keep_float32!r} (use [name]).")
-    known = convolution_names(onnx.load(path))
+    known = onnx_convolutions(path)
     unknown = [name for name in keep_float32 if name not in known]
     if unknown:
         raise ValueError(
             f"keep_float32 names convolutions that {os.fspath(path)} does not have: {unknown}; its convolutions "
-            f"are sklearn_panda._engine.quantize.convolution_names(onnx.load(path)), e.g. {known[:3]}."
+            f"are sklearn_panda.deploy.onnx_convolutions(path), e.g. {known[:3]}."
         )
     if set(known) <= set(keep_float32):
         raise ValueError(

@@ -325,11 +325,13 @@ def test_quantize_onnx_refuses_unknown_or_string_keep_float32(exported, tmp_path
         quantize_onnx(exported[1], tmp_path / "q.onnx", images, keep_float32=["typo"])
     with pytest.raises(TypeError, match="use \\[name\\]"):
         quantize_onnx(exported[1], tmp_path / "q.onnx", images, keep_float32="conv")
-    import onnx
+    from sklearn_panda.deploy import onnx_convolutions
 
-    from sklearn_panda._engine.quantize import convolution_names
-
-    every = convolution_names(onnx.load(exported[1]))
+    every = onnx_convolutions(exported[1])
+    assert every and every == [node.name for node in __import__("onnx").load(exported[1]).graph.node
+                               if node.op_type == "Conv"]
+    with pytest.raises(ValueError, match=r"are sklearn_panda\.deploy\.onnx_convolutions\(path\)"):
+        quantize_onnx(exported[1], tmp_path / "q.onnx", images, keep_float32=["typo"])
     with pytest.raises(ValueError, match="names every convolution"):
         quantize_onnx(exported[1], tmp_path / "q.onnx", images, keep_float32=every)
     assert not (tmp_path / "q.onnx").exists()
