@@ -98,8 +98,9 @@ def score_dask(estimator, X, *, method="score_samples", client=None):
     ----------
     estimator : fitted estimator
         A fitted :class:`~sklearn_panda.PandaDetector`, :class:`~sklearn_panda.PandaSES`,
-        :class:`~sklearn_panda.PandaOE` or :class:`~sklearn_panda.PandaFeatures` (or any
-        fitted estimator with ``method``).
+        :class:`~sklearn_panda.PandaOE`, :class:`~sklearn_panda.PandaPatchDetector` (its
+        image scores and labels; anomaly maps are not a method here) or
+        :class:`~sklearn_panda.PandaFeatures` (or any fitted estimator with ``method``).
 
     X : dask.array.Array or dask.bag.Bag
         The images: a dask array in a layout the estimator accepts (its first

@@ -213,7 +213,7 @@ class FeatureDetectorBase(BasePandaDetector):
 
 @fill_doc
 class PandaDetector(FeatureDetectorBase):
-    """PANDA: adapt pretrained features to the normal images, score by kNN.
+    """PANDA: adapt pretrained features to the normal images, score by their distance to them.
 
     Fine-tunes the last stages of an ImageNet-pretrained network so that the
     features of the normal training images move towards their (fixed) mean,
@@ -227,8 +227,9 @@ class PandaDetector(FeatureDetectorBase):
     The detector is :class:`PandaFeatures` (the adaptation, fitted with this
     detector's own parameters, in ``features_``) followed by a scorer fitted
     on the adapted training features (``scorer_``): the same as
-    ``make_pipeline(PandaFeatures(...), KNNScorer())``, with the scorer's
-    leave-one-out training scores and threshold at hand.
+    ``make_pipeline(PandaFeatures(...), scorer)`` with the recipe's scorer
+    (``KNNScorer()``; ``MahalanobisScorer()`` for EfficientNet-Lite0), with
+    the scorer's leave-one-out training scores and threshold at hand.
 
     Parameters
     ----------

@@ -97,8 +97,10 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
         The size images are scored at: an integer is the new shorter side,
         a pair the new ``(height, width)``, ``None`` each image's own size.
         ``"auto"``: the image's own size when its shorter side is between 224
-        and 1024 pixels, otherwise scaled to the nearer bound. Maps always
-        come back at each input image's size.
+        and 1024 pixels, otherwise scaled to the nearer bound, and in any
+        case no longer than 4,096 pixels (an image too narrow to keep 32
+        pixels then is refused). Maps always come back at each input image's
+        size.
 
     neighbourhood : int, default=3
         Odd side of the window each feature map is averaged over (PatchCore's
@@ -185,7 +187,7 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
         calibration images (each scored against banks without its own
         patches): that fraction of them is flagged (``"auto"``: 1%). The
         calibration images are the training images, or 64 of them at random
-        where there are more (``CALIBRATION_IMAGES``).
+        where there are more.
 
     pixel_contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``pixel_offset_``, the map value above which a pixel is
@@ -375,14 +377,15 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
         patch features go straight into a two-stage coreset selection
         (:class:`~sklearn_panda._engine.coreset.StreamingCoreset`), so that
         only the selected patches and the stage outputs of the calibration
-        images (up to ``CALIBRATION_IMAGES``, for the offsets) are kept.
+        images (up to 64, for the offsets) are kept.
 
         Parameters
         ----------
         X : array-like or list of paths / PIL images
             Normal training images: ``(n, H, W)``, ``(n, H, W, C)`` or
-            ``(n, C, H, W)`` (uint8 in [0, 255] or float in [0, 1]), or a list
-            of image files / PIL images of any sizes; or vectors ``(n, d)``
+            ``(n, C, H, W)`` (uint8 in [0, 255], uint16 in [0, 65535] or float
+            in [0, 1]), or a list of image files / PIL images of any sizes
+            (8- or 16-bit); or vectors ``(n, d)``
             for a vector backbone.
 
         y : Ignored
