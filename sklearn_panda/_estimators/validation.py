@@ -88,8 +88,9 @@ def check_input(X, fitted_spec=None):
             raise ValueError(
                 f"The arrays in the list have different shapes ({', '.join(map(str, shapes[:3]))}"
                 f"{', ...' if len(shapes) > 3 else ''}); stack images of one size into one array, "
-                "or pass file paths or PIL images, which may differ in size (each is brought to the "
-                "estimator's resize and crop_size, or scored at its own size by PandaPatchDetector)."
+                "or pass file paths or PIL images ([PIL.Image.fromarray(image) for image in X] for uint8 "
+                "or uint16 grey images), which may differ in size (each is brought to the estimator's "
+                "resize and crop_size, or scored at its own size by PandaPatchDetector)."
             )
         X = np.asarray(X)
     X = _as_numeric_array(X)
