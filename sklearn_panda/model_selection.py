@@ -20,7 +20,9 @@ class NormalOnlySplit:
 
     With ``GridSearchCV``, pass ``refit=False`` (or refit the best parameters
     on the normal samples yourself): ``refit=True`` would fit the final model
-    on all of ``X``, anomalies included (``examples/grid_search.py``).
+    on all of ``X``, anomalies included (``examples/grid_search.py``); the
+    detectors and scorers warn when ``fit`` is given a ``y`` that marks
+    anomalies, which they ignore.
 
     Parameters
     ----------
@@ -51,6 +53,10 @@ class NormalOnlySplit:
         self.n_splits = n_splits
         self.shuffle = shuffle
         self.random_state = random_state
+
+    def __repr__(self):
+        # As scikit-learn's splitters print: every parameter, by name.
+        return f"NormalOnlySplit(n_splits={self.n_splits}, random_state={self.random_state!r}, shuffle={self.shuffle})"
 
     def split(self, X, y=None, groups=None):
         """Yield ``(train, test)`` index arrays.

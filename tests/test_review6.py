@@ -389,3 +389,43 @@ def test_a_fresh_process_loads_every_estimator_file(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(Path(__file__).parent))
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["PandaPatchDetector", "PandaOE"]
+
+
+# GridSearchCV(refit=True) with NormalOnlySplit refitted the best detector on every sample, anomalies
+# included, without a word (found by a scikit-learn conventions reading): y is still ignored, but a
+# y marking anomalies now warns.
+def test_a_y_marking_anomalies_warns_that_they_are_fitted_as_normal():
+    from sklearn.model_selection import GridSearchCV
+
+    from sklearn_panda import KNNScorer, NormalOnlySplit
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(size=(24, 4)), rng.normal(6, 1, size=(6, 4))])
+    y = np.r_[np.ones(24, dtype=int), -np.ones(6, dtype=int)]
+    search = GridSearchCV(KNNScorer(), {"n_neighbors": [1, 2]}, cv=NormalOnlySplit(), scoring="roc_auc")
+    with pytest.warns(UserWarning, match=r"KNNScorer\.fit ignores y, which labels 6 of the 30 samples -1"):
+        search.fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # refit=False: the folds fit normal samples only, no warning
+        GridSearchCV(KNNScorer(), {"n_neighbors": [1, 2]}, cv=NormalOnlySplit(), scoring="roc_auc",
+                     refit=False).fit(X, y)
+        KNNScorer().fit(X, np.r_[np.ones(24), np.zeros(6)])  # not outlier labels: ignored quietly
+    settings = dict(backbone=tiny_mlp, weights=None, random_state=0)
+    for detector in (PandaDetector(**settings, n_steps=0), PandaPatchDetector(**settings)):
+        with pytest.warns(UserWarning, match=r"\.fit ignores y"):
+            detector.fit(X, y)
+        with pytest.warns(UserWarning, match=r"\.fit ignores y"):
+            detector.fit_predict(X, y)
+    with pytest.warns(UserWarning, match=r"PandaPatchDetector\.fit ignores y"):
+        PandaPatchDetector(**settings).fit(X[:24]).partial_fit(X, y)
+
+
+def test_normal_only_split_prints_its_parameters_and_named_backbones_tag_images():
+    from sklearn_panda import NormalOnlySplit
+
+    assert repr(NormalOnlySplit(4, shuffle=True, random_state=0)) == \
+        "NormalOnlySplit(n_splits=4, random_state=0, shuffle=True)"
+    for estimator in (PandaDetector(), PandaPatchDetector()):
+        tags = estimator.__sklearn_tags__()
+        assert not tags.input_tags.two_d_array and tags.input_tags.three_d_array and not tags.non_deterministic
+    assert PandaDetector(backbone=tiny_mlp).__sklearn_tags__().input_tags.two_d_array

@@ -9,7 +9,7 @@ from sklearn.base import clone
 from .._sklearn_compat import HasMethods, StrOptions, _fit_context
 from ..callbacks import check_callbacks
 from ..scorers import CenterScorer, KMeansScorer, KNNScorer, MahalanobisScorer
-from ..scorers._contract import _BaseScorer
+from ..scorers._contract import _BaseScorer, warn_if_anomalies_in_y
 from .base import BasePandaDetector, draw_seed
 from .docstrings import fill_doc
 from .features import PandaFeatures
@@ -148,6 +148,7 @@ class FeatureDetectorBase(BasePandaDetector):
         self : object
             The fitted estimator.
         """
+        warn_if_anomalies_in_y(y, type(self).__name__)
         self._fit(X, y, callbacks=check_callbacks(callbacks))
         return self
 

@@ -15,7 +15,7 @@ from .._engine.maps import resize_maps
 from .._engine.patch_features import patch_grids
 from .._engine.progress import ProgressBar
 from .._sklearn_compat import Interval, StrOptions, _fit_context
-from ..scorers._contract import OutlierContractMixin
+from ..scorers._contract import OutlierContractMixin, warn_if_anomalies_in_y
 from .base import draw_seed
 from .patch_bank import patch_distances, worst_patches
 from .patch_calibration import smoothed_maps
@@ -396,6 +396,7 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
         self : object
             The fitted detector.
         """
+        warn_if_anomalies_in_y(y, type(self).__name__)
         return self._fit(X)
 
     def _fit(self, X):
@@ -573,6 +574,10 @@ class PandaPatchDetector(DefectMasksMixin, TrainingImagesMixin, TorchStateMixin,
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.non_deterministic = self.random_state is None
         tags.input_tags.allow_nan = False
+        if isinstance(self.backbone, str):
+            # A named backbone is an image network: images (n, H, W) and (n, H, W, C), not vectors.
+            # (A factory may build a vector network: scikit-learn's default tags then hold.)
+            tags.input_tags.two_d_array = False
+            tags.input_tags.three_d_array = True
         return tags

@@ -5,6 +5,7 @@ import numpy as np
 from sklearn import get_config
 
 from .._sklearn_compat import _fit_context, validate_parameter_constraints
+from ..scorers._contract import warn_if_anomalies_in_y
 from .base import draw_seed
 from .patch_memory import BankAssembly, leave_one_out_scores
 from .validation import check_input, check_new_input
@@ -60,6 +61,7 @@ class TrainingImagesMixin:
         >>> detector.partial_fit(normal[4:]).n_samples_seen_
         8
         """
+        warn_if_anomalies_in_y(y, type(self).__name__)
         return self._partial_fit(X)
 
     def _partial_fit(self, X):
@@ -122,7 +124,7 @@ class TrainingImagesMixin:
         >>> PandaPatchDetector(backbone="resnet18", weights=None, random_state=0).fit_predict(normal).shape
         (6,)
         """
-        self.fit(X)
+        self.fit(X, y)
         if len(self.calibration_maps_) == self.n_samples_seen_:
             # Every image is a calibration image: training_scores_ are the scores, in the sample's order.
             order = np.argsort([entry["image"] for entry in self.calibration_maps_])

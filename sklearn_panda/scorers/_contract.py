@@ -136,6 +136,36 @@ def _rowwise_squared_distances(A, B):
     return np.einsum("ij,ij->i", diff, diff)
 
 
+def warn_if_anomalies_in_y(y, name):
+    """Warn where a one-class fit, which ignores ``y``, is given labels marking anomalies (-1 among +1).
+
+    They are fitted as normal samples: the trap of ``GridSearchCV(refit=True)`` with
+    :class:`~sklearn_panda.NormalOnlySplit`, whose final fit gets every sample and its label.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> from sklearn_panda.scorers._contract import warn_if_anomalies_in_y
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_if_anomalies_in_y([1, 1, -1], "KNNScorer")
+    >>> "1 of the 3 samples" in str(caught[0].message)
+    True
+    """
+    if y is None:
+        return
+    labels = np.asarray(y)
+    if labels.ndim != 1 or labels.dtype.kind not in "iuf" or set(np.unique(labels).tolist()) != {-1, 1}:
+        return
+    warnings.warn(
+        f"{name}.fit ignores y, which labels {int(np.sum(labels == -1))} of the {len(labels)} samples -1 "
+        "(anomalies): they are fitted as normal samples. Fit on the normal samples only (X[y == 1]); "
+        "with GridSearchCV and NormalOnlySplit, pass refit=False and refit the best parameters on them.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 class OutlierDecisions:
     """``decision_function`` and ``predict`` from ``score_samples`` and ``offset_``: the outlier
     contract's one decision, written once for the scorers, the estimators and ONNX files."""
@@ -259,6 +289,7 @@ class _BaseScorer(OutlierContractMixin, BaseEstimator, metaclass=ABCMeta):
             The fitted scorer.
         """
         # float32 stays float32; integers become float64, so that the check sees what float32 loses.
+        warn_if_anomalies_in_y(y, type(self).__name__)
         X = validate_data(self, tensor_as_array(X), dtype=[np.float64, np.float32], ensure_min_samples=1)
         _check_float32(X, type(self).__name__, at_fit=True)
         if X.shape[0] < 2:
