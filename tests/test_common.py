@@ -23,9 +23,11 @@ from sklearn_panda._estimators.recipes import resolve
 
 FIT_PREDICT_REASON = (
     "fit_predict labels each training point by its leave-one-out score (a point "
-    "is not its own neighbour, nor part of its own centroid or Gaussian), as LocalOutlierFactor does, so that "
+    "is not its own neighbour, nor part of its own centroid or Gaussian), as LocalOutlierFactor(novelty=False) "
+    "labels its training points, so that "
     "`contamination` is the fraction of training points flagged; predict on the "
-    "same points counts each point as its own neighbour and so differs."
+    "same points counts each point as its own neighbour and so differs (LocalOutlierFactor offers predict only "
+    "with novelty=True, and fit_predict only without; these estimators offer both, each documented)."
 )
 
 

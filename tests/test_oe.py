@@ -165,3 +165,15 @@ def test_combine_knn_refuses_normal_images_whose_scores_have_no_spread():
         PandaOE(**options).fit(identical, np.r_[np.ones(4, dtype=int), -np.ones(6, dtype=int)])
     oe = PandaOE(**options).fit(X, np.r_[1, 1, 1, -np.ones(7, dtype=int)])
     assert np.abs(oe.score_samples(X)).max() < 1e3
+
+
+def test_a_column_of_labels_is_taken_with_scikit_learn_s_warning():
+    # y of shape (n, 1) was refused; scikit-learn's classifiers ravel it with a DataConversionWarning.
+    from sklearn.exceptions import DataConversionWarning
+
+    X = np.random.default_rng(0).normal(size=(10, 4))
+    y = np.r_[np.ones(6), -np.ones(4)]
+    settings = dict(backbone=tiny_mlp, weights=None, n_steps=1, random_state=0)
+    with pytest.warns(DataConversionWarning):
+        column = PandaOE(**settings).fit(X, y[:, None])
+    np.testing.assert_array_equal(column.score_samples(X), PandaOE(**settings).fit(X, y).score_samples(X))

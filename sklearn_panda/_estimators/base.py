@@ -385,8 +385,12 @@ class BasePanda(TorchStateMixin, BaseEstimator, metaclass=ABCMeta):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.non_deterministic = self.random_state is None
         tags.input_tags.allow_nan = False
+        if isinstance(self.backbone, str):
+            # A named backbone is an image network: images (n, H, W) and (n, H, W, C), not vectors.
+            # (A factory may build a vector network: scikit-learn's default tags then hold.)
+            tags.input_tags.two_d_array = False
+            tags.input_tags.three_d_array = True
         return tags
 
 

@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.utils import column_or_1d
 from torch import nn
 
 from .._engine.data import shuffled_batches
@@ -32,6 +33,10 @@ def normal_mask(y, n_samples, normal_label):
     # As objects first: numpy would turn a NaN among strings into the string "nan".
     labels = y.tolist() if isinstance(y, np.ndarray) else list(np.asarray(y, dtype=object).ravel())
     y = np.asarray(y)
+    if y.shape == (n_samples, 1):
+        # A column vector, as scikit-learn's classifiers take it: with their warning.
+        y = column_or_1d(y, warn=True)
+        labels = [row[0] if isinstance(row, list) else row for row in labels]
     if y.shape != (n_samples,):
         raise ValueError(f"y must have shape ({n_samples},), one label per image; got {y.shape}.")
     missing = [i for i, label in enumerate(labels) if label is None or label != label]  # None, NaN
