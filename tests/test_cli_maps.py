@@ -324,3 +324,26 @@ def test_update_refuses_an_image_level_model(tmp_path, capsys):
     Image.fromarray(images[0]).save(tmp_path / "new.png")
     status, _, err = run(capsys, "update", tmp_path / "new.png", "--model", model)
     assert status == 2 and "update needs a local model (fit --local, a PandaPatchDetector)" in err
+
+
+def test_update_names_the_images_the_model_flagged_and_fit_says_when_thresholds_rest_on_few(local, tmp_path,
+                                                                                               capsys):
+    # An inspector's update accepted anything without a word (another product's photo made the model
+    # blind), and a fit on a few dozen images set 1% thresholds at its most unusual image unsaid.
+    status, out, err = run(capsys, "fit", local.root / "train", "--model", tmp_path / "model.pt",
+                           "--backbone-factory", FACTORY, *LOCAL_FIT)
+    assert status == 0, err
+    assert ("Note: with 10 training images scored, contamination 0.01 and pixel_contamination 0.01 rests on the "
+            "most unusual of them, so new images are flagged and regions drawn more rarely than that share: fit "
+            "on at least 100 normal images, or raise --contamination or a config file's pixel_contamination.") in out
+    scratched = sorted((local.root / "test").glob("scratched*.png"))
+    flags = local.detector.predict([str(path) for path in scratched])
+    status, out, err = run(capsys, "update", *scratched, "--model", local.model, "--output", tmp_path / "u.pt",
+                           "--backbone-factory", FACTORY)
+    assert status == 0, err
+    n_flagged = int(np.sum(flags == -1))
+    assert n_flagged > 0, "the fixture's scratched images are anomalies to its model"
+    assert f"Note: the model flagged {n_flagged} of the 2 added images as anomalies before adding them" in out
+    status, out, _ = run(capsys, "update", local.root / "test" / "good0.png", "--model", local.model,
+                         "--output", tmp_path / "v.pt", "--backbone-factory", FACTORY)
+    assert status == 0 and "Note: the model flagged" not in out

@@ -112,7 +112,39 @@ def fit_command(args):
         f"Fitted a {type(detector).__name__} on {len(paths)} images ({backbone}, {what}); threshold "
         f"{number(detector.offset_)}, below which {n_flagged} {scored} fall (leave-one-out)."
     )
+    note = few_images_note(detector)
+    if note:
+        print(note)
     print(f"Model saved to {args.model}")
+
+
+def few_images_note(detector):
+    """A line saying where the thresholds rest on the one or two most unusual training images, or ``None``.
+
+    A share ``c`` of the scored training images is resolved only with at least ``1 / c`` of them: with
+    fewer, ``offset_`` (and a local model's ``pixel_offset_``) sit at the most unusual image's score,
+    and new images are flagged (and regions drawn) more rarely than ``c`` says.
+    """
+    from ..scorers._contract import AUTO_CONTAMINATION
+
+    n_scored = len(detector.training_scores_)
+    options = [("contamination", "--contamination"), ("pixel_contamination", "a config file's pixel_contamination")]
+    rates = {
+        name: (AUTO_CONTAMINATION if getattr(detector, name) == "auto" else getattr(detector, name), how)
+        for name, how in options
+        if hasattr(detector, name)
+    }
+    short = {name: value for name, value in rates.items() if n_scored * value[0] < 1}
+    if not short:
+        return None
+    needed = int(np.ceil(1 / min(rate for rate, _ in short.values())))
+    names = " and ".join(f"{name} {rate:g}" for name, (rate, _) in short.items())
+    hows = " or ".join(how for _, how in short.values())
+    return (
+        f"Note: with {n_scored} training images scored, {names} rests on the most unusual of them, so new "
+        f"images are flagged{' and regions drawn' if 'pixel_contamination' in short else ''} more rarely than "
+        f"that share: fit on at least {needed} normal images, or raise {hows}."
+    )
 
 
 def score_command(args):
@@ -216,6 +248,9 @@ def update_command(args):
         )
     before = (getattr(detector, "n_samples_seen_", 0), len(detector.memory_bank_), detector.offset_, detector.pixel_offset_)
     with progress_bars(detector, args.verbose):
+        # What the model makes of the approved images before they join it: an image it flags may not
+        # belong (another product, a defect missed), and once added it moves both thresholds.
+        flagged = [path for path, label in zip(paths, detector.predict(paths)) if label == -1]
         detector.partial_fit(paths)
     after = (detector.n_samples_seen_, len(detector.memory_bank_), detector.offset_, detector.pixel_offset_)
     save(detector, destination)
@@ -224,4 +259,13 @@ def update_command(args):
         f"{after[1]} patches, threshold {number(before[2])} -> {number(after[2])}, pixel threshold "
         f"{number(before[3])} -> {number(after[3])}."
     )
+    if flagged:
+        print(
+            f"Note: the model flagged {len(flagged)} of the {len(paths)} added images as anomalies before adding "
+            f"them (first: {flagged[0]}); they are now normal to it. If any is not a good image, fit again "
+            "without it (or, where update wrote to --output, update the previous model without it)."
+        )
+    note = few_images_note(detector)
+    if note:
+        print(note)
     print(f"Model saved to {destination}")
