@@ -377,3 +377,18 @@ def test_a_link_into_a_missing_folder_is_refused_before_the_work(tmp_path):
     (tmp_path / "current.pt").symlink_to(tmp_path / "models" / "v3.pt")
     with pytest.raises(FileNotFoundError, match="The folder for --model does not exist: .*models"):
         check_destination(tmp_path / "current.pt", "--model")
+
+
+def test_an_interruption_is_one_line_and_writes_nothing(backbone_module, folders, tmp_path, capsys, monkeypatch):
+    # Ctrl-C during a fit printed a 20- to 60-line traceback.
+    import sklearn_panda.cli._commands as commands
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "collect_images", interrupted)
+    status, out, err = run(capsys, "fit", folders.train, "--model", tmp_path / "model.pt",
+                           "--backbone-factory", FACTORY, *TINY_FIT)
+    assert status == 130 and out == ""
+    assert err == "sklearn-panda: interrupted; no output was written or replaced.\n"
+    assert os.listdir(tmp_path) == []

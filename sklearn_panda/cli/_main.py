@@ -25,7 +25,8 @@ def main(argv=None):
     status : int
         0 on success; 2 for bad usage or bad input (missing paths, unreadable
         images, a file that is not a compatible model), after a one-line
-        ``sklearn-panda: error: ...`` on stderr.
+        ``sklearn-panda: error: ...`` on stderr; 130 when interrupted (Ctrl-C),
+        after one line, every earlier output left as it was.
 
     Examples
     --------
@@ -52,4 +53,8 @@ def main(argv=None):
             message = " ".join(str(error).split()) or type(error).__name__
             print(f"{PROG}: error: {message}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            # Every output is written whole or not at all: an interruption leaves the earlier files.
+            print(f"{PROG}: interrupted; no output was written or replaced.", file=sys.stderr)
+            return 130
     return 0
