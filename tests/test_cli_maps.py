@@ -347,3 +347,18 @@ def test_update_names_the_images_the_model_flagged_and_fit_says_when_thresholds_
     status, out, _ = run(capsys, "update", local.root / "test" / "good0.png", "--model", local.model,
                          "--output", tmp_path / "v.pt", "--backbone-factory", FACTORY)
     assert status == 0 and "Note: the model flagged" not in out
+
+
+def test_scoring_again_into_one_maps_folder_writes_over_each_image_s_map(local, tmp_path, capsys):
+    # Maps were named by the image's position in the run: a second run wrote new names beside the first
+    # run's maps (40 PNGs for 28 images), and the CSV named 12 of them.
+    maps = tmp_path / "maps"
+    test = sorted((local.root / "test").glob("*.png"))
+    for sources in (test, test[2:]):
+        status, _, err = run(capsys, "score", *sources, "--model", local.model, "--backbone-factory", FACTORY,
+                             "--output", tmp_path / "scores.csv", "--maps", maps)
+        assert status == 0, err
+    assert len(list(maps.iterdir())) == len(test)
+    with open(tmp_path / "scores.csv") as file:
+        named = {os.path.basename(row["map"]) for row in csv.DictReader(file)}
+    assert len(named) == len(test) - 2 and named <= {path.name for path in maps.iterdir()}

@@ -165,7 +165,7 @@ def score_command(args):
     paths, estimator = images_and_model(args)
     written = list(files.items())
     if args.maps is not None:
-        written += [("--maps", os.path.join(args.maps, map_file(i, path))) for i, path in enumerate(paths)]
+        written += [("--maps", os.path.join(args.maps, map_file(path))) for path in paths]
     check_spares_inputs(written, paths, model=args.model)
     if not hasattr(estimator, "score_samples"):
         raise ValueError(
@@ -203,7 +203,7 @@ def score_command(args):
         order = np.argsort(scores, kind="stable")
         map_files = None
         if args.maps is not None:
-            map_files = [os.path.join(args.maps, map_file(i, paths[i])) for i in order]
+            map_files = [os.path.join(args.maps, map_file(paths[i])) for i in order]
         outputs = {args.output: scores_csv([paths[i] for i in order], scores[order], flagged[order], map_files)}
         if args.report is not None:
             outputs[args.report] = report_html(

@@ -1,6 +1,7 @@
 """What ``score`` writes: the CSV of scores and the heat-map overlays of a local model."""
 
 import csv
+import hashlib
 import heapq
 import io
 import os
@@ -53,8 +54,20 @@ def scores_csv(paths, scores, flagged, map_files=None):
 MAP_CHUNK = 32
 
 
-def map_file(index, path):
-    return f"{index:05d}-{pathlib.Path(path).stem}.png"
+def map_file(path):
+    """The file name of the map of the image at ``path``: its name and a digest of its absolute path.
+
+    The same image gets the same name on every run, so scoring it again into one folder writes over
+    its earlier map; images of one name in two folders keep a map each.
+
+    Examples
+    --------
+    >>> from sklearn_panda.cli._outputs import map_file
+    >>> map_file("/line/a/board.png") == map_file("/line/a/board.png") != map_file("/line/b/board.png")
+    True
+    """
+    digest = hashlib.sha256(os.path.abspath(path).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{pathlib.Path(path).stem}-{digest}.png"
 
 
 REGION_FIELDS = ["region", "top", "left", "bottom", "right", "area", "peak", "peak_row", "peak_col"]
@@ -104,7 +117,7 @@ def score_with_maps(estimator, paths, maps_folder, top, regions=None):
                 continue
             overlay = heat_overlay(open_rgb(path), anomaly_map, scale)
             if maps_folder is not None:
-                overlay.save(os.path.join(maps_folder, map_file(index, path)))
+                overlay.save(os.path.join(maps_folder, map_file(path)))
             if for_report:
                 heapq.heappush(kept, (anomaly, index, MapFigure(overlay, found, labels)))
                 if len(kept) > top:
