@@ -186,14 +186,19 @@ def _run(capsys, monkeypatch, cwd, *args):
         ("score", ["images", "--model", "model.pt", "--output", "model.pt"], "model.pt"),
         ("score", ["images", "--model", "model.pt", "--output", "images/1.png"], "images/1.png"),
         ("score", ["images", "--model", "model.pt", "--output", "s.csv", "--report", "images/2.png"], "images/2.png"),
-        # image 2 (1.png, after 0.png and 00002-1.png) would have its map named 00002-1.png, an input image
-        ("score", ["images", "--model", "model.pt", "--output", "s.csv", "--maps", "images"], "images/00002-1.png"),
+        # 1.png's map would be named as an input image that the test writes (MAP_OF_1: 1-<digest>.png)
+        ("score", ["images", "--model", "model.pt", "--output", "s.csv", "--maps", "images"], "MAP_OF_1"),
     ],
 )
 def test_cli_outputs_never_overwrite_the_model_or_an_input(command, args, kept, tmp_path, capsys, monkeypatch):
     import shutil
 
+    from sklearn_panda.cli._outputs import map_file
+
     shutil.copytree(_cli_root(tmp_path), tmp_path / "w")
+    if kept == "MAP_OF_1":
+        kept = f"images/{map_file(tmp_path / 'w' / 'images' / '1.png')}"
+        shutil.copy(tmp_path / "w" / "images" / "0.png", tmp_path / "w" / kept)
     before = (tmp_path / "w" / kept).read_bytes()
     status, err = _run(capsys, monkeypatch, tmp_path / "w", command, *args)
     assert status == 2 and "would overwrite it" in err and len(err.strip().splitlines()) == 1, err
